@@ -1,0 +1,208 @@
+//! What each admin endpoint answers, from telemetry alone.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use levee_telemetry::{ErrorReason, OutcomeCounters, StatusClass, Telemetry};
+use prometheus_client::registry::Registry;
+use serde_json::{json, Map, Value};
+
+/// The admin endpoints and the registry they render.
+#[derive(Debug)]
+pub struct Endpoints {
+    telemetry: Arc<Telemetry>,
+    registry: Registry,
+    stale_after: Duration,
+}
+
+impl Endpoints {
+    pub fn new(telemetry: Arc<Telemetry>, stale_after: Duration) -> Self {
+        let registry = telemetry.registry();
+        Self {
+            telemetry,
+            registry,
+            stale_after,
+        }
+    }
+
+    pub fn answer<B>(&self, req: &Request<B>) -> Response<Full<Bytes>> {
+        if req.method() != Method::GET && req.method() != Method::HEAD {
+            return text(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "admin endpoints answer GET only\n".into(),
+            );
+        }
+        match req.uri().path() {
+            "/healthz" => self.healthz(),
+            "/readyz" => self.readyz(),
+            "/status" => self.status(),
+            "/metrics" => self.metrics(),
+            _ => text(
+                StatusCode::NOT_FOUND,
+                "not found; try /healthz /readyz /status /metrics\n".into(),
+            ),
+        }
+    }
+
+    /// Liveness, including the data plane's: a stale heartbeat is a 503.
+    fn healthz(&self) -> Response<Full<Bytes>> {
+        match self.telemetry.heartbeat.age() {
+            None => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unhealthy: the data plane has not started its heartbeat\n".into(),
+            ),
+            Some(age) if age > self.stale_after => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "unhealthy: data plane heartbeat is {} ms old (limit {} ms): the data plane is wedged or starved\n",
+                    age.as_millis(),
+                    self.stale_after.as_millis()
+                ),
+            ),
+            Some(age) => text(
+                StatusCode::OK,
+                format!("ok: data plane heartbeat {} ms ago\n", age.as_millis()),
+            ),
+        }
+    }
+
+    /// Readiness: loaded, listening, not draining; lists usable nodes.
+    fn readyz(&self) -> Response<Full<Bytes>> {
+        let t = &self.telemetry;
+        let topo = t.topology();
+        let mut body = String::new();
+        let status = if t.is_draining() {
+            body.push_str("not ready: draining\n");
+            StatusCode::SERVICE_UNAVAILABLE
+        } else if !t.is_ready() {
+            body.push_str("not ready: the data-plane listener is not up yet\n");
+            StatusCode::SERVICE_UNAVAILABLE
+        } else {
+            body.push_str("ready\n");
+            StatusCode::OK
+        };
+        for b in &topo.backends {
+            // Without health state every configured node counts as usable.
+            let n = b.nodes.len();
+            body.push_str(&format!("backend {}: {n}/{n} nodes usable\n", b.name));
+        }
+        text(status, body)
+    }
+
+    fn status(&self) -> Response<Full<Bytes>> {
+        let t = &self.telemetry;
+        let topo = t.topology();
+        let routes: Vec<Value> = topo
+            .routes
+            .iter()
+            .map(|r| {
+                json!({
+                    "name": r.name,
+                    "backend": r.backend,
+                    "in_flight": r.bulkhead.as_ref().map(|b| b.in_flight()),
+                    "queued": r.bulkhead.as_ref().map(|b| b.queued()),
+                    "max_in_flight": r.bulkhead.as_ref().map(|b| b.max_in_flight()),
+                    "responses": by_class(&r.outcomes),
+                    "errors": by_reason(&r.outcomes, |_| true),
+                })
+            })
+            .collect();
+        let backends: Vec<Value> = topo
+            .backends
+            .iter()
+            .map(|b| {
+                let nodes: Vec<Value> = b
+                    .nodes
+                    .iter()
+                    .map(|n| {
+                        json!({
+                            "addr": n.addr,
+                            "state": "active",
+                            "in_flight": n.in_flight(),
+                            "responses": by_class(&n.outcomes),
+                            "errors": by_reason(&n.outcomes, |r| r.blames_node()),
+                            "latency_mean_ms": mean_ms(n.latency.sum_seconds(), n.latency.count()),
+                        })
+                    })
+                    .collect();
+                json!({
+                    "name": b.name,
+                    "in_flight": b.bulkhead.in_flight(),
+                    "queued": b.bulkhead.queued(),
+                    "max_in_flight": b.bulkhead.max_in_flight(),
+                    "max_queue": b.bulkhead.max_queue(),
+                    "nodes": nodes,
+                })
+            })
+            .collect();
+        let doc = json!({
+            "config_version": topo.version,
+            "ready": t.is_ready() && !t.is_draining(),
+            "draining": t.is_draining(),
+            "heartbeat_age_ms": t.heartbeat.age().map(|a| a.as_millis() as u64),
+            "connections_open": t.connections_open(),
+            "connections_total": t.connections_total(),
+            "unrouted": { "responses": by_class(&topo.unrouted), "errors": by_reason(&topo.unrouted, |_| true) },
+            "routes": routes,
+            "backends": backends,
+        });
+        let mut resp = Response::new(Full::new(Bytes::from(doc.to_string())));
+        set_type(&mut resp, "application/json");
+        resp
+    }
+
+    fn metrics(&self) -> Response<Full<Bytes>> {
+        let mut out = String::with_capacity(16 * 1024);
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            return text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("encoding metrics failed: {e}\n"),
+            );
+        }
+        let mut resp = Response::new(Full::new(Bytes::from(out)));
+        set_type(
+            &mut resp,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        );
+        resp
+    }
+}
+
+fn by_class(o: &OutcomeCounters) -> Value {
+    let m: Map<String, Value> = StatusClass::ALL
+        .iter()
+        .map(|c| (c.as_str().to_owned(), json!(o.class(*c))))
+        .collect();
+    Value::Object(m)
+}
+
+fn by_reason(o: &OutcomeCounters, keep: impl Fn(ErrorReason) -> bool) -> Value {
+    let m: Map<String, Value> = ErrorReason::ALL
+        .iter()
+        .filter(|r| keep(**r))
+        .map(|r| (r.as_str().to_owned(), json!(o.reason(*r))))
+        .collect();
+    Value::Object(m)
+}
+
+fn mean_ms(sum_seconds: f64, count: u64) -> Option<f64> {
+    (count > 0).then(|| sum_seconds * 1000.0 / count as f64)
+}
+
+fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = status;
+    set_type(&mut resp, "text/plain; charset=utf-8");
+    resp
+}
+
+fn set_type(resp: &mut Response<Full<Bytes>>, content_type: &'static str) {
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    resp.headers_mut()
+        .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+}

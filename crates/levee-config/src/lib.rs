@@ -1,0 +1,189 @@
+//! levee-config: the proxy's configuration, from TOML text to checked, typed values.
+//!
+//! ```text
+//!   text ──toml_edit──▶ Document (spans, for line numbers)
+//!     │                     │
+//!     └──serde (toml)──▶ raw::RawConfig ──validate──▶ Config
+//!                          every key optional        defaults applied,
+//!                          unknown keys rejected     every rule checked
+//! ```
+//!
+//! Every failure is a [`ConfigError`] that names the file, the line and the key
+//! (`levee.toml:14: backend[0].max_in_flight: must be at least 1 (...)`), so an
+//! operator can fix the file without reading this crate. `config/levee.toml`
+//! in the repository documents every key, its default and its rule.
+
+mod duration;
+mod error;
+mod locate;
+mod raw;
+mod validate;
+
+#[cfg(test)]
+mod tests;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use toml_edit::Document;
+
+pub use error::{ConfigError, Location};
+
+/// A fully validated configuration: every default applied, every cross-reference resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// `[server]`: the data-plane listener.
+    pub server: ServerConfig,
+    /// `[admin]`: the operator listener (`/status`, `/healthz`, `/metrics`).
+    pub admin: AdminConfig,
+    /// `[[backend]]` tables, in file order.
+    pub backends: Vec<BackendConfig>,
+    /// `[[route]]` tables, in file order (which is also match order).
+    pub routes: Vec<RouteConfig>,
+    /// 16 hex digits: FNV-1a 64 of the source text, so /status can say which config is live.
+    pub version: String,
+    /// Where it came from (file path as given, or `"<inline>"`), for messages.
+    pub origin: String,
+}
+
+impl Config {
+    /// The backend called `name`, if any.
+    pub fn backend(&self, name: &str) -> Option<&BackendConfig> {
+        self.backends.iter().find(|b| b.name == name)
+    }
+}
+
+/// `[server]`: where clients connect and how long they may dawdle.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerConfig {
+    /// Address the proxy accepts client traffic on.
+    pub listen: SocketAddr,
+    /// Longest wait for a client's full request head (default 10s).
+    pub header_read_timeout: Duration,
+    /// Keep-alive client connections with no request for this long are closed (default 60s).
+    pub idle_timeout: Duration,
+    /// Cap on concurrent client connections (default 10000, at least 1).
+    pub max_connections: usize,
+    /// How long in-flight requests get to finish on shutdown (default 30s).
+    pub shutdown_grace: Duration,
+    /// Request heads bigger than this get 431 (default 64 KiB, at least 1024).
+    pub max_header_bytes: usize,
+}
+
+/// `[admin]`: the operator endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminConfig {
+    /// Address of the admin listener (default 127.0.0.1:9901).
+    pub listen: SocketAddr,
+    /// `/healthz` says 503 when the data-plane heartbeat is older than this (default 2s, >= 200ms).
+    pub heartbeat_stale_after: Duration,
+}
+
+/// One `[[backend]]`: a pool of app nodes and the limits that protect it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendConfig {
+    /// Unique name; used by routes and as a metric label.
+    pub name: String,
+    /// App nodes as `ip:port`, no duplicates, at least one.
+    pub nodes: Vec<SocketAddr>,
+    /// Longest wait for a TCP connection to a node (default 1s).
+    pub connect_timeout: Duration,
+    /// Request deadline until response headers (default 15s).
+    pub timeout: Duration,
+    /// Longest silence while streaming a body either way (default 30s).
+    pub body_idle_timeout: Duration,
+    /// Requests in flight to this backend at once (default 256, >= 1).
+    pub max_in_flight: usize,
+    /// Requests waiting for a slot (default 128); 0 means refuse at once when full.
+    pub max_queue: usize,
+    /// Longest wait in the queue (default 100ms).
+    pub queue_timeout: Duration,
+    /// Idle keep-alive connections to a node are closed after this (default 90s).
+    pub pool_idle_timeout: Duration,
+    /// Idle keep-alive connections kept per node (default 64; 0 disables reuse).
+    pub pool_max_idle_per_node: usize,
+}
+
+/// One `[[route]]`: which requests go to which backend, with what limits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteConfig {
+    /// Unique name (default `route-{index}`); a metric label.
+    pub name: String,
+    /// Request paths starting with this match; always starts with '/'.
+    pub path_prefix: String,
+    /// Methods this route matches; `None` matches every method. Standard ones are uppercase.
+    pub methods: Option<Vec<http::Method>>,
+    /// Host this route matches, lowercase and without port; `None` matches any host.
+    pub host: Option<String>,
+    /// Name of the backend requests go to.
+    pub backend: String,
+    /// Index of that backend in [`Config::backends`].
+    pub backend_index: usize,
+    /// Request deadline until response headers (defaults to the backend's).
+    pub timeout: Duration,
+    /// Route bulkhead; `None` means only the backend limit applies.
+    pub max_in_flight: Option<usize>,
+    /// Requests waiting for a route slot (defaults to the backend's).
+    pub max_queue: usize,
+    /// Longest wait for a route slot (defaults to the backend's).
+    pub queue_timeout: Duration,
+}
+
+/// Reads and validates the file at `path`; errors name the path as given.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let origin = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+        origin: origin.clone(),
+        source,
+    })?;
+    parse(&text, &origin)
+}
+
+/// Validates `text`; `origin` names it in messages (a path, or `"<inline>"`).
+pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
+    // toml_edit first: it rejects bad syntax and keeps the spans needed to
+    // point later errors at a line.
+    let doc = Document::parse(text).map_err(|e| ConfigError::Syntax {
+        at: Location {
+            origin: origin.to_owned(),
+            line: e.span().map(|s| locate::line_at(text, s.start)),
+            key: None,
+        },
+        message: e.message().to_owned(),
+    })?;
+    let raw: raw::RawConfig = toml::from_str(text).map_err(|e| shape_error(&e, &doc, origin))?;
+    let cx = validate::Ctx { origin, doc: &doc };
+    validate::validate(raw, &cx, fingerprint(text))
+}
+
+/// Turns a serde error into one that names the key and line.
+fn shape_error(e: &toml::de::Error, doc: &Document<&str>, origin: &str) -> ConfigError {
+    let start = e.span().map(|s| s.start);
+    let key = start.and_then(|offset| locate::path_at(doc, offset));
+    let mut message = e.message().to_owned();
+    if matches!(key.as_deref(), Some("backend" | "route")) && message.contains("sequence") {
+        let section = key.as_deref().unwrap_or_default();
+        message.push_str(&format!(
+            "; write [[{section}]] (double brackets) for each {section}"
+        ));
+    }
+    ConfigError::Shape {
+        at: Location {
+            origin: origin.to_owned(),
+            line: start.map(|offset| locate::line_at(doc.raw(), offset)),
+            key,
+        },
+        message,
+    }
+}
+
+/// FNV-1a 64 of the text as 16 hex digits: cheap, stable across builds and platforms.
+fn fingerprint(text: &str) -> String {
+    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    let hash = text
+        .bytes()
+        .fold(OFFSET, |h, b| (h ^ u64::from(b)).wrapping_mul(PRIME));
+    format!("{hash:016x}")
+}

@@ -1,0 +1,752 @@
+//! Raw structs -> typed [`Config`]: defaults applied, every rule checked.
+//!
+//! Rules are checked in file order and the first broken one is reported, with
+//! the line of the key to change (or of its table header, when the key was
+//! left at its default).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use toml_edit::Document;
+
+use crate::duration::{show, DurationText};
+use crate::error::{ConfigError, Location};
+use crate::locate::{line_of, render, Seg};
+use crate::raw::{RawAdmin, RawBackend, RawConfig, RawRoute, RawServer};
+use crate::{AdminConfig, BackendConfig, Config, RouteConfig, ServerConfig};
+
+const SERVER_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+const SERVER_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+const SERVER_MAX_CONNECTIONS: usize = 10_000;
+const SERVER_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+const SERVER_MAX_HEADER_BYTES: usize = 64 * 1024;
+const SERVER_MIN_HEADER_BYTES: usize = 1024;
+
+const ADMIN_LISTEN: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(
+    std::net::Ipv4Addr::LOCALHOST,
+    9901,
+));
+const ADMIN_HEARTBEAT_STALE_AFTER: Duration = Duration::from_secs(2);
+const ADMIN_MIN_HEARTBEAT_STALE_AFTER: Duration = Duration::from_millis(200);
+
+const BACKEND_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+const BACKEND_TIMEOUT: Duration = Duration::from_secs(15);
+const BACKEND_BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+const BACKEND_MAX_IN_FLIGHT: usize = 256;
+const BACKEND_MAX_QUEUE: usize = 128;
+const BACKEND_QUEUE_TIMEOUT: Duration = Duration::from_millis(100);
+const BACKEND_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+const BACKEND_POOL_MAX_IDLE_PER_NODE: usize = 64;
+
+/// Methods `http` knows by name; written in any case they are stored uppercase.
+const STANDARD_METHODS: [&str; 9] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+];
+
+/// What every check needs to build an error that points at the text.
+pub(crate) struct Ctx<'a> {
+    pub origin: &'a str,
+    pub doc: &'a Document<&'a str>,
+}
+
+impl Ctx<'_> {
+    fn line(&self, path: &[Seg<'_>]) -> Option<usize> {
+        line_of(self.doc, path)
+    }
+
+    fn invalid(&self, path: &[Seg<'_>], message: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            at: Location {
+                origin: self.origin.to_owned(),
+                line: self.line(path),
+                key: Some(render(path)),
+            },
+            message: message.into(),
+        }
+    }
+}
+
+/// Builds a key path below `base`: `at(&[Key("backend"), Index(0)], "name")`.
+fn at<'a>(base: &[Seg<'a>], field: &'a str) -> Vec<Seg<'a>> {
+    let mut path = base.to_vec();
+    path.push(Seg::Key(field));
+    path
+}
+
+/// Checks every rule and applies defaults; `version` is passed through to the result.
+pub(crate) fn validate(
+    raw: RawConfig,
+    cx: &Ctx<'_>,
+    version: String,
+) -> Result<Config, ConfigError> {
+    let server = server(cx, raw.server)?;
+    let admin = admin(cx, raw.admin.as_ref())?;
+    check_listeners_differ(cx, &server, &admin, raw.admin.as_ref())?;
+
+    if raw.backend.is_empty() {
+        return Err(cx.invalid(
+            &[Seg::Key("backend")],
+            "at least one [[backend]] is required; add one with `name` and `nodes`, \
+             e.g. [[backend]] name = \"app\" nodes = [\"127.0.0.1:9001\"]",
+        ));
+    }
+    let mut backends = Vec::with_capacity(raw.backend.len());
+    let mut backend_names: HashMap<String, usize> = HashMap::new();
+    for (i, rb) in raw.backend.iter().enumerate() {
+        let b = backend(cx, i, rb)?;
+        if let Some(&first) = backend_names.get(&b.name) {
+            let base = [Seg::Key("backend"), Seg::Index(i)];
+            return Err(cx.invalid(
+                &at(&base, "name"),
+                format!(
+                    "duplicate backend name \"{}\"{}; every backend needs its own name",
+                    b.name,
+                    first_defined(
+                        cx,
+                        &[Seg::Key("backend"), Seg::Index(first), Seg::Key("name")]
+                    ),
+                ),
+            ));
+        }
+        backend_names.insert(b.name.clone(), i);
+        backends.push(b);
+    }
+
+    if raw.route.is_empty() {
+        return Err(cx.invalid(
+            &[Seg::Key("route")],
+            "at least one [[route]] is required; add one with `path_prefix` and `backend`, \
+             e.g. [[route]] path_prefix = \"/\" backend = \"app\"",
+        ));
+    }
+    let mut routes = Vec::with_capacity(raw.route.len());
+    let mut route_names: HashMap<String, usize> = HashMap::new();
+    for (i, rr) in raw.route.iter().enumerate() {
+        let r = route(cx, i, rr, &backends, &backend_names)?;
+        if let Some(&first) = route_names.get(&r.name) {
+            let base = [Seg::Key("route"), Seg::Index(i)];
+            return Err(cx.invalid(
+                &at(&base, "name"),
+                format!(
+                    "duplicate route name \"{}\"{}; every route needs its own name \
+                     (unnamed routes are called route-<index>)",
+                    r.name,
+                    first_defined(
+                        cx,
+                        &[Seg::Key("route"), Seg::Index(first), Seg::Key("name")]
+                    ),
+                ),
+            ));
+        }
+        route_names.insert(r.name.clone(), i);
+        routes.push(r);
+    }
+
+    Ok(Config {
+        server,
+        admin,
+        backends,
+        routes,
+        version,
+        origin: cx.origin.to_owned(),
+    })
+}
+
+fn first_defined(cx: &Ctx<'_>, path: &[Seg<'_>]) -> String {
+    match cx.line(path) {
+        Some(line) => format!(" (first defined at line {line})"),
+        None => String::new(),
+    }
+}
+
+fn server(cx: &Ctx<'_>, raw: Option<RawServer>) -> Result<ServerConfig, ConfigError> {
+    let base = [Seg::Key("server")];
+    let Some(raw) = raw else {
+        return Err(cx.invalid(
+            &base,
+            "the [server] table is required; add one with at least \
+             `listen = \"127.0.0.1:8080\"`",
+        ));
+    };
+    let listen = match &raw.listen {
+        Some(text) => socket_addr(cx, &at(&base, "listen"), text, "127.0.0.1:8080")?,
+        None => {
+            return Err(cx.invalid(
+                &at(&base, "listen"),
+                "is required: the address the proxy accepts client traffic on, \
+                 e.g. listen = \"127.0.0.1:8080\"",
+            ))
+        }
+    };
+    Ok(ServerConfig {
+        listen,
+        header_read_timeout: positive(
+            cx,
+            &at(&base, "header_read_timeout"),
+            raw.header_read_timeout,
+            SERVER_HEADER_READ_TIMEOUT,
+        )?,
+        idle_timeout: positive(
+            cx,
+            &at(&base, "idle_timeout"),
+            raw.idle_timeout,
+            SERVER_IDLE_TIMEOUT,
+        )?,
+        max_connections: at_least(
+            cx,
+            &at(&base, "max_connections"),
+            raw.max_connections.unwrap_or(SERVER_MAX_CONNECTIONS),
+            1,
+            "it caps concurrent client connections; 0 would refuse everyone",
+        )?,
+        shutdown_grace: positive(
+            cx,
+            &at(&base, "shutdown_grace"),
+            raw.shutdown_grace,
+            SERVER_SHUTDOWN_GRACE,
+        )?,
+        max_header_bytes: at_least(
+            cx,
+            &at(&base, "max_header_bytes"),
+            raw.max_header_bytes.unwrap_or(SERVER_MAX_HEADER_BYTES),
+            SERVER_MIN_HEADER_BYTES,
+            "smaller limits reject ordinary requests with 431",
+        )?,
+    })
+}
+
+fn admin(cx: &Ctx<'_>, raw: Option<&RawAdmin>) -> Result<AdminConfig, ConfigError> {
+    let base = [Seg::Key("admin")];
+    let listen = match raw.and_then(|r| r.listen.as_deref()) {
+        Some(text) => socket_addr(cx, &at(&base, "listen"), text, "127.0.0.1:9901")?,
+        None => ADMIN_LISTEN,
+    };
+    let path = at(&base, "heartbeat_stale_after");
+    let stale = positive(
+        cx,
+        &path,
+        raw.and_then(|r| r.heartbeat_stale_after),
+        ADMIN_HEARTBEAT_STALE_AFTER,
+    )?;
+    if stale < ADMIN_MIN_HEARTBEAT_STALE_AFTER {
+        return Err(cx.invalid(
+            &path,
+            format!(
+                "must be at least {} (it is {}): a shorter window makes /healthz \
+                 flap on ordinary scheduling delays",
+                show(ADMIN_MIN_HEARTBEAT_STALE_AFTER),
+                show(stale),
+            ),
+        ));
+    }
+    Ok(AdminConfig {
+        listen,
+        heartbeat_stale_after: stale,
+    })
+}
+
+/// Two listeners on one address cannot both bind. Port 0 ("pick any free
+/// port") is exempt: two such listeners get different ports.
+fn check_listeners_differ(
+    cx: &Ctx<'_>,
+    server: &ServerConfig,
+    admin: &AdminConfig,
+    raw_admin: Option<&RawAdmin>,
+) -> Result<(), ConfigError> {
+    if server.listen != admin.listen || server.listen.port() == 0 {
+        return Ok(());
+    }
+    if raw_admin.is_some_and(|a| a.listen.is_some()) {
+        Err(cx.invalid(
+            &[Seg::Key("admin"), Seg::Key("listen")],
+            format!(
+                "{} is also server.listen; the admin listener needs its own address \
+                 (e.g. another port)",
+                admin.listen
+            ),
+        ))
+    } else {
+        Err(cx.invalid(
+            &[Seg::Key("server"), Seg::Key("listen")],
+            format!(
+                "{} is also the default admin.listen; pick another port here or set \
+                 [admin] listen to a different address",
+                server.listen
+            ),
+        ))
+    }
+}
+
+fn backend(cx: &Ctx<'_>, i: usize, raw: &RawBackend) -> Result<BackendConfig, ConfigError> {
+    let base = [Seg::Key("backend"), Seg::Index(i)];
+    let name = match &raw.name {
+        Some(name) => {
+            check_name(cx, &at(&base, "name"), name, "backend")?;
+            name.clone()
+        }
+        None => {
+            return Err(cx.invalid(
+                &at(&base, "name"),
+                "is required: routes refer to a backend by name, e.g. name = \"app\"",
+            ))
+        }
+    };
+    let nodes = nodes(cx, &base, raw.nodes.as_deref())?;
+
+    let connect_timeout = positive(
+        cx,
+        &at(&base, "connect_timeout"),
+        raw.connect_timeout,
+        BACKEND_CONNECT_TIMEOUT,
+    )?;
+    let timeout = positive(cx, &at(&base, "timeout"), raw.timeout, BACKEND_TIMEOUT)?;
+    let body_idle_timeout = positive(
+        cx,
+        &at(&base, "body_idle_timeout"),
+        raw.body_idle_timeout,
+        BACKEND_BODY_IDLE_TIMEOUT,
+    )?;
+    let max_in_flight = at_least(
+        cx,
+        &at(&base, "max_in_flight"),
+        raw.max_in_flight.unwrap_or(BACKEND_MAX_IN_FLIGHT),
+        1,
+        "it bounds requests in flight to this backend",
+    )?;
+    let queue_timeout = positive(
+        cx,
+        &at(&base, "queue_timeout"),
+        raw.queue_timeout,
+        BACKEND_QUEUE_TIMEOUT,
+    )?;
+    let pool_idle_timeout = positive(
+        cx,
+        &at(&base, "pool_idle_timeout"),
+        raw.pool_idle_timeout,
+        BACKEND_POOL_IDLE_TIMEOUT,
+    )?;
+
+    let default = "the default";
+    let timeout_side = Side {
+        key: "timeout",
+        value: timeout,
+        set: raw.timeout.is_some(),
+        source: default,
+    };
+    shorter(
+        cx,
+        &base,
+        Side {
+            key: "connect_timeout",
+            value: connect_timeout,
+            set: raw.connect_timeout.is_some(),
+            source: default,
+        },
+        timeout_side,
+        "the request deadline would pass before a connection could be made",
+    )?;
+    shorter(
+        cx,
+        &base,
+        Side {
+            key: "queue_timeout",
+            value: queue_timeout,
+            set: raw.queue_timeout.is_some(),
+            source: default,
+        },
+        timeout_side,
+        "a request would reach its deadline while still waiting in the queue",
+    )?;
+
+    Ok(BackendConfig {
+        name,
+        nodes,
+        connect_timeout,
+        timeout,
+        body_idle_timeout,
+        max_in_flight,
+        max_queue: raw.max_queue.unwrap_or(BACKEND_MAX_QUEUE),
+        queue_timeout,
+        pool_idle_timeout,
+        pool_max_idle_per_node: raw
+            .pool_max_idle_per_node
+            .unwrap_or(BACKEND_POOL_MAX_IDLE_PER_NODE),
+    })
+}
+
+fn nodes(
+    cx: &Ctx<'_>,
+    base: &[Seg<'_>],
+    raw: Option<&[String]>,
+) -> Result<Vec<SocketAddr>, ConfigError> {
+    let path = at(base, "nodes");
+    let Some(raw) = raw else {
+        return Err(cx.invalid(
+            &path,
+            "is required: list the app nodes as \"ip:port\" strings, \
+             e.g. nodes = [\"127.0.0.1:9001\"]",
+        ));
+    };
+    if raw.is_empty() {
+        return Err(cx.invalid(
+            &path,
+            "must list at least one node, e.g. nodes = [\"127.0.0.1:9001\"]",
+        ));
+    }
+    let mut nodes: Vec<SocketAddr> = Vec::with_capacity(raw.len());
+    for (j, text) in raw.iter().enumerate() {
+        let mut node_path = path.clone();
+        node_path.push(Seg::Index(j));
+        let addr = socket_addr(cx, &node_path, text, "127.0.0.1:9001")?;
+        if let Some(first) = nodes.iter().position(|n| *n == addr) {
+            return Err(cx.invalid(
+                &node_path,
+                format!(
+                    "node {addr} is listed twice (also nodes[{first}]); \
+                     each node must appear once"
+                ),
+            ));
+        }
+        nodes.push(addr);
+    }
+    Ok(nodes)
+}
+
+fn route(
+    cx: &Ctx<'_>,
+    i: usize,
+    raw: &RawRoute,
+    backends: &[BackendConfig],
+    backend_names: &HashMap<String, usize>,
+) -> Result<RouteConfig, ConfigError> {
+    let base = [Seg::Key("route"), Seg::Index(i)];
+    let name = match &raw.name {
+        Some(name) => {
+            check_name(cx, &at(&base, "name"), name, "route")?;
+            name.clone()
+        }
+        None => format!("route-{i}"),
+    };
+
+    let path_prefix = match &raw.path_prefix {
+        Some(p) if p.starts_with('/') => p.clone(),
+        Some(p) => {
+            return Err(cx.invalid(
+                &at(&base, "path_prefix"),
+                format!("\"{p}\" must start with '/', e.g. path_prefix = \"/{p}\""),
+            ))
+        }
+        None => {
+            return Err(cx.invalid(
+                &at(&base, "path_prefix"),
+                "is required: the request path prefix this route matches, \
+                 e.g. path_prefix = \"/\" to match everything",
+            ))
+        }
+    };
+
+    let methods = match &raw.methods {
+        Some(list) => Some(methods(cx, &at(&base, "methods"), list)?),
+        None => None,
+    };
+    let host = match &raw.host {
+        Some(h) => Some(host(cx, &at(&base, "host"), h)?),
+        None => None,
+    };
+
+    let backend_path = at(&base, "backend");
+    let Some(backend_name) = &raw.backend else {
+        return Err(cx.invalid(
+            &backend_path,
+            format!(
+                "is required: the [[backend]] this route sends to; defined backends: {}",
+                names_of(backends)
+            ),
+        ));
+    };
+    let Some(&backend_index) = backend_names.get(backend_name) else {
+        return Err(cx.invalid(
+            &backend_path,
+            format!(
+                "no backend named \"{backend_name}\"; defined backends: {}",
+                names_of(backends)
+            ),
+        ));
+    };
+    let Some(backend) = backends.get(backend_index) else {
+        return Err(cx.invalid(&backend_path, "internal error: backend index out of range"));
+    };
+
+    let timeout = positive(cx, &at(&base, "timeout"), raw.timeout, backend.timeout)?;
+    let queue_timeout = positive(
+        cx,
+        &at(&base, "queue_timeout"),
+        raw.queue_timeout,
+        backend.queue_timeout,
+    )?;
+    let inherited = format!("inherited from backend \"{}\"", backend.name);
+    shorter(
+        cx,
+        &base,
+        Side {
+            key: "queue_timeout",
+            value: queue_timeout,
+            set: raw.queue_timeout.is_some(),
+            source: &inherited,
+        },
+        Side {
+            key: "timeout",
+            value: timeout,
+            set: raw.timeout.is_some(),
+            source: &inherited,
+        },
+        "a request would reach its deadline while still waiting in the queue",
+    )?;
+
+    let max_in_flight = match raw.max_in_flight {
+        None => None,
+        Some(n) => {
+            let path = at(&base, "max_in_flight");
+            let n = at_least(
+                cx,
+                &path,
+                n,
+                1,
+                "it bounds requests in flight on this route; remove the key for no route limit",
+            )?;
+            if n > backend.max_in_flight {
+                return Err(cx.invalid(
+                    &path,
+                    format!(
+                        "{n} is more than backend \"{}\" max_in_flight ({}): this route \
+                         bulkhead could never fill; lower it or remove the key",
+                        backend.name, backend.max_in_flight
+                    ),
+                ));
+            }
+            Some(n)
+        }
+    };
+
+    Ok(RouteConfig {
+        name,
+        path_prefix,
+        methods,
+        host,
+        backend: backend.name.clone(),
+        backend_index,
+        timeout,
+        max_in_flight,
+        max_queue: raw.max_queue.unwrap_or(backend.max_queue),
+        queue_timeout,
+    })
+}
+
+fn names_of(backends: &[BackendConfig]) -> String {
+    backends
+        .iter()
+        .map(|b| b.name.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn methods(
+    cx: &Ctx<'_>,
+    path: &[Seg<'_>],
+    list: &[String],
+) -> Result<Vec<http::Method>, ConfigError> {
+    if list.is_empty() {
+        return Err(cx.invalid(
+            path,
+            "must list at least one method; remove the key to match every method",
+        ));
+    }
+    let mut out: Vec<http::Method> = Vec::with_capacity(list.len());
+    for (j, text) in list.iter().enumerate() {
+        let mut item_path = path.to_vec();
+        item_path.push(Seg::Index(j));
+        let upper = text.to_ascii_uppercase();
+        let token = if STANDARD_METHODS.contains(&upper.as_str()) {
+            upper.as_str()
+        } else {
+            text.as_str()
+        };
+        let method = http::Method::from_bytes(token.as_bytes()).map_err(|_| {
+            cx.invalid(
+                &item_path,
+                format!("\"{text}\" is not an HTTP method token; write e.g. \"GET\" or \"POST\""),
+            )
+        })?;
+        if out.contains(&method) {
+            return Err(cx.invalid(
+                &item_path,
+                format!("method {method} is listed twice; list each method once"),
+            ));
+        }
+        out.push(method);
+    }
+    Ok(out)
+}
+
+/// Hosts are matched against the request's host without its port and
+/// case-insensitively, so they are stored lowercase and may not carry a port.
+fn host(cx: &Ctx<'_>, path: &[Seg<'_>], text: &str) -> Result<String, ConfigError> {
+    let bad = |why: &str| {
+        cx.invalid(
+            path,
+            format!("\"{text}\" {why}; write a bare host name such as \"api.example.com\""),
+        )
+    };
+    if text.is_empty() {
+        return Err(cx.invalid(
+            path,
+            "is empty; remove the key to match any host, \
+             or write a host name such as \"api.example.com\"",
+        ));
+    }
+    if text
+        .chars()
+        .any(|c| c.is_whitespace() || c == '/' || c.is_control())
+    {
+        return Err(bad("contains characters a host name cannot have"));
+    }
+    let has_port = match text.strip_prefix('[') {
+        Some(rest) => !rest.ends_with(']'),
+        None => text.contains(':'),
+    };
+    if has_port {
+        return Err(bad(
+            "includes a port (hosts are matched without their port)",
+        ));
+    }
+    Ok(text.to_ascii_lowercase())
+}
+
+/// Names become metric labels and log fields, so they stay plain.
+fn check_name(cx: &Ctx<'_>, path: &[Seg<'_>], name: &str, what: &str) -> Result<(), ConfigError> {
+    if name.is_empty() {
+        return Err(cx.invalid(
+            path,
+            format!("{what} name must not be empty; use letters, digits, '_', '.' or '-'"),
+        ));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')))
+    {
+        return Err(cx.invalid(
+            path,
+            format!(
+                "{what} name \"{name}\" contains {c:?}; use only letters, digits, '_', '.' \
+                 or '-' (names become metric labels)"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn socket_addr(
+    cx: &Ctx<'_>,
+    path: &[Seg<'_>],
+    text: &str,
+    example: &str,
+) -> Result<SocketAddr, ConfigError> {
+    text.parse().map_err(|_| {
+        cx.invalid(
+            path,
+            format!(
+                "\"{text}\" is not an ip:port address; write e.g. \"{example}\" \
+                 (host names are not supported yet)"
+            ),
+        )
+    })
+}
+
+fn positive(
+    cx: &Ctx<'_>,
+    path: &[Seg<'_>],
+    value: Option<DurationText>,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
+    match value {
+        Some(DurationText(d)) if d.is_zero() => Err(cx.invalid(
+            path,
+            "must be greater than zero; a zero duration would expire at once \
+             (write e.g. \"100ms\" or \"1s\")",
+        )),
+        Some(DurationText(d)) => Ok(d),
+        None => Ok(default),
+    }
+}
+
+fn at_least(
+    cx: &Ctx<'_>,
+    path: &[Seg<'_>],
+    value: usize,
+    min: usize,
+    why: &str,
+) -> Result<usize, ConfigError> {
+    if value < min {
+        Err(cx.invalid(path, format!("must be at least {min} ({why})")))
+    } else {
+        Ok(value)
+    }
+}
+
+/// One duration in an ordering rule, and whether the file set it.
+#[derive(Clone, Copy)]
+struct Side<'a> {
+    key: &'a str,
+    value: Duration,
+    set: bool,
+    /// What to call the value when the file did not set it.
+    source: &'a str,
+}
+
+impl Side<'_> {
+    fn describe(&self) -> String {
+        if self.set {
+            show(self.value)
+        } else {
+            format!("{}, {}", show(self.value), self.source)
+        }
+    }
+}
+
+/// Requires `short < long`, blaming whichever key the file actually wrote
+/// (preferring `short`), so the line points at something the operator can edit.
+fn shorter(
+    cx: &Ctx<'_>,
+    base: &[Seg<'_>],
+    short: Side<'_>,
+    long: Side<'_>,
+    why: &str,
+) -> Result<(), ConfigError> {
+    if short.value < long.value {
+        return Ok(());
+    }
+    if short.set || !long.set {
+        Err(cx.invalid(
+            &at(base, short.key),
+            format!(
+                "{} ({}) must be shorter than {} ({}): {why}",
+                short.key,
+                short.describe(),
+                long.key,
+                long.describe()
+            ),
+        ))
+    } else {
+        Err(cx.invalid(
+            &at(base, long.key),
+            format!(
+                "{} ({}) must be longer than {} ({}): {why}",
+                long.key,
+                long.describe(),
+                short.key,
+                short.describe()
+            ),
+        ))
+    }
+}

@@ -1,0 +1,285 @@
+//! Streaming bodies with idle bounds, and what a request holds until its
+//! response body ends.
+//!
+//! Bodies are never buffered: each frame is passed on as it arrives. An idle
+//! bound fires only while levee is actually waiting on the other side (it is
+//! armed on the first `Pending`), so a slow reader is not blamed on the node.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use levee_resilience::BulkheadPermit;
+use levee_telemetry::{ErrorReason, NodeStats, RouteStats};
+use tokio::time::{Instant, Sleep};
+
+use crate::connection::ActivityGuard;
+
+/// The client's request body failed while levee forwarded it.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientBodyError {
+    #[error("reading the client's request body failed: {0}")]
+    Read(#[source] hyper::Error),
+    #[error("the client sent no request body data for {0:?}")]
+    Idle(Duration),
+}
+
+/// The node's response body failed after its headers were sent on.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamBodyError {
+    #[error("the node's response body failed: {0}")]
+    Read(#[source] hyper::Error),
+    #[error("the node sent no response body data for {0:?}")]
+    Idle(Duration),
+}
+
+/// An idle bound, allocated on the first wait only: a body that is always
+/// ready when polled (most small ones) never pays for a timer.
+#[derive(Debug)]
+struct IdleTimer {
+    limit: Duration,
+    sleep: Option<Pin<Box<Sleep>>>,
+    armed: bool,
+}
+
+impl IdleTimer {
+    fn new(limit: Duration) -> Self {
+        Self {
+            limit,
+            sleep: None,
+            armed: false,
+        }
+    }
+
+    /// Progress was made: the next wait starts a new idle period.
+    fn progressed(&mut self) {
+        self.armed = false;
+    }
+
+    /// Called when the other side is pending; true once the bound has passed.
+    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        let deadline = Instant::now() + self.limit;
+        let sleep = match &mut self.sleep {
+            Some(sleep) => {
+                if !self.armed {
+                    sleep.as_mut().reset(deadline);
+                }
+                sleep
+            }
+            None => self
+                .sleep
+                .insert(Box::pin(tokio::time::sleep_until(deadline))),
+        };
+        self.armed = true;
+        sleep.as_mut().poll(cx).is_ready()
+    }
+}
+
+/// The client's request body on its way to the node.
+#[derive(Debug)]
+pub struct RequestBody {
+    inner: Incoming,
+    idle: IdleTimer,
+}
+
+impl RequestBody {
+    pub fn new(inner: Incoming, idle_timeout: Duration) -> Self {
+        Self {
+            inner,
+            idle: IdleTimer::new(idle_timeout),
+        }
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = ClientBodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                this.idle.progressed();
+                Poll::Ready(frame.map(|f| f.map_err(ClientBodyError::Read)))
+            }
+            Poll::Pending if this.idle.expired(cx) => {
+                Poll::Ready(Some(Err(ClientBodyError::Idle(this.idle.limit))))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Everything a proxied request holds until its response body ends: its
+/// bulkhead slots, its place in the node's in-flight gauge, and the stats
+/// that a failure mid-body is charged to.
+#[derive(Debug)]
+pub struct RequestScope {
+    pub route_slot: Option<BulkheadPermit>,
+    pub backend_slot: BulkheadPermit,
+    pub node_in_flight: levee_telemetry::InFlightGuard,
+    pub node: Arc<NodeStats>,
+    pub route: Arc<RouteStats>,
+}
+
+impl RequestScope {
+    fn fail(self, reason: ErrorReason) {
+        self.node.outcomes.record_error(reason);
+        self.route.outcomes.record_error(reason);
+    }
+}
+
+/// The node's response body on its way to the client.
+#[derive(Debug)]
+pub struct UpstreamBody {
+    inner: Incoming,
+    idle: IdleTimer,
+    scope: Option<RequestScope>,
+}
+
+impl UpstreamBody {
+    pub fn new(inner: Incoming, idle_timeout: Duration, scope: RequestScope) -> Self {
+        let done = inner.is_end_stream();
+        Self {
+            inner,
+            idle: IdleTimer::new(idle_timeout),
+            // An empty body frees its slots at once.
+            scope: if done { None } else { Some(scope) },
+        }
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = UpstreamBodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = self.get_mut();
+        let polled = match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(frame) => frame,
+            Poll::Pending if this.idle.expired(cx) => {
+                if let Some(scope) = this.scope.take() {
+                    scope.fail(ErrorReason::Deadline);
+                }
+                return Poll::Ready(Some(Err(UpstreamBodyError::Idle(this.idle.limit))));
+            }
+            Poll::Pending => return Poll::Pending,
+        };
+        this.idle.progressed();
+        match polled {
+            None => {
+                // Done: free the slots now rather than when hyper drops us.
+                this.scope.take();
+                Poll::Ready(None)
+            }
+            Some(Ok(frame)) => Poll::Ready(Some(Ok(frame))),
+            Some(Err(e)) => {
+                if let Some(scope) = this.scope.take() {
+                    scope.fail(ErrorReason::UpstreamReset);
+                }
+                Poll::Ready(Some(Err(UpstreamBodyError::Read(e))))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[derive(Debug)]
+enum Kind {
+    Local(Option<Bytes>),
+    Upstream(UpstreamBody),
+}
+
+/// What the client receives: a node's streamed body or levee's own short
+/// answer. It also marks its connection busy until it ends.
+#[derive(Debug)]
+pub struct ProxyBody {
+    kind: Kind,
+    activity: Option<ActivityGuard>,
+}
+
+impl ProxyBody {
+    pub fn local(data: Bytes) -> Self {
+        Self {
+            kind: Kind::Local(Some(data)),
+            activity: None,
+        }
+    }
+
+    pub fn upstream(body: UpstreamBody) -> Self {
+        Self {
+            kind: Kind::Upstream(body),
+            activity: None,
+        }
+    }
+
+    pub fn with_activity(mut self, guard: ActivityGuard) -> Self {
+        self.activity = Some(guard);
+        self
+    }
+}
+
+/// Boxed error, as hyper's server wants one.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = self.get_mut();
+        let out = match &mut this.kind {
+            Kind::Local(data) => data.take().map(|d| Ok(Frame::data(d))),
+            Kind::Upstream(body) => {
+                ready!(Pin::new(body).poll_frame(cx)).map(|r| r.map_err(Into::into))
+            }
+        };
+        if out.is_none() {
+            this.activity.take();
+        }
+        Poll::Ready(out)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            Kind::Local(data) => data.is_none(),
+            Kind::Upstream(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            Kind::Local(data) => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
+            Kind::Upstream(body) => body.size_hint(),
+        }
+    }
+}

@@ -1,0 +1,114 @@
+//! The one place where failures become responses.
+//!
+//! Mechanisms return small typed causes; [`ProxyError::into_response`] maps
+//! each reason, exhaustively, to a status, an `x-levee-error` header, a short
+//! plain-text body and, for 503, `Retry-After`.
+
+use std::borrow::Cow;
+
+use bytes::Bytes;
+use http::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER};
+use http::{Response, StatusCode};
+use levee_telemetry::ErrorReason;
+
+use crate::body::ProxyBody;
+
+pub const X_LEVEE_ERROR: &str = "x-levee-error";
+
+/// A failure levee answers itself, with the detail that goes to the log.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {detail}", reason.as_str())]
+pub struct ProxyError {
+    pub reason: ErrorReason,
+    pub detail: Cow<'static, str>,
+}
+
+impl ProxyError {
+    pub fn new(reason: ErrorReason, detail: impl Into<Cow<'static, str>>) -> Self {
+        Self {
+            reason,
+            detail: detail.into(),
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        status_of(self.reason)
+    }
+
+    /// The response the client gets. The body says what happened in one line
+    /// but never names nodes or internal addresses.
+    pub fn into_response(self) -> Response<ProxyBody> {
+        error_response(self.reason)
+    }
+}
+
+/// Status for each reason, exhaustively.
+pub fn status_of(reason: ErrorReason) -> StatusCode {
+    match reason {
+        ErrorReason::NoRoute => StatusCode::NOT_FOUND,
+        ErrorReason::BulkheadFull => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorReason::Deadline => StatusCode::GATEWAY_TIMEOUT,
+        ErrorReason::UpstreamConnect
+        | ErrorReason::UpstreamReset
+        | ErrorReason::UpstreamProtocol => StatusCode::BAD_GATEWAY,
+        ErrorReason::BadRequest | ErrorReason::ClientBody => StatusCode::BAD_REQUEST,
+        ErrorReason::HeaderTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+        ErrorReason::Unsupported => StatusCode::METHOD_NOT_ALLOWED,
+    }
+}
+
+fn message_of(reason: ErrorReason) -> &'static str {
+    match reason {
+        ErrorReason::NoRoute => "no route matches this request",
+        ErrorReason::BulkheadFull => "the backend is at its concurrency limit; retry later",
+        ErrorReason::Deadline => "the backend did not answer in time",
+        ErrorReason::UpstreamConnect => "could not connect to a backend node",
+        ErrorReason::UpstreamReset => "the backend node closed the connection",
+        ErrorReason::UpstreamProtocol => "the backend node sent an invalid response",
+        ErrorReason::BadRequest => "the request is malformed",
+        ErrorReason::HeaderTooLarge => "the request headers are too large",
+        ErrorReason::ClientBody => "the request body could not be read",
+        ErrorReason::Unsupported => "this method is not supported by the proxy",
+    }
+}
+
+/// Builds the response for `reason`.
+pub fn error_response(reason: ErrorReason) -> Response<ProxyBody> {
+    let status = status_of(reason);
+    let text = format!(
+        "{} {}: {}\n",
+        status.as_u16(),
+        reason.as_str(),
+        message_of(reason)
+    );
+    let mut resp = Response::new(ProxyBody::local(Bytes::from(text)));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    h.insert(X_LEVEE_ERROR, HeaderValue::from_static(reason.as_str()));
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        h.insert(RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    #[test]
+    fn every_reason_has_a_status_header_and_retry_after_for_503() {
+        for reason in ErrorReason::ALL {
+            let resp = error_response(reason);
+            assert_eq!(resp.status(), status_of(reason));
+            assert_eq!(resp.headers()[X_LEVEE_ERROR], reason.as_str());
+            let is_503 = resp.status() == StatusCode::SERVICE_UNAVAILABLE;
+            assert_eq!(resp.headers().contains_key(RETRY_AFTER), is_503);
+            assert!(resp.status().is_client_error() || resp.status().is_server_error());
+        }
+    }
+}

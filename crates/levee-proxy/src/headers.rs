@@ -1,0 +1,183 @@
+//! Header hygiene for forwarding, as RFC 9110 §7.6.1 asks.
+//!
+//! Hop-by-hop headers describe one connection and must not cross the proxy;
+//! the `X-Forwarded-*` family tells the node who the client was; a request id
+//! ties the client's view, levee's log and the node's log together.
+
+use std::net::IpAddr;
+
+use http::header::{
+    HeaderMap, HeaderName, HeaderValue, CONNECTION, HOST, TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
+};
+
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Longest client-supplied request id that is kept as is.
+const MAX_REQUEST_ID_LEN: usize = 128;
+
+/// Removes hop-by-hop headers: the fixed set and every header `Connection` names.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Names listed in Connection are hop-by-hop too; collect before removing.
+    let named: Vec<HeaderName> = headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in [
+        CONNECTION,
+        KEEP_ALIVE,
+        PROXY_CONNECTION,
+        TE,
+        TRAILER,
+        TRANSFER_ENCODING,
+        UPGRADE,
+    ] {
+        headers.remove(name);
+    }
+}
+
+/// The client's request id if it is usable, else a new random one.
+pub fn request_id(headers: &HeaderMap) -> HeaderValue {
+    if let Some(v) = headers.get(&X_REQUEST_ID) {
+        let ok = !v.is_empty()
+            && v.len() <= MAX_REQUEST_ID_LEN
+            && v.as_bytes().iter().all(|b| b.is_ascii_graphic());
+        if ok {
+            return v.clone();
+        }
+    }
+    new_request_id()
+}
+
+/// 32 lowercase hex digits of randomness.
+pub fn new_request_id() -> HeaderValue {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut n = fastrand::u128(..);
+    let mut buf = [0u8; 32];
+    for b in buf.iter_mut().rev() {
+        *b = HEX[(n & 0xf) as usize];
+        n >>= 4;
+    }
+    HeaderValue::from_bytes(&buf).unwrap_or_else(|_| HeaderValue::from_static("0"))
+}
+
+/// Sets the `X-Forwarded-*` headers: the peer is appended to `X-Forwarded-For`,
+/// the scheme and the original host are set (replacing any sent by the client).
+pub fn set_forwarded(
+    headers: &mut HeaderMap,
+    peer: IpAddr,
+    proto: &'static str,
+    host: Option<&HeaderValue>,
+) {
+    let peer = peer.to_string();
+    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(prior) if !prior.trim().is_empty() => format!("{prior}, {peer}"),
+        _ => peer,
+    };
+    // Several X-Forwarded-For lines are folded into one above; drop the rest.
+    headers.remove(&X_FORWARDED_FOR);
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        headers.insert(X_FORWARDED_FOR, v);
+    }
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+    match host {
+        Some(h) => {
+            headers.insert(X_FORWARDED_HOST, h.clone());
+        }
+        None => {
+            headers.remove(&X_FORWARDED_HOST);
+        }
+    }
+}
+
+/// The host a request addressed: the Host header, else the URI authority (HTTP/2).
+pub fn request_host<'a>(headers: &'a HeaderMap, uri: &'a http::Uri) -> Option<&'a str> {
+    headers
+        .get(HOST)
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| uri.authority().map(|a| a.as_str()))
+}
+
+/// The host without its port, for matching routes.
+pub fn host_without_port(host: &str) -> &str {
+    if let Some(rest) = host.strip_prefix('[') {
+        // [v6]:port
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    match host.rsplit_once(':') {
+        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+        _ => host,
+    }
+}
+
+/// Rough size of a request head, as a client sent it, to enforce `max_header_bytes`.
+pub fn head_size(headers: &HeaderMap, uri: &http::Uri) -> usize {
+    let fields: usize = headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum();
+    fields + uri.path_and_query().map_or(1, |pq| pq.as_str().len()) + 16
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    #[test]
+    fn strips_fixed_and_connection_named_headers() {
+        let mut h = HeaderMap::new();
+        h.insert(CONNECTION, HeaderValue::from_static("keep-alive, x-secret"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(TE, HeaderValue::from_static("trailers"));
+        h.insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        h.insert(UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert("proxy-connection", HeaderValue::from_static("keep-alive"));
+        h.insert(TRAILER, HeaderValue::from_static("x-t"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn forwarded_for_is_appended_and_proto_host_set() {
+        let mut h = HeaderMap::new();
+        h.append(X_FORWARDED_FOR, HeaderValue::from_static("203.0.113.9"));
+        h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
+        let host = HeaderValue::from_static("api.example.com");
+        set_forwarded(&mut h, "127.0.0.1".parse().unwrap(), "http", Some(&host));
+        assert_eq!(h[&X_FORWARDED_FOR], "203.0.113.9, 127.0.0.1");
+        assert_eq!(h[&X_FORWARDED_PROTO], "http");
+        assert_eq!(h[&X_FORWARDED_HOST], "api.example.com");
+    }
+
+    #[test]
+    fn request_id_is_kept_when_sane_and_generated_otherwise() {
+        let mut h = HeaderMap::new();
+        assert_eq!(request_id(&h).len(), 32);
+        h.insert(X_REQUEST_ID, HeaderValue::from_static("abc-123"));
+        assert_eq!(request_id(&h), "abc-123");
+        h.insert(X_REQUEST_ID, HeaderValue::from_static("has space"));
+        assert_eq!(request_id(&h).len(), 32);
+        assert_ne!(new_request_id(), new_request_id());
+    }
+
+    #[test]
+    fn host_port_is_removed() {
+        assert_eq!(host_without_port("api.example.com:8080"), "api.example.com");
+        assert_eq!(host_without_port("api.example.com"), "api.example.com");
+        assert_eq!(host_without_port("[::1]:80"), "::1");
+    }
+}

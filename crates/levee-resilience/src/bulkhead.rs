@@ -1,0 +1,185 @@
+//! A bulkhead is a concurrency limit that fails instead of waiting forever.
+//!
+//! A request takes a slot; when none is free it may wait in a bounded queue
+//! until a caller-given instant. A full queue or an expired wait is refused at
+//! once, so stuck work behind one bulkhead cannot hold memory or callers
+//! elsewhere. The permit is an owned value: it is released when dropped, on
+//! every path (success, error, deadline, client gone).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError};
+use tokio::time::{timeout_at, Instant};
+
+/// Why a bulkhead refused a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum BulkheadFull {
+    /// Every slot was taken and the queue was full too.
+    #[error("all {max_in_flight} slots are busy and the queue of {max_queue} is full")]
+    QueueFull {
+        max_in_flight: usize,
+        max_queue: usize,
+    },
+    /// The request waited in the queue until its wait deadline.
+    #[error("no slot of {max_in_flight} became free before the queue timeout")]
+    QueueTimeout { max_in_flight: usize },
+}
+
+/// Bounded concurrency plus a bounded, timed queue.
+#[derive(Debug)]
+pub struct Bulkhead {
+    slots: Arc<Semaphore>,
+    max_in_flight: usize,
+    max_queue: usize,
+    queued: AtomicUsize,
+}
+
+/// A held slot; dropping it frees the slot.
+#[derive(Debug)]
+pub struct BulkheadPermit {
+    _slot: OwnedSemaphorePermit,
+}
+
+impl Bulkhead {
+    /// `max_in_flight` must be at least 1 (the config validates it); a zero
+    /// would refuse everything, so it is raised to 1 rather than trusted.
+    pub fn new(max_in_flight: usize, max_queue: usize) -> Self {
+        let max_in_flight = max_in_flight.clamp(1, Semaphore::MAX_PERMITS);
+        Self {
+            slots: Arc::new(Semaphore::new(max_in_flight)),
+            max_in_flight,
+            max_queue,
+            queued: AtomicUsize::new(0),
+        }
+    }
+
+    /// Takes a slot, waiting in the queue no later than `wait_until`.
+    pub async fn acquire(&self, wait_until: Instant) -> Result<BulkheadPermit, BulkheadFull> {
+        match Arc::clone(&self.slots).try_acquire_owned() {
+            Ok(slot) => return Ok(BulkheadPermit { _slot: slot }),
+            Err(TryAcquireError::NoPermits) => {}
+            Err(TryAcquireError::Closed) => return Err(self.queue_full()),
+        }
+        if self.queued.fetch_add(1, Ordering::AcqRel) >= self.max_queue {
+            self.queued.fetch_sub(1, Ordering::AcqRel);
+            return Err(self.queue_full());
+        }
+        let _in_queue = QueuedGuard(&self.queued);
+        match timeout_at(wait_until, Arc::clone(&self.slots).acquire_owned()).await {
+            Ok(Ok(slot)) => Ok(BulkheadPermit { _slot: slot }),
+            Ok(Err(_closed)) => Err(self.queue_full()),
+            Err(_elapsed) => Err(BulkheadFull::QueueTimeout {
+                max_in_flight: self.max_in_flight,
+            }),
+        }
+    }
+
+    /// Slots taken right now.
+    pub fn in_flight(&self) -> usize {
+        self.max_in_flight - self.slots.available_permits().min(self.max_in_flight)
+    }
+
+    /// Requests waiting for a slot right now.
+    pub fn queued(&self) -> usize {
+        self.queued.load(Ordering::Acquire)
+    }
+
+    pub fn max_in_flight(&self) -> usize {
+        self.max_in_flight
+    }
+
+    pub fn max_queue(&self) -> usize {
+        self.max_queue
+    }
+
+    fn queue_full(&self) -> BulkheadFull {
+        BulkheadFull::QueueFull {
+            max_in_flight: self.max_in_flight,
+            max_queue: self.max_queue,
+        }
+    }
+}
+
+/// Leaves the queue on every path, including the waiting future being dropped.
+struct QueuedGuard<'a>(&'a AtomicUsize);
+
+impl Drop for QueuedGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use std::time::Duration;
+
+    fn soon(ms: u64) -> Instant {
+        Instant::now() + Duration::from_millis(ms)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn admits_up_to_max_in_flight_then_refuses_without_a_queue() {
+        let b = Bulkhead::new(2, 0);
+        let p1 = b.acquire(soon(100)).await.unwrap();
+        let _p2 = b.acquire(soon(100)).await.unwrap();
+        assert_eq!(b.in_flight(), 2);
+        let err = b.acquire(soon(100)).await.unwrap_err();
+        assert!(matches!(err, BulkheadFull::QueueFull { .. }));
+        drop(p1);
+        assert_eq!(b.in_flight(), 1);
+        b.acquire(soon(100)).await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn queued_request_times_out_at_its_wait_deadline() {
+        let b = Bulkhead::new(1, 1);
+        let _held = b.acquire(soon(10)).await.unwrap();
+        let started = Instant::now();
+        let err = b.acquire(soon(100)).await.unwrap_err();
+        assert!(matches!(err, BulkheadFull::QueueTimeout { .. }));
+        assert_eq!(started.elapsed(), Duration::from_millis(100));
+        assert_eq!(b.queued(), 0, "a timed-out waiter leaves the queue");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn queued_request_gets_the_slot_when_it_frees() {
+        let b = Arc::new(Bulkhead::new(1, 1));
+        let held = b.acquire(soon(10)).await.unwrap();
+        let waiter = {
+            let b = Arc::clone(&b);
+            tokio::spawn(async move { b.acquire(soon(1_000)).await.map(|_| ()) })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(b.queued(), 1);
+        // The queue holds one: the next caller is refused at once.
+        let err = b.acquire(soon(1_000)).await.unwrap_err();
+        assert!(matches!(err, BulkheadFull::QueueFull { .. }));
+        drop(held);
+        waiter.await.unwrap().unwrap();
+        assert_eq!(b.queued(), 0);
+        assert_eq!(b.in_flight(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn dropping_a_waiting_caller_leaves_the_queue() {
+        let b = Arc::new(Bulkhead::new(1, 4));
+        let _held = b.acquire(soon(10)).await.unwrap();
+        let waiter = {
+            let b = Arc::clone(&b);
+            tokio::spawn(async move { b.acquire(soon(60_000)).await.map(|_| ()) })
+        };
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert_eq!(b.queued(), 1);
+        waiter.abort();
+        let _ = waiter.await;
+        assert_eq!(b.queued(), 0);
+    }
+
+    #[test]
+    fn zero_slots_is_raised_to_one() {
+        assert_eq!(Bulkhead::new(0, 0).max_in_flight(), 1);
+    }
+}

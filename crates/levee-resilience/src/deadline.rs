@@ -1,0 +1,142 @@
+//! A deadline is an absolute instant carried with a request.
+//!
+//! Every phase of a request (waiting for a slot, connecting, waiting for the
+//! response headers, streaming a body) runs against the same instant or its
+//! own idle bound, and a miss says which phase ran out, so the edge can answer
+//! and log precisely.
+
+use std::fmt;
+use std::future::Future;
+use std::time::Duration;
+
+use tokio::time::{timeout_at, Instant};
+
+/// Which phase of a request ran out of time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Connecting to the node.
+    Connect,
+    /// Waiting for the node's response headers.
+    Headers,
+    /// A body (either way) made no progress for its idle bound.
+    BodyIdle,
+}
+
+impl Phase {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Phase::Connect => "connect",
+            Phase::Headers => "response headers",
+            Phase::BodyIdle => "body idle",
+        }
+    }
+}
+
+impl fmt::Display for Phase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A phase missed its deadline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("deadline exceeded while waiting for {phase} (after {after:?})")]
+pub struct DeadlineExceeded {
+    pub phase: Phase,
+    pub after: Duration,
+}
+
+/// The instant by which a request must have its response headers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Deadline {
+    start: Instant,
+    at: Instant,
+}
+
+impl Deadline {
+    /// A deadline `budget` from now.
+    pub fn after(budget: Duration) -> Self {
+        let start = Instant::now();
+        Self {
+            start,
+            at: start + budget,
+        }
+    }
+
+    pub fn at(&self) -> Instant {
+        self.at
+    }
+
+    /// Time left, zero once passed.
+    pub fn remaining(&self) -> Duration {
+        self.at.saturating_duration_since(Instant::now())
+    }
+
+    pub fn is_expired(&self) -> bool {
+        Instant::now() >= self.at
+    }
+
+    /// The earlier of this deadline and `now + bound`, for waits (like a queue)
+    /// that have their own, shorter bound.
+    pub fn capped(&self, bound: Duration) -> Instant {
+        self.at.min(Instant::now() + bound)
+    }
+
+    /// Runs `fut` until the deadline; a miss names `phase`.
+    pub async fn run<F: Future>(
+        &self,
+        phase: Phase,
+        fut: F,
+    ) -> Result<F::Output, DeadlineExceeded> {
+        timeout_at(self.at, fut)
+            .await
+            .map_err(|_| DeadlineExceeded {
+                phase,
+                after: self.at.saturating_duration_since(self.start),
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn fires_at_the_deadline_and_names_the_phase() {
+        let d = Deadline::after(Duration::from_millis(200));
+        let started = Instant::now();
+        let err = d
+            .run(Phase::Headers, std::future::pending::<()>())
+            .await
+            .unwrap_err();
+        assert_eq!(err.phase, Phase::Headers);
+        assert_eq!(err.after, Duration::from_millis(200));
+        assert_eq!(started.elapsed(), Duration::from_millis(200));
+        assert!(d.is_expired());
+        assert_eq!(d.remaining(), Duration::ZERO);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn work_that_finishes_in_time_passes_through() {
+        let d = Deadline::after(Duration::from_secs(1));
+        let out = d
+            .run(Phase::Connect, async {
+                tokio::time::sleep(Duration::from_millis(999)).await;
+                7
+            })
+            .await
+            .unwrap();
+        assert_eq!(out, 7);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn capped_takes_the_earlier_instant() {
+        let d = Deadline::after(Duration::from_secs(1));
+        assert_eq!(
+            d.capped(Duration::from_millis(100)),
+            Instant::now() + Duration::from_millis(100)
+        );
+        assert_eq!(d.capped(Duration::from_secs(5)), d.at());
+    }
+}

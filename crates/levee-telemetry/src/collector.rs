@@ -1,0 +1,259 @@
+//! Encodes the telemetry as Prometheus text at scrape time.
+//!
+//! Reading atomics at scrape time (instead of registering one metric object
+//! per series) keeps the request path free of the registry's locks and makes
+//! every series of the live topology appear at 0 from startup.
+
+use std::sync::Arc;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, MetricEncoder, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Unit;
+
+use crate::stats::{ErrorReason, LatencyHistogram, OutcomeCounters, StatusClass};
+use crate::Telemetry;
+
+#[derive(Debug)]
+pub(crate) struct TelemetryCollector {
+    telemetry: Arc<Telemetry>,
+}
+
+impl TelemetryCollector {
+    pub(crate) fn new(telemetry: Arc<Telemetry>) -> Self {
+        Self { telemetry }
+    }
+}
+
+type Fmt = Result<(), std::fmt::Error>;
+
+impl Collector for TelemetryCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Fmt {
+        let t = &self.telemetry;
+        let topo = t.topology();
+
+        let mut m = encoder.encode_descriptor(
+            "levee_config_info",
+            "The config version now live.",
+            None,
+            MetricType::Info,
+        )?;
+        m.encode_info(&[("version", topo.version.as_str())])?;
+
+        gauge(
+            &mut encoder,
+            "levee_ready",
+            "1 while levee accepts traffic and is not draining.",
+            i64::from(t.is_ready() && !t.is_draining()),
+        )?;
+        let age = t.heartbeat.age().map_or(f64::INFINITY, |a| a.as_secs_f64());
+        let mut m = encoder.encode_descriptor(
+            "levee_heartbeat_age",
+            "Age of the data plane's last heartbeat tick; it grows when the data plane is wedged.",
+            Some(&Unit::Seconds),
+            MetricType::Gauge,
+        )?;
+        m.encode_gauge(&age)?;
+        gauge(
+            &mut encoder,
+            "levee_connections_open",
+            "Client connections open now.",
+            i64::try_from(t.connections_open()).unwrap_or(i64::MAX),
+        )?;
+        let mut m = encoder.encode_descriptor(
+            "levee_connections",
+            "Client connections accepted.",
+            None,
+            MetricType::Counter,
+        )?;
+        m.encode_counter::<NoLabelSet, _, u64>(&t.connections_total(), None)?;
+
+        // Per route.
+        let mut m = encoder.encode_descriptor(
+            "levee_requests",
+            "Requests by route and the status class the client saw.",
+            None,
+            MetricType::Counter,
+        )?;
+        for r in &topo.routes {
+            by_class(
+                &mut m,
+                &r.outcomes,
+                &[("route", r.name.as_str()), ("backend", r.backend.as_str())],
+            )?;
+        }
+        by_class(&mut m, &topo.unrouted, &[("route", ""), ("backend", "")])?;
+        let mut m = encoder.encode_descriptor(
+            "levee_errors",
+            "Requests levee answered or cut itself, by route and x-levee-error reason.",
+            None,
+            MetricType::Counter,
+        )?;
+        for r in &topo.routes {
+            by_reason(
+                &mut m,
+                &r.outcomes,
+                &[("route", r.name.as_str()), ("backend", r.backend.as_str())],
+            )?;
+        }
+        by_reason(&mut m, &topo.unrouted, &[("route", ""), ("backend", "")])?;
+        let mut m = encoder.encode_descriptor(
+            "levee_request_duration",
+            "Time from request received to response headers sent, by route.",
+            Some(&Unit::Seconds),
+            MetricType::Histogram,
+        )?;
+        for r in &topo.routes {
+            histogram(
+                &mut m,
+                &r.latency,
+                &[("route", r.name.as_str()), ("backend", r.backend.as_str())],
+            )?;
+        }
+        let mut m = encoder.encode_descriptor(
+            "levee_route_in_flight",
+            "Requests holding a route bulkhead slot (0 for routes without one).",
+            None,
+            MetricType::Gauge,
+        )?;
+        for r in &topo.routes {
+            let v = r.bulkhead.as_ref().map_or(0, |b| b.in_flight());
+            m.encode_family(&[("route", r.name.as_str())])?
+                .encode_gauge(&as_i64(v))?;
+        }
+        let mut m = encoder.encode_descriptor(
+            "levee_route_queued",
+            "Requests waiting for a route bulkhead slot.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for r in &topo.routes {
+            let v = r.bulkhead.as_ref().map_or(0, |b| b.queued());
+            m.encode_family(&[("route", r.name.as_str())])?
+                .encode_gauge(&as_i64(v))?;
+        }
+
+        // Per backend.
+        let mut m = encoder.encode_descriptor(
+            "levee_backend_in_flight",
+            "Requests holding a backend bulkhead slot.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for b in &topo.backends {
+            m.encode_family(&[("backend", b.name.as_str())])?
+                .encode_gauge(&as_i64(b.bulkhead.in_flight()))?;
+        }
+        let mut m = encoder.encode_descriptor(
+            "levee_backend_queued",
+            "Requests waiting for a backend bulkhead slot.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for b in &topo.backends {
+            m.encode_family(&[("backend", b.name.as_str())])?
+                .encode_gauge(&as_i64(b.bulkhead.queued()))?;
+        }
+
+        // Per node.
+        let nodes = || topo.backends.iter().flat_map(|b| b.nodes.iter());
+        let mut m = encoder.encode_descriptor(
+            "levee_node_requests",
+            "Responses from a node by status class.",
+            None,
+            MetricType::Counter,
+        )?;
+        for n in nodes() {
+            by_class(
+                &mut m,
+                &n.outcomes,
+                &[("backend", n.backend.as_str()), ("node", n.addr.as_str())],
+            )?;
+        }
+        let mut m = encoder.encode_descriptor(
+            "levee_node_errors",
+            "Failed calls to a node by reason (connect, reset, protocol, deadline).",
+            None,
+            MetricType::Counter,
+        )?;
+        for n in nodes() {
+            for reason in ErrorReason::ALL.iter().filter(|r| r.blames_node()) {
+                m.encode_family(&[
+                    ("backend", n.backend.as_str()),
+                    ("node", n.addr.as_str()),
+                    ("reason", reason.as_str()),
+                ])?
+                .encode_counter::<NoLabelSet, _, u64>(&n.outcomes.reason(*reason), None)?;
+            }
+        }
+        let mut m = encoder.encode_descriptor(
+            "levee_node_request_duration",
+            "Time from sending a request to a node to its response headers.",
+            Some(&Unit::Seconds),
+            MetricType::Histogram,
+        )?;
+        for n in nodes() {
+            histogram(
+                &mut m,
+                &n.latency,
+                &[("backend", n.backend.as_str()), ("node", n.addr.as_str())],
+            )?;
+        }
+        let mut m = encoder.encode_descriptor(
+            "levee_node_in_flight",
+            "Requests in flight to a node.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for n in nodes() {
+            m.encode_family(&[("backend", n.backend.as_str()), ("node", n.addr.as_str())])?
+                .encode_gauge(&n.in_flight())?;
+        }
+        Ok(())
+    }
+}
+
+fn gauge(encoder: &mut DescriptorEncoder, name: &str, help: &str, value: i64) -> Fmt {
+    encoder
+        .encode_descriptor(name, help, None, MetricType::Gauge)?
+        .encode_gauge(&value)
+}
+
+fn by_class(m: &mut MetricEncoder, o: &OutcomeCounters, labels: &[(&str, &str); 2]) -> Fmt {
+    for class in StatusClass::ALL {
+        let set = [
+            (labels[0].0, labels[0].1),
+            (labels[1].0, labels[1].1),
+            ("class", class.as_str()),
+        ];
+        m.encode_family(&set)?
+            .encode_counter::<NoLabelSet, _, u64>(&o.class(class), None)?;
+    }
+    Ok(())
+}
+
+fn by_reason(m: &mut MetricEncoder, o: &OutcomeCounters, labels: &[(&str, &str); 2]) -> Fmt {
+    for reason in ErrorReason::ALL {
+        let set = [
+            (labels[0].0, labels[0].1),
+            (labels[1].0, labels[1].1),
+            ("reason", reason.as_str()),
+        ];
+        m.encode_family(&set)?
+            .encode_counter::<NoLabelSet, _, u64>(&o.reason(reason), None)?;
+    }
+    Ok(())
+}
+
+fn histogram(m: &mut MetricEncoder, h: &LatencyHistogram, labels: &impl EncodeLabelSet) -> Fmt {
+    m.encode_family(labels)?.encode_histogram::<NoLabelSet>(
+        h.sum_seconds(),
+        h.count(),
+        &h.cumulative(),
+        None,
+    )
+}
+
+fn as_i64(v: usize) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}

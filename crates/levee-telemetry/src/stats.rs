@@ -1,0 +1,329 @@
+//! Counters per route, backend and node, made of atomics.
+//!
+//! Every series a scrape can show exists from the moment a topology is built,
+//! so "no data" is never mistaken for "no errors".
+
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use levee_resilience::Bulkhead;
+
+/// Why levee answered (or cut) a request itself. The string is the value of
+/// the `x-levee-error` header and of the `reason` metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorReason {
+    NoRoute,
+    BulkheadFull,
+    Deadline,
+    UpstreamConnect,
+    UpstreamReset,
+    UpstreamProtocol,
+    BadRequest,
+    HeaderTooLarge,
+    ClientBody,
+    Unsupported,
+}
+
+impl ErrorReason {
+    pub const ALL: [ErrorReason; 10] = [
+        ErrorReason::NoRoute,
+        ErrorReason::BulkheadFull,
+        ErrorReason::Deadline,
+        ErrorReason::UpstreamConnect,
+        ErrorReason::UpstreamReset,
+        ErrorReason::UpstreamProtocol,
+        ErrorReason::BadRequest,
+        ErrorReason::HeaderTooLarge,
+        ErrorReason::ClientBody,
+        ErrorReason::Unsupported,
+    ];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ErrorReason::NoRoute => "no-route",
+            ErrorReason::BulkheadFull => "bulkhead-full",
+            ErrorReason::Deadline => "deadline",
+            ErrorReason::UpstreamConnect => "upstream-connect",
+            ErrorReason::UpstreamReset => "upstream-reset",
+            ErrorReason::UpstreamProtocol => "upstream-protocol",
+            ErrorReason::BadRequest => "bad-request",
+            ErrorReason::HeaderTooLarge => "header-too-large",
+            ErrorReason::ClientBody => "client-body",
+            ErrorReason::Unsupported => "unsupported",
+        }
+    }
+
+    /// Whether this outcome says something about the node (versus the client
+    /// or levee's own limits): only these count against a node.
+    pub const fn blames_node(self) -> bool {
+        matches!(
+            self,
+            ErrorReason::Deadline
+                | ErrorReason::UpstreamConnect
+                | ErrorReason::UpstreamReset
+                | ErrorReason::UpstreamProtocol
+        )
+    }
+
+    const fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Status class of a response as the client saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatusClass {
+    Informational,
+    Success,
+    Redirection,
+    ClientError,
+    ServerError,
+}
+
+impl StatusClass {
+    pub const ALL: [StatusClass; 5] = [
+        StatusClass::Informational,
+        StatusClass::Success,
+        StatusClass::Redirection,
+        StatusClass::ClientError,
+        StatusClass::ServerError,
+    ];
+
+    pub fn of(status: u16) -> Self {
+        match status {
+            0..=199 => StatusClass::Informational,
+            200..=299 => StatusClass::Success,
+            300..=399 => StatusClass::Redirection,
+            400..=499 => StatusClass::ClientError,
+            _ => StatusClass::ServerError,
+        }
+    }
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            StatusClass::Informational => "1xx",
+            StatusClass::Success => "2xx",
+            StatusClass::Redirection => "3xx",
+            StatusClass::ClientError => "4xx",
+            StatusClass::ServerError => "5xx",
+        }
+    }
+
+    const fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Responses by status class and levee errors by reason.
+#[derive(Debug, Default)]
+pub struct OutcomeCounters {
+    by_class: [AtomicU64; 5],
+    by_reason: [AtomicU64; ErrorReason::ALL.len()],
+}
+
+impl OutcomeCounters {
+    pub fn record_status(&self, status: u16) {
+        self.by_class[StatusClass::of(status).index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn record_error(&self, reason: ErrorReason) {
+        self.by_reason[reason.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn class(&self, class: StatusClass) -> u64 {
+        self.by_class[class.index()].load(Ordering::Relaxed)
+    }
+
+    pub fn reason(&self, reason: ErrorReason) -> u64 {
+        self.by_reason[reason.index()].load(Ordering::Relaxed)
+    }
+
+    pub fn total(&self) -> u64 {
+        StatusClass::ALL.iter().map(|c| self.class(*c)).sum()
+    }
+}
+
+/// Upper bounds (seconds) of the duration histogram buckets.
+pub const LATENCY_BUCKETS: [f64; 14] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// A Prometheus-style histogram of atomics (no lock per observation).
+#[derive(Debug, Default)]
+pub struct LatencyHistogram {
+    /// Per-bucket (not cumulative) counts; the last slot is +Inf.
+    buckets: [AtomicU64; LATENCY_BUCKETS.len() + 1],
+    count: AtomicU64,
+    sum_us: AtomicU64,
+}
+
+impl LatencyHistogram {
+    pub fn observe(&self, elapsed: Duration) {
+        let secs = elapsed.as_secs_f64();
+        let slot = LATENCY_BUCKETS
+            .iter()
+            .position(|bound| secs <= *bound)
+            .unwrap_or(LATENCY_BUCKETS.len());
+        self.buckets[slot].fetch_add(1, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+        let us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+        self.sum_us.fetch_add(us, Ordering::Relaxed);
+    }
+
+    pub fn count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    pub fn sum_seconds(&self) -> f64 {
+        self.sum_us.load(Ordering::Relaxed) as f64 / 1e6
+    }
+
+    /// Cumulative `(upper bound, count)` pairs, ending with +Inf.
+    pub fn cumulative(&self) -> Vec<(f64, u64)> {
+        let mut running = 0;
+        let bounds = LATENCY_BUCKETS.iter().copied().chain([f64::INFINITY]);
+        bounds
+            .zip(&self.buckets)
+            .map(|(bound, n)| {
+                running += n.load(Ordering::Relaxed);
+                (bound, running)
+            })
+            .collect()
+    }
+}
+
+/// One app node as the data plane sees it.
+#[derive(Debug)]
+pub struct NodeStats {
+    pub backend: String,
+    pub addr: String,
+    pub outcomes: OutcomeCounters,
+    pub latency: LatencyHistogram,
+    in_flight: AtomicI64,
+}
+
+impl NodeStats {
+    pub fn new(backend: &str, addr: &str) -> Self {
+        Self {
+            backend: backend.to_owned(),
+            addr: addr.to_owned(),
+            outcomes: OutcomeCounters::default(),
+            latency: LatencyHistogram::default(),
+            in_flight: AtomicI64::new(0),
+        }
+    }
+
+    pub fn in_flight(&self) -> i64 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Counts a request in flight until the guard drops.
+    pub fn enter(self: &Arc<Self>) -> InFlightGuard {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlightGuard(Arc::clone(self))
+    }
+}
+
+/// Decrements a node's in-flight gauge when the request ends, however it ends.
+#[derive(Debug)]
+pub struct InFlightGuard(Arc<NodeStats>);
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A backend: its bulkhead and its nodes.
+#[derive(Debug)]
+pub struct BackendStats {
+    pub name: String,
+    pub bulkhead: Arc<Bulkhead>,
+    pub nodes: Vec<Arc<NodeStats>>,
+}
+
+/// A route: what its clients saw.
+#[derive(Debug)]
+pub struct RouteStats {
+    pub name: String,
+    pub backend: String,
+    pub bulkhead: Option<Arc<Bulkhead>>,
+    pub outcomes: OutcomeCounters,
+    pub latency: LatencyHistogram,
+}
+
+impl RouteStats {
+    pub fn new(name: &str, backend: &str, bulkhead: Option<Arc<Bulkhead>>) -> Self {
+        Self {
+            name: name.to_owned(),
+            backend: backend.to_owned(),
+            bulkhead,
+            outcomes: OutcomeCounters::default(),
+            latency: LatencyHistogram::default(),
+        }
+    }
+}
+
+/// The set of routes, backends and nodes of one config version.
+#[derive(Debug, Default)]
+pub struct Topology {
+    pub version: String,
+    pub routes: Vec<Arc<RouteStats>>,
+    pub backends: Vec<Arc<BackendStats>>,
+    /// Requests that matched no route (they have no route to count them).
+    pub unrouted: OutcomeCounters,
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_are_cumulative_and_end_with_inf() {
+        let h = LatencyHistogram::default();
+        h.observe(Duration::from_micros(500));
+        h.observe(Duration::from_millis(20));
+        h.observe(Duration::from_secs(60));
+        let c = h.cumulative();
+        assert_eq!(c.first(), Some(&(0.001, 1)));
+        assert_eq!(c.iter().find(|(b, _)| *b == 0.025).unwrap().1, 2);
+        assert_eq!(c.last(), Some(&(f64::INFINITY, 3)));
+        assert_eq!(h.count(), 3);
+        assert!((h.sum_seconds() - 60.0205).abs() < 1e-9);
+    }
+
+    #[test]
+    fn outcome_counters_split_by_class_and_reason() {
+        let o = OutcomeCounters::default();
+        o.record_status(200);
+        o.record_status(204);
+        o.record_status(503);
+        o.record_error(ErrorReason::BulkheadFull);
+        assert_eq!(o.class(StatusClass::Success), 2);
+        assert_eq!(o.class(StatusClass::ServerError), 1);
+        assert_eq!(o.reason(ErrorReason::BulkheadFull), 1);
+        assert_eq!(o.total(), 3);
+    }
+
+    #[test]
+    fn in_flight_guard_decrements_on_drop() {
+        let n = Arc::new(NodeStats::new("app", "127.0.0.1:1"));
+        let g = n.enter();
+        assert_eq!(n.in_flight(), 1);
+        drop(g);
+        assert_eq!(n.in_flight(), 0);
+    }
+
+    #[test]
+    fn reason_strings_are_unique() {
+        let mut seen: Vec<&str> = ErrorReason::ALL.iter().map(|r| r.as_str()).collect();
+        seen.sort_unstable();
+        seen.dedup();
+        assert_eq!(seen.len(), ErrorReason::ALL.len());
+        for (i, r) in ErrorReason::ALL.iter().enumerate() {
+            assert_eq!(r.index(), i);
+        }
+    }
+}

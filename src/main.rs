@@ -1,0 +1,180 @@
+//! The `levee` binary: command line, runtimes, signals.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use levee::Levee;
+use levee_config::Config;
+use tracing::{info, warn};
+
+#[derive(Parser)]
+#[command(
+    name = "levee",
+    version,
+    about = "A reverse proxy that keeps a service answering when its app nodes misbehave"
+)]
+struct Cli {
+    /// Config file to run (same as `levee run --config FILE`).
+    #[arg(long, short, global = false)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy.
+    Run {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Validate a config and print what it sets up.
+    Check {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Start built-in app nodes (healthy, failing, stuck) behind levee, send
+    /// traffic and print what clients saw.
+    Demo {
+        /// How long to send traffic, e.g. "4s".
+        #[arg(long, default_value = "4s", value_parser = humantime_duration)]
+        duration: std::time::Duration,
+    },
+}
+
+fn humantime_duration(s: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(s).map_err(|e| e.to_string())
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match (cli.command, cli.config) {
+        (Some(Command::Run { config }), _) | (None, Some(config)) => run(config),
+        (Some(Command::Check { config }), _) => return check(&config),
+        (Some(Command::Demo { duration }), _) => {
+            runtime().and_then(|rt| rt.block_on(levee::demo::run(duration)))
+        }
+        (None, None) => {
+            eprintln!("levee: say what to do: `levee run --config FILE`, `levee check --config FILE` or `levee demo` (see --help)");
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("levee: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn check(path: &std::path::Path) -> ExitCode {
+    match levee_config::load(path) {
+        Ok(config) => {
+            print!("{}", summary(&config));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// What `levee check` prints for a good config.
+fn summary(c: &Config) -> String {
+    let mut out = format!("{}: ok (version {})\n", c.origin, c.version);
+    out += &format!(
+        "listener {} (max {} connections), admin {}\n",
+        c.server.listen, c.server.max_connections, c.admin.listen
+    );
+    for b in &c.backends {
+        let nodes: Vec<String> = b.nodes.iter().map(ToString::to_string).collect();
+        out += &format!(
+            "backend {}: {} nodes [{}], timeout {:?}, max_in_flight {}, max_queue {}\n",
+            b.name,
+            b.nodes.len(),
+            nodes.join(", "),
+            b.timeout,
+            b.max_in_flight,
+            b.max_queue
+        );
+    }
+    for r in &c.routes {
+        let methods = r
+            .methods
+            .as_ref()
+            .map(|m| m.iter().map(|m| m.as_str()).collect::<Vec<_>>().join(","))
+            .unwrap_or_else(|| "any".into());
+        out += &format!(
+            "route {}: {}{} {} -> {}, timeout {:?}{}\n",
+            r.name,
+            r.host.as_deref().unwrap_or(""),
+            r.path_prefix,
+            methods,
+            r.backend,
+            r.timeout,
+            r.max_in_flight
+                .map(|m| format!(", max_in_flight {m}"))
+                .unwrap_or_default()
+        );
+    }
+    out
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("levee-worker")
+        .build()
+        .context("cannot start the data-plane runtime")
+}
+
+fn run(path: PathBuf) -> anyhow::Result<()> {
+    // A config error is printed as is: it already names file, line and key.
+    let config = levee_config::load(&path).map_err(|e| anyhow::anyhow!("{e}"))?;
+    runtime()?.block_on(async {
+        let levee = Levee::start(config).await?;
+        wait_for_signal().await;
+        info!("shutting down: no new connections, in-flight requests may finish");
+        let left = levee.shutdown().await;
+        if left > 0 {
+            warn!(
+                connections = left,
+                "grace period over; cutting remaining connections"
+            );
+        }
+        Ok(())
+    })
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

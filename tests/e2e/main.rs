@@ -1,0 +1,11 @@
+//! End-to-end tests: levee and fault-injecting app nodes over real loopback
+//! sockets. Time bounds are generous; every loop is bounded.
+#![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
+
+mod admin;
+mod bulkheads;
+mod cli;
+mod common;
+mod errors;
+mod forwarding;
+mod shutdown;
