@@ -9,3 +9,4 @@ mod common;
 mod errors;
 mod forwarding;
 mod shutdown;
+mod timeouts;

@@ -206,3 +206,56 @@ fn set_type(resp: &mut Response<Full<Bytes>>, content_type: &'static str) {
     resp.headers_mut()
         .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use levee_telemetry::Topology;
+
+    fn get(e: &Endpoints, path: &str) -> Response<Full<Bytes>> {
+        e.answer(&Request::get(path).body(()).unwrap())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn healthz_turns_503_when_the_heartbeat_goes_stale() {
+        let t = Telemetry::new(Topology::default());
+        let e = Endpoints::new(Arc::clone(&t), Duration::from_secs(2));
+        assert_eq!(
+            get(&e, "/healthz").status(),
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no tick yet"
+        );
+        t.heartbeat.tick();
+        tokio::time::advance(Duration::from_millis(1_900)).await;
+        assert_eq!(get(&e, "/healthz").status(), StatusCode::OK);
+        tokio::time::advance(Duration::from_millis(200)).await;
+        let stale = get(&e, "/healthz");
+        assert_eq!(stale.status(), StatusCode::SERVICE_UNAVAILABLE);
+        t.heartbeat.tick();
+        assert_eq!(
+            get(&e, "/healthz").status(),
+            StatusCode::OK,
+            "recovers with the next tick"
+        );
+    }
+
+    #[test]
+    fn readyz_follows_ready_and_draining() {
+        let t = Telemetry::new(Topology::default());
+        let e = Endpoints::new(Arc::clone(&t), Duration::from_secs(2));
+        assert_eq!(get(&e, "/readyz").status(), StatusCode::SERVICE_UNAVAILABLE);
+        t.set_ready(true);
+        assert_eq!(get(&e, "/readyz").status(), StatusCode::OK);
+        t.set_draining();
+        assert_eq!(get(&e, "/readyz").status(), StatusCode::SERVICE_UNAVAILABLE);
+    }
+
+    #[test]
+    fn only_get_is_answered() {
+        let t = Telemetry::new(Topology::default());
+        let e = Endpoints::new(t, Duration::from_secs(2));
+        let post = e.answer(&Request::post("/healthz").body(()).unwrap());
+        assert_eq!(post.status(), StatusCode::METHOD_NOT_ALLOWED);
+    }
+}

@@ -1,0 +1,93 @@
+//! Micro-costs levee pays on every request: a bulkhead slot, route matching,
+//! header hygiene, request ids and outcome recording.
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use futures_util::FutureExt;
+use http::{HeaderMap, HeaderValue, Method};
+use levee_proxy::headers;
+use levee_proxy::routing::{first_match, RouteMatch};
+use levee_resilience::Bulkhead;
+use levee_telemetry::{LatencyHistogram, OutcomeCounters};
+
+fn bulkhead(c: &mut Criterion) {
+    let b = Bulkhead::new(64, 32);
+    c.bench_function("bulkhead acquire+release (free slot)", |bench| {
+        bench.iter(|| {
+            let until = tokio::time::Instant::now() + Duration::from_millis(100);
+            let permit = b.acquire(until).now_or_never();
+            black_box(permit)
+        })
+    });
+}
+
+fn routing(c: &mut Criterion) {
+    let mut routes: Vec<RouteMatch> = (0..9)
+        .map(|i| RouteMatch {
+            path_prefix: format!("/service-{i}/"),
+            methods: Some(vec![Method::POST, Method::PUT]),
+            host: Some(format!("svc{i}.example.com")),
+        })
+        .collect();
+    routes.push(RouteMatch {
+        path_prefix: "/".into(),
+        methods: None,
+        host: None,
+    });
+    c.bench_function("route match, 10 routes, last wins", |bench| {
+        bench.iter(|| {
+            first_match(
+                black_box(&routes),
+                Some("www.example.com:443"),
+                &Method::GET,
+                black_box("/products/42"),
+            )
+        })
+    });
+}
+
+fn header_hygiene(c: &mut Criterion) {
+    let mut base = HeaderMap::new();
+    for (k, v) in [
+        ("host", "www.example.com"),
+        ("user-agent", "bench/1.0"),
+        ("accept", "*/*"),
+        ("accept-encoding", "gzip, br"),
+        ("connection", "keep-alive"),
+        ("cookie", "session=abcdef0123456789"),
+        ("x-forwarded-for", "203.0.113.9"),
+    ] {
+        base.insert(k, HeaderValue::from_static(v));
+    }
+    let peer = std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+    c.bench_function("strip hop-by-hop + set x-forwarded-*", |bench| {
+        bench.iter_batched_ref(
+            || base.clone(),
+            |h| {
+                let host = h.get("host").cloned();
+                headers::strip_hop_by_hop(h);
+                headers::set_forwarded(h, peer, "http", host.as_ref());
+            },
+            criterion::BatchSize::SmallInput,
+        )
+    });
+    c.bench_function("generate request id", |bench| {
+        bench.iter(headers::new_request_id)
+    });
+}
+
+fn recording(c: &mut Criterion) {
+    let outcomes = OutcomeCounters::default();
+    let latency = LatencyHistogram::default();
+    c.bench_function("record status + latency", |bench| {
+        bench.iter(|| {
+            outcomes.record_status(black_box(200));
+            latency.observe(black_box(Duration::from_micros(850)));
+        })
+    });
+}
+
+criterion_group!(benches, bulkhead, routing, header_hygiene, recording);
+criterion_main!(benches);
