@@ -1,0 +1,125 @@
+#!/usr/bin/env bash
+# Whole-proxy load comparison on loopback: one levee-node app node, then
+# levee, nginx and HAProxy in front of it in turn, each driven by wrk.
+# Prints requests/s, latency, and the proxy's CPU time per proxied request
+# (utime+stime from /proc, so it counts the proxy only, not wrk or the node).
+#
+# Usage: benches/load/compare.sh [DURATION_SECONDS] [CONNECTIONS]
+# Installs wrk, nginx-light and haproxy with apt-get if they are missing.
+# Traffic goes to 127.0.0.1 only; every process is stopped on exit.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+DURATION=${1:-10}
+CONNS=${2:-50}
+NODE_PORT=19101 LEVEE_PORT=18181 ADMIN_PORT=18191 NGINX_PORT=18182 HAPROXY_PORT=18183
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
+trap cleanup EXIT
+
+need=()
+command -v wrk >/dev/null || need+=(wrk)
+command -v nginx >/dev/null || need+=(nginx-light)
+command -v haproxy >/dev/null || need+=(haproxy)
+if [ ${#need[@]} -gt 0 ]; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+cargo build --release --locked -q --bin levee -p levee --bin levee-node -p levee-testkit
+target/release/levee-node --listen 127.0.0.1:$NODE_PORT --mode healthy:64 >/dev/null 2>&1 &
+PIDS+=($!)
+
+cat > "$WORK/levee.toml" <<TOML
+[server]
+listen = "127.0.0.1:$LEVEE_PORT"
+[admin]
+listen = "127.0.0.1:$ADMIN_PORT"
+[[backend]]
+name = "app"
+nodes = ["127.0.0.1:$NODE_PORT"]
+max_in_flight = 4096
+max_queue = 1024
+[[route]]
+path_prefix = "/"
+backend = "app"
+TOML
+
+cat > "$WORK/nginx.conf" <<CONF
+worker_processes 1;
+pid $WORK/nginx.pid;
+error_log $WORK/nginx-error.log;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  upstream app { server 127.0.0.1:$NODE_PORT; keepalive 64; }
+  server {
+    listen 127.0.0.1:$NGINX_PORT;
+    location / {
+      proxy_pass http://app;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+    }
+  }
+}
+CONF
+
+cat > "$WORK/haproxy.cfg" <<CONF
+global
+  nbthread 1
+  maxconn 4096
+defaults
+  mode http
+  timeout connect 1s
+  timeout client 30s
+  timeout server 30s
+  option forwardfor
+  http-reuse always
+frontend fe
+  bind 127.0.0.1:$HAPROXY_PORT
+  default_backend app
+backend app
+  server n1 127.0.0.1:$NODE_PORT
+CONF
+
+wait_port() { for _ in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 did not open" >&2; return 1; }
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+
+printf '%-8s %10s %10s %10s %14s\n' target "req/s" "p50" "p99" "cpu us/req"
+run() { # name port [pid]
+  local name=$1 port=$2 pid=${3:-} before after out reqs rps p50 p99 cpu="-"
+  wrk -t1 -c"$CONNS" -d1s "http://127.0.0.1:$port/" >/dev/null 2>&1 || true   # warm-up
+  [ -n "$pid" ] && before=$(cpu_ticks "$pid")
+  out=$(wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "http://127.0.0.1:$port/")
+  [ -n "$pid" ] && after=$(cpu_ticks "$pid")
+  reqs=$(echo "$out" | awk '/requests in/ {print $1}')
+  rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
+  p50=$(echo "$out" | awk '$1=="50%" {print $2}')
+  p99=$(echo "$out" | awk '$1=="99%" {print $2}')
+  if [ -n "$pid" ]; then
+    cpu=$(awk -v t=$((after - before)) -v hz="$(getconf CLK_TCK)" -v n="$reqs" 'BEGIN { printf "%.1f", t / hz * 1e6 / n }')
+  fi
+  printf '%-8s %10s %10s %10s %14s\n' "$name" "$rps" "$p50" "$p99" "$cpu"
+}
+
+wait_port $NODE_PORT
+run direct $NODE_PORT
+
+target/release/levee run --config "$WORK/levee.toml" >"$WORK/levee.log" 2>&1 &
+LEVEE_PID=$!; PIDS+=($LEVEE_PID)
+wait_port $LEVEE_PORT
+run levee $LEVEE_PORT $LEVEE_PID
+kill $LEVEE_PID; wait $LEVEE_PID 2>/dev/null || true
+
+nginx -c "$WORK/nginx.conf" -g 'daemon off;' &
+NGINX_MASTER=$!; PIDS+=($NGINX_MASTER)
+wait_port $NGINX_PORT
+NGINX_WORKER=$(pgrep -P $NGINX_MASTER | head -1)
+run nginx $NGINX_PORT "$NGINX_WORKER"
+kill $NGINX_MASTER; wait $NGINX_MASTER 2>/dev/null || true
+
+haproxy -f "$WORK/haproxy.cfg" -db >/dev/null 2>&1 &
+HAPROXY_PID=$!; PIDS+=($HAPROXY_PID)
+wait_port $HAPROXY_PORT
+run haproxy $HAPROXY_PORT $HAPROXY_PID
+echo "($DURATION s per target, $CONNS connections, wrk -t1, 64-byte responses, one run on this machine)"
