@@ -9,7 +9,7 @@ use futures_util::FutureExt;
 use http::{HeaderMap, HeaderValue, Method};
 use levee_proxy::headers;
 use levee_proxy::routing::{first_match, RouteMatch};
-use levee_resilience::Bulkhead;
+use levee_resilience::{Breaker, BreakerPolicy, Bulkhead, CallOutcome, EjectionBudget};
 use levee_telemetry::{LatencyHistogram, OutcomeCounters};
 
 fn bulkhead(c: &mut Criterion) {
@@ -19,6 +19,22 @@ fn bulkhead(c: &mut Criterion) {
             let until = tokio::time::Instant::now() + Duration::from_millis(100);
             let permit = b.acquire(until).now_or_never();
             black_box(permit)
+        })
+    });
+}
+
+fn breaker(c: &mut Criterion) {
+    let b = Breaker::new(BreakerPolicy::default());
+    let budget = EjectionBudget::new(10, 50);
+    let ok = CallOutcome {
+        failed: false,
+        elapsed: Duration::from_millis(3),
+    };
+    c.bench_function("breaker admit + record (closed)", |bench| {
+        bench.iter(|| {
+            let (admission, _) = b.admit();
+            black_box(admission);
+            black_box(b.record(false, ok, &budget))
         })
     });
 }
@@ -89,5 +105,12 @@ fn recording(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, bulkhead, routing, header_hygiene, recording);
+criterion_group!(
+    benches,
+    bulkhead,
+    breaker,
+    routing,
+    header_hygiene,
+    recording
+);
 criterion_main!(benches);

@@ -29,6 +29,8 @@ pub struct Levee {
     handle: ServerHandle,
     server: JoinHandle<usize>,
     heartbeat: JoinHandle<()>,
+    /// Health checks and drift watches of the live config.
+    background: Vec<JoinHandle<()>>,
     admin: AdminHandle,
 }
 
@@ -39,6 +41,7 @@ impl Levee {
         let config = Arc::new(config);
         let telemetry = Telemetry::new(Topology::default());
         let state = ProxyState::build(Arc::clone(&config));
+        let background = levee_proxy::health::spawn_background(&state);
         let shared = Arc::new(Shared::new(state, Arc::clone(&telemetry)));
 
         let listener = TcpListener::bind(config.server.listen)
@@ -71,6 +74,7 @@ impl Levee {
             handle,
             server,
             heartbeat,
+            background,
             admin,
         })
     }
@@ -81,6 +85,9 @@ impl Levee {
         self.handle.shutdown();
         let left = self.server.await.unwrap_or(0);
         self.heartbeat.abort();
+        for task in &self.background {
+            task.abort();
+        }
         // Joining the admin thread blocks; do it off the async workers.
         let admin = self.admin;
         let _ = tokio::task::spawn_blocking(move || admin.stop()).await;

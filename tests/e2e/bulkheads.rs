@@ -120,9 +120,12 @@ async fn a_queued_request_gets_a_slot_that_frees_in_time() {
         body_bytes: 1,
     })
     .await;
+    // A critical route uses every slot and then the queue; normal and
+    // sheddable ones are shed earlier (see the shedding tests).
     let cfg = ONE_ROUTE
         .replace("max_in_flight = 8", "max_in_flight = 1")
-        .replace("queue_timeout = \"100ms\"", "queue_timeout = \"1s\"");
+        .replace("queue_timeout = \"100ms\"", "queue_timeout = \"1s\"")
+        .replace("name = \"all\"", "name = \"all\"\npriority = \"critical\"");
     let levee = start_levee(&cfg, &[&[app.addr()]]).await;
     let client = client();
     let (ua, ub) = (url(&levee, "/a"), url(&levee, "/b"));

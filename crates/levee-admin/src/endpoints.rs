@@ -7,7 +7,10 @@ use bytes::Bytes;
 use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
-use levee_telemetry::{ErrorReason, OutcomeCounters, StatusClass, Telemetry};
+use levee_resilience::{BreakerState, TransitionReason};
+use levee_telemetry::{
+    BackendEvent, ClassBreaker, ErrorReason, NodeStats, OutcomeCounters, StatusClass, Telemetry,
+};
 use prometheus_client::registry::Registry;
 use serde_json::{json, Map, Value};
 
@@ -86,9 +89,25 @@ impl Endpoints {
             StatusCode::OK
         };
         for b in &topo.backends {
-            // Without health state every configured node counts as usable.
             let n = b.nodes.len();
-            body.push_str(&format!("backend {}: {n}/{n} nodes usable\n", b.name));
+            let classes = b.nodes.first().map_or(0, |node| node.breakers.len()).max(1);
+            let per_class: Vec<String> = (0..classes)
+                .map(|c| {
+                    let usable = b.nodes.iter().filter(|node| node.usable(c)).count();
+                    let name = b
+                        .nodes
+                        .first()
+                        .and_then(|node| node.breakers.get(c))
+                        .map_or("all", |br| br.class.as_str());
+                    format!("{name} {usable}/{n}")
+                })
+                .collect();
+            let usable = b.nodes.iter().filter(|node| node.usable(0)).count();
+            body.push_str(&format!(
+                "backend {}: {usable}/{n} nodes usable ({})\n",
+                b.name,
+                per_class.join(", ")
+            ));
         }
         text(status, body)
     }
@@ -119,9 +138,16 @@ impl Endpoints {
                     .nodes
                     .iter()
                     .map(|n| {
+                        let breakers: Vec<Value> = n.breakers.iter().map(breaker_json).collect();
                         json!({
                             "addr": n.addr,
-                            "state": "active",
+                            "state": node_state(n),
+                            "healthy": n.health.is_healthy(),
+                            "health_checked": n.health_checked,
+                            "weight": n.slow_start.weight(),
+                            "ramping": n.slow_start.is_ramping(),
+                            "anomalous": n.is_anomalous(),
+                            "breakers": breakers,
                             "in_flight": n.in_flight(),
                             "responses": by_class(&n.outcomes),
                             "errors": by_reason(&n.outcomes, |r| r.blames_node()),
@@ -129,8 +155,13 @@ impl Endpoints {
                         })
                     })
                     .collect();
+                let events: Map<String, Value> = BackendEvent::ALL
+                    .iter()
+                    .map(|e| (e.as_str().to_owned(), json!(b.events(*e))))
+                    .collect();
                 json!({
                     "name": b.name,
+                    "events": events,
                     "in_flight": b.bulkhead.in_flight(),
                     "queued": b.bulkhead.queued(),
                     "max_in_flight": b.bulkhead.max_in_flight(),
@@ -170,6 +201,51 @@ impl Endpoints {
         );
         resp
     }
+}
+
+/// One word for a node: what an operator wants to know first.
+fn node_state(n: &NodeStats) -> &'static str {
+    if !n.health.is_healthy() {
+        "unhealthy"
+    } else if n
+        .breakers
+        .iter()
+        .any(|b| b.breaker.state() != BreakerState::Closed)
+    {
+        if n.breakers
+            .iter()
+            .all(|b| b.breaker.state() != BreakerState::Closed)
+        {
+            "ejected"
+        } else {
+            "partly-ejected"
+        }
+    } else if n.slow_start.is_ramping() {
+        "ramping"
+    } else if n.is_anomalous() {
+        "anomalous"
+    } else {
+        "active"
+    }
+}
+
+fn breaker_json(b: &ClassBreaker) -> Value {
+    let w = b.breaker.window();
+    let transitions: Map<String, Value> = TransitionReason::ALL
+        .iter()
+        .map(|r| (r.as_str().to_owned(), json!(b.transitions(*r))))
+        .collect();
+    json!({
+        "class": b.class,
+        "state": b.breaker.state().as_str(),
+        "open_remaining_ms": b.breaker.open_remaining().map(|d| d.as_millis() as u64),
+        "window": { "calls": w.calls, "failures": w.failures, "slow": w.slow,
+                    "failure_rate": w.failure_rate(), "slow_rate": w.slow_rate() },
+        "consecutive_failures": b.breaker.consecutive_failures(),
+        "opened_total": b.breaker.opened_total(),
+        "ejections_refused": b.ejections_refused(),
+        "transitions": transitions,
+    })
 }
 
 fn by_class(o: &OutcomeCounters) -> Value {

@@ -16,6 +16,7 @@
 mod duration;
 mod error;
 mod locate;
+mod policy;
 mod raw;
 mod validate;
 
@@ -29,9 +30,15 @@ use std::time::Duration;
 use toml_edit::Document;
 
 pub use error::{ConfigError, Location};
+pub use policy::{
+    BreakerConfig, HealthCheckConfig, LoadBalancing, Priority, RetryConfig, SheddingConfig,
+    WhenAllDown,
+};
 
 /// A fully validated configuration: every default applied, every cross-reference resolved.
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// Not `Eq`: backends carry `f64` shares (breaker rates, jitter, shedding).
+#[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     /// `[server]`: the data-plane listener.
     pub server: ServerConfig,
@@ -81,7 +88,7 @@ pub struct AdminConfig {
 }
 
 /// One `[[backend]]`: a pool of app nodes and the limits that protect it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct BackendConfig {
     /// Unique name; used by routes and as a metric label.
     pub name: String,
@@ -103,6 +110,29 @@ pub struct BackendConfig {
     pub pool_idle_timeout: Duration,
     /// Idle keep-alive connections kept per node (default 64; 0 disables reuse).
     pub pool_max_idle_per_node: usize,
+    /// How a node is picked for each request (default [`LoadBalancing::P2cEwma`]).
+    pub load_balancing: LoadBalancing,
+    /// Ramp-up of traffic to a new or returning node (default 30s);
+    /// [`Duration::ZERO`] means off.
+    pub slow_start: Duration,
+    /// Name of the backend to fail over to, if any; never this backend, and
+    /// failover chains never loop.
+    pub failover: Option<String>,
+    /// Index of [`BackendConfig::failover`] in [`Config::backends`].
+    pub failover_index: Option<usize>,
+    /// What to do when no node is available (default `Failover` when
+    /// `failover` is set, else `Fail`); `Failover` implies `failover` is set.
+    pub when_all_down: WhenAllDown,
+    /// Largest share of nodes (0..=100 %) that error rates alone may eject (default 50).
+    pub max_ejected_percent: u8,
+    /// Per-node, per-traffic-class circuit breaker (`[backend.breaker]`).
+    pub breaker: BreakerConfig,
+    /// Active health checks (`[backend.health_check]`); `None`: no probes.
+    pub health_check: Option<HealthCheckConfig>,
+    /// Retries under a budget (`[backend.retry]`).
+    pub retry: RetryConfig,
+    /// Priority shedding thresholds (`[backend.shedding]`).
+    pub shedding: SheddingConfig,
 }
 
 /// One `[[route]]`: which requests go to which backend, with what limits.
@@ -128,6 +158,11 @@ pub struct RouteConfig {
     pub max_queue: usize,
     /// Longest wait for a route slot (defaults to the backend's).
     pub queue_timeout: Duration,
+    /// Which requests are shed first under load (default [`Priority::Normal`]).
+    pub priority: Priority,
+    /// Circuit-breaker traffic class; `None` means the proxy picks `"safe"`
+    /// for GET/HEAD/OPTIONS and `"unsafe"` otherwise.
+    pub breaker_class: Option<String>,
 }
 
 /// Reads and validates the file at `path`; errors name the path as given.

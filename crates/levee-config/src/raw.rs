@@ -53,6 +53,70 @@ pub(crate) struct RawBackend {
     pub queue_timeout: Option<DurationText>,
     pub pool_idle_timeout: Option<DurationText>,
     pub pool_max_idle_per_node: Option<usize>,
+    pub load_balancing: Option<String>,
+    pub slow_start: Option<DurationText>,
+    pub failover: Option<String>,
+    pub when_all_down: Option<String>,
+    /// Signed so that a negative value gets the range message, not serde's.
+    pub max_ejected_percent: Option<i64>,
+    pub breaker: Option<RawBreaker>,
+    pub health_check: Option<RawHealthCheck>,
+    pub retry: Option<RawRetry>,
+    pub shedding: Option<RawShedding>,
+}
+
+// Status lists and percentages are read as `i64` so that any integer reaches
+// `validate`, which explains the allowed range; serde would only say "expected u16".
+
+/// `[backend.breaker]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawBreaker {
+    pub enabled: Option<bool>,
+    pub window: Option<DurationText>,
+    pub min_calls: Option<u32>,
+    pub failure_rate: Option<f64>,
+    pub slow_call_rate: Option<f64>,
+    pub slow_call_duration: Option<DurationText>,
+    pub consecutive_failures: Option<u32>,
+    pub failure_statuses: Option<Vec<i64>>,
+    pub open_for: Option<DurationText>,
+    pub open_for_max: Option<DurationText>,
+    pub half_open_calls: Option<u32>,
+    pub jitter: Option<f64>,
+}
+
+/// `[backend.health_check]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawHealthCheck {
+    pub path: Option<String>,
+    pub interval: Option<DurationText>,
+    pub jitter: Option<f64>,
+    pub timeout: Option<DurationText>,
+    pub unhealthy_after: Option<u32>,
+    pub healthy_after: Option<u32>,
+    pub expect_statuses: Option<Vec<i64>>,
+}
+
+/// `[backend.retry]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRetry {
+    pub max_retries: Option<u32>,
+    pub budget_percent: Option<i64>,
+    pub budget_min_per_sec: Option<u32>,
+    pub on_statuses: Option<Vec<i64>>,
+    pub buffer_bytes: Option<usize>,
+    pub backoff: Option<DurationText>,
+}
+
+/// `[backend.shedding]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawShedding {
+    pub sheddable: Option<f64>,
+    pub normal: Option<f64>,
 }
 
 /// One `[[route]]`.
@@ -68,4 +132,6 @@ pub(crate) struct RawRoute {
     pub max_in_flight: Option<usize>,
     pub max_queue: Option<usize>,
     pub queue_timeout: Option<DurationText>,
+    pub priority: Option<String>,
+    pub breaker_class: Option<String>,
 }

@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use super::*;
 
+mod policy;
+
 /// A minimal valid config with room for extra keys in each table.
 fn config(server: &str, backend: &str, route: &str) -> String {
     format!(

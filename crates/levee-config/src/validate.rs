@@ -5,6 +5,7 @@
 //! left at its default).
 
 use std::collections::HashMap;
+use std::fmt::Display;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -14,7 +15,12 @@ use crate::duration::{show, DurationText};
 use crate::error::{ConfigError, Location};
 use crate::locate::{line_of, render, Seg};
 use crate::raw::{RawAdmin, RawBackend, RawConfig, RawRoute, RawServer};
-use crate::{AdminConfig, BackendConfig, Config, RouteConfig, ServerConfig};
+use crate::{
+    AdminConfig, BackendConfig, Config, LoadBalancing, Priority, RouteConfig, ServerConfig,
+    WhenAllDown,
+};
+
+mod policy;
 
 const SERVER_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 const SERVER_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -38,6 +44,8 @@ const BACKEND_MAX_QUEUE: usize = 128;
 const BACKEND_QUEUE_TIMEOUT: Duration = Duration::from_millis(100);
 const BACKEND_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 const BACKEND_POOL_MAX_IDLE_PER_NODE: usize = 64;
+const BACKEND_SLOW_START: Duration = Duration::from_secs(30);
+const BACKEND_MAX_EJECTED_PERCENT: u8 = 50;
 
 /// Methods `http` knows by name; written in any case they are stored uppercase.
 const STANDARD_METHODS: [&str; 9] = [
@@ -112,6 +120,7 @@ pub(crate) fn validate(
         backend_names.insert(b.name.clone(), i);
         backends.push(b);
     }
+    policy::resolve_failover(cx, &mut backends, &backend_names)?;
 
     if raw.route.is_empty() {
         return Err(cx.invalid(
@@ -282,7 +291,7 @@ fn backend(cx: &Ctx<'_>, i: usize, raw: &RawBackend) -> Result<BackendConfig, Co
     let base = [Seg::Key("backend"), Seg::Index(i)];
     let name = match &raw.name {
         Some(name) => {
-            check_name(cx, &at(&base, "name"), name, "backend")?;
+            check_name(cx, &at(&base, "name"), name, "backend name")?;
             name.clone()
         }
         None => {
@@ -359,6 +368,38 @@ fn backend(cx: &Ctx<'_>, i: usize, raw: &RawBackend) -> Result<BackendConfig, Co
         "a request would reach its deadline while still waiting in the queue",
     )?;
 
+    let load_balancing = match &raw.load_balancing {
+        Some(text) => choice(
+            cx,
+            &at(&base, "load_balancing"),
+            text,
+            &LoadBalancing::ALL,
+            LoadBalancing::as_str,
+            "load-balancing policy",
+        )?,
+        None => LoadBalancing::default(),
+    };
+    // Unlike other durations, "0s" is allowed here: it turns slow start off.
+    let slow_start = raw.slow_start.map_or(BACKEND_SLOW_START, |d| d.0);
+    let failover = raw.failover.clone();
+    let when_all_down = when_all_down(cx, &base, raw)?;
+    let max_ejected_percent = match raw.max_ejected_percent {
+        Some(n) => policy::percent(
+            cx,
+            &at(&base, "max_ejected_percent"),
+            n,
+            "it is the share of nodes that error rates alone may eject",
+        )?,
+        None => BACKEND_MAX_EJECTED_PERCENT,
+    };
+    let breaker = policy::breaker(cx, &base, raw.breaker.as_ref(), timeout_side)?;
+    let health_check = match &raw.health_check {
+        Some(hc) => Some(policy::health_check(cx, &base, hc)?),
+        None => None,
+    };
+    let retry = policy::retry(cx, &base, raw.retry.as_ref(), timeout_side)?;
+    let shedding = policy::shedding(cx, &base, raw.shedding.as_ref())?;
+
     Ok(BackendConfig {
         name,
         nodes,
@@ -372,7 +413,50 @@ fn backend(cx: &Ctx<'_>, i: usize, raw: &RawBackend) -> Result<BackendConfig, Co
         pool_max_idle_per_node: raw
             .pool_max_idle_per_node
             .unwrap_or(BACKEND_POOL_MAX_IDLE_PER_NODE),
+        load_balancing,
+        slow_start,
+        failover,
+        // Resolved once every backend is known.
+        failover_index: None,
+        when_all_down,
+        max_ejected_percent,
+        breaker,
+        health_check,
+        retry,
+        shedding,
     })
+}
+
+/// `when_all_down`, whose default depends on whether `failover` is set.
+fn when_all_down(
+    cx: &Ctx<'_>,
+    base: &[Seg<'_>],
+    raw: &RawBackend,
+) -> Result<WhenAllDown, ConfigError> {
+    let path = at(base, "when_all_down");
+    let Some(text) = &raw.when_all_down else {
+        return Ok(if raw.failover.is_some() {
+            WhenAllDown::Failover
+        } else {
+            WhenAllDown::Fail
+        });
+    };
+    let choice = choice(
+        cx,
+        &path,
+        text,
+        &WhenAllDown::ALL,
+        WhenAllDown::as_str,
+        "when_all_down choice",
+    )?;
+    if choice == WhenAllDown::Failover && raw.failover.is_none() {
+        return Err(cx.invalid(
+            &path,
+            "\"failover\" needs a backend to fail over to: add `failover = \"<other backend>\"` \
+             to this backend, or choose \"fail\" or \"try_all\"",
+        ));
+    }
+    Ok(choice)
 }
 
 fn nodes(
@@ -423,7 +507,7 @@ fn route(
     let base = [Seg::Key("route"), Seg::Index(i)];
     let name = match &raw.name {
         Some(name) => {
-            check_name(cx, &at(&base, "name"), name, "route")?;
+            check_name(cx, &at(&base, "name"), name, "route name")?;
             name.clone()
         }
         None => format!("route-{i}"),
@@ -529,6 +613,25 @@ fn route(
         }
     };
 
+    let priority = match &raw.priority {
+        Some(text) => choice(
+            cx,
+            &at(&base, "priority"),
+            text,
+            &Priority::ALL,
+            Priority::as_str,
+            "priority",
+        )?,
+        None => Priority::default(),
+    };
+    let breaker_class = match &raw.breaker_class {
+        Some(class) => {
+            check_name(cx, &at(&base, "breaker_class"), class, "breaker class")?;
+            Some(class.clone())
+        }
+        None => None,
+    };
+
     Ok(RouteConfig {
         name,
         path_prefix,
@@ -540,7 +643,37 @@ fn route(
         max_in_flight,
         max_queue: raw.max_queue.unwrap_or(backend.max_queue),
         queue_timeout,
+        priority,
+        breaker_class,
     })
+}
+
+/// One of a fixed set of spellings (`as_str` of each of `all`); the error
+/// lists them, and suggests one when only case or '-' versus '_' is off.
+fn choice<T: Copy>(
+    cx: &Ctx<'_>,
+    path: &[Seg<'_>],
+    text: &str,
+    all: &[T],
+    as_str: fn(T) -> &'static str,
+    what: &str,
+) -> Result<T, ConfigError> {
+    if let Some(&found) = all.iter().find(|&&c| as_str(c) == text) {
+        return Ok(found);
+    }
+    let spelled: Vec<String> = all.iter().map(|&c| format!("\"{}\"", as_str(c))).collect();
+    let normalised = text.trim().to_ascii_lowercase().replace(['-', ' '], "_");
+    let hint = match all.iter().find(|&&c| as_str(c) == normalised) {
+        Some(&c) => format!(" (did you mean \"{}\"?)", as_str(c)),
+        None => String::new(),
+    };
+    Err(cx.invalid(
+        path,
+        format!(
+            "\"{text}\" is not a {what}{hint}; write one of {}",
+            spelled.join(", ")
+        ),
+    ))
 }
 
 fn names_of(backends: &[BackendConfig]) -> String {
@@ -628,7 +761,7 @@ fn check_name(cx: &Ctx<'_>, path: &[Seg<'_>], name: &str, what: &str) -> Result<
     if name.is_empty() {
         return Err(cx.invalid(
             path,
-            format!("{what} name must not be empty; use letters, digits, '_', '.' or '-'"),
+            format!("{what} must not be empty; use letters, digits, '_', '.' or '-'"),
         ));
     }
     if let Some(c) = name
@@ -638,7 +771,7 @@ fn check_name(cx: &Ctx<'_>, path: &[Seg<'_>], name: &str, what: &str) -> Result<
         return Err(cx.invalid(
             path,
             format!(
-                "{what} name \"{name}\" contains {c:?}; use only letters, digits, '_', '.' \
+                "{what} \"{name}\" contains {c:?}; use only letters, digits, '_', '.' \
                  or '-' (names become metric labels)"
             ),
         ));
@@ -680,13 +813,13 @@ fn positive(
     }
 }
 
-fn at_least(
+fn at_least<T: PartialOrd + Display>(
     cx: &Ctx<'_>,
     path: &[Seg<'_>],
-    value: usize,
-    min: usize,
+    value: T,
+    min: T,
     why: &str,
-) -> Result<usize, ConfigError> {
+) -> Result<T, ConfigError> {
     if value < min {
         Err(cx.invalid(path, format!("must be at least {min} ({why})")))
     } else {
@@ -723,30 +856,67 @@ fn shorter(
     long: Side<'_>,
     why: &str,
 ) -> Result<(), ConfigError> {
-    if short.value < long.value {
+    ordered(
+        cx,
+        Bound::new(base, short.key, short),
+        Bound::new(base, long.key, long),
+        Order::Shorter,
+        why,
+    )
+}
+
+/// A [`Side`] placed in the file: its table and how messages name it.
+struct Bound<'p, 'a> {
+    base: &'p [Seg<'a>],
+    name: &'a str,
+    side: Side<'a>,
+}
+
+impl<'p, 'a> Bound<'p, 'a> {
+    fn new(base: &'p [Seg<'a>], name: &'a str, side: Side<'a>) -> Self {
+        Self { base, name, side }
+    }
+}
+
+/// How two durations must compare.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Order {
+    /// `short < long`.
+    Shorter,
+    /// `short <= long`.
+    NotLonger,
+}
+
+/// Requires `short` before `long` in `order`, blaming whichever key the file
+/// wrote (preferring `short`), so the line points at something editable.
+fn ordered(
+    cx: &Ctx<'_>,
+    short: Bound<'_, '_>,
+    long: Bound<'_, '_>,
+    order: Order,
+    why: &str,
+) -> Result<(), ConfigError> {
+    let holds = match order {
+        Order::Shorter => short.side.value < long.side.value,
+        Order::NotLonger => short.side.value <= long.side.value,
+    };
+    if holds {
         return Ok(());
     }
-    if short.set || !long.set {
-        Err(cx.invalid(
-            &at(base, short.key),
-            format!(
-                "{} ({}) must be shorter than {} ({}): {why}",
-                short.key,
-                short.describe(),
-                long.key,
-                long.describe()
-            ),
-        ))
-    } else {
-        Err(cx.invalid(
-            &at(base, long.key),
-            format!(
-                "{} ({}) must be longer than {} ({}): {why}",
-                long.key,
-                long.describe(),
-                short.key,
-                short.describe()
-            ),
-        ))
-    }
+    let (blamed, other, verb) = match (short.side.set || !long.side.set, order) {
+        (true, Order::Shorter) => (&short, &long, "must be shorter than"),
+        (true, Order::NotLonger) => (&short, &long, "must not be longer than"),
+        (false, Order::Shorter) => (&long, &short, "must be longer than"),
+        (false, Order::NotLonger) => (&long, &short, "must not be shorter than"),
+    };
+    Err(cx.invalid(
+        &at(blamed.base, blamed.side.key),
+        format!(
+            "{} ({}) {verb} {} ({}): {why}",
+            blamed.name,
+            blamed.side.describe(),
+            other.name,
+            other.side.describe()
+        ),
+    ))
 }

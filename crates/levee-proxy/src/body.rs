@@ -41,7 +41,7 @@ pub enum UpstreamBodyError {
 /// An idle bound, allocated on the first wait only: a body that is always
 /// ready when polled (most small ones) never pays for a timer.
 #[derive(Debug)]
-struct IdleTimer {
+pub struct IdleTimer {
     limit: Duration,
     sleep: Option<Pin<Box<Sleep>>>,
     armed: bool,
@@ -80,19 +80,24 @@ impl IdleTimer {
     }
 }
 
-/// The client's request body on its way to the node.
+/// The client's request body on its way to the node: streamed, or kept
+/// whole (small bodies, so that a retry can send them again).
 #[derive(Debug)]
-pub struct RequestBody {
-    inner: Incoming,
-    idle: IdleTimer,
+pub enum RequestBody {
+    Stream { inner: Incoming, idle: IdleTimer },
+    Kept(Option<Bytes>),
 }
 
 impl RequestBody {
-    pub fn new(inner: Incoming, idle_timeout: Duration) -> Self {
-        Self {
+    pub fn stream(inner: Incoming, idle_timeout: Duration) -> Self {
+        RequestBody::Stream {
             inner,
             idle: IdleTimer::new(idle_timeout),
         }
+    }
+
+    pub fn kept(data: Bytes) -> Self {
+        RequestBody::Kept((!data.is_empty()).then_some(data))
     }
 }
 
@@ -104,25 +109,35 @@ impl Body for RequestBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        let this = self.get_mut();
-        match Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Ready(frame) => {
-                this.idle.progressed();
-                Poll::Ready(frame.map(|f| f.map_err(ClientBodyError::Read)))
-            }
-            Poll::Pending if this.idle.expired(cx) => {
-                Poll::Ready(Some(Err(ClientBodyError::Idle(this.idle.limit))))
-            }
-            Poll::Pending => Poll::Pending,
+        match self.get_mut() {
+            RequestBody::Kept(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            RequestBody::Stream { inner, idle } => match Pin::new(inner).poll_frame(cx) {
+                Poll::Ready(frame) => {
+                    idle.progressed();
+                    Poll::Ready(frame.map(|f| f.map_err(ClientBodyError::Read)))
+                }
+                Poll::Pending if idle.expired(cx) => {
+                    Poll::Ready(Some(Err(ClientBodyError::Idle(idle.limit))))
+                }
+                Poll::Pending => Poll::Pending,
+            },
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match self {
+            RequestBody::Kept(data) => data.is_none(),
+            RequestBody::Stream { inner, .. } => inner.is_end_stream(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match self {
+            RequestBody::Kept(data) => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
+            RequestBody::Stream { inner, .. } => inner.size_hint(),
+        }
     }
 }
 

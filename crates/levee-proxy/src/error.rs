@@ -46,7 +46,9 @@ impl ProxyError {
 pub fn status_of(reason: ErrorReason) -> StatusCode {
     match reason {
         ErrorReason::NoRoute => StatusCode::NOT_FOUND,
-        ErrorReason::BulkheadFull => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorReason::BulkheadFull | ErrorReason::NoHealthyNode | ErrorReason::Shed => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
         ErrorReason::Deadline => StatusCode::GATEWAY_TIMEOUT,
         ErrorReason::UpstreamConnect
         | ErrorReason::UpstreamReset
@@ -69,6 +71,10 @@ fn message_of(reason: ErrorReason) -> &'static str {
         ErrorReason::HeaderTooLarge => "the request headers are too large",
         ErrorReason::ClientBody => "the request body could not be read",
         ErrorReason::Unsupported => "this method is not supported by the proxy",
+        ErrorReason::NoHealthyNode => "no backend node is usable right now; retry later",
+        ErrorReason::Shed => {
+            "the backend is overloaded and sheds lower-priority requests; retry later"
+        }
     }
 }
 

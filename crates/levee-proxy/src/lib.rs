@@ -21,11 +21,13 @@
 //!     slots, in-flight gauges and the connection's activity are released when the body ends or is dropped
 //! ```
 
+pub mod balancer;
 pub mod body;
 pub mod connection;
 pub mod error;
 pub mod forward;
 pub mod headers;
+pub mod health;
 pub mod routing;
 pub mod server;
 pub mod state;

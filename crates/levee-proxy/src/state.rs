@@ -6,12 +6,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use levee_config::{Config, RouteConfig};
+use levee_config::{Config, Priority, RouteConfig};
 use levee_resilience::Bulkhead;
-use levee_telemetry::{BackendStats, RouteStats, Telemetry, Topology};
+use levee_telemetry::{RouteStats, Telemetry, Topology};
 
 use crate::routing::{first_match, RouteMatch};
-use crate::upstream::Backend;
+use crate::upstream::{Backend, ClassTable};
 
 /// A route with its own bulkhead and deadline.
 #[derive(Debug)]
@@ -22,7 +22,17 @@ pub struct Route {
     pub bulkhead: Option<Arc<Bulkhead>>,
     pub timeout: Duration,
     pub queue_timeout: Duration,
+    pub priority: Priority,
+    /// The route's own traffic class, else the method decides.
+    pub class: Option<usize>,
     pub stats: Arc<RouteStats>,
+}
+
+impl Route {
+    /// The traffic class whose breakers this request is judged by.
+    pub fn class_of(&self, method: &http::Method) -> usize {
+        self.class.unwrap_or_else(|| ClassTable::of_method(method))
+    }
 }
 
 /// One config version, ready to serve.
@@ -31,41 +41,40 @@ pub struct ProxyState {
     pub config: Arc<Config>,
     pub routes: Vec<Route>,
     pub backends: Vec<Arc<Backend>>,
+    pub classes: ClassTable,
     pub topology: Arc<Topology>,
 }
 
 impl ProxyState {
     /// Builds every route, backend and pool of `config`.
     pub fn build(config: Arc<Config>) -> Self {
+        let classes = ClassTable::new(
+            config
+                .routes
+                .iter()
+                .filter_map(|r| r.breaker_class.as_deref()),
+        );
         let backends: Vec<Arc<Backend>> = config
             .backends
             .iter()
-            .map(|b| Arc::new(Backend::new(b)))
+            .map(|b| Arc::new(Backend::new(b, &classes)))
             .collect();
         let routes: Vec<Route> = config
             .routes
             .iter()
-            .filter_map(|r| route(r, &backends))
+            .filter_map(|r| route(r, &backends, &classes))
             .collect();
         let topology = Topology {
             version: config.version.clone(),
             routes: routes.iter().map(|r| Arc::clone(&r.stats)).collect(),
-            backends: backends
-                .iter()
-                .map(|b| {
-                    Arc::new(BackendStats {
-                        name: b.name.clone(),
-                        bulkhead: Arc::clone(&b.bulkhead),
-                        nodes: b.nodes.iter().map(|n| Arc::clone(&n.stats)).collect(),
-                    })
-                })
-                .collect(),
+            backends: backends.iter().map(|b| Arc::clone(&b.stats)).collect(),
             unrouted: Default::default(),
         };
         Self {
             config,
             routes,
             backends,
+            classes,
             topology: Arc::new(topology),
         }
     }
@@ -77,7 +86,7 @@ impl ProxyState {
     }
 }
 
-fn route(cfg: &RouteConfig, backends: &[Arc<Backend>]) -> Option<Route> {
+fn route(cfg: &RouteConfig, backends: &[Arc<Backend>], classes: &ClassTable) -> Option<Route> {
     // The config has already checked that the backend exists.
     let backend = Arc::clone(backends.get(cfg.backend_index)?);
     let bulkhead = cfg
@@ -95,6 +104,8 @@ fn route(cfg: &RouteConfig, backends: &[Arc<Backend>]) -> Option<Route> {
         bulkhead,
         timeout: cfg.timeout,
         queue_timeout: cfg.queue_timeout,
+        priority: cfg.priority,
+        class: cfg.breaker_class.as_deref().and_then(|c| classes.index(c)),
         stats,
     })
 }

@@ -11,7 +11,9 @@ use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, MetricEncod
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Unit;
 
-use crate::stats::{ErrorReason, LatencyHistogram, OutcomeCounters, StatusClass};
+use levee_resilience::{BreakerState, TransitionReason};
+
+use crate::stats::{BackendEvent, ErrorReason, LatencyHistogram, OutcomeCounters, StatusClass};
 use crate::Telemetry;
 
 #[derive(Debug)]
@@ -155,6 +157,19 @@ impl Collector for TelemetryCollector {
                 .encode_gauge(&as_i64(b.bulkhead.queued()))?;
         }
 
+        let mut m = encoder.encode_descriptor(
+            "levee_backend_events",
+            "What a backend did: retry, retry-budget-exhausted, failed-over, all-down-fail, all-down-try-all, shed.",
+            None,
+            MetricType::Counter,
+        )?;
+        for b in &topo.backends {
+            for event in BackendEvent::ALL {
+                m.encode_family(&[("backend", b.name.as_str()), ("event", event.as_str())])?
+                    .encode_counter::<NoLabelSet, _, u64>(&b.events(event), None)?;
+            }
+        }
+
         // Per node.
         let nodes = || topo.backends.iter().flat_map(|b| b.nodes.iter());
         let mut m = encoder.encode_descriptor(
@@ -198,6 +213,92 @@ impl Collector for TelemetryCollector {
                 &n.latency,
                 &[("backend", n.backend.as_str()), ("node", n.addr.as_str())],
             )?;
+        }
+        let mut m = encoder.encode_descriptor(
+            "levee_node_healthy",
+            "1 while the node passes its active health checks (always 1 without checks).",
+            None,
+            MetricType::Gauge,
+        )?;
+        for n in nodes() {
+            m.encode_family(&[("backend", n.backend.as_str()), ("node", n.addr.as_str())])?
+                .encode_gauge(&i64::from(n.health.is_healthy()))?;
+        }
+        let mut m = encoder.encode_descriptor(
+            "levee_node_anomalous",
+            "1 while the node's error rate or latency stands apart from its peers' (drift alarm), even below breaker thresholds.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for n in nodes() {
+            m.encode_family(&[("backend", n.backend.as_str()), ("node", n.addr.as_str())])?
+                .encode_gauge(&i64::from(n.is_anomalous()))?;
+        }
+        let mut m = encoder.encode_descriptor(
+            "levee_node_weight",
+            "Share of its normal traffic the node gets now (below 1 while ramping through slow start).",
+            None,
+            MetricType::Gauge,
+        )?;
+        for n in nodes() {
+            m.encode_family(&[("backend", n.backend.as_str()), ("node", n.addr.as_str())])?
+                .encode_gauge(&n.slow_start.weight())?;
+        }
+        let mut m = encoder.encode_descriptor(
+            "levee_breaker_state",
+            "Circuit breaker per node and traffic class: 0 closed, 1 open, 2 half-open.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for n in nodes() {
+            for b in &n.breakers {
+                let v: i64 = match b.breaker.state() {
+                    BreakerState::Closed => 0,
+                    BreakerState::Open => 1,
+                    BreakerState::HalfOpen => 2,
+                };
+                m.encode_family(&[
+                    ("backend", n.backend.as_str()),
+                    ("node", n.addr.as_str()),
+                    ("class", b.class.as_str()),
+                ])?
+                .encode_gauge(&v)?;
+            }
+        }
+        let mut m = encoder.encode_descriptor(
+            "levee_breaker_transitions",
+            "Breaker moves per node and class, by reason (failure-rate, slow-rate, consecutive-failures, open-elapsed, probe-failed, probes-succeeded).",
+            None,
+            MetricType::Counter,
+        )?;
+        for n in nodes() {
+            for b in &n.breakers {
+                for reason in TransitionReason::ALL {
+                    m.encode_family(&[
+                        ("backend", n.backend.as_str()),
+                        ("node", n.addr.as_str()),
+                        ("class", b.class.as_str()),
+                        ("reason", reason.as_str()),
+                    ])?
+                    .encode_counter::<NoLabelSet, _, u64>(&b.transitions(reason), None)?;
+                }
+            }
+        }
+        let mut m = encoder.encode_descriptor(
+            "levee_breaker_ejections_refused",
+            "Times a breaker would have opened but max_ejected_percent kept the node in.",
+            None,
+            MetricType::Counter,
+        )?;
+        for n in nodes() {
+            for b in &n.breakers {
+                m.encode_family(&[
+                    ("backend", n.backend.as_str()),
+                    ("node", n.addr.as_str()),
+                    ("class", b.class.as_str()),
+                ])?
+                .encode_counter::<NoLabelSet, _, u64>(&b.ejections_refused(), None)?;
+            }
         }
         let mut m = encoder.encode_descriptor(
             "levee_node_in_flight",

@@ -19,8 +19,8 @@ use arc_swap::ArcSwap;
 
 pub use heartbeat::Heartbeat;
 pub use stats::{
-    BackendStats, ErrorReason, InFlightGuard, LatencyHistogram, NodeStats, OutcomeCounters,
-    RouteStats, StatusClass, Topology, LATENCY_BUCKETS,
+    BackendEvent, BackendStats, ClassBreaker, ErrorReason, InFlightGuard, LatencyHistogram,
+    NodeStats, OutcomeCounters, RouteStats, StatusClass, Topology, LATENCY_BUCKETS,
 };
 
 /// Everything the admin listener may read, shared by `Arc`.

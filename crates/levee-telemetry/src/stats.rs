@@ -3,11 +3,13 @@
 //! Every series a scrape can show exists from the moment a topology is built,
 //! so "no data" is never mistaken for "no errors".
 
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use levee_resilience::Bulkhead;
+use levee_resilience::{
+    Breaker, BreakerPolicy, Bulkhead, HealthTracker, SlowStart, Transition, TransitionReason,
+};
 
 /// Why levee answered (or cut) a request itself. The string is the value of
 /// the `x-levee-error` header and of the `reason` metric label.
@@ -23,10 +25,12 @@ pub enum ErrorReason {
     HeaderTooLarge,
     ClientBody,
     Unsupported,
+    NoHealthyNode,
+    Shed,
 }
 
 impl ErrorReason {
-    pub const ALL: [ErrorReason; 10] = [
+    pub const ALL: [ErrorReason; 12] = [
         ErrorReason::NoRoute,
         ErrorReason::BulkheadFull,
         ErrorReason::Deadline,
@@ -37,6 +41,8 @@ impl ErrorReason {
         ErrorReason::HeaderTooLarge,
         ErrorReason::ClientBody,
         ErrorReason::Unsupported,
+        ErrorReason::NoHealthyNode,
+        ErrorReason::Shed,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -51,6 +57,8 @@ impl ErrorReason {
             ErrorReason::HeaderTooLarge => "header-too-large",
             ErrorReason::ClientBody => "client-body",
             ErrorReason::Unsupported => "unsupported",
+            ErrorReason::NoHealthyNode => "no-healthy-node",
+            ErrorReason::Shed => "shed",
         }
     }
 
@@ -193,6 +201,47 @@ impl LatencyHistogram {
     }
 }
 
+/// One node's breaker for one traffic class, with counts that explain it.
+#[derive(Debug)]
+pub struct ClassBreaker {
+    pub class: String,
+    pub breaker: Breaker,
+    transitions: [AtomicU64; TransitionReason::ALL.len()],
+    ejections_refused: AtomicU64,
+}
+
+impl ClassBreaker {
+    pub fn new(class: &str, policy: BreakerPolicy) -> Self {
+        Self {
+            class: class.to_owned(),
+            breaker: Breaker::new(policy),
+            transitions: Default::default(),
+            ejections_refused: AtomicU64::new(0),
+        }
+    }
+
+    pub fn count_transition(&self, t: &Transition) {
+        if let Some(i) = TransitionReason::ALL.iter().position(|r| *r == t.reason) {
+            self.transitions[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub fn transitions(&self, reason: TransitionReason) -> u64 {
+        TransitionReason::ALL
+            .iter()
+            .position(|r| *r == reason)
+            .map_or(0, |i| self.transitions[i].load(Ordering::Relaxed))
+    }
+
+    pub fn count_ejection_refused(&self) {
+        self.ejections_refused.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn ejections_refused(&self) -> u64 {
+        self.ejections_refused.load(Ordering::Relaxed)
+    }
+}
+
 /// One app node as the data plane sees it.
 #[derive(Debug)]
 pub struct NodeStats {
@@ -200,18 +249,60 @@ pub struct NodeStats {
     pub addr: String,
     pub outcomes: OutcomeCounters,
     pub latency: LatencyHistogram,
+    /// One breaker per traffic class, indexed like the backend's class table.
+    pub breakers: Vec<ClassBreaker>,
+    /// Active health check state (always healthy when no check is configured).
+    pub health: HealthTracker,
+    pub health_checked: bool,
+    pub slow_start: SlowStart,
     in_flight: AtomicI64,
+    anomalous: AtomicBool,
 }
 
 impl NodeStats {
     pub fn new(backend: &str, addr: &str) -> Self {
+        Self::with_state(backend, addr, Vec::new(), None, Duration::ZERO)
+    }
+
+    /// `health` is `(unhealthy_after, healthy_after)` when checks run.
+    pub fn with_state(
+        backend: &str,
+        addr: &str,
+        breakers: Vec<ClassBreaker>,
+        health: Option<(u32, u32)>,
+        slow_start: Duration,
+    ) -> Self {
+        let (unhealthy_after, healthy_after) = health.unwrap_or((1, 1));
         Self {
             backend: backend.to_owned(),
             addr: addr.to_owned(),
             outcomes: OutcomeCounters::default(),
             latency: LatencyHistogram::default(),
+            breakers,
+            health: HealthTracker::new(unhealthy_after, healthy_after),
+            health_checked: health.is_some(),
+            slow_start: SlowStart::new(slow_start),
             in_flight: AtomicI64::new(0),
+            anomalous: AtomicBool::new(false),
         }
+    }
+
+    /// Flagged by the drift watch: its errors or latency stand apart from its peers'.
+    pub fn is_anomalous(&self) -> bool {
+        self.anomalous.load(Ordering::Relaxed)
+    }
+
+    pub fn set_anomalous(&self, anomalous: bool) {
+        self.anomalous.store(anomalous, Ordering::Relaxed);
+    }
+
+    /// Usable for `class` now: healthy and its breaker admits calls.
+    pub fn usable(&self, class: usize) -> bool {
+        self.health.is_healthy()
+            && self
+                .breakers
+                .get(class)
+                .is_none_or(|b| b.breaker.would_admit())
     }
 
     pub fn in_flight(&self) -> i64 {
@@ -235,12 +326,71 @@ impl Drop for InFlightGuard {
     }
 }
 
-/// A backend: its bulkhead and its nodes.
+/// Things a backend did that explain what clients saw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendEvent {
+    /// A request was sent again to another node.
+    Retry,
+    /// A retry was wanted but the retry budget was spent.
+    RetryBudgetExhausted,
+    /// A request went to the failover backend.
+    FailedOver,
+    /// Every node was out and the request was refused (`when_all_down`).
+    AllDownFail,
+    /// Every node was out and the request was sent anyway (`try_all`).
+    AllDownTryAll,
+    /// A lower-priority request was shed, or a ramping pool refused it.
+    Shed,
+}
+
+impl BackendEvent {
+    pub const ALL: [BackendEvent; 6] = [
+        BackendEvent::Retry,
+        BackendEvent::RetryBudgetExhausted,
+        BackendEvent::FailedOver,
+        BackendEvent::AllDownFail,
+        BackendEvent::AllDownTryAll,
+        BackendEvent::Shed,
+    ];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            BackendEvent::Retry => "retry",
+            BackendEvent::RetryBudgetExhausted => "retry-budget-exhausted",
+            BackendEvent::FailedOver => "failed-over",
+            BackendEvent::AllDownFail => "all-down-fail",
+            BackendEvent::AllDownTryAll => "all-down-try-all",
+            BackendEvent::Shed => "shed",
+        }
+    }
+}
+
+/// A backend: its bulkhead, its nodes and what it did.
 #[derive(Debug)]
 pub struct BackendStats {
     pub name: String,
     pub bulkhead: Arc<Bulkhead>,
     pub nodes: Vec<Arc<NodeStats>>,
+    events: [AtomicU64; BackendEvent::ALL.len()],
+}
+
+impl BackendStats {
+    pub fn new(name: &str, bulkhead: Arc<Bulkhead>, nodes: Vec<Arc<NodeStats>>) -> Self {
+        Self {
+            name: name.to_owned(),
+            bulkhead,
+            nodes,
+            events: Default::default(),
+        }
+    }
+
+    pub fn count(&self, event: BackendEvent) {
+        self.events[event as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn events(&self, event: BackendEvent) -> u64 {
+        self.events[event as usize].load(Ordering::Relaxed)
+    }
 }
 
 /// A route: what its clients saw.

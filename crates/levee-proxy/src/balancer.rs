@@ -1,0 +1,300 @@
+//! Node selection: round robin, least request, and power of two choices over
+//! peak-EWMA latency, all failure-aware and slow-start aware.
+//!
+//! A node that answers errors fast must lose traffic, not win it because it
+//! looks fast: every outcome also feeds a decaying failure score, and a
+//! failure is observed as a long latency (`FAILURE_PENALTY`) in the latency
+//! estimate. Scores are lower-is-better: `latency × (in_flight + 1) ×
+//! (1 + FAILURE_WEIGHT × failure score) / slow-start weight`.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use levee_config::LoadBalancing;
+use tokio::time::Instant;
+
+/// Decay time of the estimates: old observations fade over ~10 s.
+const DECAY: Duration = Duration::from_secs(10);
+/// A failure is observed as at least this latency.
+const FAILURE_PENALTY: Duration = Duration::from_millis(250);
+/// How strongly the failure score multiplies a node's cost.
+const FAILURE_WEIGHT: f64 = 20.0;
+/// Latency assumed for a node with no observations yet.
+const DEFAULT_LATENCY_US: f64 = 1_000.0;
+
+/// A node's latency and failure estimates, updated with atomics (a lost
+/// update under a race only blurs an estimate).
+#[derive(Debug)]
+pub struct LoadEstimate {
+    origin: Instant,
+    latency_us: AtomicU64,
+    failure: AtomicU64,
+    stamp_us: AtomicU64,
+}
+
+impl Default for LoadEstimate {
+    fn default() -> Self {
+        Self {
+            origin: Instant::now(),
+            latency_us: AtomicU64::new(DEFAULT_LATENCY_US.to_bits()),
+            failure: AtomicU64::new(0f64.to_bits()),
+            stamp_us: AtomicU64::new(0),
+        }
+    }
+}
+
+impl LoadEstimate {
+    /// Feeds one call: its time to response headers and whether it failed.
+    pub fn observe(&self, rtt: Duration, failed: bool) {
+        let now = self.origin.elapsed().as_micros() as u64;
+        let last = self.stamp_us.swap(now, Ordering::Relaxed);
+        let dt = now.saturating_sub(last) as f64;
+        let keep = (-dt / DECAY.as_micros() as f64).exp();
+        let prev = f64::from_bits(self.latency_us.load(Ordering::Relaxed));
+        let mut rtt_us = rtt.as_micros() as f64;
+        if failed {
+            rtt_us = rtt_us.max(FAILURE_PENALTY.as_micros() as f64);
+        }
+        // Peak EWMA: jump up to a worse latency at once, decay down slowly.
+        let next = if rtt_us > prev {
+            rtt_us
+        } else {
+            prev * keep + rtt_us * (1.0 - keep)
+        };
+        self.latency_us.store(next.to_bits(), Ordering::Relaxed);
+        let fail_prev = f64::from_bits(self.failure.load(Ordering::Relaxed));
+        // Failures move the score faster than successes bring it down.
+        let fail_keep = keep.min(0.9);
+        let hit = if failed { 1.0 } else { 0.0 };
+        let fail_next = if failed {
+            fail_prev * fail_keep + hit * (1.0 - fail_keep)
+        } else {
+            fail_prev * keep + hit * (1.0 - keep)
+        };
+        self.failure.store(fail_next.to_bits(), Ordering::Relaxed);
+    }
+
+    pub fn latency(&self) -> Duration {
+        Duration::from_micros(f64::from_bits(self.latency_us.load(Ordering::Relaxed)) as u64)
+    }
+
+    /// 0.0 (no recent failures) to 1.0 (every recent call failed).
+    pub fn failure_score(&self) -> f64 {
+        f64::from_bits(self.failure.load(Ordering::Relaxed))
+    }
+
+    fn penalty(&self) -> f64 {
+        1.0 + FAILURE_WEIGHT * self.failure_score()
+    }
+}
+
+/// What selection needs to know about a backend's nodes, by index.
+pub trait Pool {
+    fn size(&self) -> usize;
+    /// Healthy, breaker admits, not excluded.
+    fn usable(&self, i: usize) -> bool;
+    fn in_flight(&self, i: usize) -> i64;
+    fn load(&self, i: usize) -> &LoadEstimate;
+    /// Slow-start share in (0, 1].
+    fn weight(&self, i: usize) -> f64;
+}
+
+/// Picks a node index, or `None` when none is usable.
+pub fn pick(policy: LoadBalancing, pool: &impl Pool, cursor: &AtomicUsize) -> Option<usize> {
+    let usable = (0..pool.size()).filter(|i| pool.usable(*i)).count();
+    if usable == 0 {
+        return None;
+    }
+    match policy {
+        LoadBalancing::RoundRobin => round_robin(pool, cursor),
+        LoadBalancing::LeastRequest => two_choices(pool, usable, |i| {
+            (pool.in_flight(i).max(0) as f64 + 1.0) * pool.load(i).penalty() / pool.weight(i)
+        }),
+        LoadBalancing::P2cEwma => two_choices(pool, usable, |i| {
+            let latency = pool.load(i).latency().as_micros().max(1) as f64;
+            latency * (pool.in_flight(i).max(0) as f64 + 1.0) * pool.load(i).penalty()
+                / pool.weight(i)
+        }),
+    }
+}
+
+/// The next usable node in turn; a ramping node is passed over with
+/// probability `1 - weight` (but never all of them).
+fn round_robin(pool: &impl Pool, cursor: &AtomicUsize) -> Option<usize> {
+    let n = pool.size();
+    let start = cursor.fetch_add(1, Ordering::Relaxed);
+    let mut first_usable = None;
+    for step in 0..n {
+        let i = (start + step) % n;
+        if !pool.usable(i) {
+            continue;
+        }
+        first_usable.get_or_insert(i);
+        let w = pool.weight(i);
+        if w >= 1.0 || fastrand::f64() < w {
+            return Some(i);
+        }
+    }
+    first_usable
+}
+
+/// Power of two choices: two distinct usable nodes at random, the lower cost wins.
+fn two_choices(pool: &impl Pool, usable: usize, cost: impl Fn(usize) -> f64) -> Option<usize> {
+    if usable == 1 {
+        return (0..pool.size()).find(|i| pool.usable(*i));
+    }
+    let a = fastrand::usize(..usable);
+    let mut b = fastrand::usize(..usable - 1);
+    if b >= a {
+        b += 1;
+    }
+    let ia = nth_usable(pool, a)?;
+    let ib = nth_usable(pool, b)?;
+    if cost(ib) < cost(ia) {
+        Some(ib)
+    } else {
+        Some(ia)
+    }
+}
+
+fn nth_usable(pool: &impl Pool, nth: usize) -> Option<usize> {
+    (0..pool.size()).filter(|i| pool.usable(*i)).nth(nth)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    struct Fake {
+        usable: bool,
+        in_flight: i64,
+        load: LoadEstimate,
+        weight: f64,
+    }
+
+    fn fake() -> Fake {
+        Fake {
+            usable: true,
+            in_flight: 0,
+            load: LoadEstimate::default(),
+            weight: 1.0,
+        }
+    }
+
+    impl Pool for Vec<Fake> {
+        fn size(&self) -> usize {
+            self.as_slice().len()
+        }
+        fn usable(&self, i: usize) -> bool {
+            self[i].usable
+        }
+        fn in_flight(&self, i: usize) -> i64 {
+            self[i].in_flight
+        }
+        fn load(&self, i: usize) -> &LoadEstimate {
+            &self[i].load
+        }
+        fn weight(&self, i: usize) -> f64 {
+            self[i].weight
+        }
+    }
+
+    fn shares(policy: LoadBalancing, nodes: &Vec<Fake>, rounds: usize) -> Vec<usize> {
+        let cursor = AtomicUsize::new(0);
+        let mut counts = vec![0; nodes.len()];
+        for _ in 0..rounds {
+            counts[pick(policy, nodes, &cursor).unwrap()] += 1;
+        }
+        counts
+    }
+
+    #[test]
+    fn unusable_nodes_are_never_picked_and_none_usable_is_none() {
+        for policy in [
+            LoadBalancing::RoundRobin,
+            LoadBalancing::LeastRequest,
+            LoadBalancing::P2cEwma,
+        ] {
+            let mut nodes = vec![fake(), fake(), fake()];
+            nodes[1].usable = false;
+            let counts = shares(policy, &nodes, 300);
+            assert_eq!(counts[1], 0, "{policy:?}");
+            assert!(counts[0] > 0 && counts[2] > 0, "{policy:?}");
+            for n in &mut nodes {
+                n.usable = false;
+            }
+            assert_eq!(pick(policy, &nodes, &AtomicUsize::new(0)), None);
+        }
+    }
+
+    #[test]
+    fn round_robin_takes_turns() {
+        let nodes = vec![fake(), fake(), fake()];
+        assert_eq!(
+            shares(LoadBalancing::RoundRobin, &nodes, 300),
+            vec![100, 100, 100]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn p2c_ewma_avoids_a_slow_node_and_a_fast_failing_node() {
+        let nodes = vec![fake(), fake(), fake()];
+        for _ in 0..20 {
+            nodes[0].load.observe(Duration::from_millis(5), false);
+            nodes[1].load.observe(Duration::from_millis(200), false); // slow
+            nodes[2].load.observe(Duration::from_micros(300), true); // fast 500s
+            tokio::time::advance(Duration::from_millis(50)).await;
+        }
+        let counts = shares(LoadBalancing::P2cEwma, &nodes, 3000);
+        assert!(counts[0] > 1900, "{counts:?}");
+        assert!(
+            counts[2] < 600,
+            "a fast-failing node must not win: {counts:?}"
+        );
+        let counts = shares(LoadBalancing::LeastRequest, &nodes, 3000);
+        assert!(
+            counts[2] < 600,
+            "least request is failure-aware too: {counts:?}"
+        );
+    }
+
+    #[test]
+    fn least_request_prefers_idle_nodes() {
+        let mut nodes = vec![fake(), fake()];
+        nodes[0].in_flight = 50;
+        let counts = shares(LoadBalancing::LeastRequest, &nodes, 1000);
+        assert_eq!(
+            counts,
+            vec![0, 1000],
+            "with two nodes, both are always compared"
+        );
+    }
+
+    #[test]
+    fn a_ramping_node_gets_a_smaller_share() {
+        let mut nodes = vec![fake(), fake()];
+        nodes[1].weight = 0.1;
+        let rr = shares(LoadBalancing::RoundRobin, &nodes, 2000);
+        assert!(rr[1] < 400, "{rr:?}");
+        let p2c = shares(LoadBalancing::P2cEwma, &nodes, 2000);
+        assert!(p2c[1] < 200, "{p2c:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failure_score_decays_after_recovery() {
+        let l = LoadEstimate::default();
+        for _ in 0..10 {
+            l.observe(Duration::from_millis(1), true);
+            tokio::time::advance(Duration::from_millis(100)).await;
+        }
+        let high = l.failure_score();
+        assert!(high > 0.5, "{high}");
+        for _ in 0..100 {
+            tokio::time::advance(Duration::from_millis(500)).await;
+            l.observe(Duration::from_millis(1), false);
+        }
+        assert!(l.failure_score() < 0.05, "{}", l.failure_score());
+        assert!(l.latency() < Duration::from_millis(20), "{:?}", l.latency());
+    }
+}

@@ -1,0 +1,150 @@
+//! Active health checks and the drift watch, on their own tasks.
+//!
+//! Checks never take a data-plane bulkhead slot and use their own
+//! connections, so a saturated backend cannot hide a dead node and a check
+//! cannot take a slot a request needs. A node failing `unhealthy_after`
+//! checks in a row is out of rotation until it passes `healthy_after` in a
+//! row; it then ramps back through slow start.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Uri};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use levee_config::HealthCheckConfig;
+use levee_resilience::{jittered, DriftConfig, DriftDetector, NodeSample};
+use levee_telemetry::{ErrorReason, StatusClass};
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+use crate::upstream::Backend;
+
+/// Starts the background work of a config version: health checks for the
+/// backends that have them, and a drift watch per backend.
+pub fn spawn_background(state: &crate::state::ProxyState) -> Vec<JoinHandle<()>> {
+    let mut tasks = Vec::new();
+    for (backend, cfg) in state.backends.iter().zip(&state.config.backends) {
+        if let Some(check) = &cfg.health_check {
+            tasks.extend(spawn_checks(backend, check));
+        }
+        tasks.push(spawn_drift_watch(backend));
+    }
+    tasks
+}
+
+/// Starts one checking task per node of `backend`.
+pub fn spawn_checks(backend: &Arc<Backend>, cfg: &HealthCheckConfig) -> Vec<JoinHandle<()>> {
+    let mut connector = HttpConnector::new();
+    connector.set_connect_timeout(Some(cfg.timeout));
+    connector.set_nodelay(true);
+    let client: Client<HttpConnector, Empty<Bytes>> = Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(1)
+        .build(connector);
+    (0..backend.nodes.len())
+        .map(|i| {
+            let backend = Arc::clone(backend);
+            let cfg = cfg.clone();
+            let client = client.clone();
+            tokio::spawn(async move { check_node(backend, i, cfg, client).await })
+        })
+        .collect()
+}
+
+async fn check_node(
+    backend: Arc<Backend>,
+    index: usize,
+    cfg: HealthCheckConfig,
+    client: Client<HttpConnector, Empty<Bytes>>,
+) {
+    let Some(node) = backend.nodes.get(index) else {
+        return;
+    };
+    let uri: Option<Uri> = format!("http://{}{}", node.addr, cfg.path).parse().ok();
+    let Some(uri) = uri else {
+        warn!(backend = %backend.name, node = %node.addr, path = %cfg.path, "health check path does not form a URI");
+        return;
+    };
+    // Spread the first checks so a large pool is not probed all at once.
+    tokio::time::sleep(jittered(cfg.interval, 1.0) / 2).await;
+    loop {
+        let ok = probe(&client, &uri, &cfg).await;
+        if let Some(t) = node.stats.health.record(ok) {
+            if t.healthy {
+                node.stats.slow_start.begin();
+                info!(backend = %backend.name, node = %node.addr, passed = t.after, "node passes its health checks again; ramping back in");
+            } else {
+                warn!(backend = %backend.name, node = %node.addr, failed = t.after, "node failed its health checks; out of rotation");
+            }
+        }
+        tokio::time::sleep(jittered(cfg.interval, cfg.jitter)).await;
+    }
+}
+
+async fn probe(
+    client: &Client<HttpConnector, Empty<Bytes>>,
+    uri: &Uri,
+    cfg: &HealthCheckConfig,
+) -> bool {
+    let Ok(req) = Request::get(uri.clone())
+        .header(http::header::USER_AGENT, "levee-health-check")
+        .body(Empty::new())
+    else {
+        return false;
+    };
+    let call = async {
+        let resp = client.request(req).await.ok()?;
+        let status = resp.status().as_u16();
+        resp.into_body().collect().await.ok()?;
+        Some(status)
+    };
+    matches!(
+        tokio::time::timeout(cfg.timeout, call).await,
+        Ok(Some(status)) if cfg.expect_statuses.contains(&status)
+    )
+}
+
+/// Ticks a drift detector once a second with each node's counters and flags
+/// nodes that stand apart from their peers.
+pub fn spawn_drift_watch(backend: &Arc<Backend>) -> JoinHandle<()> {
+    let backend = Arc::clone(backend);
+    tokio::spawn(async move {
+        let mut detector = DriftDetector::new(DriftConfig::default(), backend.nodes.len());
+        let mut ticker = tokio::time::interval(Duration::from_secs(1));
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            let samples: Vec<NodeSample> = backend.nodes.iter().map(|n| sample(&n.stats)).collect();
+            for change in detector.tick(&samples) {
+                let Some(node) = backend.nodes.get(change.node) else {
+                    continue;
+                };
+                node.stats.set_anomalous(change.anomalous);
+                let figures = detector.figures(change.node);
+                if change.anomalous {
+                    warn!(backend = %backend.name, node = %node.addr, reason = change.reason.as_str(), ?figures, "node stands apart from its peers");
+                } else {
+                    info!(backend = %backend.name, node = %node.addr, "node no longer stands apart from its peers");
+                }
+            }
+        }
+    })
+}
+
+fn sample(stats: &levee_telemetry::NodeStats) -> NodeSample {
+    let o = &stats.outcomes;
+    let node_errors: u64 = ErrorReason::ALL
+        .iter()
+        .filter(|r| r.blames_node())
+        .map(|r| o.reason(*r))
+        .sum();
+    NodeSample {
+        requests: o.total() + node_errors,
+        failures: o.class(StatusClass::ServerError) + node_errors,
+        latency_sum_us: (stats.latency.sum_seconds() * 1e6) as u64,
+        latency_count: stats.latency.count(),
+    }
+}

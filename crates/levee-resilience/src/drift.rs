@@ -1,0 +1,317 @@
+//! Drift detection finds a node that quietly stands apart from its peers.
+//!
+//! One node of six failing 17% of its requests for hours stays under every
+//! breaker threshold, and the pool's figures look fine because the healthy
+//! nodes dilute it. Comparing each node with its peers' median over a sliding
+//! window catches it: a node is flagged once its error rate or mean latency
+//! has stood well apart for `sustain`, and unflagged once it has not for as
+//! long. One background task ticks a backend's detector once a second with
+//! each node's cumulative counters, so this is a plain owned struct and
+//! nothing here is on the request path.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// When a node counts as standing apart.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DriftConfig {
+    /// The error rate must exceed the peers' median by at least this much...
+    pub error_rate_margin: f64,
+    /// ...and be more than this many times the peers' median.
+    pub error_rate_factor: f64,
+    /// Mean latency more than this many times the peers' median (and at
+    /// least 1 ms more).
+    pub latency_factor: f64,
+    /// How long a node must stand apart to be flagged, and not to be
+    /// unflagged.
+    pub sustain: Duration,
+    /// Requests a node needs in the window to be judged or to serve as a peer.
+    pub min_requests: u64,
+    pub window: Duration,
+}
+
+impl Default for DriftConfig {
+    fn default() -> Self {
+        Self {
+            error_rate_margin: 0.05,
+            error_rate_factor: 3.0,
+            latency_factor: 3.0,
+            sustain: Duration::from_secs(10),
+            min_requests: 20,
+            window: Duration::from_secs(10),
+        }
+    }
+}
+
+/// One node's cumulative totals since it started being counted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NodeSample {
+    pub requests: u64,
+    pub failures: u64,
+    pub latency_sum_us: u64,
+    pub latency_count: u64,
+}
+
+/// Why a node's flag changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DriftReason {
+    ErrorRate,
+    Latency,
+    Recovered,
+}
+
+impl DriftReason {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            DriftReason::ErrorRate => "error-rate",
+            DriftReason::Latency => "latency",
+            DriftReason::Recovered => "recovered",
+        }
+    }
+}
+
+impl fmt::Display for DriftReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A node's flag changed on this tick.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DriftChange {
+    pub node: usize,
+    pub anomalous: bool,
+    pub reason: DriftReason,
+}
+
+/// A node's windowed figures and its peers' medians, as of the last tick.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DriftFigures {
+    pub error_rate: f64,
+    pub peer_error_rate: f64,
+    pub mean_latency: Duration,
+    pub peer_mean_latency: Duration,
+}
+
+/// Latency must differ by at least this much to count, so microsecond noise
+/// on a fast backend cannot flag a node.
+const MIN_LATENCY_GAP_US: f64 = 1_000.0;
+
+#[derive(Debug, Clone, Copy, Default)]
+struct NodeState {
+    anomalous: bool,
+    apart_since: Option<Instant>,
+    calm_since: Option<Instant>,
+    figures: Option<DriftFigures>,
+}
+
+/// One node's deltas over the window.
+#[derive(Debug, Clone, Copy)]
+struct Windowed {
+    requests: u64,
+    error_rate: f64,
+    /// Mean latency in microseconds, if any latency was recorded.
+    latency_us: Option<f64>,
+}
+
+impl Windowed {
+    fn between(old: &NodeSample, new: &NodeSample) -> Self {
+        // Counters that went backwards (a reset) read as no traffic.
+        let requests = new.requests.saturating_sub(old.requests);
+        let failures = new.failures.saturating_sub(old.failures).min(requests);
+        let lat_sum = new.latency_sum_us.saturating_sub(old.latency_sum_us);
+        let lat_count = new.latency_count.saturating_sub(old.latency_count);
+        Self {
+            requests,
+            error_rate: if requests == 0 {
+                0.0
+            } else {
+                failures as f64 / requests as f64
+            },
+            latency_us: (lat_count > 0).then(|| lat_sum as f64 / lat_count as f64),
+        }
+    }
+}
+
+/// A backend's drift detector, owned by the task that ticks it.
+#[derive(Debug)]
+pub struct DriftDetector {
+    config: DriftConfig,
+    /// Samples taken at each tick, oldest first; the front is the newest
+    /// sample at least `window` old, so deltas span the whole window.
+    history: VecDeque<(Instant, Vec<NodeSample>)>,
+    nodes: Vec<NodeState>,
+}
+
+impl DriftDetector {
+    pub fn new(config: DriftConfig, nodes: usize) -> Self {
+        Self {
+            config,
+            history: VecDeque::new(),
+            nodes: vec![NodeState::default(); nodes],
+        }
+    }
+
+    pub fn config(&self) -> &DriftConfig {
+        &self.config
+    }
+
+    /// Starts over for a pool of `nodes`: history and flags are dropped.
+    pub fn reset(&mut self, nodes: usize) {
+        self.history.clear();
+        self.nodes = vec![NodeState::default(); nodes];
+    }
+
+    /// Feeds cumulative samples taken now, one per node in the same order
+    /// every tick; returns the nodes whose flag changed. A different number
+    /// of samples means the pool changed: the detector [`reset`](Self::reset)s
+    /// (dropping flags without reporting them) and starts from this tick.
+    pub fn tick(&mut self, samples: &[NodeSample]) -> Vec<DriftChange> {
+        if samples.len() != self.nodes.len() {
+            self.reset(samples.len());
+        }
+        let now = Instant::now();
+        self.history.push_back((now, samples.to_vec()));
+        while self
+            .history
+            .get(1)
+            .is_some_and(|(at, _)| now.saturating_duration_since(*at) >= self.config.window)
+        {
+            self.history.pop_front();
+        }
+        let windowed: Vec<Windowed> = match self.history.front() {
+            Some((_, oldest)) if self.history.len() > 1 => oldest
+                .iter()
+                .zip(samples)
+                .map(|(old, new)| Windowed::between(old, new))
+                .collect(),
+            // One sample spans no time: nothing to judge yet.
+            _ => Vec::new(),
+        };
+        let mut changes = Vec::new();
+        for node in 0..self.nodes.len() {
+            let (apart, figures) = match windowed.get(node) {
+                Some(me) => {
+                    let (apart, figures) = self.judge(node, me, &windowed);
+                    (apart, Some(figures))
+                }
+                None => (None, None),
+            };
+            let sustain = self.config.sustain;
+            let state = &mut self.nodes[node];
+            state.figures = figures;
+            match apart {
+                Some(reason) => {
+                    state.calm_since = None;
+                    let since = *state.apart_since.get_or_insert(now);
+                    if !state.anomalous && now.saturating_duration_since(since) >= sustain {
+                        state.anomalous = true;
+                        changes.push(DriftChange {
+                            node,
+                            anomalous: true,
+                            reason,
+                        });
+                    }
+                }
+                // Too little traffic to judge counts as not standing apart,
+                // so a drained node is unflagged rather than held forever.
+                None => {
+                    state.apart_since = None;
+                    if state.anomalous {
+                        let since = *state.calm_since.get_or_insert(now);
+                        if now.saturating_duration_since(since) >= sustain {
+                            state.anomalous = false;
+                            state.calm_since = None;
+                            changes.push(DriftChange {
+                                node,
+                                anomalous: false,
+                                reason: DriftReason::Recovered,
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        changes
+    }
+
+    /// Whether the node is flagged now (false for an unknown node).
+    pub fn is_anomalous(&self, node: usize) -> bool {
+        self.nodes.get(node).is_some_and(|s| s.anomalous)
+    }
+
+    /// The node's windowed error rate and mean latency and its peers' median
+    /// of each, as of the last tick; `None` for an unknown node or before the
+    /// window spans any time.
+    pub fn figures(&self, node: usize) -> Option<DriftFigures> {
+        self.nodes.get(node).and_then(|s| s.figures)
+    }
+
+    /// Whether node `me` stands apart from its peers now, and its figures.
+    fn judge(
+        &self,
+        me_idx: usize,
+        me: &Windowed,
+        all: &[Windowed],
+    ) -> (Option<DriftReason>, DriftFigures) {
+        let min = self.config.min_requests.max(1);
+        let peers: Vec<&Windowed> = all
+            .iter()
+            .enumerate()
+            .filter(|&(i, w)| i != me_idx && w.requests >= min)
+            .map(|(_, w)| w)
+            .collect();
+        let mut peer_errors: Vec<f64> = peers.iter().map(|w| w.error_rate).collect();
+        let mut peer_latencies: Vec<f64> = peers.iter().filter_map(|w| w.latency_us).collect();
+        let peer_error = median(&mut peer_errors);
+        let peer_latency = median(&mut peer_latencies);
+        let figures = DriftFigures {
+            error_rate: me.error_rate,
+            peer_error_rate: peer_error.unwrap_or(0.0),
+            mean_latency: micros(me.latency_us.unwrap_or(0.0)),
+            peer_mean_latency: micros(peer_latency.unwrap_or(0.0)),
+        };
+        if me.requests < min {
+            return (None, figures);
+        }
+        let c = &self.config;
+        let error_apart = peer_errors.len() >= 2
+            && peer_error.is_some_and(|peer| {
+                me.error_rate > peer * c.error_rate_factor
+                    && me.error_rate > peer + c.error_rate_margin
+            });
+        if error_apart {
+            return (Some(DriftReason::ErrorRate), figures);
+        }
+        let latency_apart = peer_latencies.len() >= 2
+            && match (me.latency_us, peer_latency) {
+                (Some(mine), Some(peer)) => {
+                    mine > peer * c.latency_factor && mine - peer >= MIN_LATENCY_GAP_US
+                }
+                _ => false,
+            };
+        (latency_apart.then_some(DriftReason::Latency), figures)
+    }
+}
+
+/// The median, sorting `values` in place; `None` when empty.
+fn median(values: &mut [f64]) -> Option<f64> {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => values.get(n / 2).copied(),
+        _ => Some((values.get(n / 2 - 1)? + values.get(n / 2)?) / 2.0),
+    }
+}
+
+fn micros(us: f64) -> Duration {
+    Duration::try_from_secs_f64(us / 1e6).unwrap_or(Duration::ZERO)
+}
+
+#[cfg(test)]
+#[path = "drift_tests.rs"]
+mod tests;
