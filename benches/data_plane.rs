@@ -29,6 +29,7 @@ fn breaker(c: &mut Criterion) {
     let ok = CallOutcome {
         failed: false,
         elapsed: Duration::from_millis(3),
+        unreachable: false,
     };
     c.bench_function("breaker admit + record (closed)", |bench| {
         bench.iter(|| {

@@ -59,8 +59,8 @@ pub async fn run(duration: Duration) -> anyhow::Result<()> {
     let health_url = format!("http://{}/healthz", levee.admin_addr);
     let (reads_url, writes_url) = (format!("{base}/items"), format!("{base}/api/orders"));
     let (reads, writes, health) = tokio::join!(
-        traffic::drive(&client, Method::GET, &reads_url, 8, duration),
-        traffic::drive(&client, Method::POST, &writes_url, 8, duration),
+        traffic::drive(&client, Method::GET, reads_url.as_str(), 8, duration),
+        traffic::drive(&client, Method::POST, writes_url.as_str(), 8, duration),
         probe(&client, &health_url, duration),
     );
 

@@ -113,16 +113,17 @@ impl Tally {
 pub async fn drive(
     client: &HttpClient,
     method: Method,
-    url: &str,
+    url: impl Into<String>,
     workers: usize,
     duration: Duration,
 ) -> Tally {
+    let url: String = url.into();
     let until = Instant::now() + duration;
     let mut tasks = Vec::with_capacity(workers);
     for _ in 0..workers {
         let client = client.clone();
         let method = method.clone();
-        let url = url.to_owned();
+        let url = url.clone();
         tasks.push(tokio::spawn(async move {
             let mut tally = Tally::default();
             let body: &'static [u8] = if method == Method::GET {

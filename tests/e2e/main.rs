@@ -8,5 +8,6 @@ mod cli;
 mod common;
 mod errors;
 mod forwarding;
+mod resilience;
 mod shutdown;
 mod timeouts;

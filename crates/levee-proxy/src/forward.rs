@@ -181,7 +181,11 @@ async fn forward(
                     pick.index,
                     class,
                     pick.probe,
-                    CallOutcome { failed, elapsed },
+                    CallOutcome {
+                        failed,
+                        elapsed,
+                        unreachable: false,
+                    },
                 );
                 node.stats.latency.observe(elapsed);
                 node.stats.outcomes.record_status(status);
@@ -221,6 +225,7 @@ async fn forward(
                 CallOutcome {
                     failed: true,
                     elapsed,
+                    unreachable: error.reason == ErrorReason::UpstreamConnect,
                 },
             );
         }

@@ -408,3 +408,36 @@ fn node_client(cfg: &BackendConfig) -> NodeClient {
         .set_host(false)
         .build(connector)
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    #[tokio::test]
+    async fn consecutive_failures_open_the_node_breaker() {
+        let cfg = levee_config::parse(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[[backend]]\nname = \"app\"\nnodes = [\"127.0.0.1:1\", \"127.0.0.1:2\"]\n[backend.breaker]\nconsecutive_failures = 3\n[[route]]\npath_prefix = \"/\"\nbackend = \"app\"\n",
+            "t",
+        )
+        .unwrap();
+        let classes = ClassTable::new([]);
+        let b = Backend::new(&cfg.backends[0], &classes);
+        let fail = CallOutcome {
+            failed: true,
+            elapsed: Duration::from_millis(1),
+            unreachable: false,
+        };
+        for _ in 0..3 {
+            b.record(0, ClassTable::SAFE, false, fail);
+        }
+        let br = &b.nodes[0].stats.breakers[ClassTable::SAFE];
+        assert_eq!(
+            br.breaker.state(),
+            BreakerState::Open,
+            "{:?} {:?}",
+            br.breaker.window(),
+            br.breaker.consecutive_failures()
+        );
+    }
+}

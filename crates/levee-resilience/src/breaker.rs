@@ -16,7 +16,7 @@
 //! Time comes from `tokio::time`, so tests run with paused time.
 
 use std::fmt;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -175,11 +175,15 @@ pub enum Admission {
 }
 
 /// How a call went, as the policy sees it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct CallOutcome {
     /// Connect error, reset, deadline, or a failure status.
     pub failed: bool,
     pub elapsed: Duration,
+    /// The node could not be reached at all (connect refused or timed out).
+    /// A trip on such a call is not bound by the ejection budget: an
+    /// unreachable node is not an error rate, and keeping it in helps no one.
+    pub unreachable: bool,
 }
 
 /// What recording an outcome did.
@@ -327,6 +331,8 @@ pub struct Breaker {
     reopen_level: AtomicU32,
     closed_at_us: AtomicU64,
     opened_total: AtomicU64,
+    /// Whether the open gate counts against the ejection budget.
+    holds_ejection: AtomicBool,
 }
 
 impl Breaker {
@@ -347,6 +353,7 @@ impl Breaker {
             reopen_level: AtomicU32::new(0),
             closed_at_us: AtomicU64::new(NEVER),
             opened_total: AtomicU64::new(0),
+            holds_ejection: AtomicBool::new(false),
         }
     }
 
@@ -434,7 +441,7 @@ impl Breaker {
         let slow = outcome.elapsed >= self.policy.slow_call_duration;
         match self.state.load(Ordering::Acquire) {
             HALF_OPEN if probe => self.record_probe(outcome.failed || slow, budget),
-            CLOSED => self.record_closed(outcome.failed, slow, budget),
+            CLOSED => self.record_closed(outcome.failed, slow, outcome.unreachable, budget),
             _ => Recorded::Nothing,
         }
     }
@@ -468,7 +475,9 @@ impl Breaker {
         {
             return Recorded::Nothing;
         }
-        budget.release();
+        if self.holds_ejection.swap(false, Ordering::AcqRel) {
+            budget.release();
+        }
         self.clear_window();
         self.consecutive.store(0, Ordering::Release);
         self.closed_at_us.store(self.now_us(), Ordering::Release);
@@ -480,7 +489,13 @@ impl Breaker {
         ))
     }
 
-    fn record_closed(&self, failed: bool, slow: bool, budget: &EjectionBudget) -> Recorded {
+    fn record_closed(
+        &self,
+        failed: bool,
+        slow: bool,
+        unreachable: bool,
+        budget: &EjectionBudget,
+    ) -> Recorded {
         let now_s = self.now_us() / 1_000_000;
         self.add_to_window(now_s, failed, slow);
         let consecutive = if failed {
@@ -504,7 +519,8 @@ impl Breaker {
         } else {
             return Recorded::Nothing;
         };
-        if !budget.try_eject() {
+        let counted = !unreachable;
+        if counted && !budget.try_eject() {
             return Recorded::EjectionRefused(window);
         }
         if self
@@ -512,9 +528,12 @@ impl Breaker {
             .compare_exchange(CLOSED, OPEN, Ordering::AcqRel, Ordering::Acquire)
             .is_err()
         {
-            budget.release();
+            if counted {
+                budget.release();
+            }
             return Recorded::Nothing;
         }
+        self.holds_ejection.store(counted, Ordering::Release);
         // Re-opening soon after a close escalates the open period.
         let closed_at = self.closed_at_us.load(Ordering::Acquire);
         let recently_closed = closed_at != NEVER
@@ -537,7 +556,7 @@ impl Breaker {
     /// Call when a breaker leaves service (its node was removed) so its
     /// ejection is returned to the budget.
     pub fn release_ejection(&self, budget: &EjectionBudget) {
-        if self.state.load(Ordering::Acquire) != CLOSED {
+        if self.holds_ejection.swap(false, Ordering::AcqRel) {
             budget.release();
         }
     }

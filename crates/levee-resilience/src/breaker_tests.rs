@@ -19,14 +19,22 @@ fn policy() -> BreakerPolicy {
 const OK: CallOutcome = CallOutcome {
     failed: false,
     elapsed: Duration::from_millis(10),
+    unreachable: false,
 };
 const FAIL: CallOutcome = CallOutcome {
     failed: true,
     elapsed: Duration::from_millis(10),
+    unreachable: false,
 };
 const SLOW: CallOutcome = CallOutcome {
     failed: false,
     elapsed: Duration::from_millis(600),
+    unreachable: false,
+};
+const REFUSED: CallOutcome = CallOutcome {
+    failed: true,
+    elapsed: Duration::from_millis(1),
+    unreachable: true,
 };
 
 fn budget() -> EjectionBudget {
@@ -292,6 +300,41 @@ async fn the_ejection_budget_keeps_nodes_in() {
     assert_eq!(open, 2);
     assert_eq!(budget.ejected(), 2);
     assert!(refused > 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn unreachable_nodes_are_ejected_beyond_the_budget() {
+    let budget = EjectionBudget::new(2, 50);
+    let breakers: Vec<Breaker> = (0..2)
+        .map(|_| {
+            Breaker::new(BreakerPolicy {
+                consecutive_failures: 3,
+                half_open_calls: 1,
+                ..policy()
+            })
+        })
+        .collect();
+    for b in &breakers {
+        feed(b, &budget, REFUSED, 3);
+        assert_eq!(
+            b.state(),
+            BreakerState::Open,
+            "a whole pool that refuses is all out"
+        );
+    }
+    assert_eq!(
+        budget.ejected(),
+        0,
+        "unreachable ejections do not use the budget"
+    );
+    // Closing one does not free budget it never took.
+    tokio::time::advance(Duration::from_secs(5)).await;
+    assert_eq!(breakers[0].admit().0, Admission::Probe);
+    moved(breakers[0].record(true, OK, &budget));
+    assert_eq!(budget.ejected(), 0);
+    // An error-rate trip still counts.
+    feed(&breakers[0], &budget, FAIL, 10);
+    assert_eq!(budget.ejected(), 1);
 }
 
 #[test]

@@ -1,0 +1,592 @@
+//! Issue 3's scenarios end to end: breakers, retries, failover, slow start,
+//! shedding, health checks and the drift alarm, with testkit nodes on
+//! loopback. Runs are scaled down to seconds; bounds are generous.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use http::{Method, StatusCode};
+use levee::traffic::{self, Tally};
+use levee::Levee;
+use levee_resilience::BreakerState;
+use levee_testkit::{AppNode, Behavior};
+
+use crate::common::*;
+
+/// One backend with quick breakers and retries on 5xx.
+const RESILIENT: &str = r#"
+[server]
+listen = "127.0.0.1:0"
+
+[[backend]]
+name = "app"
+nodes = ["127.0.0.1:1"]
+connect_timeout = "200ms"
+timeout = "2s"
+max_in_flight = 256
+max_queue = 64
+slow_start = "2s"
+
+[backend.breaker]
+window = "5s"
+min_calls = 10
+failure_rate = 0.5
+consecutive_failures = 3
+slow_call_duration = "1s"
+open_for = "1s"
+open_for_max = "8s"
+half_open_calls = 1
+jitter = 0.0
+
+[backend.retry]
+max_retries = 2
+on_statuses = [500, 502, 503, 504]
+
+[backend.shedding]
+normal = 1.0
+
+[[route]]
+name = "all"
+path_prefix = "/"
+backend = "app"
+"#;
+
+async fn nodes(behaviors: Vec<Behavior>) -> Vec<AppNode> {
+    let mut out = Vec::new();
+    for b in behaviors {
+        out.push(node(b).await);
+    }
+    out
+}
+
+fn addrs(nodes: &[AppNode]) -> Vec<SocketAddr> {
+    nodes.iter().map(|n| n.addr()).collect()
+}
+
+fn five_xx(t: &Tally) -> u64 {
+    t.by_key
+        .iter()
+        .filter(|(k, _)| k.starts_with('5'))
+        .map(|(_, v)| v)
+        .sum()
+}
+
+fn breaker_state(levee: &Levee, node: SocketAddr, class: &str) -> BreakerState {
+    let topo = levee.telemetry.topology();
+    let n = topo.backends[0]
+        .nodes
+        .iter()
+        .find(|n| n.addr == node.to_string())
+        .expect("node in topology");
+    n.breakers
+        .iter()
+        .find(|b| b.class == class)
+        .expect("class")
+        .breaker
+        .state()
+}
+
+fn internal_500() -> Behavior {
+    Behavior::Status {
+        code: 500,
+        share: 1.0,
+        methods: None,
+    }
+}
+
+/// Scenario 2: six nodes, one answers 500 to everything. Its breaker opens
+/// within a second of traffic, retries hide the failures it caused, and
+/// /status and /metrics name it.
+#[tokio::test]
+async fn a_bad_node_among_six_is_ejected_and_clients_barely_notice() {
+    let mut behaviors = vec![Behavior::Healthy { body_bytes: 16 }; 5];
+    behaviors.push(internal_500());
+    let pool = nodes(behaviors).await;
+    let bad = pool[5].addr();
+    let levee = start_levee(RESILIENT, &[&addrs(&pool)]).await;
+    let client = client();
+    let started = tokio::time::Instant::now();
+    let tally = traffic::drive(
+        &client,
+        Method::GET,
+        url(&levee, "/items"),
+        8,
+        Duration::from_secs(3),
+    )
+    .await;
+    let total = tally.total();
+    assert!(total > 300, "enough traffic: {total}");
+    assert!(
+        five_xx(&tally) * 100 < total,
+        "under 1% 5xx: {:?}",
+        tally.by_key
+    );
+    if breaker_state(&levee, bad, "safe") != BreakerState::Open {
+        let status = get(&client, &admin_url(&levee, "/status")).await;
+        panic!("{}", String::from_utf8_lossy(&status.body));
+    }
+    assert!(started.elapsed() < Duration::from_secs(10));
+
+    let status = get(&client, &admin_url(&levee, "/status")).await;
+    let v: serde_json::Value = serde_json::from_slice(&status.body).unwrap();
+    let named = v["backends"][0]["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["addr"] == bad.to_string())
+        .unwrap()
+        .clone();
+    assert_eq!(named["breakers"][0]["class"], "safe");
+    assert_eq!(named["breakers"][0]["state"], "open", "{named}");
+    assert_ne!(named["state"], "active");
+    let metrics = String::from_utf8_lossy(&get(&client, &admin_url(&levee, "/metrics")).await.body)
+        .to_string();
+    let open_line =
+        format!("levee_breaker_state{{backend=\"app\",node=\"{bad}\",class=\"safe\"}} 1");
+    assert!(metrics.contains(&open_line), "{open_line}");
+    levee.shutdown().await;
+}
+
+/// Scenario 2, the shape the incident really had: the node answers 500 to
+/// writes only, 200 to reads and to its health check. Its `unsafe` breaker
+/// opens, POST failures stay under 1%, and it keeps serving reads.
+#[tokio::test]
+async fn a_node_failing_only_writes_is_cut_out_for_writes_only() {
+    let mut behaviors = vec![Behavior::Healthy { body_bytes: 16 }; 5];
+    behaviors.push(Behavior::Status {
+        code: 500,
+        share: 1.0,
+        methods: Some(vec![Method::POST]),
+    });
+    let pool = nodes(behaviors).await;
+    let bad = pool[5].addr();
+    let cfg = RESILIENT.replace(
+        "[backend.retry]",
+        "[backend.health_check]\npath = \"/healthz\"\ninterval = \"200ms\"\ntimeout = \"100ms\"\n\n[backend.retry]",
+    );
+    let levee = start_levee(&cfg, &[&addrs(&pool)]).await;
+    let client = client();
+    let (writes, reads) = tokio::join!(
+        traffic::drive(
+            &client,
+            Method::POST,
+            url(&levee, "/orders"),
+            6,
+            Duration::from_secs(4)
+        ),
+        traffic::drive(
+            &client,
+            Method::GET,
+            url(&levee, "/items"),
+            2,
+            Duration::from_secs(4)
+        ),
+    );
+    assert!(writes.total() > 300, "{:?}", writes.by_key);
+    assert!(
+        five_xx(&writes) * 100 < writes.total(),
+        "POST failures under 1%: {:?}",
+        writes.by_key
+    );
+    assert_eq!(five_xx(&reads), 0, "{:?}", reads.by_key);
+    assert_ne!(breaker_state(&levee, bad, "unsafe"), BreakerState::Closed);
+    assert_eq!(breaker_state(&levee, bad, "safe"), BreakerState::Closed);
+    let reads_served_by_bad = pool[5]
+        .recorded()
+        .iter()
+        .filter(|r| r.method == Method::GET && r.uri.path() == "/items")
+        .count();
+    assert!(reads_served_by_bad > 0, "the node keeps serving reads");
+    assert!(pool[5].stats().requests > 0);
+    levee.shutdown().await;
+}
+
+/// Scenario 1: the only node's writes hang. The `unsafe` breaker opens on
+/// deadline failures, writes then fail fast with 503, reads keep flowing.
+#[tokio::test]
+async fn stuck_writes_open_the_breaker_and_then_fail_fast() {
+    let pool = nodes(vec![Behavior::StuckOn {
+        methods: vec![Method::POST],
+    }])
+    .await;
+    let cfg = RESILIENT
+        .replace("timeout = \"2s\"", "timeout = \"300ms\"")
+        .replace(
+            "slow_call_duration = \"1s\"",
+            "slow_call_duration = \"200ms\"",
+        );
+    let levee = start_levee(&cfg, &[&addrs(&pool)]).await;
+    let client = client();
+    let (writes, reads) = tokio::join!(
+        traffic::drive(
+            &client,
+            Method::POST,
+            url(&levee, "/orders"),
+            4,
+            Duration::from_secs(2)
+        ),
+        traffic::drive(
+            &client,
+            Method::GET,
+            url(&levee, "/items"),
+            2,
+            Duration::from_secs(2)
+        ),
+    );
+    assert!(
+        writes.count("503 no-healthy-node") > 0,
+        "{:?}",
+        writes.by_key
+    );
+    assert!(
+        writes.count("504 deadline") <= 8,
+        "only the first few hang: {:?}",
+        writes.by_key
+    );
+    assert_eq!(reads.total(), reads.count("200"), "{:?}", reads.by_key);
+    let fast = writes
+        .latencies
+        .iter()
+        .filter(|l| **l < Duration::from_millis(50))
+        .count();
+    assert!(fast * 2 > writes.latencies.len(), "most writes fail fast");
+    let health = get(&client, &admin_url(&levee, "/healthz")).await;
+    assert_eq!(health.status, StatusCode::OK);
+    levee.shutdown().await;
+}
+
+const WITH_FAILOVER: &str = r#"
+[server]
+listen = "127.0.0.1:0"
+
+[[backend]]
+name = "primary"
+nodes = ["127.0.0.1:1"]
+connect_timeout = "200ms"
+timeout = "2s"
+max_in_flight = 256
+failover = "secondary"
+slow_start = "3s"
+
+[backend.breaker]
+window = "5s"
+min_calls = 10
+consecutive_failures = 3
+open_for = "1s"
+open_for_max = "4s"
+half_open_calls = 1
+jitter = 0.0
+
+[backend.retry]
+max_retries = 2
+
+[backend.shedding]
+normal = 1.0
+
+[[backend]]
+name = "secondary"
+nodes = ["127.0.0.1:2"]
+connect_timeout = "200ms"
+timeout = "2s"
+max_in_flight = 256
+
+[backend.shedding]
+normal = 1.0
+
+[[route]]
+name = "all"
+path_prefix = "/"
+backend = "primary"
+"#;
+
+/// Scenario 3: the whole primary pool refuses; requests fail over to the
+/// secondary with only the first few failing; when the primary returns, its
+/// nodes take traffic again, ramping through slow start.
+#[tokio::test]
+async fn a_lost_pool_fails_over_and_ramps_back_when_it_returns() {
+    let primary = nodes(vec![Behavior::Refuse, Behavior::Refuse]).await;
+    let secondary = nodes(vec![Behavior::Healthy { body_bytes: 8 }]).await;
+    let levee = start_levee(WITH_FAILOVER, &[&addrs(&primary), &addrs(&secondary)]).await;
+    let client = client();
+    let lost = traffic::drive(
+        &client,
+        Method::GET,
+        url(&levee, "/a"),
+        4,
+        Duration::from_secs(2),
+    )
+    .await;
+    assert!(lost.total() > 100, "{:?}", lost.by_key);
+    assert!(
+        five_xx(&lost) <= 10,
+        "only the first few fail: {:?}",
+        lost.by_key
+    );
+    assert!(secondary[0].stats().requests > 90);
+    let topo = levee.telemetry.topology();
+    assert!(topo.backends[0].events(levee_telemetry::BackendEvent::FailedOver) > 0);
+
+    for n in &primary {
+        n.set_behavior(Behavior::Healthy { body_bytes: 8 })
+            .await
+            .unwrap();
+    }
+    let before = secondary[0].stats().requests;
+    let back = traffic::drive(
+        &client,
+        Method::GET,
+        url(&levee, "/b"),
+        4,
+        Duration::from_secs(3),
+    )
+    .await;
+    assert_eq!(five_xx(&back), 0, "{:?}", back.by_key);
+    let primary_served: u64 = primary.iter().map(|n| n.stats().requests).sum();
+    assert!(
+        primary_served > 50,
+        "the primary takes traffic again: {primary_served}"
+    );
+    assert!(
+        secondary[0].stats().requests > before,
+        "part of the load stayed on the secondary while ramping"
+    );
+    let status = get(&client, &admin_url(&levee, "/status")).await;
+    let v: serde_json::Value = serde_json::from_slice(&status.body).unwrap();
+    for n in v["backends"][0]["nodes"].as_array().unwrap() {
+        assert_eq!(n["breakers"][0]["state"], "closed", "{n}");
+    }
+    levee.shutdown().await;
+}
+
+/// Scenario 4: a weak failover region: the secondary has a small bulkhead;
+/// critical requests keep succeeding while sheddable ones are shed.
+#[tokio::test]
+async fn a_weak_failover_region_sheds_sheddable_requests_first() {
+    let primary = nodes(vec![Behavior::Refuse]).await;
+    let secondary = nodes(vec![Behavior::Slow {
+        delay: Duration::from_millis(50),
+        body_bytes: 8,
+    }])
+    .await;
+    let cfg = WITH_FAILOVER
+        .replace(
+            "name = \"secondary\"\nnodes = [\"127.0.0.1:2\"]\nconnect_timeout = \"200ms\"\ntimeout = \"2s\"\nmax_in_flight = 256",
+            "name = \"secondary\"\nnodes = [\"127.0.0.1:2\"]\nconnect_timeout = \"200ms\"\ntimeout = \"2s\"\nmax_in_flight = 8\nmax_queue = 32\nqueue_timeout = \"1s\"",
+        )
+        .replace("[backend.shedding]\nnormal = 1.0\n\n[[route]]", "[backend.shedding]\nsheddable = 0.5\nnormal = 0.8\n\n[[route]]")
+        .replace(
+            "[[route]]\nname = \"all\"",
+            "[[route]]\nname = \"checkout\"\npath_prefix = \"/checkout\"\nbackend = \"primary\"\npriority = \"critical\"\n\n[[route]]\nname = \"recommendations\"\npriority = \"sheddable\"",
+        );
+    let levee = start_levee(&cfg, &[&addrs(&primary), &addrs(&secondary)]).await;
+    let client = client();
+    // Let the primary's breaker open first.
+    let _ = traffic::drive(
+        &client,
+        Method::GET,
+        url(&levee, "/checkout"),
+        1,
+        Duration::from_millis(300),
+    )
+    .await;
+    let (critical, sheddable) = tokio::join!(
+        traffic::drive(
+            &client,
+            Method::GET,
+            url(&levee, "/checkout"),
+            8,
+            Duration::from_secs(2)
+        ),
+        traffic::drive(
+            &client,
+            Method::GET,
+            url(&levee, "/recommendations"),
+            8,
+            Duration::from_secs(2)
+        ),
+    );
+    assert_eq!(
+        five_xx(&critical),
+        0,
+        "critical keeps succeeding: {:?}",
+        critical.by_key
+    );
+    assert!(
+        sheddable.count("503 shed") * 2 > sheddable.total(),
+        "most sheddable requests are shed: {:?}",
+        sheddable.by_key
+    );
+    levee.shutdown().await;
+}
+
+/// Scenario 5: a flapping node alternates healthy and failing; each time
+/// it re-opens soon after closing it is kept out longer, and clients see
+/// few errors.
+#[tokio::test]
+async fn a_flapping_node_is_kept_out_longer_each_time() {
+    let pool = std::sync::Arc::new(nodes(vec![Behavior::Healthy { body_bytes: 8 }; 4]).await);
+    let flapper = pool[3].addr();
+    let cfg = RESILIENT.replace(
+        "slow_start = \"2s\"",
+        "slow_start = \"0s\"\nload_balancing = \"round_robin\"",
+    );
+    let levee = start_levee(&cfg, &[&addrs(&pool)]).await;
+    let topo = levee.telemetry.topology();
+    let node = std::sync::Arc::clone(
+        topo.backends[0]
+            .nodes
+            .iter()
+            .find(|n| n.addr == flapper.to_string())
+            .unwrap(),
+    );
+    let flap = {
+        let pool = std::sync::Arc::clone(&pool);
+        tokio::spawn(async move {
+            for i in 0..12 {
+                let b = if i % 2 == 0 {
+                    internal_500()
+                } else {
+                    Behavior::Healthy { body_bytes: 8 }
+                };
+                pool[3].set_behavior(b).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        })
+    };
+    // Record how long each open period was set to when it began.
+    let sampler = {
+        let node = std::sync::Arc::clone(&node);
+        tokio::spawn(async move {
+            let mut periods = Vec::new();
+            let mut seen = 0;
+            for _ in 0..350 {
+                let b = &node.breakers[0].breaker;
+                let opened = b.opened_total();
+                if opened != seen {
+                    seen = opened;
+                    if let Some(r) = b.open_remaining() {
+                        periods.push(r);
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            periods
+        })
+    };
+    let client = client();
+    let tally = traffic::drive(
+        &client,
+        Method::GET,
+        url(&levee, "/f"),
+        6,
+        Duration::from_secs(6),
+    )
+    .await;
+    flap.await.unwrap();
+    let periods = sampler.await.unwrap();
+    assert!(five_xx(&tally) * 100 < tally.total(), "{:?}", tally.by_key);
+    assert!(periods.len() >= 2, "opened again and again: {periods:?}");
+    let first = periods[0];
+    assert!(
+        periods
+            .iter()
+            .skip(1)
+            .any(|p| *p > first + Duration::from_millis(500)),
+        "a later open period is longer: {periods:?}"
+    );
+    levee.shutdown().await;
+}
+
+/// Active health checks take a dead node out without any client traffic
+/// touching it, and bring it back (ramping) when it recovers.
+#[tokio::test]
+async fn health_checks_take_a_node_out_and_bring_it_back() {
+    let pool = nodes(vec![
+        Behavior::Healthy { body_bytes: 8 },
+        Behavior::Healthy { body_bytes: 8 },
+    ])
+    .await;
+    let cfg = RESILIENT.replace(
+        "[backend.retry]",
+        "[backend.health_check]\npath = \"/healthz\"\ninterval = \"100ms\"\ntimeout = \"80ms\"\nunhealthy_after = 2\nhealthy_after = 2\njitter = 0.0\n\n[backend.retry]",
+    );
+    let levee = start_levee(&cfg, &[&addrs(&pool)]).await;
+    let topo = levee.telemetry.topology();
+    let watched = std::sync::Arc::clone(&topo.backends[0].nodes[1]);
+    pool[1].set_behavior(Behavior::Refuse).await.unwrap();
+    assert!(
+        eventually(Duration::from_secs(3), || !watched.health.is_healthy()).await,
+        "marked unhealthy"
+    );
+    let client = client();
+    let tally = traffic::drive(
+        &client,
+        Method::GET,
+        url(&levee, "/h"),
+        2,
+        Duration::from_millis(500),
+    )
+    .await;
+    assert_eq!(tally.count("200"), tally.total(), "{:?}", tally.by_key);
+    let ready = get(&client, &admin_url(&levee, "/readyz")).await;
+    assert!(
+        String::from_utf8_lossy(&ready.body).contains("1/2 nodes usable"),
+        "{:?}",
+        ready.body
+    );
+
+    pool[1]
+        .set_behavior(Behavior::Healthy { body_bytes: 8 })
+        .await
+        .unwrap();
+    assert!(
+        eventually(Duration::from_secs(3), || watched.health.is_healthy()).await,
+        "healthy again"
+    );
+    assert!(watched.slow_start.is_ramping(), "it ramps back in");
+    levee.shutdown().await;
+}
+
+/// The drift alarm flags a node whose errors stand apart from its peers'
+/// even below every breaker threshold.
+#[tokio::test]
+async fn a_node_failing_a_fifth_of_requests_is_flagged_anomalous() {
+    let mut behaviors = vec![Behavior::Healthy { body_bytes: 8 }; 5];
+    behaviors.push(Behavior::Status {
+        code: 500,
+        share: 0.2,
+        methods: None,
+    });
+    let pool = nodes(behaviors).await;
+    // Breakers off and no retries: the node stays in rotation, failing 20%.
+    let cfg = RESILIENT
+        .replace("jitter = 0.0", "jitter = 0.0\nenabled = false")
+        .replace("max_retries = 2", "max_retries = 0")
+        .replace("load_balancing", "#");
+    let cfg = cfg.replace(
+        "slow_start = \"2s\"",
+        "slow_start = \"2s\"\nload_balancing = \"round_robin\"",
+    );
+    let levee = start_levee(&cfg, &[&addrs(&pool)]).await;
+    let client = client();
+    let topo = levee.telemetry.topology();
+    let watched = std::sync::Arc::clone(&topo.backends[0].nodes[5]);
+    let run = traffic::drive(
+        &client,
+        Method::GET,
+        url(&levee, "/d"),
+        4,
+        Duration::from_secs(13),
+    );
+    let flagged = async { eventually(Duration::from_secs(14), || watched.is_anomalous()).await };
+    let (_, flagged) = tokio::join!(run, flagged);
+    assert!(flagged, "flagged within the run");
+    let metrics = String::from_utf8_lossy(&get(&client, &admin_url(&levee, "/metrics")).await.body)
+        .to_string();
+    let line = format!(
+        "levee_node_anomalous{{backend=\"app\",node=\"{}\"}} 1",
+        pool[5].addr()
+    );
+    assert!(metrics.contains(&line), "{line}");
+    levee.shutdown().await;
+}
