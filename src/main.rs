@@ -38,9 +38,13 @@ enum Command {
     /// Start built-in app nodes (healthy, failing, stuck) behind levee, send
     /// traffic and print what clients saw.
     Demo {
-        /// How long to send traffic, e.g. "4s".
-        #[arg(long, default_value = "4s", value_parser = humantime_duration)]
+        /// How long each scene sends traffic, e.g. "3s".
+        #[arg(long, default_value = "3s", value_parser = humantime_duration)]
         duration: std::time::Duration,
+        /// Run one scene only: stuck-writes, bad-node, pool-lost,
+        /// weak-failover, flapping or balancing.
+        #[arg(long)]
+        scene: Option<String>,
     },
 }
 
@@ -60,8 +64,8 @@ fn main() -> ExitCode {
     let result = match (cli.command, cli.config) {
         (Some(Command::Run { config }), _) | (None, Some(config)) => run(config),
         (Some(Command::Check { config }), _) => return check(&config),
-        (Some(Command::Demo { duration }), _) => {
-            runtime().and_then(|rt| rt.block_on(levee::demo::run(duration)))
+        (Some(Command::Demo { duration, scene }), _) => {
+            runtime().and_then(|rt| rt.block_on(levee::demo::run(duration, scene.as_deref())))
         }
         (None, None) => {
             eprintln!("levee: say what to do: `levee run --config FILE`, `levee check --config FILE` or `levee demo` (see --help)");

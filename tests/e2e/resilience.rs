@@ -590,3 +590,52 @@ async fn a_node_failing_a_fifth_of_requests_is_flagged_anomalous() {
     assert!(metrics.contains(&line), "{line}");
     levee.shutdown().await;
 }
+
+/// `when_all_down = "try_all"`: with every breaker open, requests still go
+/// to the nodes (explicitly, and counted), instead of 503 no-healthy-node.
+#[tokio::test]
+async fn when_all_down_try_all_keeps_sending_and_fail_answers_503_at_once() {
+    let pool = nodes(vec![internal_500()]).await;
+    let try_all = RESILIENT.replace(
+        "slow_start = \"2s\"",
+        "slow_start = \"2s\"\nwhen_all_down = \"try_all\"",
+    );
+    let levee = start_levee(&try_all, &[&addrs(&pool)]).await;
+    let client = client();
+    let t = traffic::drive(
+        &client,
+        Method::GET,
+        url(&levee, "/t"),
+        2,
+        Duration::from_millis(500),
+    )
+    .await;
+    assert_eq!(t.count("500"), t.total(), "{:?}", t.by_key);
+    let topo = levee.telemetry.topology();
+    assert!(topo.backends[0].events(levee_telemetry::BackendEvent::AllDownTryAll) > 0);
+    levee.shutdown().await;
+
+    let levee = start_levee(RESILIENT, &[&addrs(&pool)]).await;
+    let t = traffic::drive(
+        &client,
+        Method::GET,
+        url(&levee, "/f"),
+        2,
+        Duration::from_millis(500),
+    )
+    .await;
+    assert!(
+        t.count("503 no-healthy-node") > t.total() / 2,
+        "{:?}",
+        t.by_key
+    );
+    let got = get(&client, &url(&levee, "/f")).await;
+    assert_eq!(got.reason(), Some("no-healthy-node"));
+    assert_eq!(got.headers["retry-after"], "1");
+    assert!(
+        got.elapsed < Duration::from_millis(100),
+        "fails fast: {:?}",
+        got.elapsed
+    );
+    levee.shutdown().await;
+}

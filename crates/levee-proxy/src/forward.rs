@@ -189,10 +189,12 @@ async fn forward(
                 );
                 node.stats.latency.observe(elapsed);
                 node.stats.outcomes.record_status(status);
+                // Never give up an answer unless another node can be asked.
                 let retry = failed
                     && idempotent
                     && !last_attempt
                     && backend.retry.on_statuses.contains(&status)
+                    && backend.has_alternative(class, &tried[..=attempt as usize], ignore_state)
                     && retry_allowed(&backend, &deadline, attempt).await;
                 if retry {
                     continue;
@@ -236,7 +238,11 @@ async fn forward(
             ErrorReason::UpstreamReset | ErrorReason::UpstreamProtocol => idempotent,
             _ => false,
         };
-        if !safe || last_attempt || !retry_allowed(&backend, &deadline, attempt).await {
+        if !safe
+            || last_attempt
+            || !backend.has_alternative(class, &tried[..=attempt as usize], ignore_state)
+            || !retry_allowed(&backend, &deadline, attempt).await
+        {
             return Err(error);
         }
         last_error = Some(error);

@@ -276,6 +276,12 @@ impl Backend {
         None
     }
 
+    /// Whether a node other than those in `tried` could take a retry now.
+    pub fn has_alternative(&self, class: usize, tried: &[usize], ignore_state: bool) -> bool {
+        (0..self.nodes.len())
+            .any(|i| !tried.contains(&i) && (ignore_state || self.nodes[i].usable(class)))
+    }
+
     /// Whether `status` from a node counts as a failure for its breaker.
     pub fn is_failure_status(&self, status: u16) -> bool {
         self.failure_statuses.contains(&status)

@@ -1,0 +1,452 @@
+//! The demo's scenes, one per incident shape in `shared/incidents/`.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::Method;
+use levee_resilience::BreakerState;
+use levee_telemetry::{BackendEvent, NodeStats};
+use levee_testkit::Behavior;
+use tokio::time::Instant;
+
+use super::*;
+
+pub type SceneFuture = Pin<Box<dyn Future<Output = anyhow::Result<()>>>>;
+
+/// Breakers that act within a second, and retries on 5xx for idempotent requests.
+const SIX_NODES: &str = r#"
+[server]
+listen = "127.0.0.1:0"
+
+[[backend]]
+name = "app"
+nodes = ["127.0.0.1:1"]
+connect_timeout = "200ms"
+timeout = "2s"
+max_in_flight = 256
+max_queue = 64
+slow_start = "3s"
+
+[backend.breaker]
+window = "5s"
+min_calls = 10
+consecutive_failures = 3
+open_for = "2s"
+open_for_max = "30s"
+half_open_calls = 1
+jitter = 0.1
+
+[backend.retry]
+max_retries = 2
+on_statuses = [500, 502, 503, 504]
+
+[backend.shedding]
+normal = 1.0
+
+[[route]]
+name = "all"
+path_prefix = "/"
+backend = "app"
+"#;
+
+const FAILOVER: &str = r#"
+[server]
+listen = "127.0.0.1:0"
+
+[[backend]]
+name = "primary"
+nodes = ["127.0.0.1:1"]
+connect_timeout = "200ms"
+timeout = "2s"
+max_in_flight = 256
+failover = "secondary"
+slow_start = "3s"
+
+[backend.breaker]
+window = "5s"
+min_calls = 10
+consecutive_failures = 3
+open_for = "1s"
+open_for_max = "4s"
+half_open_calls = 1
+jitter = 0.0
+
+[backend.retry]
+max_retries = 2
+
+[backend.shedding]
+normal = 1.0
+
+[[backend]]
+name = "secondary"
+nodes = ["127.0.0.1:2"]
+connect_timeout = "200ms"
+timeout = "2s"
+max_in_flight = SECONDARY_SLOTS
+max_queue = 32
+queue_timeout = "500ms"
+
+[backend.shedding]
+sheddable = 0.5
+normal = 0.8
+
+[[route]]
+name = "checkout"
+path_prefix = "/checkout"
+backend = "primary"
+priority = "critical"
+
+[[route]]
+name = "recommendations"
+path_prefix = "/"
+backend = "primary"
+priority = "sheddable"
+"#;
+
+fn internal_500(methods: Option<Vec<Method>>) -> Behavior {
+    Behavior::Status {
+        code: 500,
+        share: 1.0,
+        methods,
+    }
+}
+
+/// Time from now until the node's breaker for `class` first opens, if within `limit`.
+fn watch_ejection(
+    node: Arc<NodeStats>,
+    class: usize,
+    limit: Duration,
+) -> tokio::task::JoinHandle<Option<Duration>> {
+    tokio::spawn(async move {
+        let started = Instant::now();
+        while started.elapsed() < limit {
+            if node
+                .breakers
+                .get(class)
+                .is_some_and(|b| b.breaker.state() != BreakerState::Closed)
+            {
+                return Some(started.elapsed());
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        None
+    })
+}
+
+pub async fn stuck_writes(duration: Duration) -> anyhow::Result<()> {
+    let nodes = start_nodes(&[
+        Behavior::Healthy { body_bytes: 64 },
+        internal_500(None),
+        Behavior::Stuck,
+    ])
+    .await?;
+    let levee = Levee::start(config(DEMO_CONFIG, "config/demo.toml", &[&nodes])?).await?;
+    println!("config/demo.toml: backend app = 3 nodes; route writes (POST, PUT, PATCH, DELETE; deadline 500ms; its own bulkhead of 8), route reads (deadline 1s)");
+    println!("  {}  healthy\n  {}  answers 500 to everything\n  {}  stuck: accepts and reads, never answers", nodes[0].addr(), nodes[1].addr(), nodes[2].addr());
+    let client = traffic::client();
+    let b = base(&levee);
+    let (reads, writes, health) = tokio::join!(
+        traffic::drive(&client, Method::GET, format!("{b}/items"), 8, duration),
+        traffic::drive(
+            &client,
+            Method::POST,
+            format!("{b}/api/orders"),
+            8,
+            duration
+        ),
+        probe_health(
+            &client,
+            format!("http://{}/healthz", levee.admin_addr),
+            duration
+        ),
+    );
+    route_header();
+    route_row("8 readers GET", &reads);
+    route_row("8 writers POST", &writes);
+    node_table(&levee.telemetry.topology());
+    println!(
+        "  /healthz on the isolated admin listener: {} probes, {} answered 200, slowest {}",
+        health.total(),
+        health.count("200"),
+        ms(health.quantile(1.0))
+    );
+    println!("  Deadlines bound every request, the writes bulkhead keeps hung writes from taking the reads' slots,\n  and the breakers eject the failing and the stuck node after a few calls; reads are retried elsewhere.");
+    shutdown(levee, vec![nodes]).await;
+    Ok(())
+}
+
+pub async fn bad_node(duration: Duration) -> anyhow::Result<()> {
+    let mut behaviors = vec![Behavior::Healthy { body_bytes: 64 }; 5];
+    behaviors.push(internal_500(None));
+    let nodes = start_nodes(&behaviors).await?;
+    let bad = nodes[5].addr();
+    let levee = Levee::start(config(SIX_NODES, "demo:bad-node", &[&nodes])?).await?;
+    let client = traffic::client();
+    let b = base(&levee);
+    let bad_stats = Arc::clone(&levee.telemetry.topology().backends[0].nodes[5]);
+    println!(
+        "6 nodes; {bad} answers 500 to every request. Clients: 6 readers GET, 2 writers POST."
+    );
+    let eject = watch_ejection(Arc::clone(&bad_stats), 0, duration);
+    let (reads, writes) = tokio::join!(
+        traffic::drive(&client, Method::GET, format!("{b}/items"), 6, duration),
+        traffic::drive(&client, Method::POST, format!("{b}/orders"), 2, duration),
+    );
+    route_header();
+    route_row("6 readers GET", &reads);
+    route_row("2 writers POST", &writes);
+    let all = reads.total() + writes.total();
+    println!(
+        "  client-visible 5xx: {} of {} ({:.3}%); reads' breaker on {bad} opened after {}",
+        five_xx(&reads) + five_xx(&writes),
+        all,
+        percent(five_xx(&reads) + five_xx(&writes), all),
+        eject.await?.map_or("(not within the run)".to_owned(), ms)
+    );
+
+    // The shape the incident really had: 500 to writes only.
+    println!("\nNow {bad} answers 500 to POST only, 200 to reads and to health checks (the node left writing to a read-only replica).");
+    levee.shutdown().await;
+    nodes[5]
+        .set_behavior(internal_500(Some(vec![Method::POST])))
+        .await?;
+    let cfg = SIX_NODES.replace(
+        "[backend.retry]",
+        "[backend.health_check]\npath = \"/healthz\"\ninterval = \"500ms\"\ntimeout = \"200ms\"\n\n[backend.retry]",
+    );
+    let levee = Levee::start(config(&cfg, "demo:bad-node-writes", &[&nodes])?).await?;
+    let b = base(&levee);
+    let bad_stats = Arc::clone(&levee.telemetry.topology().backends[0].nodes[5]);
+    let before = nodes[5].stats().requests;
+    let eject = watch_ejection(Arc::clone(&bad_stats), 1, duration);
+    let (writes, reads) = tokio::join!(
+        traffic::drive(&client, Method::POST, format!("{b}/orders"), 6, duration),
+        traffic::drive(&client, Method::GET, format!("{b}/items"), 2, duration),
+    );
+    route_header();
+    route_row("6 writers POST", &writes);
+    route_row("2 readers GET", &reads);
+    println!(
+        "  POST 5xx: {} of {} ({:.3}%); writes' breaker on {bad} opened after {}; it kept serving {} requests (reads, health checks)",
+        five_xx(&writes),
+        writes.total(),
+        percent(five_xx(&writes), writes.total()),
+        eject.await?.map_or("(not within the run)".to_owned(), ms),
+        nodes[5].stats().requests - before - bad_stats.outcomes.class(levee_telemetry::StatusClass::ServerError),
+    );
+    node_table(&levee.telemetry.topology());
+    shutdown(levee, vec![nodes]).await;
+    Ok(())
+}
+
+pub async fn pool_lost(duration: Duration) -> anyhow::Result<()> {
+    let primary = start_nodes(&[Behavior::Refuse, Behavior::Refuse, Behavior::Refuse]).await?;
+    let secondary = start_nodes(&[Behavior::Healthy { body_bytes: 64 }]).await?;
+    let cfg = FAILOVER.replace("SECONDARY_SLOTS", "64");
+    let levee = Levee::start(config(&cfg, "demo:pool-lost", &[&primary, &secondary])?).await?;
+    let client = traffic::client();
+    let b = base(&levee);
+    println!(
+        "primary: 3 nodes, all refusing connections; secondary: 1 node. Clients: 4 on /checkout."
+    );
+    let lost = traffic::drive(&client, Method::GET, format!("{b}/checkout"), 4, duration).await;
+    route_header();
+    route_row("pool lost", &lost);
+    println!("  The primary's nodes come back.");
+    for n in &primary {
+        n.set_behavior(Behavior::Healthy { body_bytes: 64 }).await?;
+    }
+    let before: Vec<u64> = primary
+        .iter()
+        .chain(&secondary)
+        .map(|n| n.stats().requests)
+        .collect();
+    let back = traffic::drive(&client, Method::GET, format!("{b}/checkout"), 4, duration).await;
+    route_row("pool back", &back);
+    let after: Vec<u64> = primary
+        .iter()
+        .chain(&secondary)
+        .map(|n| n.stats().requests)
+        .collect();
+    let to_primary: u64 = after[..3]
+        .iter()
+        .zip(&before[..3])
+        .map(|(a, b)| a - b)
+        .sum();
+    let to_secondary = after[3] - before[3];
+    println!(
+        "  after the return: {to_primary} requests to the primary, {to_secondary} still to the secondary while the primary ramped up (slow start 3s); failovers: {}",
+        levee.telemetry.topology().backends[0].events(BackendEvent::FailedOver)
+    );
+    node_table(&levee.telemetry.topology());
+    shutdown(levee, vec![primary, secondary]).await;
+    Ok(())
+}
+
+pub async fn weak_failover(duration: Duration) -> anyhow::Result<()> {
+    let primary = start_nodes(&[Behavior::Refuse, Behavior::Refuse]).await?;
+    let secondary = start_nodes(&[Behavior::Slow {
+        delay: Duration::from_millis(30),
+        body_bytes: 64,
+    }])
+    .await?;
+    let cfg = FAILOVER.replace("SECONDARY_SLOTS", "8");
+    let levee = Levee::start(config(&cfg, "demo:weak-failover", &[&primary, &secondary])?).await?;
+    let client = traffic::client();
+    let b = base(&levee);
+    println!("primary down; secondary: 1 node answering in 30ms behind a bulkhead of 8 (sheddable admitted below 50%, critical up to 100% + queue).");
+    let _warm = traffic::drive(
+        &client,
+        Method::GET,
+        format!("{b}/checkout"),
+        1,
+        Duration::from_millis(300),
+    )
+    .await;
+    let (critical, sheddable) = tokio::join!(
+        traffic::drive(&client, Method::GET, format!("{b}/checkout"), 8, duration),
+        traffic::drive(
+            &client,
+            Method::GET,
+            format!("{b}/recommendations"),
+            8,
+            duration
+        ),
+    );
+    route_header();
+    route_row("critical", &critical);
+    route_row("sheddable", &sheddable);
+    println!("  The weak region serves what matters: critical requests keep succeeding, sheddable ones get 503 shed at once.");
+    shutdown(levee, vec![primary, secondary]).await;
+    Ok(())
+}
+
+pub async fn flapping(duration: Duration) -> anyhow::Result<()> {
+    let nodes = Arc::new(start_nodes(&vec![Behavior::Healthy { body_bytes: 64 }; 4]).await?);
+    let flapper = nodes[3].addr();
+    let cfg = SIX_NODES
+        .replace(
+            "slow_start = \"3s\"",
+            "slow_start = \"0s\"\nload_balancing = \"round_robin\"",
+        )
+        .replace("open_for = \"2s\"", "open_for = \"500ms\"")
+        .replace("jitter = 0.1", "jitter = 0.0");
+    let levee = Levee::start(config(&cfg, "demo:flapping", &[&nodes])?).await?;
+    let client = traffic::client();
+    let b = base(&levee);
+    let run_for = duration * 2;
+    println!("4 nodes; {flapper} alternates 500s and health every 500ms for {run_for:?}.");
+    let flap = {
+        let nodes = Arc::clone(&nodes);
+        tokio::spawn(async move {
+            let until = Instant::now() + run_for;
+            let mut failing = true;
+            while Instant::now() < until {
+                let b = if failing {
+                    internal_500(None)
+                } else {
+                    Behavior::Healthy { body_bytes: 64 }
+                };
+                let _ = nodes[3].set_behavior(b).await;
+                failing = !failing;
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            let _ = nodes[3]
+                .set_behavior(Behavior::Healthy { body_bytes: 64 })
+                .await;
+        })
+    };
+    let stats = Arc::clone(&levee.telemetry.topology().backends[0].nodes[3]);
+    let periods = {
+        let stats = Arc::clone(&stats);
+        tokio::spawn(async move {
+            let mut periods = Vec::new();
+            let mut seen = 0;
+            let until = Instant::now() + run_for;
+            while Instant::now() < until {
+                let b = &stats.breakers[0].breaker;
+                if b.opened_total() != seen {
+                    seen = b.opened_total();
+                    if let Some(r) = b.open_remaining() {
+                        periods.push(r);
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            periods
+        })
+    };
+    let tally = traffic::drive(&client, Method::GET, format!("{b}/items"), 6, run_for).await;
+    flap.await?;
+    route_header();
+    route_row("6 readers GET", &tally);
+    let periods: Vec<String> = periods.await?.into_iter().map(ms).collect();
+    println!(
+        "  open periods of {flapper}'s breaker, in order: {}",
+        periods.join(", ")
+    );
+    shutdown(levee, vec![Arc::try_unwrap(nodes).unwrap_or_default()]).await;
+    Ok(())
+}
+
+pub async fn balancing(duration: Duration) -> anyhow::Result<()> {
+    // Breakers off and no retries: this scene isolates what the balancer does.
+    let cfg = SIX_NODES
+        .replace("jitter = 0.1", "jitter = 0.1\nenabled = false")
+        .replace("max_retries = 2", "max_retries = 0")
+        .replace(
+            "slow_start = \"3s\"",
+            "slow_start = \"0s\"\nload_balancing = \"POLICY\"",
+        );
+    let each = (duration / 2).max(Duration::from_millis(500));
+    println!("5 nodes, one misbehaving; breakers off and no retries, so only the balancer acts. 8 clients, {each:?} per row.");
+    println!(
+        "  {:<28} {:<14} {:>8} {:>8} {:>8} {:>8}",
+        "condition", "policy", "requests", "ok", "p50", "p99"
+    );
+    for (condition, odd) in [
+        (
+            "one node 100ms slower",
+            Behavior::Slow {
+                delay: Duration::from_millis(100),
+                body_bytes: 64,
+            },
+        ),
+        ("one node fails fast (500)", internal_500(None)),
+    ] {
+        for policy in ["round_robin", "least_request", "p2c_ewma"] {
+            let mut behaviors = vec![Behavior::Healthy { body_bytes: 64 }; 4];
+            behaviors.push(odd.clone());
+            let nodes = start_nodes(&behaviors).await?;
+            let levee = Levee::start(config(
+                &cfg.replace("POLICY", policy),
+                "demo:balancing",
+                &[&nodes],
+            )?)
+            .await?;
+            let client = traffic::client();
+            let t =
+                traffic::drive(&client, Method::GET, format!("{}/b", base(&levee)), 8, each).await;
+            let ok: u64 = t
+                .by_key
+                .iter()
+                .filter(|(k, _)| k.starts_with('2'))
+                .map(|(_, v)| v)
+                .sum();
+            println!(
+                "  {:<28} {:<14} {:>8} {:>7.2}% {:>8} {:>8}",
+                condition,
+                policy,
+                t.total(),
+                percent(ok, t.total()),
+                ms(t.quantile(0.5)),
+                ms(t.quantile(0.99))
+            );
+            shutdown(levee, vec![nodes]).await;
+        }
+    }
+    println!("  p2c_ewma (the default) steers around both: latency-aware for the slow node, failure-aware for the fast-failing one.");
+    Ok(())
+}
