@@ -146,8 +146,8 @@ fn route_row(name: &str, t: &Tally) {
 /// What each node got and the state levee keeps on it.
 fn node_table(topo: &Topology) {
     println!(
-        "  {:<10} {:<22} {:>7} {:>6} {:>6} {:>6}  {}",
-        "backend", "node", "calls", "2xx", "5xx", "errors", "state"
+        "  {:<10} {:<22} {:>7} {:>6} {:>6} {:>6}  state",
+        "backend", "node", "calls", "2xx", "5xx", "errors"
     );
     for b in &topo.backends {
         for n in &b.nodes {
