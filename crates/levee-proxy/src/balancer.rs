@@ -26,35 +26,68 @@ const EXPLORE: f64 = 0.02;
 /// Latency assumed for a node with no observations yet.
 const DEFAULT_LATENCY_US: f64 = 1_000.0;
 
-/// A node's latency and failure estimates, updated with atomics (a lost
-/// update under a race only blurs an estimate).
+/// A node's latency estimate and, per traffic class, its failure score,
+/// updated with atomics (a lost update under a race only blurs an estimate).
+/// Failures are kept per class so that a node failing its writes loses write
+/// traffic while keeping its share of reads.
 #[derive(Debug)]
 pub struct LoadEstimate {
     origin: Instant,
-    latency_us: AtomicU64,
-    failure: AtomicU64,
+    latency: Decaying,
+    failure: Box<[Decaying]>,
+}
+
+/// A value and the time (µs from the origin) it was last updated.
+#[derive(Debug)]
+struct Decaying {
+    value: AtomicU64,
     stamp_us: AtomicU64,
+}
+
+impl Decaying {
+    fn new(value: f64) -> Self {
+        Self {
+            value: AtomicU64::new(value.to_bits()),
+            stamp_us: AtomicU64::new(0),
+        }
+    }
+
+    fn get(&self) -> f64 {
+        f64::from_bits(self.value.load(Ordering::Relaxed))
+    }
+
+    /// The weight of the old value: `exp(-dt / DECAY)` since the last update.
+    fn keep(&self, now_us: u64) -> f64 {
+        let last = self.stamp_us.swap(now_us, Ordering::Relaxed);
+        let dt = now_us.saturating_sub(last) as f64;
+        (-dt / DECAY.as_micros() as f64).exp()
+    }
+
+    fn set(&self, v: f64) {
+        self.value.store(v.to_bits(), Ordering::Relaxed);
+    }
 }
 
 impl Default for LoadEstimate {
     fn default() -> Self {
-        Self {
-            origin: Instant::now(),
-            latency_us: AtomicU64::new(DEFAULT_LATENCY_US.to_bits()),
-            failure: AtomicU64::new(0f64.to_bits()),
-            stamp_us: AtomicU64::new(0),
-        }
+        Self::new(1)
     }
 }
 
 impl LoadEstimate {
-    /// Feeds one call: its time to response headers and whether it failed.
-    pub fn observe(&self, rtt: Duration, failed: bool) {
+    pub fn new(classes: usize) -> Self {
+        Self {
+            origin: Instant::now(),
+            latency: Decaying::new(DEFAULT_LATENCY_US),
+            failure: (0..classes.max(1)).map(|_| Decaying::new(0.0)).collect(),
+        }
+    }
+
+    /// Feeds one call of `class`: its time to response headers and whether it failed.
+    pub fn observe(&self, class: usize, rtt: Duration, failed: bool) {
         let now = self.origin.elapsed().as_micros() as u64;
-        let last = self.stamp_us.swap(now, Ordering::Relaxed);
-        let dt = now.saturating_sub(last) as f64;
-        let keep = (-dt / DECAY.as_micros() as f64).exp();
-        let prev = f64::from_bits(self.latency_us.load(Ordering::Relaxed));
+        let keep = self.latency.keep(now);
+        let prev = self.latency.get();
         let rtt_us = rtt.as_micros() as f64;
         // Peak EWMA: jump up to a worse latency at once, decay down slowly.
         let next = if rtt_us > prev {
@@ -62,32 +95,33 @@ impl LoadEstimate {
         } else {
             prev * keep + rtt_us * (1.0 - keep)
         };
-        self.latency_us.store(next.to_bits(), Ordering::Relaxed);
-        let fail_prev = f64::from_bits(self.failure.load(Ordering::Relaxed));
-        // Failures move the score faster than successes bring it down.
-        let fail_keep = keep.min(0.9);
-        let hit = if failed { 1.0 } else { 0.0 };
-        let fail_next = if failed {
-            fail_prev * fail_keep + hit * (1.0 - fail_keep)
-        } else {
-            fail_prev * keep + hit * (1.0 - keep)
+        self.latency.set(next);
+        let Some(f) = self.failure.get(class) else {
+            return;
         };
-        self.failure.store(fail_next.to_bits(), Ordering::Relaxed);
+        let keep = f.keep(now);
+        // Failures move the score faster than successes bring it down.
+        let (keep, hit) = if failed {
+            (keep.min(0.9), 1.0)
+        } else {
+            (keep, 0.0)
+        };
+        f.set(f.get() * keep + hit * (1.0 - keep));
     }
 
     pub fn latency(&self) -> Duration {
-        Duration::from_micros(f64::from_bits(self.latency_us.load(Ordering::Relaxed)) as u64)
+        Duration::from_micros(self.latency.get() as u64)
     }
 
-    /// 0.0 (no recent failures) to 1.0 (every recent call failed).
-    pub fn failure_score(&self) -> f64 {
-        f64::from_bits(self.failure.load(Ordering::Relaxed))
+    /// 0.0 (no recent failures of `class`) to 1.0 (every recent call failed).
+    pub fn failure_score(&self, class: usize) -> f64 {
+        self.failure.get(class).map_or(0.0, Decaying::get)
     }
 
     /// Grows with the odds of failure, so a node that fails nearly every
     /// call loses even to a slow node that succeeds.
-    fn penalty(&self) -> f64 {
-        let s = self.failure_score().clamp(0.0, 0.99);
+    pub fn penalty(&self, class: usize) -> f64 {
+        let s = self.failure_score(class).clamp(0.0, 0.99);
         1.0 + FAILURE_WEIGHT * s / (1.0 - s)
     }
 }
@@ -98,7 +132,9 @@ pub trait Pool {
     /// Healthy, breaker admits, not excluded.
     fn usable(&self, i: usize) -> bool;
     fn in_flight(&self, i: usize) -> i64;
-    fn load(&self, i: usize) -> &LoadEstimate;
+    fn latency(&self, i: usize) -> Duration;
+    /// Cost multiplier for recent failures of this request's class.
+    fn penalty(&self, i: usize) -> f64;
     /// Slow-start share in (0, 1].
     fn weight(&self, i: usize) -> f64;
 }
@@ -112,12 +148,11 @@ pub fn pick(policy: LoadBalancing, pool: &impl Pool, cursor: &AtomicUsize) -> Op
     match policy {
         LoadBalancing::RoundRobin => round_robin(pool, cursor),
         LoadBalancing::LeastRequest => two_choices(pool, usable, |i| {
-            (pool.in_flight(i).max(0) as f64 + 1.0) * pool.load(i).penalty() / pool.weight(i)
+            (pool.in_flight(i).max(0) as f64 + 1.0) * pool.penalty(i) / pool.weight(i)
         }),
         LoadBalancing::P2cEwma => two_choices(pool, usable, |i| {
-            let latency = pool.load(i).latency().as_micros().max(1) as f64;
-            latency * (pool.in_flight(i).max(0) as f64 + 1.0) * pool.load(i).penalty()
-                / pool.weight(i)
+            let latency = pool.latency(i).as_micros().max(1) as f64;
+            latency * (pool.in_flight(i).max(0) as f64 + 1.0) * pool.penalty(i) / pool.weight(i)
         }),
     }
 }
@@ -199,8 +234,11 @@ mod tests {
         fn in_flight(&self, i: usize) -> i64 {
             self[i].in_flight
         }
-        fn load(&self, i: usize) -> &LoadEstimate {
-            &self[i].load
+        fn latency(&self, i: usize) -> Duration {
+            self[i].load.latency()
+        }
+        fn penalty(&self, i: usize) -> f64 {
+            self[i].load.penalty(0)
         }
         fn weight(&self, i: usize) -> f64 {
             self[i].weight
@@ -248,9 +286,9 @@ mod tests {
     async fn p2c_ewma_avoids_a_slow_node_and_a_fast_failing_node() {
         let nodes = vec![fake(), fake(), fake()];
         for _ in 0..20 {
-            nodes[0].load.observe(Duration::from_millis(5), false);
-            nodes[1].load.observe(Duration::from_millis(200), false); // slow
-            nodes[2].load.observe(Duration::from_micros(300), true); // fast 500s
+            nodes[0].load.observe(0, Duration::from_millis(5), false);
+            nodes[1].load.observe(0, Duration::from_millis(200), false); // slow
+            nodes[2].load.observe(0, Duration::from_micros(300), true); // fast 500s
             tokio::time::advance(Duration::from_millis(50)).await;
         }
         let counts = shares(LoadBalancing::P2cEwma, &nodes, 3000);
@@ -288,19 +326,31 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn failures_of_one_class_do_not_penalise_another() {
+        let l = LoadEstimate::new(2);
+        for _ in 0..20 {
+            l.observe(1, Duration::from_millis(1), true);
+            l.observe(0, Duration::from_millis(1), false);
+            tokio::time::advance(Duration::from_millis(50)).await;
+        }
+        assert!(l.penalty(1) > 100.0, "{}", l.penalty(1));
+        assert!(l.penalty(0) < 1.01, "{}", l.penalty(0));
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn failure_score_decays_after_recovery() {
         let l = LoadEstimate::default();
         for _ in 0..10 {
-            l.observe(Duration::from_millis(1), true);
+            l.observe(0, Duration::from_millis(1), true);
             tokio::time::advance(Duration::from_millis(100)).await;
         }
-        let high = l.failure_score();
+        let high = l.failure_score(0);
         assert!(high > 0.5, "{high}");
         for _ in 0..100 {
             tokio::time::advance(Duration::from_millis(500)).await;
-            l.observe(Duration::from_millis(1), false);
+            l.observe(0, Duration::from_millis(1), false);
         }
-        assert!(l.failure_score() < 0.05, "{}", l.failure_score());
+        assert!(l.failure_score(0) < 0.05, "{}", l.failure_score(0));
         assert!(l.latency() < Duration::from_millis(20), "{:?}", l.latency());
     }
 }

@@ -151,7 +151,7 @@ impl Backend {
                         health,
                         cfg.slow_start,
                     )),
-                    load: LoadEstimate::default(),
+                    load: LoadEstimate::new(classes.names().len()),
                 }
             })
             .collect();
@@ -293,7 +293,7 @@ impl Backend {
         let Some(n) = self.nodes.get(node) else {
             return;
         };
-        n.load.observe(outcome.elapsed, outcome.failed);
+        n.load.observe(class, outcome.elapsed, outcome.failed);
         if !self.breakers_enabled {
             return;
         }
@@ -369,8 +369,12 @@ impl Pool for PoolView<'_> {
         self.backend.nodes[i].stats.in_flight()
     }
 
-    fn load(&self, i: usize) -> &LoadEstimate {
-        &self.backend.nodes[i].load
+    fn latency(&self, i: usize) -> Duration {
+        self.backend.nodes[i].load.latency()
+    }
+
+    fn penalty(&self, i: usize) -> f64 {
+        self.backend.nodes[i].load.penalty(self.class)
     }
 
     fn weight(&self, i: usize) -> f64 {
