@@ -648,3 +648,59 @@ async fn when_all_down_try_all_keeps_sending_and_fail_answers_503_at_once() {
     );
     levee.shutdown().await;
 }
+
+/// A request that never reached a node is retried on another, whatever its
+/// method, and its (small, kept) body goes along; with the retry budget at
+/// zero nothing is retried and the refusal is counted.
+#[tokio::test]
+async fn refused_connections_are_retried_with_the_body_within_the_budget() {
+    let pool = nodes(vec![Behavior::Refuse, Behavior::Echo]).await;
+    let cfg = RESILIENT.replace(
+        "slow_start = \"2s\"",
+        "slow_start = \"0s\"\nload_balancing = \"round_robin\"",
+    );
+    let levee = start_levee(&cfg, &[&addrs(&pool)]).await;
+    let client = client();
+    for i in 0..6 {
+        let body = format!("order-{i}");
+        let req = http::Request::builder()
+            .method(Method::POST)
+            .uri(url(&levee, "/orders"))
+            .body(http_body_util::Full::new(bytes::Bytes::from(body.clone())))
+            .unwrap();
+        let got = send(&client, req, Duration::from_secs(5)).await;
+        assert_eq!(got.status, StatusCode::OK, "{got:?}");
+        assert_eq!(
+            got.body,
+            body.as_bytes(),
+            "the body reached the second node"
+        );
+    }
+    let topo = levee.telemetry.topology();
+    assert!(topo.backends[0].events(levee_telemetry::BackendEvent::Retry) >= 1);
+    levee.shutdown().await;
+
+    let no_budget = cfg.replace(
+        "max_retries = 2",
+        "max_retries = 2\nbudget_percent = 0\nbudget_min_per_sec = 0",
+    );
+    let levee = start_levee(&no_budget, &[&addrs(&pool)]).await;
+    let mut refused = 0;
+    for _ in 0..4 {
+        let got = get(&client, &url(&levee, "/x")).await;
+        if got.reason() == Some("upstream-connect") {
+            refused += 1;
+        }
+    }
+    assert!(
+        refused >= 1,
+        "without budget the refusal reaches the client"
+    );
+    let topo = levee.telemetry.topology();
+    assert!(topo.backends[0].events(levee_telemetry::BackendEvent::RetryBudgetExhausted) >= 1);
+    assert_eq!(
+        topo.backends[0].events(levee_telemetry::BackendEvent::Retry),
+        0
+    );
+    levee.shutdown().await;
+}
