@@ -135,18 +135,25 @@ fn summary(c: &Config) -> String {
     out
 }
 
+/// The demo's runtime: it drives the demo's clients and app nodes.
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
-        .thread_name("levee-worker")
+        .thread_name("levee-demo")
         .build()
-        .context("cannot start the data-plane runtime")
+        .context("cannot start the demo runtime")
 }
 
 fn run(path: PathBuf) -> anyhow::Result<()> {
     // A config error is printed as is: it already names file, line and key.
     let config = levee_config::load(&path).map_err(|e| anyhow::anyhow!("{e}"))?;
-    runtime()?.block_on(async {
+    // The data plane runs on its own worker threads; this runtime only
+    // starts levee and waits for a signal.
+    let signals = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the signal runtime")?;
+    signals.block_on(async {
         let levee = Levee::start(config).await?;
         wait_for_signal().await;
         info!("shutting down: no new connections, in-flight requests may finish");

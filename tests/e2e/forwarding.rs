@@ -200,3 +200,26 @@ mod tokio_stream_shim {
         }
     }
 }
+
+#[tokio::test]
+async fn several_workers_share_the_listener_and_all_report_healthy() {
+    let app = node(Behavior::Healthy { body_bytes: 3 }).await;
+    let cfg = ONE_ROUTE.replace(
+        "listen = \"127.0.0.1:0\"",
+        "listen = \"127.0.0.1:0\"\nworkers = 3",
+    );
+    let levee = start_levee(&cfg, &[&[app.addr()]]).await;
+    // New connections each time, so the kernel spreads them over the workers.
+    for _ in 0..30 {
+        let fresh = client();
+        assert_eq!(get(&fresh, &url(&levee, "/w")).await.status, StatusCode::OK);
+    }
+    let health = get(&client(), &admin_url(&levee, "/healthz")).await;
+    assert_eq!(
+        health.status,
+        StatusCode::OK,
+        "every worker's heartbeat is fresh"
+    );
+    assert_eq!(app.stats().requests, 30);
+    assert_eq!(levee.shutdown().await, 0);
+}

@@ -53,7 +53,7 @@ impl Endpoints {
 
     /// Liveness, including the data plane's: a stale heartbeat is a 503.
     fn healthz(&self) -> Response<Full<Bytes>> {
-        match self.telemetry.heartbeat.age() {
+        match self.telemetry.heartbeat_age() {
             None => text(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unhealthy: the data plane has not started its heartbeat\n".into(),
@@ -174,7 +174,7 @@ impl Endpoints {
             "config_version": topo.version,
             "ready": t.is_ready() && !t.is_draining(),
             "draining": t.is_draining(),
-            "heartbeat_age_ms": t.heartbeat.age().map(|a| a.as_millis() as u64),
+            "heartbeat_age_ms": t.heartbeat_age().map(|a| a.as_millis() as u64),
             "connections_open": t.connections_open(),
             "connections_total": t.connections_total(),
             "unrouted": { "responses": by_class(&topo.unrouted), "errors": by_reason(&topo.unrouted, |_| true) },
@@ -295,20 +295,20 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn healthz_turns_503_when_the_heartbeat_goes_stale() {
-        let t = Telemetry::new(Topology::default());
+        let t = Telemetry::new(Topology::default(), 1);
         let e = Endpoints::new(Arc::clone(&t), Duration::from_secs(2));
         assert_eq!(
             get(&e, "/healthz").status(),
             StatusCode::SERVICE_UNAVAILABLE,
             "no tick yet"
         );
-        t.heartbeat.tick();
+        t.heartbeat(0).tick();
         tokio::time::advance(Duration::from_millis(1_900)).await;
         assert_eq!(get(&e, "/healthz").status(), StatusCode::OK);
         tokio::time::advance(Duration::from_millis(200)).await;
         let stale = get(&e, "/healthz");
         assert_eq!(stale.status(), StatusCode::SERVICE_UNAVAILABLE);
-        t.heartbeat.tick();
+        t.heartbeat(0).tick();
         assert_eq!(
             get(&e, "/healthz").status(),
             StatusCode::OK,
@@ -316,9 +316,28 @@ mod tests {
         );
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn one_wedged_worker_makes_healthz_503() {
+        let t = Telemetry::new(Topology::default(), 2);
+        let e = Endpoints::new(Arc::clone(&t), Duration::from_secs(2));
+        t.heartbeat(0).tick();
+        let one_missing = get(&e, "/healthz").status();
+        assert_eq!(
+            one_missing,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "worker 1 never ticked"
+        );
+        t.heartbeat(1).tick();
+        assert_eq!(get(&e, "/healthz").status(), StatusCode::OK);
+        tokio::time::advance(Duration::from_secs(3)).await;
+        t.heartbeat(0).tick();
+        let stale = get(&e, "/healthz").status();
+        assert_eq!(stale, StatusCode::SERVICE_UNAVAILABLE, "worker 1 is stale");
+    }
+
     #[test]
     fn readyz_follows_ready_and_draining() {
-        let t = Telemetry::new(Topology::default());
+        let t = Telemetry::new(Topology::default(), 1);
         let e = Endpoints::new(Arc::clone(&t), Duration::from_secs(2));
         assert_eq!(get(&e, "/readyz").status(), StatusCode::SERVICE_UNAVAILABLE);
         t.set_ready(true);
@@ -329,7 +348,7 @@ mod tests {
 
     #[test]
     fn only_get_is_answered() {
-        let t = Telemetry::new(Topology::default());
+        let t = Telemetry::new(Topology::default(), 1);
         let e = Endpoints::new(t, Duration::from_secs(2));
         let post = e.answer(&Request::post("/healthz").body(()).unwrap());
         assert_eq!(post.status(), StatusCode::METHOD_NOT_ALLOWED);

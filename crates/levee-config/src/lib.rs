@@ -76,6 +76,9 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// Request heads bigger than this get 431 (default 64 KiB, at least 1024).
     pub max_header_bytes: usize,
+    /// Data-plane worker threads, each with its own runtime and listener
+    /// (default 0 = one per CPU core).
+    pub workers: usize,
 }
 
 /// `[admin]`: the operator endpoint.

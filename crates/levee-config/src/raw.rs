@@ -29,6 +29,7 @@ pub(crate) struct RawServer {
     pub max_connections: Option<usize>,
     pub shutdown_grace: Option<DurationText>,
     pub max_header_bytes: Option<usize>,
+    pub workers: Option<usize>,
 }
 
 /// `[admin]`: the operator listener.

@@ -449,6 +449,14 @@ fn max_connections_at_least_one() {
 }
 
 #[test]
+fn workers_default_to_one_per_core_and_are_bounded() {
+    assert_eq!(ok(&config("", "", "")).server.workers, 0);
+    assert_eq!(ok(&config("workers = 3", "", "")).server.workers, 3);
+    let text = config("workers = 5000", "", "");
+    expect(&text, "server.workers", 3, "must be at most 1024");
+}
+
+#[test]
 fn max_header_bytes_at_least_1024() {
     let text = config("max_header_bytes = 1023", "", "");
     expect(&text, "server.max_header_bytes", 3, "must be at least 1024");

@@ -222,7 +222,31 @@ fn server(cx: &Ctx<'_>, raw: Option<RawServer>) -> Result<ServerConfig, ConfigEr
             SERVER_MIN_HEADER_BYTES,
             "smaller limits reject ordinary requests with 431",
         )?,
+        workers: at_most(
+            cx,
+            &at(&base, "workers"),
+            raw.workers.unwrap_or(0),
+            SERVER_MAX_WORKERS,
+            "each worker is an OS thread with its own runtime; use 0 for one per CPU core",
+        )?,
     })
+}
+
+/// Most data-plane workers a config may ask for.
+const SERVER_MAX_WORKERS: usize = 1024;
+
+fn at_most<T: PartialOrd + Display>(
+    cx: &Ctx<'_>,
+    path: &[Seg<'_>],
+    value: T,
+    max: T,
+    why: &str,
+) -> Result<T, ConfigError> {
+    if value > max {
+        Err(cx.invalid(path, format!("must be at most {max} ({why})")))
+    } else {
+        Ok(value)
+    }
 }
 
 fn admin(cx: &Ctx<'_>, raw: Option<&RawAdmin>) -> Result<AdminConfig, ConfigError> {

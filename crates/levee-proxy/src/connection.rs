@@ -77,6 +77,7 @@ impl Drop for ActivityGuard {
 pub(crate) async fn serve(
     builder: Arc<auto::Builder<TokioExecutor>>,
     shared: Arc<Shared>,
+    worker: usize,
     stream: TcpStream,
     peer: SocketAddr,
     idle_timeout: Duration,
@@ -89,7 +90,7 @@ pub(crate) async fn serve(
             let guard = activity.begin();
             let shared = Arc::clone(&shared);
             async move {
-                let resp = forward::handle(shared, req, peer).await;
+                let resp = forward::handle(shared, worker, req, peer).await;
                 Ok::<_, Infallible>(resp.map(|b| b.with_activity(guard)))
             }
         })

@@ -22,9 +22,11 @@ use crate::headers::{self, X_REQUEST_ID};
 use crate::state::{ProxyState, Route, Shared};
 use crate::upstream::{Backend, Node};
 
-/// Handles one client request; every outcome is a response.
+/// Handles one client request; every outcome is a response. `worker` is
+/// the data-plane worker serving the connection; its node pools are used.
 pub async fn handle(
     shared: Arc<Shared>,
+    worker: usize,
     req: Request<Incoming>,
     peer: SocketAddr,
 ) -> Response<ProxyBody> {
@@ -49,14 +51,15 @@ pub async fn handle(
                     e.into_response()
                 }
                 Some(route) => {
-                    let resp = match forward(&state, route, req, peer, request_id.clone()).await {
-                        Ok(resp) => resp,
-                        Err(e) => {
-                            route.stats.outcomes.record_error(e.reason);
-                            log_error(&e, &request_id, Some(&route.name));
-                            e.into_response()
-                        }
-                    };
+                    let resp =
+                        match forward(&state, worker, route, req, peer, request_id.clone()).await {
+                            Ok(resp) => resp,
+                            Err(e) => {
+                                route.stats.outcomes.record_error(e.reason);
+                                log_error(&e, &request_id, Some(&route.name));
+                                e.into_response()
+                            }
+                        };
                     route.stats.outcomes.record_status(resp.status().as_u16());
                     route.stats.latency.observe(started.elapsed());
                     resp
@@ -93,6 +96,7 @@ fn check_request(req: &Request<Incoming>, max_header_bytes: usize) -> Result<(),
 
 async fn forward(
     state: &ProxyState,
+    worker: usize,
     route: &Route,
     req: Request<Incoming>,
     peer: SocketAddr,
@@ -169,7 +173,7 @@ async fn forward(
 
         let sent = Instant::now();
         let result = deadline
-            .run(Phase::Headers, backend.client.request(upstream_req))
+            .run(Phase::Headers, backend.client(worker).request(upstream_req))
             .await;
         let elapsed = sent.elapsed();
         let error = match result {

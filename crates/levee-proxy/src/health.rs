@@ -25,9 +25,12 @@ use crate::upstream::Backend;
 
 /// Starts the background work of a config version: health checks for the
 /// backends that have them, and a drift watch per backend.
-pub fn spawn_background(state: &crate::state::ProxyState) -> Vec<JoinHandle<()>> {
+pub fn spawn_background(
+    backends: &[Arc<Backend>],
+    configs: &[levee_config::BackendConfig],
+) -> Vec<JoinHandle<()>> {
     let mut tasks = Vec::new();
-    for (backend, cfg) in state.backends.iter().zip(&state.config.backends) {
+    for (backend, cfg) in backends.iter().zip(configs) {
         if let Some(check) = &cfg.health_check {
             tasks.extend(spawn_checks(backend, check));
         }

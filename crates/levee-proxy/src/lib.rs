@@ -33,5 +33,5 @@ pub mod server;
 pub mod state;
 pub mod upstream;
 
-pub use server::{shutdown_channel, ProxyServer, ServerHandle};
+pub use server::{bind_shared, shutdown_channel, ProxyServer, ServerHandle};
 pub use state::{ProxyState, Shared};

@@ -18,10 +18,12 @@ use tracing::{info, warn};
 use crate::connection;
 use crate::state::Shared;
 
-/// A bound listener, ready to run.
+/// One worker's bound listener, ready to run.
 pub struct ProxyServer {
     listener: TcpListener,
     shared: Arc<Shared>,
+    worker: usize,
+    max_connections: usize,
 }
 
 /// Asks a running server to drain and stop.
@@ -37,8 +39,20 @@ impl ServerHandle {
 }
 
 impl ProxyServer {
-    pub fn new(listener: TcpListener, shared: Arc<Shared>) -> Self {
-        Self { listener, shared }
+    /// `worker` indexes this worker's node pools; `max_connections` is its
+    /// share of the server's limit.
+    pub fn new(
+        listener: TcpListener,
+        shared: Arc<Shared>,
+        worker: usize,
+        max_connections: usize,
+    ) -> Self {
+        Self {
+            listener,
+            shared,
+            worker,
+            max_connections,
+        }
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -55,10 +69,10 @@ impl ProxyServer {
             server_cfg.header_read_timeout,
             server_cfg.max_header_bytes,
         ));
-        let max = server_cfg.max_connections.clamp(1, Semaphore::MAX_PERMITS);
+        let max = self.max_connections.clamp(1, Semaphore::MAX_PERMITS);
         let slots = Arc::new(Semaphore::new(max));
         let telemetry = Arc::clone(&self.shared.telemetry);
-        telemetry.set_ready(true);
+        let worker = self.worker;
         let mut stop = handle_rx.clone();
         loop {
             let slot = tokio::select! {
@@ -88,15 +102,14 @@ impl ProxyServer {
             let shutdown = handle_rx.clone();
             let idle = server_cfg.idle_timeout;
             tokio::spawn(async move {
-                connection::serve(builder, shared, stream, peer, idle, shutdown).await;
+                connection::serve(builder, shared, worker, stream, peer, idle, shutdown).await;
                 telemetry.connection_closed();
                 drop(slot);
             });
         }
         drop(self.listener);
-        telemetry.set_draining();
         let open = max - slots.available_permits();
-        info!(open_connections = open, grace = ?server_cfg.shutdown_grace, "draining");
+        info!(worker, open_connections = open, grace = ?server_cfg.shutdown_grace, "draining");
         let all = u32::try_from(max).unwrap_or(u32::MAX);
         let drained =
             tokio::time::timeout(server_cfg.shutdown_grace, slots.acquire_many(all)).await;
@@ -105,6 +118,22 @@ impl ProxyServer {
             Err(_) => max - slots.available_permits(),
         }
     }
+}
+
+/// Binds `addr` with `SO_REUSEPORT`, so every worker can have its own
+/// listener (and accept queue) on the same address. Call it on the runtime
+/// that will serve the listener.
+pub fn bind_shared(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    #[cfg(unix)]
+    socket.set_reuseport(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
 }
 
 /// A shutdown handle and the receiver a server runs with.

@@ -46,8 +46,9 @@ pub struct ProxyState {
 }
 
 impl ProxyState {
-    /// Builds every route, backend and pool of `config`.
-    pub fn build(config: Arc<Config>) -> Self {
+    /// Builds every route, backend and pool of `config` for `workers`
+    /// data-plane workers.
+    pub fn build(config: Arc<Config>, workers: usize) -> Self {
         let classes = ClassTable::new(
             config
                 .routes
@@ -57,7 +58,7 @@ impl ProxyState {
         let backends: Vec<Arc<Backend>> = config
             .backends
             .iter()
-            .map(|b| Arc::new(Backend::new(b, &classes)))
+            .map(|b| Arc::new(Backend::new(b, &classes, workers)))
             .collect();
         let routes: Vec<Route> = config
             .routes

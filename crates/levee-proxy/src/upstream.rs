@@ -108,7 +108,9 @@ pub struct Backend {
     /// What the admin listener sees of this backend.
     pub stats: Arc<BackendStats>,
     pub bulkhead: Arc<Bulkhead>,
-    pub client: NodeClient,
+    /// One client (and so one set of node pools) per data-plane worker, so a
+    /// request and its node connection live on the same runtime.
+    clients: Vec<NodeClient>,
     pub timeout: Duration,
     pub queue_timeout: Duration,
     pub body_idle_timeout: Duration,
@@ -126,7 +128,7 @@ pub struct Backend {
 }
 
 impl Backend {
-    pub fn new(cfg: &BackendConfig, classes: &ClassTable) -> Self {
+    pub fn new(cfg: &BackendConfig, classes: &ClassTable, workers: usize) -> Self {
         let policy = breaker_policy(&cfg.breaker);
         let nodes: Vec<Node> = cfg
             .nodes
@@ -171,7 +173,7 @@ impl Backend {
             nodes,
             stats,
             bulkhead,
-            client: node_client(cfg),
+            clients: (0..workers.max(1)).map(|_| node_client(cfg)).collect(),
             timeout: cfg.timeout,
             queue_timeout: cfg.queue_timeout,
             body_idle_timeout: cfg.body_idle_timeout,
@@ -187,6 +189,11 @@ impl Backend {
             all_down: AtomicBool::new(false),
             cursor: AtomicUsize::new(0),
         }
+    }
+
+    /// The node client of data-plane worker `worker`.
+    pub fn client(&self, worker: usize) -> &NodeClient {
+        &self.clients[worker % self.clients.len()]
     }
 
     /// Whether any node is usable for `class`; logs when the backend enters
@@ -432,7 +439,7 @@ mod tests {
         )
         .unwrap();
         let classes = ClassTable::new([]);
-        let b = Backend::new(&cfg.backends[0], &classes);
+        let b = Backend::new(&cfg.backends[0], &classes, 1);
         let fail = CallOutcome {
             failed: true,
             elapsed: Duration::from_millis(1),

@@ -48,10 +48,10 @@ impl Collector for TelemetryCollector {
             "1 while levee accepts traffic and is not draining.",
             i64::from(t.is_ready() && !t.is_draining()),
         )?;
-        let age = t.heartbeat.age().map_or(f64::INFINITY, |a| a.as_secs_f64());
+        let age = t.heartbeat_age().map_or(f64::INFINITY, |a| a.as_secs_f64());
         let mut m = encoder.encode_descriptor(
             "levee_heartbeat_age",
-            "Age of the data plane's last heartbeat tick; it grows when the data plane is wedged.",
+            "Age of the stalest data-plane worker's last heartbeat tick; it grows when a worker is wedged.",
             Some(&Unit::Seconds),
             MetricType::Gauge,
         )?;

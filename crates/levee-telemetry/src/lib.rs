@@ -26,7 +26,8 @@ pub use stats::{
 /// Everything the admin listener may read, shared by `Arc`.
 #[derive(Debug)]
 pub struct Telemetry {
-    pub heartbeat: Heartbeat,
+    /// One per data-plane worker runtime.
+    heartbeats: Vec<Heartbeat>,
     topology: ArcSwap<Topology>,
     ready: AtomicBool,
     draining: AtomicBool,
@@ -35,15 +36,33 @@ pub struct Telemetry {
 }
 
 impl Telemetry {
-    pub fn new(topology: Topology) -> Arc<Self> {
+    /// Telemetry for `workers` data-plane runtimes (at least one).
+    pub fn new(topology: Topology, workers: usize) -> Arc<Self> {
         Arc::new(Self {
-            heartbeat: Heartbeat::new(),
+            heartbeats: (0..workers.max(1)).map(|_| Heartbeat::new()).collect(),
             topology: ArcSwap::from_pointee(topology),
             ready: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             connections_open: AtomicU64::new(0),
             connections_total: AtomicU64::new(0),
         })
+    }
+
+    /// The heartbeat of worker `i` (the last one for an index out of range).
+    pub fn heartbeat(&self, i: usize) -> &Heartbeat {
+        let last = self.heartbeats.len() - 1;
+        &self.heartbeats[i.min(last)]
+    }
+
+    /// Age of the stalest worker's heartbeat; `None` until every worker has
+    /// ticked. One wedged worker is enough to make this grow.
+    pub fn heartbeat_age(&self) -> Option<std::time::Duration> {
+        self.heartbeats
+            .iter()
+            .map(Heartbeat::age)
+            .try_fold(std::time::Duration::ZERO, |oldest, age| {
+                age.map(|a| oldest.max(a))
+            })
     }
 
     /// The routes, backends and nodes now live.
