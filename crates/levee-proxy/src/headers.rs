@@ -20,29 +20,45 @@ const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection")
 /// Longest client-supplied request id that is kept as is.
 const MAX_REQUEST_ID_LEN: usize = 128;
 
+/// The fixed hop-by-hop set (RFC 9110 §7.6.1 and the common non-standard ones).
+const HOP_BY_HOP: [HeaderName; 7] = [
+    CONNECTION,
+    KEEP_ALIVE,
+    PROXY_CONNECTION,
+    TE,
+    TRAILER,
+    TRANSFER_ENCODING,
+    UPGRADE,
+];
+
 /// Removes hop-by-hop headers: the fixed set and every header `Connection` names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Names listed in Connection are hop-by-hop too; collect before removing.
-    let named: Vec<HeaderName> = headers
-        .get_all(CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
+    if headers.contains_key(CONNECTION) {
+        // Names listed in Connection are hop-by-hop too. The usual values
+        // ("keep-alive", "close", "upgrade") name nothing beyond the fixed
+        // set, so the list is only built (and allocated) for other tokens.
+        let named: Vec<HeaderName> = headers
+            .get_all(CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .filter(|t| {
+                !t.eq_ignore_ascii_case("close")
+                    && !HOP_BY_HOP
+                        .iter()
+                        .any(|h| t.eq_ignore_ascii_case(h.as_str()))
+            })
+            .filter_map(|token| HeaderName::from_bytes(token.as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
     }
-    for name in [
-        CONNECTION,
-        KEEP_ALIVE,
-        PROXY_CONNECTION,
-        TE,
-        TRAILER,
-        TRANSFER_ENCODING,
-        UPGRADE,
-    ] {
-        headers.remove(name);
+    for name in HOP_BY_HOP {
+        if headers.contains_key(&name) {
+            headers.remove(name);
+        }
     }
 }
 
@@ -79,14 +95,22 @@ pub fn set_forwarded(
     proto: &'static str,
     host: Option<&HeaderValue>,
 ) {
-    let peer = peer.to_string();
-    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prior) if !prior.trim().is_empty() => format!("{prior}, {peer}"),
-        _ => peer,
-    };
-    // Several X-Forwarded-For lines are folded into one above; drop the rest.
+    use std::io::Write as _;
+    // "a.b.c.d" or an IPv6 text, after any prior list: formatted in one
+    // buffer, copied once into the header value.
+    let mut buf: Vec<u8> = Vec::with_capacity(64);
+    let prior = headers
+        .get(&X_FORWARDED_FOR)
+        .map(HeaderValue::as_bytes)
+        .filter(|p| !p.iter().all(u8::is_ascii_whitespace));
+    if let Some(prior) = prior {
+        buf.extend_from_slice(prior);
+        buf.extend_from_slice(b", ");
+    }
+    let _ = write!(buf, "{peer}");
+    // Several X-Forwarded-For lines are folded into the first above; drop the rest.
     headers.remove(&X_FORWARDED_FOR);
-    if let Ok(v) = HeaderValue::from_str(&xff) {
+    if let Ok(v) = HeaderValue::from_bytes(&buf) {
         headers.insert(X_FORWARDED_FOR, v);
     }
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
@@ -149,6 +173,30 @@ mod tests {
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn usual_connection_values_strip_only_the_fixed_set() {
+        let mut h = HeaderMap::new();
+        h.insert(CONNECTION, HeaderValue::from_static("Keep-Alive, Upgrade"));
+        h.insert(UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+    }
+
+    #[test]
+    fn forwarded_for_without_a_prior_list_and_for_ipv6() {
+        let mut h = HeaderMap::new();
+        set_forwarded(&mut h, "::1".parse().unwrap(), "http", None);
+        assert_eq!(h[&X_FORWARDED_FOR], "::1");
+        assert!(!h.contains_key(&X_FORWARDED_HOST));
+        h.insert(X_FORWARDED_FOR, HeaderValue::from_static("  "));
+        set_forwarded(&mut h, "10.0.0.1".parse().unwrap(), "http", None);
+        assert_eq!(
+            h[&X_FORWARDED_FOR], "10.0.0.1",
+            "a blank prior list is replaced"
+        );
     }
 
     #[test]
