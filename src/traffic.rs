@@ -93,6 +93,24 @@ impl Tally {
         self.by_key.values().sum()
     }
 
+    /// Responses with a 2xx status.
+    pub fn successes(&self) -> u64 {
+        self.starting_with('2')
+    }
+
+    /// Responses with a 5xx status (the node's own or levee's).
+    pub fn server_errors(&self) -> u64 {
+        self.starting_with('5')
+    }
+
+    fn starting_with(&self, class: char) -> u64 {
+        self.by_key
+            .iter()
+            .filter(|(k, _)| k.starts_with(class))
+            .map(|(_, v)| v)
+            .sum()
+    }
+
     pub fn count(&self, key: &str) -> u64 {
         self.by_key.get(key).copied().unwrap_or(0)
     }

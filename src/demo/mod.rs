@@ -126,12 +126,7 @@ fn route_header() {
 }
 
 fn route_row(name: &str, t: &Tally) {
-    let ok: u64 = t
-        .by_key
-        .iter()
-        .filter(|(k, _)| k.starts_with('2'))
-        .map(|(_, v)| v)
-        .sum();
+    let ok = t.successes();
     println!(
         "  {:<16} {:>8} {:>6.2}% {:>8} {:>8}  {}",
         name,
@@ -215,14 +210,6 @@ async fn probe_health(client: &HttpClient, url: String, duration: Duration) -> T
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     tally
-}
-
-fn five_xx(t: &Tally) -> u64 {
-    t.by_key
-        .iter()
-        .filter(|(k, _)| k.starts_with('5'))
-        .map(|(_, v)| v)
-        .sum()
 }
 
 fn outcomes(t: &Tally) -> String {

@@ -200,9 +200,9 @@ pub async fn bad_node(duration: Duration) -> anyhow::Result<()> {
     let all = reads.total() + writes.total();
     println!(
         "  client-visible 5xx: {} of {} ({:.3}%); reads' breaker on {bad} opened after {}",
-        five_xx(&reads) + five_xx(&writes),
+        reads.server_errors() + writes.server_errors(),
         all,
-        percent(five_xx(&reads) + five_xx(&writes), all),
+        percent(reads.server_errors() + writes.server_errors(), all),
         eject.await?.map_or("(not within the run)".to_owned(), ms)
     );
 
@@ -230,9 +230,9 @@ pub async fn bad_node(duration: Duration) -> anyhow::Result<()> {
     route_row("2 readers GET", &reads);
     println!(
         "  POST 5xx: {} of {} ({:.3}%); writes' breaker on {bad} opened after {}; it kept serving {} requests (reads, health checks)",
-        five_xx(&writes),
+        writes.server_errors(),
         writes.total(),
-        percent(five_xx(&writes), writes.total()),
+        percent(writes.server_errors(), writes.total()),
         eject.await?.map_or("(not within the run)".to_owned(), ms),
         nodes[5].stats().requests - before - bad_stats.outcomes.class(levee_telemetry::StatusClass::ServerError),
     );
@@ -429,12 +429,7 @@ pub async fn balancing(duration: Duration) -> anyhow::Result<()> {
             let client = traffic::client();
             let t =
                 traffic::drive(&client, Method::GET, format!("{}/b", base(&levee)), 8, each).await;
-            let ok: u64 = t
-                .by_key
-                .iter()
-                .filter(|(k, _)| k.starts_with('2'))
-                .map(|(_, v)| v)
-                .sum();
+            let ok = t.successes();
             println!(
                 "  {:<28} {:<14} {:>8} {:>7.2}% {:>8} {:>8}",
                 condition,

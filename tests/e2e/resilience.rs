@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use http::{Method, StatusCode};
-use levee::traffic::{self, Tally};
+use levee::traffic;
 use levee::Levee;
 use levee_resilience::BreakerState;
 use levee_testkit::{AppNode, Behavior};
@@ -63,14 +63,6 @@ fn addrs(nodes: &[AppNode]) -> Vec<SocketAddr> {
     nodes.iter().map(|n| n.addr()).collect()
 }
 
-fn five_xx(t: &Tally) -> u64 {
-    t.by_key
-        .iter()
-        .filter(|(k, _)| k.starts_with('5'))
-        .map(|(_, v)| v)
-        .sum()
-}
-
 fn breaker_state(levee: &Levee, node: SocketAddr, class: &str) -> BreakerState {
     let topo = levee.telemetry.topology();
     let n = topo.backends[0]
@@ -117,7 +109,7 @@ async fn a_bad_node_among_six_is_ejected_and_clients_barely_notice() {
     let total = tally.total();
     assert!(total > 300, "enough traffic: {total}");
     assert!(
-        five_xx(&tally) * 100 < total,
+        tally.server_errors() * 100 < total,
         "under 1% 5xx: {:?}",
         tally.by_key
     );
@@ -184,11 +176,11 @@ async fn a_node_failing_only_writes_is_cut_out_for_writes_only() {
     );
     assert!(writes.total() > 300, "{:?}", writes.by_key);
     assert!(
-        five_xx(&writes) * 100 < writes.total(),
+        writes.server_errors() * 100 < writes.total(),
         "POST failures under 1%: {:?}",
         writes.by_key
     );
-    assert_eq!(five_xx(&reads), 0, "{:?}", reads.by_key);
+    assert_eq!(reads.server_errors(), 0, "{:?}", reads.by_key);
     assert_ne!(breaker_state(&levee, bad, "unsafe"), BreakerState::Closed);
     assert_eq!(breaker_state(&levee, bad, "safe"), BreakerState::Closed);
     // The node answers reads with 200 and writes with 500: its 2xx are reads.
@@ -327,7 +319,7 @@ async fn a_lost_pool_fails_over_and_ramps_back_when_it_returns() {
     .await;
     assert!(lost.total() > 100, "{:?}", lost.by_key);
     assert!(
-        five_xx(&lost) <= 10,
+        lost.server_errors() <= 10,
         "only the first few fail: {:?}",
         lost.by_key
     );
@@ -349,7 +341,7 @@ async fn a_lost_pool_fails_over_and_ramps_back_when_it_returns() {
         Duration::from_secs(3),
     )
     .await;
-    assert_eq!(five_xx(&back), 0, "{:?}", back.by_key);
+    assert_eq!(back.server_errors(), 0, "{:?}", back.by_key);
     let primary_served: u64 = primary.iter().map(|n| n.stats().requests).sum();
     assert!(
         primary_served > 50,
@@ -415,7 +407,7 @@ async fn a_weak_failover_region_sheds_sheddable_requests_first() {
         ),
     );
     assert_eq!(
-        five_xx(&critical),
+        critical.server_errors(),
         0,
         "critical keeps succeeding: {:?}",
         critical.by_key
@@ -493,7 +485,11 @@ async fn a_flapping_node_is_kept_out_longer_each_time() {
     .await;
     flap.await.unwrap();
     let periods = sampler.await.unwrap();
-    assert!(five_xx(&tally) * 100 < tally.total(), "{:?}", tally.by_key);
+    assert!(
+        tally.server_errors() * 100 < tally.total(),
+        "{:?}",
+        tally.by_key
+    );
     assert!(periods.len() >= 2, "opened again and again: {periods:?}");
     let first = periods[0];
     assert!(

@@ -120,7 +120,7 @@ pub struct Shared {
 
 impl Shared {
     pub fn new(state: ProxyState, telemetry: Arc<Telemetry>) -> Self {
-        telemetry.publish_arc(Arc::clone(&state.topology));
+        telemetry.publish(Arc::clone(&state.topology));
         Self {
             state: ArcSwap::from_pointee(state),
             telemetry,
@@ -133,7 +133,7 @@ impl Shared {
 
     /// Publishes a new config version; requests in flight keep the old one.
     pub fn swap(&self, state: ProxyState) {
-        self.telemetry.publish_arc(Arc::clone(&state.topology));
+        self.telemetry.publish(Arc::clone(&state.topology));
         self.state.store(Arc::new(state));
     }
 }

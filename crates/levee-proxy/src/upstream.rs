@@ -211,19 +211,16 @@ impl Backend {
         any
     }
 
-    /// Whether every node is out for `class` (last seen by `has_usable`).
-    pub fn is_all_down(&self) -> bool {
-        self.all_down.load(Ordering::Relaxed)
-    }
-
     /// Admission share for the pool: below 1.0 while every usable node is
     /// ramping back through slow start.
     pub fn pool_admission(&self, class: usize) -> f64 {
+        // The usual case, no node ramping, costs no clock reads.
+        let usable = || self.nodes.iter().filter(|n| n.usable(class));
+        if usable().any(|n| !n.stats.slow_start.is_ramping()) {
+            return 1.0;
+        }
         levee_resilience::pool_admission(
-            self.nodes
-                .iter()
-                .filter(|n| n.usable(class))
-                .map(|n| (n.stats.slow_start.weight(), n.stats.slow_start.is_ramping())),
+            usable().map(|n| (n.stats.slow_start.weight(), n.stats.slow_start.is_ramping())),
         )
     }
 

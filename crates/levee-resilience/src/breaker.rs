@@ -553,14 +553,6 @@ impl Breaker {
         ))
     }
 
-    /// Call when a breaker leaves service (its node was removed) so its
-    /// ejection is returned to the budget.
-    pub fn release_ejection(&self, budget: &EjectionBudget) {
-        if self.holds_ejection.swap(false, Ordering::AcqRel) {
-            budget.release();
-        }
-    }
-
     /// The window's figures now.
     pub fn window(&self) -> WindowStats {
         self.window_at(self.now_us() / 1_000_000)

@@ -70,13 +70,9 @@ impl Telemetry {
         self.topology.load_full()
     }
 
-    /// Publishes a new topology (a reload); readers see old or new, never a mix.
-    pub fn publish(&self, topology: Topology) {
-        self.topology.store(Arc::new(topology));
-    }
-
-    /// Publishes a topology the data plane also holds.
-    pub fn publish_arc(&self, topology: Arc<Topology>) {
+    /// Publishes a topology the data plane also holds (a reload replaces it
+    /// whole; readers see old or new, never a mix).
+    pub fn publish(&self, topology: Arc<Topology>) {
         self.topology.store(topology);
     }
 
