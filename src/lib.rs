@@ -10,7 +10,7 @@
 //! ```text
 //! levee-worker-N  one per worker: a current-thread runtime, its own SO_REUSEPORT
 //!                 listener and node pools, and a heartbeat; requests stay on one core
-//! levee-control   health checks and drift watches of the live config
+//! levee-control   health checks and backend watches of the live config (restarted on reload)
 //! levee-admin     /healthz /readyz /status /metrics, on its own runtime
 //! ```
 
@@ -18,15 +18,16 @@ pub mod demo;
 pub mod traffic;
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use anyhow::Context as _;
 use levee_admin::AdminHandle;
 use levee_config::Config;
-use levee_proxy::{bind_shared, shutdown_channel, ProxyServer, ProxyState, ServerHandle, Shared};
+use levee_proxy::{bind_workers, shutdown_channel, ProxyServer, ProxyState, ServerHandle, Shared};
 use levee_telemetry::{Telemetry, Topology};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{info, warn};
 
 /// A running proxy: worker threads, a control thread and the admin thread.
@@ -34,6 +35,7 @@ pub struct Levee {
     pub proxy_addr: SocketAddr,
     pub admin_addr: SocketAddr,
     pub telemetry: Arc<Telemetry>,
+    shared: Arc<Shared>,
     handle: ServerHandle,
     workers: Vec<Worker>,
     control: Control,
@@ -45,12 +47,27 @@ struct Worker {
     thread: JoinHandle<()>,
     /// Connections still open when its grace period ended.
     done: oneshot::Receiver<usize>,
+    /// Hands the worker a listener on a new address (a reload).
+    rebind: mpsc::UnboundedSender<std::net::TcpListener>,
 }
 
-/// The thread running health checks and drift watches.
+/// The thread running health checks and backend watches.
 struct Control {
     thread: JoinHandle<()>,
+    /// The live state; a new one restarts the background tasks.
+    state: watch::Sender<Arc<ProxyState>>,
     stop: watch::Sender<bool>,
+}
+
+/// What a successful reload did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReloadReport {
+    /// The new config's hash.
+    pub hash: String,
+    /// Whether the proxy's listen address moved.
+    pub rebound: bool,
+    /// Changed keys that take effect only after a restart.
+    pub restart_required: Vec<String>,
 }
 
 impl Levee {
@@ -66,60 +83,155 @@ impl Levee {
         // with no share would leave its accept queue unserved.
         .min(config.server.max_connections)
         .max(1);
+        let listeners = bind_workers(config.server.listen, workers).with_context(|| {
+            format!("cannot listen on {} (server.listen)", config.server.listen)
+        })?;
+        let proxy_addr = listeners
+            .first()
+            .map(std::net::TcpListener::local_addr)
+            .transpose()?
+            .unwrap_or(config.server.listen);
         let telemetry = Telemetry::new(Topology::default(), workers);
-        let state = ProxyState::build(Arc::clone(&config), workers);
-        let control = spawn_control(&state)?;
+        telemetry.config_loaded(&config.version, &config.origin, Vec::new());
+        let state = Arc::new(ProxyState::build(Arc::clone(&config), workers, None));
+        let control = spawn_control(Arc::clone(&state))?;
         let shared = Arc::new(Shared::new(state, Arc::clone(&telemetry)));
         let (handle, stop) = shutdown_channel();
 
-        // The first worker binds (port 0 picks a port); the others share its address.
         let share = |i: usize| {
             let max = config.server.max_connections;
             max / workers + usize::from(i < max % workers)
         };
-        let mut addr = config.server.listen;
         let mut started = Vec::with_capacity(workers);
-        for i in 0..workers {
-            let (bound_tx, bound_rx) = oneshot::channel();
+        for (i, listener) in listeners.into_iter().enumerate() {
+            let (ready_tx, ready_rx) = oneshot::channel();
             let (done_tx, done_rx) = oneshot::channel();
-            let shared = Arc::clone(&shared);
+            let (rebind, rebind_rx) = mpsc::unbounded_channel();
+            let server = WorkerStart {
+                index: i,
+                listener,
+                shared: Arc::clone(&shared),
+                max_connections: share(i),
+                rebind: rebind_rx,
+            };
             let stop = stop.clone();
-            let max_connections = share(i);
             let thread = std::thread::Builder::new()
                 .name(format!("levee-worker-{i}"))
-                .spawn(move || {
-                    run_worker(i, addr, shared, max_connections, stop, bound_tx, done_tx)
-                })
+                .spawn(move || run_worker(server, stop, ready_tx, done_tx))
                 .context("cannot start a data-plane worker thread")?;
-            let bound = bound_rx
+            ready_rx
                 .await
                 .context("a data-plane worker stopped while starting")?
-                .with_context(|| format!("cannot listen on {addr} (server.listen)"))?;
-            addr = bound;
+                .context("a data-plane worker could not start")?;
             started.push(Worker {
                 thread,
                 done: done_rx,
+                rebind,
             });
         }
 
-        let admin = levee_admin::spawn(
-            config.admin.listen,
-            Arc::clone(&telemetry),
-            config.admin.heartbeat_stale_after,
-        )
-        .context("admin listener (admin.listen)")?;
+        let admin = spawn_admin(&config, &telemetry)?;
         let admin_addr = admin.local_addr();
         telemetry.set_ready(true);
-        info!(proxy_addr = %addr, %admin_addr, workers, version = %config.version, "levee is serving");
+        info!(%proxy_addr, %admin_addr, workers, version = %config.version, "levee is serving");
         Ok(Levee {
-            proxy_addr: addr,
+            proxy_addr,
             admin_addr,
             telemetry,
+            shared,
             handle,
             workers: started,
             control,
             admin,
         })
+    }
+
+    /// Reads, validates and applies the config file at `path`; a failure
+    /// changes nothing, and is logged, counted and shown on `/status`.
+    pub async fn reload_file(&mut self, path: &Path) -> anyhow::Result<ReloadReport> {
+        match levee_config::load(path) {
+            Ok(config) => self.reload(config).await,
+            Err(e) => Err(self.refused(e.to_string())),
+        }
+    }
+
+    /// Applies a validated config without dropping a request: everything
+    /// that can fail (binding a new listen address) happens first; then the
+    /// new state, built with what carries over from the live one, is
+    /// swapped in. Requests in flight finish on the state they started with.
+    pub async fn reload(&mut self, config: Config) -> anyhow::Result<ReloadReport> {
+        let old = self.shared.current();
+        let workers = self.workers.len();
+        let was = &old.config;
+        let mut restart_required = Vec::new();
+        let mut config = config;
+        if config.server.workers != was.server.workers {
+            restart_required.push("server.workers".to_owned());
+            config.server.workers = was.server.workers;
+        }
+        if config.server.max_connections != was.server.max_connections {
+            restart_required.push("server.max_connections".to_owned());
+            config.server.max_connections = was.server.max_connections;
+        }
+        let listeners = if config.server.listen != was.server.listen {
+            match bind_workers(config.server.listen, workers) {
+                Ok(l) => Some(l),
+                Err(e) => {
+                    return Err(self.refused(format!(
+                        "{}: server.listen: cannot listen on {}: {e}",
+                        config.origin, config.server.listen
+                    )))
+                }
+            }
+        } else {
+            None
+        };
+        let admin = if config.admin != was.admin {
+            match spawn_admin(&config, &self.telemetry) {
+                Ok(a) => Some(a),
+                Err(e) => return Err(self.refused(format!("{}: {e:#}", config.origin))),
+            }
+        } else {
+            None
+        };
+
+        let config = Arc::new(config);
+        let state = Arc::new(ProxyState::build(Arc::clone(&config), workers, Some(&old)));
+        self.shared.swap(Arc::clone(&state));
+        self.control.state.send_replace(state);
+        let rebound = listeners.is_some();
+        if let Some(listeners) = listeners {
+            if let Some(addr) = listeners.first().and_then(|l| l.local_addr().ok()) {
+                self.proxy_addr = addr;
+            }
+            for (w, l) in self.workers.iter().zip(listeners) {
+                let _ = w.rebind.send(l);
+            }
+        }
+        if let Some(admin) = admin {
+            self.admin_addr = admin.local_addr();
+            let old_admin = std::mem::replace(&mut self.admin, admin);
+            let _ = tokio::task::spawn_blocking(move || old_admin.stop()).await;
+        }
+        self.telemetry
+            .config_loaded(&config.version, &config.origin, restart_required.clone());
+        self.telemetry.reload_done(Ok(()));
+        if !restart_required.is_empty() {
+            warn!(keys = ?restart_required, "these changes take effect only after a restart");
+        }
+        info!(version = %config.version, file = %config.origin, rebound, "config reloaded");
+        Ok(ReloadReport {
+            hash: config.version.clone(),
+            rebound,
+            restart_required,
+        })
+    }
+
+    /// Records a refused reload; the live config stays.
+    fn refused(&self, error: String) -> anyhow::Error {
+        warn!(error = %error, "config reload refused; the last good config stays live");
+        self.telemetry.reload_done(Err(error.clone()));
+        anyhow::anyhow!(error)
     }
 
     /// Stops accepting, lets in-flight requests finish up to `shutdown_grace`,
@@ -140,14 +252,20 @@ impl Levee {
     }
 }
 
-/// One worker: its runtime, listener, heartbeat and server.
-fn run_worker(
-    i: usize,
-    addr: SocketAddr,
+/// What a worker thread starts with.
+struct WorkerStart {
+    index: usize,
+    listener: std::net::TcpListener,
     shared: Arc<Shared>,
     max_connections: usize,
+    rebind: mpsc::UnboundedReceiver<std::net::TcpListener>,
+}
+
+/// One worker: its runtime, heartbeat and server.
+fn run_worker(
+    start: WorkerStart,
     stop: watch::Receiver<bool>,
-    bound: oneshot::Sender<std::io::Result<SocketAddr>>,
+    ready: oneshot::Sender<std::io::Result<()>>,
     done: oneshot::Sender<usize>,
 ) {
     let rt = match tokio::runtime::Builder::new_current_thread()
@@ -156,39 +274,52 @@ fn run_worker(
     {
         Ok(rt) => rt,
         Err(e) => {
-            let _ = bound.send(Err(e));
+            let _ = ready.send(Err(e));
             return;
         }
     };
+    let i = start.index;
     rt.block_on(async move {
-        let listener = match bind_shared(addr).and_then(|l| l.local_addr().map(|a| (l, a))) {
-            Ok((listener, local)) => {
-                let _ = bound.send(Ok(local));
-                listener
+        let telemetry = Arc::clone(&start.shared.telemetry);
+        let server = match ProxyServer::new(
+            start.listener,
+            start.shared,
+            i,
+            start.max_connections,
+            start.rebind,
+        ) {
+            Ok(server) => {
+                let _ = ready.send(Ok(()));
+                server
             }
             Err(e) => {
-                let _ = bound.send(Err(e));
+                let _ = ready.send(Err(e));
                 return;
             }
         };
-        let telemetry = Arc::clone(&shared.telemetry);
         // Tick once now so /healthz is truthful from its first answer.
         telemetry.heartbeat(i).tick();
         let heartbeat = tokio::spawn(async move { telemetry.heartbeat(i).run().await });
-        let left = ProxyServer::new(listener, shared, i, max_connections)
-            .run(stop)
-            .await;
+        let left = server.run(stop).await;
         heartbeat.abort();
         let _ = done.send(left);
     });
 }
 
-/// Starts the health checks and drift watches on their own thread, so a
-/// busy worker cannot delay them.
-fn spawn_control(state: &ProxyState) -> anyhow::Result<Control> {
+fn spawn_admin(config: &Config, telemetry: &Arc<Telemetry>) -> anyhow::Result<AdminHandle> {
+    levee_admin::spawn(
+        config.admin.listen,
+        Arc::clone(telemetry),
+        config.admin.heartbeat_stale_after,
+    )
+    .context("admin listener (admin.listen)")
+}
+
+/// Runs the health checks and backend watches of the live config on their
+/// own thread, so a busy worker cannot delay them; a reload replaces them.
+fn spawn_control(state: Arc<ProxyState>) -> anyhow::Result<Control> {
     let (stop, mut stopped) = watch::channel(false);
-    let backends = state.backends.clone();
-    let configs = state.config.backends.clone();
+    let (state_tx, mut states) = watch::channel(state);
     let thread = std::thread::Builder::new()
         .name("levee-control".into())
         .spawn(move || {
@@ -203,12 +334,32 @@ fn spawn_control(state: &ProxyState) -> anyhow::Result<Control> {
                 }
             };
             rt.block_on(async move {
-                let _tasks = levee_proxy::health::spawn_background(&backends, &configs);
-                let _ = stopped.wait_for(|s| *s).await;
+                loop {
+                    let state = Arc::clone(&states.borrow_and_update());
+                    let tasks = levee_proxy::health::spawn_background(
+                        &state.backends,
+                        &state.config.backends,
+                    );
+                    drop(state);
+                    let stopping = tokio::select! {
+                        _ = stopped.wait_for(|s| *s) => true,
+                        changed = states.changed() => changed.is_err(),
+                    };
+                    for t in tasks {
+                        t.abort();
+                    }
+                    if stopping {
+                        return;
+                    }
+                }
             });
         })
         .context("cannot start the control thread")?;
-    Ok(Control { thread, stop })
+    Ok(Control {
+        thread,
+        state: state_tx,
+        stop,
+    })
 }
 
 /// Joins a thread without blocking the caller's runtime.

@@ -9,6 +9,8 @@ use levee::Levee;
 use levee_config::Config;
 use tracing::{info, warn};
 
+mod triggers;
+
 #[derive(Parser)]
 #[command(
     name = "levee",
@@ -148,14 +150,28 @@ fn run(path: PathBuf) -> anyhow::Result<()> {
     // A config error is printed as is: it already names file, line and key.
     let config = levee_config::load(&path).map_err(|e| anyhow::anyhow!("{e}"))?;
     // The data plane runs on its own worker threads; this runtime only
-    // starts levee and waits for a signal.
+    // starts levee, waits for signals and file changes, and reloads.
     let signals = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the signal runtime")?;
     signals.block_on(async {
-        let levee = Levee::start(config).await?;
-        wait_for_signal().await;
+        // Before anything else: SIGHUP's default action is to terminate.
+        let mut triggers = triggers::watch(&path, RELOAD_DEBOUNCE)?;
+        let mut levee = Levee::start(config).await?;
+        let stop = wait_for_signal();
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                () = &mut stop => break,
+                Some(trigger) = triggers.next() => {
+                    info!(?trigger, file = %path.display(), "reloading the config");
+                    // A refused reload is logged, counted and shown on
+                    // /status by `reload_file`; levee keeps serving.
+                    let _ = levee.reload_file(&path).await;
+                }
+            }
+        }
         info!("shutting down: no new connections, in-flight requests may finish");
         let left = levee.shutdown().await;
         if left > 0 {
@@ -167,6 +183,9 @@ fn run(path: PathBuf) -> anyhow::Result<()> {
         Ok(())
     })
 }
+
+/// How long the config file must stay quiet before a change is reloaded.
+const RELOAD_DEBOUNCE: std::time::Duration = std::time::Duration::from_millis(200);
 
 async fn wait_for_signal() {
     #[cfg(unix)]

@@ -145,47 +145,45 @@ fn node_table(topo: &Topology) {
         "backend", "node", "calls", "2xx", "5xx", "errors"
     );
     for b in &topo.backends {
-        for n in &b.nodes {
+        for node in &b.nodes {
+            let (n, view) = (&node.stats, &node.state);
+            let all = view.breakers();
             let o = &n.outcomes;
             let errors: u64 = ErrorReason::ALL
                 .iter()
                 .filter(|r| r.blames_node())
                 .map(|r| o.reason(*r))
                 .sum();
-            let breakers: Vec<String> = n
-                .breakers
+            let breakers: Vec<String> = all
                 .iter()
                 .filter(|br| {
-                    br.breaker.opened_total() > 0
-                        || br.breaker.state() != levee_resilience::BreakerState::Closed
+                    br.opened_total > 0 || br.state != levee_resilience::BreakerState::Closed
                 })
                 .map(|br| {
                     format!(
                         "{} breaker {} (opened {}x)",
-                        br.class,
-                        br.breaker.state(),
-                        br.breaker.opened_total()
+                        br.class, br.state, br.opened_total
                     )
                 })
                 .collect();
             let mut state = Vec::new();
-            if !n.health.is_healthy() {
+            if !view.healthy() {
                 state.push("unhealthy".to_owned());
             }
             state.extend(breakers);
-            let refused: u64 = n.breakers.iter().map(|br| br.ejections_refused()).sum();
+            let refused: u64 = all.iter().map(|br| br.ejections_refused).sum();
             if refused > 0 {
                 state.push(format!("kept in by max_ejected_percent ({refused}x)"));
             }
-            if n.slow_start.is_ramping() {
-                state.push(format!("ramping {:.0}%", n.slow_start.weight() * 100.0));
+            if view.ramping() {
+                state.push(format!("ramping {:.0}%", view.weight() * 100.0));
             }
             if n.is_anomalous() {
                 state.push("anomalous".to_owned());
             }
             println!(
                 "  {:<10} {:<22} {:>7} {:>6} {:>6} {:>6}  {}",
-                b.name,
+                b.stats.name,
                 n.addr,
                 o.total() + errors,
                 o.class(StatusClass::Success),

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use http::Method;
 use levee_resilience::BreakerState;
-use levee_telemetry::{BackendEvent, NodeStats};
+use levee_telemetry::{BackendEvent, NodeTopology};
 use levee_testkit::Behavior;
 use tokio::time::Instant;
 
@@ -115,7 +115,7 @@ fn internal_500(methods: Option<Vec<Method>>) -> Behavior {
 
 /// Time from now until the node's breaker for `class` first opens, if within `limit`.
 fn watch_ejection(
-    node: Arc<NodeStats>,
+    node: NodeTopology,
     class: usize,
     limit: Duration,
 ) -> tokio::task::JoinHandle<Option<Duration>> {
@@ -123,9 +123,10 @@ fn watch_ejection(
         let started = Instant::now();
         while started.elapsed() < limit {
             if node
-                .breakers
+                .state
+                .breakers()
                 .get(class)
-                .is_some_and(|b| b.breaker.state() != BreakerState::Closed)
+                .is_some_and(|b| b.state != BreakerState::Closed)
             {
                 return Some(started.elapsed());
             }
@@ -185,11 +186,11 @@ pub async fn bad_node(duration: Duration) -> anyhow::Result<()> {
     let levee = Levee::start(config(SIX_NODES, "demo:bad-node", &[&nodes])?).await?;
     let client = traffic::client();
     let b = base(&levee);
-    let bad_stats = Arc::clone(&levee.telemetry.topology().backends[0].nodes[5]);
+    let bad_node = levee.telemetry.topology().backends[0].nodes[5].clone();
     println!(
         "6 nodes; {bad} answers 500 to every request. Clients: 6 readers GET, 2 writers POST."
     );
-    let eject = watch_ejection(Arc::clone(&bad_stats), 0, duration);
+    let eject = watch_ejection(bad_node, 0, duration);
     let (reads, writes) = tokio::join!(
         traffic::drive(&client, Method::GET, format!("{b}/items"), 6, duration),
         traffic::drive(&client, Method::POST, format!("{b}/orders"), 2, duration),
@@ -218,9 +219,10 @@ pub async fn bad_node(duration: Duration) -> anyhow::Result<()> {
     );
     let levee = Levee::start(config(&cfg, "demo:bad-node-writes", &[&nodes])?).await?;
     let b = base(&levee);
-    let bad_stats = Arc::clone(&levee.telemetry.topology().backends[0].nodes[5]);
+    let bad_node = levee.telemetry.topology().backends[0].nodes[5].clone();
+    let bad_stats = Arc::clone(&bad_node.stats);
     let before = nodes[5].stats().requests;
-    let eject = watch_ejection(Arc::clone(&bad_stats), 1, duration);
+    let eject = watch_ejection(bad_node, 1, duration);
     let (writes, reads) = tokio::join!(
         traffic::drive(&client, Method::POST, format!("{b}/orders"), 6, duration),
         traffic::drive(&client, Method::GET, format!("{b}/items"), 2, duration),
@@ -278,7 +280,9 @@ pub async fn pool_lost(duration: Duration) -> anyhow::Result<()> {
     let to_secondary = after[3] - before[3];
     println!(
         "  after the return: {to_primary} requests to the primary, {to_secondary} still to the secondary while the primary ramped up (slow start 3s); failovers: {}",
-        levee.telemetry.topology().backends[0].events(BackendEvent::FailedOver)
+        levee.telemetry.topology().backends[0]
+            .stats
+            .events(BackendEvent::FailedOver)
     );
     node_table(&levee.telemetry.topology());
     shutdown(levee, vec![primary, secondary]).await;
@@ -358,18 +362,17 @@ pub async fn flapping(duration: Duration) -> anyhow::Result<()> {
                 .await;
         })
     };
-    let stats = Arc::clone(&levee.telemetry.topology().backends[0].nodes[3]);
+    let watched = levee.telemetry.topology().backends[0].nodes[3].clone();
     let periods = {
-        let stats = Arc::clone(&stats);
         tokio::spawn(async move {
             let mut periods = Vec::new();
             let mut seen = 0;
             let until = Instant::now() + run_for;
             while Instant::now() < until {
-                let b = &stats.breakers[0].breaker;
-                if b.opened_total() != seen {
-                    seen = b.opened_total();
-                    if let Some(r) = b.open_remaining() {
+                let b = &watched.state.breakers()[0];
+                if b.opened_total != seen {
+                    seen = b.opened_total;
+                    if let Some(r) = b.open_remaining {
                         periods.push(r);
                     }
                 }

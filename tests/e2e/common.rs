@@ -93,7 +93,11 @@ pub async fn eventually(limit: Duration, mut check: impl FnMut() -> bool) -> boo
 /// Slots held in every bulkhead of the live topology.
 pub fn slots_held(levee: &Levee) -> usize {
     let topo = levee.telemetry.topology();
-    let backends: usize = topo.backends.iter().map(|b| b.bulkhead.in_flight()).sum();
+    let backends: usize = topo
+        .backends
+        .iter()
+        .map(|b| b.stats.bulkhead.in_flight())
+        .sum();
     let routes: usize = topo
         .routes
         .iter()

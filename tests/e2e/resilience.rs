@@ -68,14 +68,14 @@ fn breaker_state(levee: &Levee, node: SocketAddr, class: &str) -> BreakerState {
     let n = topo.backends[0]
         .nodes
         .iter()
-        .find(|n| n.addr == node.to_string())
+        .find(|n| n.stats.addr == node.to_string())
         .expect("node in topology");
-    n.breakers
+    n.state
+        .breakers()
         .iter()
         .find(|b| b.class == class)
         .expect("class")
-        .breaker
-        .state()
+        .state
 }
 
 fn internal_500() -> Behavior {
@@ -188,9 +188,10 @@ async fn a_node_failing_only_writes_is_cut_out_for_writes_only() {
     let bad_stats = topo.backends[0]
         .nodes
         .iter()
-        .find(|n| n.addr == bad.to_string())
+        .find(|n| n.stats.addr == bad.to_string())
         .unwrap();
     let reads_served_by_bad = bad_stats
+        .stats
         .outcomes
         .class(levee_telemetry::StatusClass::Success);
     assert!(
@@ -325,7 +326,12 @@ async fn a_lost_pool_fails_over_and_ramps_back_when_it_returns() {
     );
     assert!(secondary[0].stats().requests > 90);
     let topo = levee.telemetry.topology();
-    assert!(topo.backends[0].events(levee_telemetry::BackendEvent::FailedOver) > 0);
+    assert!(
+        topo.backends[0]
+            .stats
+            .events(levee_telemetry::BackendEvent::FailedOver)
+            > 0
+    );
 
     for n in &primary {
         n.set_behavior(Behavior::Healthy { body_bytes: 8 })
@@ -433,13 +439,12 @@ async fn a_flapping_node_is_kept_out_longer_each_time() {
     );
     let levee = start_levee(&cfg, &[&addrs(&pool)]).await;
     let topo = levee.telemetry.topology();
-    let node = std::sync::Arc::clone(
-        topo.backends[0]
-            .nodes
-            .iter()
-            .find(|n| n.addr == flapper.to_string())
-            .unwrap(),
-    );
+    let node = topo.backends[0]
+        .nodes
+        .iter()
+        .find(|n| n.stats.addr == flapper.to_string())
+        .unwrap()
+        .clone();
     let flap = {
         let pool = std::sync::Arc::clone(&pool);
         tokio::spawn(async move {
@@ -456,16 +461,16 @@ async fn a_flapping_node_is_kept_out_longer_each_time() {
     };
     // Record how long each open period was set to when it began.
     let sampler = {
-        let node = std::sync::Arc::clone(&node);
+        let node = node.clone();
         tokio::spawn(async move {
             let mut periods = Vec::new();
             let mut seen = 0;
             for _ in 0..350 {
-                let b = &node.breakers[0].breaker;
-                let opened = b.opened_total();
+                let b = &node.state.breakers()[0];
+                let opened = b.opened_total;
                 if opened != seen {
                     seen = opened;
-                    if let Some(r) = b.open_remaining() {
+                    if let Some(r) = b.open_remaining {
                         periods.push(r);
                     }
                 }
@@ -517,10 +522,10 @@ async fn health_checks_take_a_node_out_and_bring_it_back() {
     );
     let levee = start_levee(&cfg, &[&addrs(&pool)]).await;
     let topo = levee.telemetry.topology();
-    let watched = std::sync::Arc::clone(&topo.backends[0].nodes[1]);
+    let watched = topo.backends[0].nodes[1].state.clone();
     pool[1].set_behavior(Behavior::Refuse).await.unwrap();
     assert!(
-        eventually(Duration::from_secs(3), || !watched.health.is_healthy()).await,
+        eventually(Duration::from_secs(3), || !watched.healthy()).await,
         "marked unhealthy"
     );
     let client = client();
@@ -545,10 +550,10 @@ async fn health_checks_take_a_node_out_and_bring_it_back() {
         .await
         .unwrap();
     assert!(
-        eventually(Duration::from_secs(3), || watched.health.is_healthy()).await,
+        eventually(Duration::from_secs(3), || watched.healthy()).await,
         "healthy again"
     );
-    assert!(watched.slow_start.is_ramping(), "it ramps back in");
+    assert!(watched.ramping(), "it ramps back in");
     levee.shutdown().await;
 }
 
@@ -575,7 +580,7 @@ async fn a_node_failing_a_fifth_of_requests_is_flagged_anomalous() {
     let levee = start_levee(&cfg, &[&addrs(&pool)]).await;
     let client = client();
     let topo = levee.telemetry.topology();
-    let watched = std::sync::Arc::clone(&topo.backends[0].nodes[5]);
+    let watched = std::sync::Arc::clone(&topo.backends[0].nodes[5].stats);
     let run = traffic::drive(
         &client,
         Method::GET,
@@ -617,7 +622,12 @@ async fn when_all_down_try_all_keeps_sending_and_fail_answers_503_at_once() {
     .await;
     assert_eq!(t.count("500"), t.total(), "{:?}", t.by_key);
     let topo = levee.telemetry.topology();
-    assert!(topo.backends[0].events(levee_telemetry::BackendEvent::AllDownTryAll) > 0);
+    assert!(
+        topo.backends[0]
+            .stats
+            .events(levee_telemetry::BackendEvent::AllDownTryAll)
+            > 0
+    );
     levee.shutdown().await;
 
     let levee = start_levee(RESILIENT, &[&addrs(&pool)]).await;
@@ -673,7 +683,12 @@ async fn refused_connections_are_retried_with_the_body_within_the_budget() {
         );
     }
     let topo = levee.telemetry.topology();
-    assert!(topo.backends[0].events(levee_telemetry::BackendEvent::Retry) >= 1);
+    assert!(
+        topo.backends[0]
+            .stats
+            .events(levee_telemetry::BackendEvent::Retry)
+            >= 1
+    );
     levee.shutdown().await;
 
     let no_budget = cfg.replace(
@@ -693,9 +708,16 @@ async fn refused_connections_are_retried_with_the_body_within_the_budget() {
         "without budget the refusal reaches the client"
     );
     let topo = levee.telemetry.topology();
-    assert!(topo.backends[0].events(levee_telemetry::BackendEvent::RetryBudgetExhausted) >= 1);
+    assert!(
+        topo.backends[0]
+            .stats
+            .events(levee_telemetry::BackendEvent::RetryBudgetExhausted)
+            >= 1
+    );
     assert_eq!(
-        topo.backends[0].events(levee_telemetry::BackendEvent::Retry),
+        topo.backends[0]
+            .stats
+            .events(levee_telemetry::BackendEvent::Retry),
         0
     );
     levee.shutdown().await;

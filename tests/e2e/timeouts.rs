@@ -120,7 +120,7 @@ async fn a_response_body_that_goes_silent_is_cut_and_charged_to_the_node() {
         started.elapsed()
     );
     let topo = levee.telemetry.topology();
-    let node_stats = &topo.backends[0].nodes[0];
+    let node_stats = &topo.backends[0].nodes[0].stats;
     assert!(
         eventually(Duration::from_secs(1), || node_stats
             .outcomes

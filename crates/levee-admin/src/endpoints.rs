@@ -9,7 +9,8 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use levee_resilience::{BreakerState, TransitionReason};
 use levee_telemetry::{
-    BackendEvent, ClassBreaker, ErrorReason, NodeStats, OutcomeCounters, StatusClass, Telemetry,
+    BackendEvent, BreakerView, ErrorReason, NodeStats, NodeView, OutcomeCounters, ReloadResult,
+    StatusClass, Telemetry,
 };
 use prometheus_client::registry::Registry;
 use serde_json::{json, Map, Value};
@@ -90,22 +91,22 @@ impl Endpoints {
         };
         for b in &topo.backends {
             let n = b.nodes.len();
-            let classes = b.nodes.first().map_or(0, |node| node.breakers.len()).max(1);
+            let breakers = b.nodes.first().map(|node| node.state.breakers());
+            let classes = breakers.as_ref().map_or(0, Vec::len).max(1);
             let per_class: Vec<String> = (0..classes)
                 .map(|c| {
-                    let usable = b.nodes.iter().filter(|node| node.usable(c)).count();
-                    let name = b
-                        .nodes
-                        .first()
-                        .and_then(|node| node.breakers.get(c))
+                    let usable = b.nodes.iter().filter(|node| node.state.usable(c)).count();
+                    let name = breakers
+                        .as_ref()
+                        .and_then(|br| br.get(c))
                         .map_or("all", |br| br.class.as_str());
                     format!("{name} {usable}/{n}")
                 })
                 .collect();
-            let usable = b.nodes.iter().filter(|node| node.usable(0)).count();
+            let usable = b.nodes.iter().filter(|node| node.state.usable(0)).count();
             body.push_str(&format!(
                 "backend {}: {usable}/{n} nodes usable ({})\n",
-                b.name,
+                b.stats.name,
                 per_class.join(", ")
             ));
         }
@@ -137,17 +138,18 @@ impl Endpoints {
                 let nodes: Vec<Value> = b
                     .nodes
                     .iter()
-                    .map(|n| {
-                        let breakers: Vec<Value> = n.breakers.iter().map(breaker_json).collect();
+                    .map(|node| {
+                        let (n, state) = (&node.stats, &node.state);
+                        let breakers = state.breakers();
                         json!({
                             "addr": n.addr,
-                            "state": node_state(n),
-                            "healthy": n.health.is_healthy(),
-                            "health_checked": n.health_checked,
-                            "weight": n.slow_start.weight(),
-                            "ramping": n.slow_start.is_ramping(),
+                            "state": node_state(n, &**state, &breakers),
+                            "healthy": state.healthy(),
+                            "health_checked": state.health_checked(),
+                            "weight": state.weight(),
+                            "ramping": state.ramping(),
                             "anomalous": n.is_anomalous(),
-                            "breakers": breakers,
+                            "breakers": breakers.iter().map(breaker_json).collect::<Vec<_>>(),
                             "in_flight": n.in_flight(),
                             "responses": by_class(&n.outcomes),
                             "errors": by_reason(&n.outcomes, |r| r.blames_node()),
@@ -155,6 +157,7 @@ impl Endpoints {
                         })
                     })
                     .collect();
+                let b = &b.stats;
                 let events: Map<String, Value> = BackendEvent::ALL
                     .iter()
                     .map(|e| (e.as_str().to_owned(), json!(b.events(*e))))
@@ -170,8 +173,21 @@ impl Endpoints {
                 })
             })
             .collect();
+        let config = t.config_status();
+        let config_json = json!({
+            "hash": config.hash,
+            "file": config.origin,
+            "loaded_at": rfc3339(config.loaded_at),
+            "restart_required": config.restart_required,
+            "reloads": { "success": t.reloads(ReloadResult::Success), "failure": t.reloads(ReloadResult::Failure) },
+            "last_reload_error": config.last_failure.as_ref().map(|f| json!({
+                "at": rfc3339(f.at),
+                "error": f.error,
+            })),
+        });
         let doc = json!({
             "config_version": topo.version,
+            "config": config_json,
             "ready": t.is_ready() && !t.is_draining(),
             "draining": t.is_draining(),
             "heartbeat_age_ms": t.heartbeat_age().map(|a| a.as_millis() as u64),
@@ -204,23 +220,16 @@ impl Endpoints {
 }
 
 /// One word for a node: what an operator wants to know first.
-fn node_state(n: &NodeStats) -> &'static str {
-    if !n.health.is_healthy() {
+fn node_state(n: &NodeStats, state: &dyn NodeView, breakers: &[BreakerView]) -> &'static str {
+    if !state.healthy() {
         "unhealthy"
-    } else if n
-        .breakers
-        .iter()
-        .any(|b| b.breaker.state() != BreakerState::Closed)
-    {
-        if n.breakers
-            .iter()
-            .all(|b| b.breaker.state() != BreakerState::Closed)
-        {
+    } else if breakers.iter().any(|b| b.state != BreakerState::Closed) {
+        if breakers.iter().all(|b| b.state != BreakerState::Closed) {
             "ejected"
         } else {
             "partly-ejected"
         }
-    } else if n.slow_start.is_ramping() {
+    } else if state.ramping() {
         "ramping"
     } else if n.is_anomalous() {
         "anomalous"
@@ -229,23 +238,27 @@ fn node_state(n: &NodeStats) -> &'static str {
     }
 }
 
-fn breaker_json(b: &ClassBreaker) -> Value {
-    let w = b.breaker.window();
+fn breaker_json(b: &BreakerView) -> Value {
+    let w = &b.window;
     let transitions: Map<String, Value> = TransitionReason::ALL
         .iter()
         .map(|r| (r.as_str().to_owned(), json!(b.transitions(*r))))
         .collect();
     json!({
         "class": b.class,
-        "state": b.breaker.state().as_str(),
-        "open_remaining_ms": b.breaker.open_remaining().map(|d| d.as_millis() as u64),
+        "state": b.state.as_str(),
+        "open_remaining_ms": b.open_remaining.map(|d| d.as_millis() as u64),
         "window": { "calls": w.calls, "failures": w.failures, "slow": w.slow,
                     "failure_rate": w.failure_rate(), "slow_rate": w.slow_rate() },
-        "consecutive_failures": b.breaker.consecutive_failures(),
-        "opened_total": b.breaker.opened_total(),
-        "ejections_refused": b.ejections_refused(),
+        "consecutive_failures": b.consecutive_failures,
+        "opened_total": b.opened_total,
+        "ejections_refused": b.ejections_refused,
         "transitions": transitions,
     })
+}
+
+fn rfc3339(t: std::time::SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
 }
 
 fn by_class(o: &OutcomeCounters) -> Value {

@@ -18,7 +18,7 @@ use levee_resilience::BulkheadPermit;
 use levee_telemetry::{ErrorReason, NodeStats, RouteStats};
 use tokio::time::{Instant, Sleep};
 
-use crate::connection::ActivityGuard;
+use crate::activity::ActivityGuard;
 
 /// The client's request body failed while levee forwarded it.
 #[derive(Debug, thiserror::Error)]

@@ -6,12 +6,13 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::header::{HeaderValue, HOST};
+use http::uri::Authority;
 use http::{Method, Request, Response, Uri, Version};
 use http_body::Body as _;
 use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 use levee_config::WhenAllDown;
-use levee_resilience::{BulkheadFull, CallOutcome, Deadline, DeadlineExceeded, Phase};
+use levee_resilience::{BulkheadFull, Deadline, DeadlineExceeded, Phase};
 use levee_telemetry::{BackendEvent, ErrorReason};
 use tokio::time::Instant;
 use tracing::debug;
@@ -19,8 +20,9 @@ use tracing::debug;
 use crate::body::{ClientBodyError, ProxyBody, RequestBody, RequestScope, UpstreamBody};
 use crate::error::ProxyError;
 use crate::headers::{self, X_REQUEST_ID};
+use crate::nodes::Outcome;
 use crate::state::{ProxyState, Route, Shared};
-use crate::upstream::{Backend, Node};
+use crate::upstream::Backend;
 
 /// Handles one client request; every outcome is a response. `worker` is
 /// the data-plane worker serving the connection; its node pools are used.
@@ -123,12 +125,12 @@ async fn forward(
                 "backend {} sheds {} requests at {} in flight",
                 backend.name,
                 route.priority,
-                backend.bulkhead.in_flight()
+                backend.bulkhead().in_flight()
             ),
         ));
     }
     let backend_slot = backend
-        .bulkhead
+        .bulkhead()
         .acquire(wait_until)
         .await
         .map_err(|e| full("backend", &backend.name, e))?;
@@ -148,7 +150,7 @@ async fn forward(
     let mut last_error = None;
     for attempt in 0..attempts {
         let last_attempt = attempt + 1 == attempts;
-        let Some(pick) = backend.select(
+        let Some(mut pick) = backend.nodes.pick(
             class,
             &tried[..attempt as usize],
             attempt == 0,
@@ -157,9 +159,7 @@ async fn forward(
             break;
         };
         tried[attempt as usize] = pick.index;
-        let node = &backend.nodes[pick.index];
-        let probe = ProbeGuard::new(node, class, pick.probe);
-        let node_in_flight = node.stats.enter();
+        let node_in_flight = pick.node.enter();
         let headers = if last_attempt {
             std::mem::take(&mut parts.headers)
         } else {
@@ -167,38 +167,34 @@ async fn forward(
         };
         let mut upstream_req = Request::new(outgoing.body(backend.body_idle_timeout));
         *upstream_req.method_mut() = parts.method.clone();
-        *upstream_req.uri_mut() = node_uri(&parts.uri, node)?;
+        *upstream_req.uri_mut() = node_uri(&parts.uri, &pick.node.authority)?;
         *upstream_req.version_mut() = Version::HTTP_11;
         *upstream_req.headers_mut() = headers;
 
         let sent = Instant::now();
         let result = deadline
-            .run(Phase::Headers, backend.client(worker).request(upstream_req))
+            .run(
+                Phase::Headers,
+                pick.node.client(worker).request(upstream_req),
+            )
             .await;
         let elapsed = sent.elapsed();
         let error = match result {
             Ok(Ok(resp)) => {
                 let status = resp.status().as_u16();
-                let failed = backend.is_failure_status(status);
-                probe.recorded();
-                backend.record(
-                    pick.index,
-                    class,
-                    pick.probe,
-                    CallOutcome {
-                        failed,
-                        elapsed,
-                        unreachable: false,
-                    },
-                );
-                node.stats.latency.observe(elapsed);
-                node.stats.outcomes.record_status(status);
+                let failed = backend
+                    .nodes
+                    .record(&mut pick, elapsed, Outcome::Status(status));
                 // Never give up an answer unless another node can be asked.
                 let retry = failed
                     && idempotent
                     && !last_attempt
                     && backend.retry.on_statuses.contains(&status)
-                    && backend.has_alternative(class, &tried[..=attempt as usize], ignore_state)
+                    && backend.nodes.has_alternative(
+                        class,
+                        &tried[..=attempt as usize],
+                        ignore_state,
+                    )
                     && retry_allowed(&backend, &deadline, attempt).await;
                 if retry {
                     continue;
@@ -209,7 +205,7 @@ async fn forward(
                     route_slot,
                     backend_slot,
                     node_in_flight,
-                    node: Arc::clone(&node.stats),
+                    node: Arc::clone(&pick.node.stats),
                     route: Arc::clone(&route.stats),
                 };
                 let body = UpstreamBody::new(body, backend.body_idle_timeout, scope);
@@ -218,22 +214,13 @@ async fn forward(
             Ok(Err(e)) => classify(&e),
             Err(DeadlineExceeded { phase, after }) => ProxyError::new(
                 ErrorReason::Deadline,
-                format!("no {phase} from {} within {after:?}", node.addr),
+                format!("no {phase} from {} within {after:?}", pick.node.addr),
             ),
         };
         if error.reason.blames_node() {
-            node.stats.outcomes.record_error(error.reason);
-            probe.recorded();
-            backend.record(
-                pick.index,
-                class,
-                pick.probe,
-                CallOutcome {
-                    failed: true,
-                    elapsed,
-                    unreachable: error.reason == ErrorReason::UpstreamConnect,
-                },
-            );
+            backend
+                .nodes
+                .record(&mut pick, elapsed, Outcome::Failed(error.reason));
         }
         // Retry only where it is safe: any method if the request never reached
         // the node, idempotent ones also after a reset or a bad response.
@@ -244,7 +231,9 @@ async fn forward(
         };
         if !safe
             || last_attempt
-            || !backend.has_alternative(class, &tried[..=attempt as usize], ignore_state)
+            || !backend
+                .nodes
+                .has_alternative(class, &tried[..=attempt as usize], ignore_state)
             || !retry_allowed(&backend, &deadline, attempt).await
         {
             return Err(error);
@@ -273,11 +262,11 @@ fn choose_backend(
         primary
             .failover
             .and_then(|i| state.backends.get(i))
-            .filter(|fb| fb.has_usable(class))
+            .filter(|fb| fb.nodes.any_usable(class))
             .map(Arc::clone)
     };
-    if primary.has_usable(class) {
-        let share = primary.pool_admission(class);
+    if primary.nodes.any_usable(class) {
+        let share = primary.nodes.pool_admission(class);
         if share >= 1.0 || levee_resilience::admit_share(share) {
             return Ok((Arc::clone(primary), false));
         }
@@ -426,50 +415,18 @@ impl Outgoing {
     }
 }
 
-/// Gives a half-open trial slot back if its call never reports an outcome
-/// (for example because the client went away mid-request).
-struct ProbeGuard<'a> {
-    node: &'a Node,
-    class: usize,
-    armed: std::cell::Cell<bool>,
-}
-
-impl<'a> ProbeGuard<'a> {
-    fn new(node: &'a Node, class: usize, probe: bool) -> Self {
-        Self {
-            node,
-            class,
-            armed: std::cell::Cell::new(probe),
-        }
-    }
-
-    fn recorded(&self) {
-        self.armed.set(false);
-    }
-}
-
-impl Drop for ProbeGuard<'_> {
-    fn drop(&mut self) {
-        if self.armed.get() {
-            if let Some(b) = self.node.stats.breakers.get(self.class) {
-                b.breaker.cancel_probe();
-            }
-        }
-    }
-}
-
 fn full(kind: &str, name: &str, e: BulkheadFull) -> ProxyError {
     ProxyError::new(ErrorReason::BulkheadFull, format!("{kind} {name}: {e}"))
 }
 
-fn node_uri(uri: &Uri, node: &Node) -> Result<Uri, ProxyError> {
+fn node_uri(uri: &Uri, authority: &Authority) -> Result<Uri, ProxyError> {
     let pq = uri
         .path_and_query()
         .cloned()
         .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
     Uri::builder()
         .scheme("http")
-        .authority(node.authority.clone())
+        .authority(authority.clone())
         .path_and_query(pq)
         .build()
         .map_err(|e| ProxyError::new(ErrorReason::BadRequest, format!("bad request target: {e}")))

@@ -1,4 +1,4 @@
-//! Active health checks and the drift watch, on their own tasks.
+//! Active health checks and the per-backend watch, on their own tasks.
 //!
 //! Checks never take a data-plane bulkhead slot and use their own
 //! connections, so a saturated backend cannot hide a dead node and a check
@@ -21,10 +21,13 @@ use levee_telemetry::{ErrorReason, StatusClass};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
+use crate::nodes::Node;
 use crate::upstream::Backend;
 
 /// Starts the background work of a config version: health checks for the
-/// backends that have them, and a drift watch per backend.
+/// backends that have them, and a watch per backend (drift, all-down).
+/// A reload aborts these tasks and starts those of the new version; the
+/// health state itself lives in the nodes and carries over.
 pub fn spawn_background(
     backends: &[Arc<Backend>],
     configs: &[levee_config::BackendConfig],
@@ -34,7 +37,7 @@ pub fn spawn_background(
         if let Some(check) = &cfg.health_check {
             tasks.extend(spawn_checks(backend, check));
         }
-        tasks.push(spawn_drift_watch(backend));
+        tasks.push(spawn_watch(backend));
     }
     tasks
 }
@@ -47,40 +50,41 @@ pub fn spawn_checks(backend: &Arc<Backend>, cfg: &HealthCheckConfig) -> Vec<Join
     let client: Client<HttpConnector, Empty<Bytes>> = Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(1)
         .build(connector);
-    (0..backend.nodes.len())
-        .map(|i| {
-            let backend = Arc::clone(backend);
+    backend
+        .nodes
+        .nodes()
+        .iter()
+        .map(|node| {
+            let node = Arc::clone(node);
+            let name = backend.name.clone();
             let cfg = cfg.clone();
             let client = client.clone();
-            tokio::spawn(async move { check_node(backend, i, cfg, client).await })
+            tokio::spawn(async move { check_node(name, node, cfg, client).await })
         })
         .collect()
 }
 
 async fn check_node(
-    backend: Arc<Backend>,
-    index: usize,
+    backend: String,
+    node: Arc<Node>,
     cfg: HealthCheckConfig,
     client: Client<HttpConnector, Empty<Bytes>>,
 ) {
-    let Some(node) = backend.nodes.get(index) else {
-        return;
-    };
     let uri: Option<Uri> = format!("http://{}{}", node.addr, cfg.path).parse().ok();
     let Some(uri) = uri else {
-        warn!(backend = %backend.name, node = %node.addr, path = %cfg.path, "health check path does not form a URI");
+        warn!(%backend, node = %node.addr, path = %cfg.path, "health check path does not form a URI");
         return;
     };
     // Spread the first checks so a large pool is not probed all at once.
     tokio::time::sleep(jittered(cfg.interval, 1.0) / 2).await;
     loop {
         let ok = probe(&client, &uri, &cfg).await;
-        if let Some(t) = node.stats.health.record(ok) {
+        if let Some(t) = node.health().record(ok) {
             if t.healthy {
-                node.stats.slow_start.begin();
-                info!(backend = %backend.name, node = %node.addr, passed = t.after, "node passes its health checks again; ramping back in");
+                node.slow_start().begin();
+                info!(%backend, node = %node.addr, passed = t.after, "node passes its health checks again; ramping back in");
             } else {
-                warn!(backend = %backend.name, node = %node.addr, failed = t.after, "node failed its health checks; out of rotation");
+                warn!(%backend, node = %node.addr, failed = t.after, "node failed its health checks; out of rotation");
             }
         }
         tokio::time::sleep(jittered(cfg.interval, cfg.jitter)).await;
@@ -110,19 +114,38 @@ async fn probe(
     )
 }
 
-/// Ticks a drift detector once a second with each node's counters and flags
-/// nodes that stand apart from their peers.
-pub fn spawn_drift_watch(backend: &Arc<Backend>) -> JoinHandle<()> {
+/// Once a second: ticks a drift detector with each node's counters and
+/// flags nodes that stand apart from their peers, and logs when the
+/// backend loses (or regains) every node of a traffic class.
+pub fn spawn_watch(backend: &Arc<Backend>) -> JoinHandle<()> {
     let backend = Arc::clone(backend);
     tokio::spawn(async move {
-        let mut detector = DriftDetector::new(DriftConfig::default(), backend.nodes.len());
+        let nodes = backend.nodes.nodes();
+        let mut detector = DriftDetector::new(DriftConfig::default(), nodes.len());
+        let classes = nodes.first().map_or(0, |n| n.breakers().len());
+        let mut all_down = vec![false; classes];
         let mut ticker = tokio::time::interval(Duration::from_secs(1));
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             ticker.tick().await;
-            let samples: Vec<NodeSample> = backend.nodes.iter().map(|n| sample(&n.stats)).collect();
+            for (class, was_down) in all_down.iter_mut().enumerate() {
+                let down = !backend.nodes.any_usable(class);
+                if down != *was_down {
+                    *was_down = down;
+                    let class = nodes
+                        .first()
+                        .and_then(|n| n.breaker(class))
+                        .map_or("", |b| b.class.as_str());
+                    if down {
+                        warn!(backend = %backend.name, class, when_all_down = %backend.when_all_down, "every node of the backend is out");
+                    } else {
+                        info!(backend = %backend.name, class, "backend has usable nodes again");
+                    }
+                }
+            }
+            let samples: Vec<NodeSample> = nodes.iter().map(|n| sample(&n.stats)).collect();
             for change in detector.tick(&samples) {
-                let Some(node) = backend.nodes.get(change.node) else {
+                let Some(node) = nodes.get(change.node) else {
                     continue;
                 };
                 node.stats.set_anomalous(change.anomalous);

@@ -21,17 +21,20 @@
 //!     slots, in-flight gauges and the connection's activity are released when the body ends or is dropped
 //! ```
 
+pub mod activity;
 pub mod balancer;
 pub mod body;
+pub mod classes;
 pub mod connection;
 pub mod error;
 pub mod forward;
 pub mod headers;
 pub mod health;
+pub mod nodes;
 pub mod routing;
 pub mod server;
 pub mod state;
 pub mod upstream;
 
-pub use server::{bind_shared, shutdown_channel, ProxyServer, ServerHandle};
+pub use server::{bind_workers, shutdown_channel, ProxyServer, ServerHandle};
 pub use state::{ProxyState, Shared};

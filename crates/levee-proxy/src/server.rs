@@ -3,7 +3,9 @@
 //! Connections beyond `max_connections` are not accepted: they wait in the
 //! kernel's backlog, not in levee's memory. Shutdown stops accepting, asks
 //! every connection to finish its in-flight requests, and waits for them up
-//! to `shutdown_grace`.
+//! to `shutdown_grace`. A reload that changes `server.listen` hands each
+//! worker a listener already bound on the new address; settings of new
+//! connections follow the live config.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -11,8 +13,9 @@ use std::time::Duration;
 
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
+use levee_config::ServerConfig;
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{mpsc, watch, Semaphore};
 use tracing::{info, warn};
 
 use crate::connection;
@@ -24,6 +27,8 @@ pub struct ProxyServer {
     shared: Arc<Shared>,
     worker: usize,
     max_connections: usize,
+    /// New listeners from a reload that changed `server.listen`.
+    rebind: mpsc::UnboundedReceiver<std::net::TcpListener>,
 }
 
 /// Asks a running server to drain and stop.
@@ -38,21 +43,55 @@ impl ServerHandle {
     }
 }
 
+/// The connection settings of one config version, rebuilt only when a
+/// reload changes them.
+struct ConnSettings {
+    server: ServerConfig,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+}
+
+impl ConnSettings {
+    fn of(server: &ServerConfig) -> Self {
+        Self {
+            server: server.clone(),
+            builder: Arc::new(http_builder(
+                server.header_read_timeout,
+                server.max_header_bytes,
+            )),
+        }
+    }
+
+    /// Follows the live config: new connections get its settings.
+    fn refresh(&mut self, shared: &Shared) {
+        let state = shared.state();
+        let live = &state.config.server;
+        if live.header_read_timeout != self.server.header_read_timeout
+            || live.max_header_bytes != self.server.max_header_bytes
+            || live.idle_timeout != self.server.idle_timeout
+            || live.shutdown_grace != self.server.shutdown_grace
+        {
+            *self = Self::of(live);
+        }
+    }
+}
+
 impl ProxyServer {
     /// `worker` indexes this worker's node pools; `max_connections` is its
-    /// share of the server's limit.
+    /// share of the server's limit. Call it on the runtime that will run it.
     pub fn new(
-        listener: TcpListener,
+        listener: std::net::TcpListener,
         shared: Arc<Shared>,
         worker: usize,
         max_connections: usize,
-    ) -> Self {
-        Self {
-            listener,
+        rebind: mpsc::UnboundedReceiver<std::net::TcpListener>,
+    ) -> std::io::Result<Self> {
+        Ok(Self {
+            listener: TcpListener::from_std(listener)?,
             shared,
             worker,
             max_connections,
-        }
+            rebind,
+        })
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -61,14 +100,8 @@ impl ProxyServer {
 
     /// Runs until `handle.shutdown()`, then drains. Returns how many
     /// connections were still open when the grace period ended.
-    pub async fn run(self, handle_rx: watch::Receiver<bool>) -> usize {
-        let state = self.shared.state();
-        let server_cfg = state.config.server.clone();
-        drop(state);
-        let builder = Arc::new(http_builder(
-            server_cfg.header_read_timeout,
-            server_cfg.max_header_bytes,
-        ));
+    pub async fn run(mut self, handle_rx: watch::Receiver<bool>) -> usize {
+        let mut settings = ConnSettings::of(&self.shared.state().config.server);
         let max = self.max_connections.clamp(1, Semaphore::MAX_PERMITS);
         let slots = Arc::new(Semaphore::new(max));
         let telemetry = Arc::clone(&self.shared.telemetry);
@@ -80,6 +113,7 @@ impl ProxyServer {
                     Ok(slot) => slot,
                     Err(_) => break,
                 },
+                Some(l) = self.rebind.recv() => { self.switch(l); continue; }
                 _ = stop.changed() => break,
             };
             let (stream, peer) = tokio::select! {
@@ -92,15 +126,17 @@ impl ProxyServer {
                         continue;
                     }
                 },
+                Some(l) = self.rebind.recv() => { self.switch(l); continue; }
                 _ = stop.changed() => break,
             };
             let _ = stream.set_nodelay(true);
             telemetry.connection_opened();
-            let builder = Arc::clone(&builder);
+            settings.refresh(&self.shared);
+            let builder = Arc::clone(&settings.builder);
             let shared = Arc::clone(&self.shared);
             let telemetry = Arc::clone(&telemetry);
             let shutdown = handle_rx.clone();
-            let idle = server_cfg.idle_timeout;
+            let idle = settings.server.idle_timeout;
             tokio::spawn(async move {
                 connection::serve(builder, shared, worker, stream, peer, idle, shutdown).await;
                 telemetry.connection_closed();
@@ -108,32 +144,60 @@ impl ProxyServer {
             });
         }
         drop(self.listener);
+        settings.refresh(&self.shared);
+        let grace = settings.server.shutdown_grace;
         let open = max - slots.available_permits();
-        info!(worker, open_connections = open, grace = ?server_cfg.shutdown_grace, "draining");
+        info!(worker, open_connections = open, ?grace, "draining");
         let all = u32::try_from(max).unwrap_or(u32::MAX);
-        let drained =
-            tokio::time::timeout(server_cfg.shutdown_grace, slots.acquire_many(all)).await;
+        let drained = tokio::time::timeout(grace, slots.acquire_many(all)).await;
         match drained {
             Ok(_) => 0,
             Err(_) => max - slots.available_permits(),
         }
     }
+
+    /// Serves a new listener from now on; the old one closes (the new one
+    /// was bound before, so the address change drops no accepted client).
+    fn switch(&mut self, listener: std::net::TcpListener) {
+        match TcpListener::from_std(listener) {
+            Ok(l) => {
+                info!(worker = self.worker, addr = ?l.local_addr().ok(), "serving the new listen address");
+                self.listener = l;
+            }
+            Err(e) => {
+                warn!(worker = self.worker, error = %e, "cannot serve the new listener; keeping the old one")
+            }
+        }
+    }
 }
 
-/// Binds `addr` with `SO_REUSEPORT`, so every worker can have its own
-/// listener (and accept queue) on the same address. Call it on the runtime
-/// that will serve the listener.
-pub fn bind_shared(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let socket = if addr.is_ipv4() {
-        tokio::net::TcpSocket::new_v4()?
-    } else {
-        tokio::net::TcpSocket::new_v6()?
-    };
-    socket.set_reuseaddr(true)?;
+/// Binds one listener per worker on `addr` with `SO_REUSEPORT`, so each
+/// worker has its own accept queue on the same address. Port 0 is resolved
+/// by the first bind; the others share its port. Plain sockets, so they can
+/// be bound anywhere and handed to the runtime that will serve them.
+pub fn bind_workers(
+    addr: SocketAddr,
+    workers: usize,
+) -> std::io::Result<Vec<std::net::TcpListener>> {
+    let first = bind_one(addr)?;
+    let bound = first.local_addr()?;
+    let mut all = vec![first];
+    for _ in 1..workers.max(1) {
+        all.push(bind_one(bound)?);
+    }
+    Ok(all)
+}
+
+fn bind_one(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
     #[cfg(unix)]
-    socket.set_reuseport(true)?;
-    socket.bind(addr)?;
-    socket.listen(1024)
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    Ok(socket.into())
 }
 
 /// A shutdown handle and the receiver a server runs with.

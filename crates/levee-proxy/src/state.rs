@@ -10,8 +10,9 @@ use levee_config::{Config, Priority, RouteConfig};
 use levee_resilience::Bulkhead;
 use levee_telemetry::{RouteStats, Telemetry, Topology};
 
+use crate::classes::ClassTable;
 use crate::routing::{first_match, RouteMatch};
-use crate::upstream::{Backend, ClassTable};
+use crate::upstream::Backend;
 
 /// A route with its own bulkhead and deadline.
 #[derive(Debug)]
@@ -47,8 +48,12 @@ pub struct ProxyState {
 
 impl ProxyState {
     /// Builds every route, backend and pool of `config` for `workers`
-    /// data-plane workers.
-    pub fn build(config: Arc<Config>, workers: usize) -> Self {
+    /// data-plane workers. With `previous` (the state being replaced by a
+    /// reload), what belongs to a route, backend or node that stays is
+    /// carried over: bulkheads (resized), counters, retry budgets, and each
+    /// node's breakers, health, slow start, load estimate and idle
+    /// connections.
+    pub fn build(config: Arc<Config>, workers: usize, previous: Option<&ProxyState>) -> Self {
         let classes = ClassTable::new(
             config
                 .routes
@@ -58,18 +63,24 @@ impl ProxyState {
         let backends: Vec<Arc<Backend>> = config
             .backends
             .iter()
-            .map(|b| Arc::new(Backend::new(b, &classes, workers)))
+            .map(|b| {
+                let old = previous.and_then(|p| p.backends.iter().find(|o| o.name == b.name));
+                Arc::new(Backend::build(b, &classes, workers, old.map(|o| &**o)))
+            })
             .collect();
         let routes: Vec<Route> = config
             .routes
             .iter()
-            .filter_map(|r| route(r, &backends, &classes))
+            .filter_map(|r| {
+                let old = previous.and_then(|p| p.routes.iter().find(|o| o.name == r.name));
+                route(r, &backends, &classes, old)
+            })
             .collect();
         let topology = Topology {
             version: config.version.clone(),
             routes: routes.iter().map(|r| Arc::clone(&r.stats)).collect(),
-            backends: backends.iter().map(|b| Arc::clone(&b.stats)).collect(),
-            unrouted: Default::default(),
+            backends: backends.iter().map(|b| b.topology()).collect(),
+            unrouted: previous.map_or_else(Default::default, |p| Arc::clone(&p.topology.unrouted)),
         };
         Self {
             config,
@@ -87,13 +98,35 @@ impl ProxyState {
     }
 }
 
-fn route(cfg: &RouteConfig, backends: &[Arc<Backend>], classes: &ClassTable) -> Option<Route> {
+/// Builds a route; `old` is the route of the same name being replaced,
+/// whose bulkhead (resized) and counters carry over while it keeps its
+/// backend and keeps having a bulkhead.
+fn route(
+    cfg: &RouteConfig,
+    backends: &[Arc<Backend>],
+    classes: &ClassTable,
+    old: Option<&Route>,
+) -> Option<Route> {
     // The config has already checked that the backend exists.
     let backend = Arc::clone(backends.get(cfg.backend_index)?);
-    let bulkhead = cfg
-        .max_in_flight
-        .map(|max| Arc::new(Bulkhead::new(max, cfg.max_queue)));
-    let stats = Arc::new(RouteStats::new(&cfg.name, &backend.name, bulkhead.clone()));
+    let kept = old.filter(|o| {
+        o.stats.backend == backend.name && o.bulkhead.is_some() == cfg.max_in_flight.is_some()
+    });
+    let (bulkhead, stats) = match kept {
+        Some(o) => {
+            if let (Some(b), Some(max)) = (&o.bulkhead, cfg.max_in_flight) {
+                b.resize(max, cfg.max_queue);
+            }
+            (o.bulkhead.clone(), Arc::clone(&o.stats))
+        }
+        None => {
+            let bulkhead = cfg
+                .max_in_flight
+                .map(|max| Arc::new(Bulkhead::new(max, cfg.max_queue)));
+            let stats = Arc::new(RouteStats::new(&cfg.name, &backend.name, bulkhead.clone()));
+            (bulkhead, stats)
+        }
+    };
     Some(Route {
         name: cfg.name.clone(),
         matcher: RouteMatch {
@@ -119,10 +152,10 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new(state: ProxyState, telemetry: Arc<Telemetry>) -> Self {
+    pub fn new(state: Arc<ProxyState>, telemetry: Arc<Telemetry>) -> Self {
         telemetry.publish(Arc::clone(&state.topology));
         Self {
-            state: ArcSwap::from_pointee(state),
+            state: ArcSwap::new(state),
             telemetry,
         }
     }
@@ -131,9 +164,15 @@ impl Shared {
         self.state.load()
     }
 
-    /// Publishes a new config version; requests in flight keep the old one.
-    pub fn swap(&self, state: ProxyState) {
+    /// The live state, owned (for building the next one from it).
+    pub fn current(&self) -> Arc<ProxyState> {
+        self.state.load_full()
+    }
+
+    /// Publishes a new config version; requests in flight keep the one
+    /// they started with.
+    pub fn swap(&self, state: Arc<ProxyState>) {
         self.telemetry.publish(Arc::clone(&state.topology));
-        self.state.store(Arc::new(state));
+        self.state.store(state);
     }
 }

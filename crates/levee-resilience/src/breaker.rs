@@ -232,6 +232,14 @@ impl EjectionBudget {
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
     }
 
+    /// The budget for a resized backend (a reload): ejections in force
+    /// still count against it.
+    pub fn resized(&self, nodes: usize, percent: u8) -> Self {
+        let next = Self::new(nodes, percent);
+        next.ejected.store(self.ejected(), Ordering::Release);
+        next
+    }
+
     pub fn ejected(&self) -> u32 {
         self.ejected.load(Ordering::Acquire)
     }

@@ -9,7 +9,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError};
+use tokio::sync::{Semaphore, TryAcquireError};
 use tokio::time::{timeout_at, Instant};
 
 /// Why a bulkhead refused a request.
@@ -26,19 +26,47 @@ pub enum BulkheadFull {
     QueueTimeout { max_in_flight: usize },
 }
 
-/// Bounded concurrency plus a bounded, timed queue.
+/// Bounded concurrency plus a bounded, timed queue, resizable while in use
+/// (a config reload changes the limits of a live bulkhead).
 #[derive(Debug)]
 pub struct Bulkhead {
-    slots: Arc<Semaphore>,
-    max_in_flight: usize,
-    max_queue: usize,
+    slots: Arc<Slots>,
+    max_queue: AtomicUsize,
     queued: AtomicUsize,
+}
+
+/// The semaphore and the limit it stands for. After a shrink, `debt` slots
+/// are still held by requests above the new limit; they are retired as those
+/// requests end instead of being given back.
+#[derive(Debug)]
+struct Slots {
+    sem: Semaphore,
+    max: AtomicUsize,
+    debt: AtomicUsize,
+}
+
+impl Slots {
+    fn release(&self) {
+        let repaid = self
+            .debt
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |d| d.checked_sub(1))
+            .is_ok();
+        if !repaid {
+            self.sem.add_permits(1);
+        }
+    }
 }
 
 /// A held slot; dropping it frees the slot.
 #[derive(Debug)]
 pub struct BulkheadPermit {
-    _slot: OwnedSemaphorePermit,
+    slots: Arc<Slots>,
+}
+
+impl Drop for BulkheadPermit {
+    fn drop(&mut self) {
+        self.slots.release();
+    }
 }
 
 impl Bulkhead {
@@ -47,37 +75,78 @@ impl Bulkhead {
     pub fn new(max_in_flight: usize, max_queue: usize) -> Self {
         let max_in_flight = max_in_flight.clamp(1, Semaphore::MAX_PERMITS);
         Self {
-            slots: Arc::new(Semaphore::new(max_in_flight)),
-            max_in_flight,
-            max_queue,
+            slots: Arc::new(Slots {
+                sem: Semaphore::new(max_in_flight),
+                max: AtomicUsize::new(max_in_flight),
+                debt: AtomicUsize::new(0),
+            }),
+            max_queue: AtomicUsize::new(max_queue),
             queued: AtomicUsize::new(0),
         }
     }
 
     /// Takes a slot, waiting in the queue no later than `wait_until`.
     pub async fn acquire(&self, wait_until: Instant) -> Result<BulkheadPermit, BulkheadFull> {
-        match Arc::clone(&self.slots).try_acquire_owned() {
-            Ok(slot) => return Ok(BulkheadPermit { _slot: slot }),
+        match self.slots.sem.try_acquire() {
+            Ok(slot) => return Ok(self.held(slot)),
             Err(TryAcquireError::NoPermits) => {}
             Err(TryAcquireError::Closed) => return Err(self.queue_full()),
         }
-        if self.queued.fetch_add(1, Ordering::AcqRel) >= self.max_queue {
+        if self.queued.fetch_add(1, Ordering::AcqRel) >= self.max_queue() {
             self.queued.fetch_sub(1, Ordering::AcqRel);
             return Err(self.queue_full());
         }
         let _in_queue = QueuedGuard(&self.queued);
-        match timeout_at(wait_until, Arc::clone(&self.slots).acquire_owned()).await {
-            Ok(Ok(slot)) => Ok(BulkheadPermit { _slot: slot }),
+        match timeout_at(wait_until, self.slots.sem.acquire()).await {
+            Ok(Ok(slot)) => Ok(self.held(slot)),
             Ok(Err(_closed)) => Err(self.queue_full()),
             Err(_elapsed) => Err(BulkheadFull::QueueTimeout {
-                max_in_flight: self.max_in_flight,
+                max_in_flight: self.max_in_flight(),
             }),
+        }
+    }
+
+    /// Turns a semaphore permit into an owned slot that releases through
+    /// [`Slots::release`] (so a shrink can retire it).
+    fn held(&self, slot: tokio::sync::SemaphorePermit<'_>) -> BulkheadPermit {
+        slot.forget();
+        BulkheadPermit {
+            slots: Arc::clone(&self.slots),
+        }
+    }
+
+    /// Applies new limits now. Requests in flight keep their slots and count
+    /// against the new limit: after a shrink, new requests wait until the
+    /// in-flight count is below it.
+    pub fn resize(&self, max_in_flight: usize, max_queue: usize) {
+        let new = max_in_flight.clamp(1, Semaphore::MAX_PERMITS);
+        self.max_queue.store(max_queue, Ordering::Release);
+        let old = self.slots.max.swap(new, Ordering::AcqRel);
+        if new > old {
+            // Cancel debt first: those slots are still held and now fit.
+            let mut grow = new - old;
+            let _ = self
+                .slots
+                .debt
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |d| {
+                    let cancel = d.min(new - old);
+                    grow = new - old - cancel;
+                    Some(d - cancel)
+                });
+            self.slots.sem.add_permits(grow);
+        } else if new < old {
+            let shrink = old - new;
+            let forgotten = self.slots.sem.forget_permits(shrink);
+            self.slots
+                .debt
+                .fetch_add(shrink - forgotten, Ordering::AcqRel);
         }
     }
 
     /// Slots taken right now.
     pub fn in_flight(&self) -> usize {
-        self.max_in_flight - self.slots.available_permits().min(self.max_in_flight)
+        let held = self.max_in_flight() + self.slots.debt.load(Ordering::Acquire);
+        held.saturating_sub(self.slots.sem.available_permits())
     }
 
     /// Requests waiting for a slot right now.
@@ -86,17 +155,17 @@ impl Bulkhead {
     }
 
     pub fn max_in_flight(&self) -> usize {
-        self.max_in_flight
+        self.slots.max.load(Ordering::Acquire)
     }
 
     pub fn max_queue(&self) -> usize {
-        self.max_queue
+        self.max_queue.load(Ordering::Acquire)
     }
 
     fn queue_full(&self) -> BulkheadFull {
         BulkheadFull::QueueFull {
-            max_in_flight: self.max_in_flight,
-            max_queue: self.max_queue,
+            max_in_flight: self.max_in_flight(),
+            max_queue: self.max_queue(),
         }
     }
 }
@@ -176,6 +245,68 @@ mod tests {
         waiter.abort();
         let _ = waiter.await;
         assert_eq!(b.queued(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn growing_admits_more_at_once_and_wakes_a_waiter() {
+        let b = Arc::new(Bulkhead::new(1, 4));
+        let _held = b.acquire(soon(10)).await.unwrap();
+        let waiter = {
+            let b = Arc::clone(&b);
+            tokio::spawn(async move { b.acquire(soon(1_000)).await.map(|_| ()) })
+        };
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert_eq!(b.queued(), 1);
+        b.resize(3, 4);
+        waiter.await.unwrap().unwrap();
+        let _p2 = b.acquire(soon(10)).await.unwrap();
+        let _p3 = b.acquire(soon(10)).await.unwrap();
+        assert_eq!(b.in_flight(), 3);
+        assert_eq!(b.max_in_flight(), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shrinking_below_in_flight_keeps_them_and_retires_their_slots() {
+        let b = Bulkhead::new(4, 0);
+        let held: Vec<_> = futures_join(&b, 4).await;
+        b.resize(2, 0);
+        assert_eq!(b.in_flight(), 4, "in-flight requests keep their slots");
+        assert_eq!(b.max_in_flight(), 2);
+        let mut held = held.into_iter();
+        drop(held.next());
+        drop(held.next());
+        assert_eq!(b.in_flight(), 2);
+        assert!(b.acquire(soon(10)).await.is_err(), "still at the new limit");
+        drop(held.next());
+        assert_eq!(b.in_flight(), 1);
+        let again = b.acquire(soon(10)).await.unwrap();
+        assert!(
+            b.acquire(soon(10)).await.is_err(),
+            "never above the new limit"
+        );
+        drop(again);
+        drop(held.next());
+        assert_eq!(b.in_flight(), 0);
+        // Growing back while debt is outstanding never over-admits.
+        let a = b.acquire(soon(10)).await.unwrap();
+        let c = b.acquire(soon(10)).await.unwrap();
+        b.resize(1, 0);
+        b.resize(3, 0);
+        let d = b.acquire(soon(10)).await.unwrap();
+        assert!(b.acquire(soon(10)).await.is_err());
+        assert_eq!(b.in_flight(), 3);
+        drop((a, c, d));
+        assert_eq!(b.in_flight(), 0);
+        let all = futures_join(&b, 3).await;
+        assert_eq!(all.len(), 3);
+    }
+
+    async fn futures_join(b: &Bulkhead, n: usize) -> Vec<BulkheadPermit> {
+        let mut out = Vec::new();
+        for _ in 0..n {
+            out.push(b.acquire(soon(10)).await.unwrap());
+        }
+        out
     }
 
     #[test]

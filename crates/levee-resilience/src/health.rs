@@ -53,6 +53,16 @@ impl HealthTracker {
         }
     }
 
+    /// New thresholds for a node whose tracker already ran (a reload): its
+    /// state and current runs carry over.
+    pub fn with_thresholds(&self, unhealthy_after: u32, healthy_after: u32) -> Self {
+        Self {
+            state: AtomicU64::new(self.state.load(Ordering::Acquire)),
+            unhealthy_after: unhealthy_after.max(1),
+            healthy_after: healthy_after.max(1),
+        }
+    }
+
     /// Whether the node should get traffic: one atomic load.
     pub fn is_healthy(&self) -> bool {
         self.state.load(Ordering::Acquire) & HEALTHY != 0
@@ -136,6 +146,16 @@ mod tests {
             }
         }
         out
+    }
+
+    #[test]
+    fn new_thresholds_keep_an_unhealthy_node_out() {
+        let h = HealthTracker::new(1, 3);
+        assert!(h.record(false).is_some());
+        let h = h.with_thresholds(2, 2);
+        assert!(!h.is_healthy());
+        assert_eq!(h.record(true), None);
+        assert!(h.record(true).is_some_and(|t| t.healthy));
     }
 
     #[test]

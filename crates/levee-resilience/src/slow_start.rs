@@ -40,6 +40,16 @@ impl SlowStart {
         }
     }
 
+    /// A new ramp length for a node that may be ramping now (a reload): a
+    /// ramp under way keeps its start.
+    pub fn with_duration(&self, duration: Duration) -> Self {
+        Self {
+            duration_us: duration_us(duration),
+            origin: self.origin,
+            started_us: AtomicU64::new(self.started_us.load(Ordering::Acquire)),
+        }
+    }
+
     /// The node just became usable: ramp from now (restarting any ramp).
     pub fn begin(&self) {
         if self.duration_us > 0 {

@@ -13,6 +13,7 @@ use prometheus_client::registry::Unit;
 
 use levee_resilience::{BreakerState, TransitionReason};
 
+use crate::config_status::ReloadResult;
 use crate::stats::{BackendEvent, ErrorReason, LatencyHistogram, OutcomeCounters, StatusClass};
 use crate::Telemetry;
 
@@ -34,13 +35,35 @@ impl Collector for TelemetryCollector {
         let t = &self.telemetry;
         let topo = t.topology();
 
+        let config = t.config_status();
         let mut m = encoder.encode_descriptor(
-            "levee_config_info",
-            "The config version now live.",
+            "levee_config",
+            "The config now live, by the hash of its text: replicas showing different hashes run different configs.",
             None,
             MetricType::Info,
         )?;
-        m.encode_info(&[("version", topo.version.as_str())])?;
+        m.encode_info(&[("hash", config.hash.as_str())])?;
+        let mut m = encoder.encode_descriptor(
+            "levee_config_reloads",
+            "Config reloads by result; a failed one leaves the previous config live.",
+            None,
+            MetricType::Counter,
+        )?;
+        for result in ReloadResult::ALL {
+            m.encode_family(&[("result", result.as_str())])?
+                .encode_counter::<NoLabelSet, _, u64>(&t.reloads(result), None)?;
+        }
+        let loaded = config
+            .loaded_at
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        let mut m = encoder.encode_descriptor(
+            "levee_config_loaded_timestamp",
+            "When the live config was loaded (Unix time).",
+            Some(&Unit::Seconds),
+            MetricType::Gauge,
+        )?;
+        m.encode_gauge(&loaded)?;
 
         gauge(
             &mut encoder,
@@ -142,7 +165,7 @@ impl Collector for TelemetryCollector {
             None,
             MetricType::Gauge,
         )?;
-        for b in &topo.backends {
+        for b in topo.backends.iter().map(|b| &b.stats) {
             m.encode_family(&[("backend", b.name.as_str())])?
                 .encode_gauge(&as_i64(b.bulkhead.in_flight()))?;
         }
@@ -152,7 +175,7 @@ impl Collector for TelemetryCollector {
             None,
             MetricType::Gauge,
         )?;
-        for b in &topo.backends {
+        for b in topo.backends.iter().map(|b| &b.stats) {
             m.encode_family(&[("backend", b.name.as_str())])?
                 .encode_gauge(&as_i64(b.bulkhead.queued()))?;
         }
@@ -164,6 +187,7 @@ impl Collector for TelemetryCollector {
             MetricType::Counter,
         )?;
         for b in &topo.backends {
+            let b = &b.stats;
             for event in BackendEvent::ALL {
                 m.encode_family(&[("backend", b.name.as_str()), ("event", event.as_str())])?
                     .encode_counter::<NoLabelSet, _, u64>(&b.events(event), None)?;
@@ -171,14 +195,18 @@ impl Collector for TelemetryCollector {
         }
 
         // Per node.
-        let nodes = || topo.backends.iter().flat_map(|b| b.nodes.iter());
+        let nodes = || {
+            topo.backends
+                .iter()
+                .flat_map(|b| b.nodes.iter().map(|n| (&*n.stats, &*n.state)))
+        };
         let mut m = encoder.encode_descriptor(
             "levee_node_requests",
             "Responses from a node by status class.",
             None,
             MetricType::Counter,
         )?;
-        for n in nodes() {
+        for (n, _) in nodes() {
             by_class(
                 &mut m,
                 &n.outcomes,
@@ -191,7 +219,7 @@ impl Collector for TelemetryCollector {
             None,
             MetricType::Counter,
         )?;
-        for n in nodes() {
+        for (n, _) in nodes() {
             for reason in ErrorReason::ALL.iter().filter(|r| r.blames_node()) {
                 m.encode_family(&[
                     ("backend", n.backend.as_str()),
@@ -207,7 +235,7 @@ impl Collector for TelemetryCollector {
             Some(&Unit::Seconds),
             MetricType::Histogram,
         )?;
-        for n in nodes() {
+        for (n, _) in nodes() {
             histogram(
                 &mut m,
                 &n.latency,
@@ -220,9 +248,9 @@ impl Collector for TelemetryCollector {
             None,
             MetricType::Gauge,
         )?;
-        for n in nodes() {
+        for (n, state) in nodes() {
             m.encode_family(&[("backend", n.backend.as_str()), ("node", n.addr.as_str())])?
-                .encode_gauge(&i64::from(n.health.is_healthy()))?;
+                .encode_gauge(&i64::from(state.healthy()))?;
         }
         let mut m = encoder.encode_descriptor(
             "levee_node_anomalous",
@@ -230,7 +258,7 @@ impl Collector for TelemetryCollector {
             None,
             MetricType::Gauge,
         )?;
-        for n in nodes() {
+        for (n, _) in nodes() {
             m.encode_family(&[("backend", n.backend.as_str()), ("node", n.addr.as_str())])?
                 .encode_gauge(&i64::from(n.is_anomalous()))?;
         }
@@ -240,9 +268,9 @@ impl Collector for TelemetryCollector {
             None,
             MetricType::Gauge,
         )?;
-        for n in nodes() {
+        for (n, state) in nodes() {
             m.encode_family(&[("backend", n.backend.as_str()), ("node", n.addr.as_str())])?
-                .encode_gauge(&n.slow_start.weight())?;
+                .encode_gauge(&state.weight())?;
         }
         let mut m = encoder.encode_descriptor(
             "levee_breaker_state",
@@ -250,9 +278,10 @@ impl Collector for TelemetryCollector {
             None,
             MetricType::Gauge,
         )?;
-        for n in nodes() {
-            for b in &n.breakers {
-                let v: i64 = match b.breaker.state() {
+        let breakers: Vec<_> = nodes().map(|(n, state)| (n, state.breakers())).collect();
+        for (n, breakers) in &breakers {
+            for b in breakers {
+                let v: i64 = match b.state {
                     BreakerState::Closed => 0,
                     BreakerState::Open => 1,
                     BreakerState::HalfOpen => 2,
@@ -271,8 +300,8 @@ impl Collector for TelemetryCollector {
             None,
             MetricType::Counter,
         )?;
-        for n in nodes() {
-            for b in &n.breakers {
+        for (n, breakers) in &breakers {
+            for b in breakers {
                 for reason in TransitionReason::ALL {
                     m.encode_family(&[
                         ("backend", n.backend.as_str()),
@@ -290,14 +319,14 @@ impl Collector for TelemetryCollector {
             None,
             MetricType::Counter,
         )?;
-        for n in nodes() {
-            for b in &n.breakers {
+        for (n, breakers) in &breakers {
+            for b in breakers {
                 m.encode_family(&[
                     ("backend", n.backend.as_str()),
                     ("node", n.addr.as_str()),
                     ("class", b.class.as_str()),
                 ])?
-                .encode_counter::<NoLabelSet, _, u64>(&b.ejections_refused(), None)?;
+                .encode_counter::<NoLabelSet, _, u64>(&b.ejections_refused, None)?;
             }
         }
         let mut m = encoder.encode_descriptor(
@@ -306,7 +335,7 @@ impl Collector for TelemetryCollector {
             None,
             MetricType::Gauge,
         )?;
-        for n in nodes() {
+        for (n, _) in nodes() {
             m.encode_family(&[("backend", n.backend.as_str()), ("node", n.addr.as_str())])?
                 .encode_gauge(&n.in_flight())?;
         }

@@ -9,18 +9,22 @@
 //! It must never reach into the data plane: no sockets, no HTTP, no tasks.
 
 mod collector;
+mod config_status;
 mod heartbeat;
 mod stats;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
 
+pub use config_status::{ConfigStatus, ReloadFailure, ReloadResult};
 pub use heartbeat::Heartbeat;
 pub use stats::{
-    BackendEvent, BackendStats, ClassBreaker, ErrorReason, InFlightGuard, LatencyHistogram,
-    NodeStats, OutcomeCounters, RouteStats, StatusClass, Topology, LATENCY_BUCKETS,
+    BackendEvent, BackendStats, BackendTopology, BreakerView, ErrorReason, InFlightGuard,
+    LatencyHistogram, NodeStats, NodeTopology, NodeView, OutcomeCounters, RouteStats, StatusClass,
+    Topology, LATENCY_BUCKETS,
 };
 
 /// Everything the admin listener may read, shared by `Arc`.
@@ -29,6 +33,8 @@ pub struct Telemetry {
     /// One per data-plane worker runtime.
     heartbeats: Vec<Heartbeat>,
     topology: ArcSwap<Topology>,
+    config: ArcSwap<ConfigStatus>,
+    reloads: [AtomicU64; ReloadResult::ALL.len()],
     ready: AtomicBool,
     draining: AtomicBool,
     connections_open: AtomicU64,
@@ -41,6 +47,8 @@ impl Telemetry {
         Arc::new(Self {
             heartbeats: (0..workers.max(1)).map(|_| Heartbeat::new()).collect(),
             topology: ArcSwap::from_pointee(topology),
+            config: ArcSwap::from_pointee(ConfigStatus::default()),
+            reloads: Default::default(),
             ready: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             connections_open: AtomicU64::new(0),
@@ -74,6 +82,44 @@ impl Telemetry {
     /// whole; readers see old or new, never a mix).
     pub fn publish(&self, topology: Arc<Topology>) {
         self.topology.store(topology);
+    }
+
+    /// Records the config now live (at start or after a good reload); a
+    /// failure recorded earlier stays visible until this replaces it.
+    pub fn config_loaded(&self, hash: &str, origin: &str, restart_required: Vec<String>) {
+        self.config.store(Arc::new(ConfigStatus {
+            hash: hash.to_owned(),
+            origin: origin.to_owned(),
+            loaded_at: SystemTime::now(),
+            restart_required,
+            last_failure: None,
+        }));
+    }
+
+    /// Counts a reload and, for a failed one, keeps its error beside the
+    /// config that stayed live.
+    pub fn reload_done(&self, result: Result<(), String>) {
+        let kind = match &result {
+            Ok(()) => ReloadResult::Success,
+            Err(_) => ReloadResult::Failure,
+        };
+        self.reloads[kind as usize].fetch_add(1, Ordering::Relaxed);
+        if let Err(error) = result {
+            let mut status = ConfigStatus::clone(&self.config.load());
+            status.last_failure = Some(ReloadFailure {
+                at: SystemTime::now(),
+                error,
+            });
+            self.config.store(Arc::new(status));
+        }
+    }
+
+    pub fn config_status(&self) -> Arc<ConfigStatus> {
+        self.config.load_full()
+    }
+
+    pub fn reloads(&self, result: ReloadResult) -> u64 {
+        self.reloads[result as usize].load(Ordering::Relaxed)
     }
 
     /// The listener is up and the config loaded.

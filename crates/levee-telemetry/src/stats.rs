@@ -7,9 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use levee_resilience::{
-    Breaker, BreakerPolicy, Bulkhead, HealthTracker, SlowStart, Transition, TransitionReason,
-};
+use levee_resilience::{BreakerState, Bulkhead, TransitionReason, WindowStats};
 
 /// Why levee answered (or cut) a request itself. The string is the value of
 /// the `x-levee-error` header and of the `reason` metric label.
@@ -201,87 +199,25 @@ impl LatencyHistogram {
     }
 }
 
-/// One node's breaker for one traffic class, with counts that explain it.
-#[derive(Debug)]
-pub struct ClassBreaker {
-    pub class: String,
-    pub breaker: Breaker,
-    transitions: [AtomicU64; TransitionReason::ALL.len()],
-    ejections_refused: AtomicU64,
-}
-
-impl ClassBreaker {
-    pub fn new(class: &str, policy: BreakerPolicy) -> Self {
-        Self {
-            class: class.to_owned(),
-            breaker: Breaker::new(policy),
-            transitions: Default::default(),
-            ejections_refused: AtomicU64::new(0),
-        }
-    }
-
-    pub fn count_transition(&self, t: &Transition) {
-        if let Some(i) = TransitionReason::ALL.iter().position(|r| *r == t.reason) {
-            self.transitions[i].fetch_add(1, Ordering::Relaxed);
-        }
-    }
-
-    pub fn transitions(&self, reason: TransitionReason) -> u64 {
-        TransitionReason::ALL
-            .iter()
-            .position(|r| *r == reason)
-            .map_or(0, |i| self.transitions[i].load(Ordering::Relaxed))
-    }
-
-    pub fn count_ejection_refused(&self) {
-        self.ejections_refused.fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub fn ejections_refused(&self) -> u64 {
-        self.ejections_refused.load(Ordering::Relaxed)
-    }
-}
-
-/// One app node as the data plane sees it.
+/// One app node's counters. Its decision state (breakers, health, slow
+/// start) belongs to the data plane, which shows it through [`NodeView`].
 #[derive(Debug)]
 pub struct NodeStats {
     pub backend: String,
     pub addr: String,
     pub outcomes: OutcomeCounters,
     pub latency: LatencyHistogram,
-    /// One breaker per traffic class, indexed like the backend's class table.
-    pub breakers: Vec<ClassBreaker>,
-    /// Active health check state (always healthy when no check is configured).
-    pub health: HealthTracker,
-    pub health_checked: bool,
-    pub slow_start: SlowStart,
     in_flight: AtomicI64,
     anomalous: AtomicBool,
 }
 
 impl NodeStats {
     pub fn new(backend: &str, addr: &str) -> Self {
-        Self::with_state(backend, addr, Vec::new(), None, Duration::ZERO)
-    }
-
-    /// `health` is `(unhealthy_after, healthy_after)` when checks run.
-    pub fn with_state(
-        backend: &str,
-        addr: &str,
-        breakers: Vec<ClassBreaker>,
-        health: Option<(u32, u32)>,
-        slow_start: Duration,
-    ) -> Self {
-        let (unhealthy_after, healthy_after) = health.unwrap_or((1, 1));
         Self {
             backend: backend.to_owned(),
             addr: addr.to_owned(),
             outcomes: OutcomeCounters::default(),
             latency: LatencyHistogram::default(),
-            breakers,
-            health: HealthTracker::new(unhealthy_after, healthy_after),
-            health_checked: health.is_some(),
-            slow_start: SlowStart::new(slow_start),
             in_flight: AtomicI64::new(0),
             anomalous: AtomicBool::new(false),
         }
@@ -294,15 +230,6 @@ impl NodeStats {
 
     pub fn set_anomalous(&self, anomalous: bool) {
         self.anomalous.store(anomalous, Ordering::Relaxed);
-    }
-
-    /// Usable for `class` now: healthy and its breaker admits calls.
-    pub fn usable(&self, class: usize) -> bool {
-        self.health.is_healthy()
-            && self
-                .breakers
-                .get(class)
-                .is_none_or(|b| b.breaker.would_admit())
     }
 
     pub fn in_flight(&self) -> i64 {
@@ -365,21 +292,20 @@ impl BackendEvent {
     }
 }
 
-/// A backend: its bulkhead, its nodes and what it did.
+/// A backend's bulkhead and what it did; kept across reloads while the
+/// backend keeps its name.
 #[derive(Debug)]
 pub struct BackendStats {
     pub name: String,
     pub bulkhead: Arc<Bulkhead>,
-    pub nodes: Vec<Arc<NodeStats>>,
     events: [AtomicU64; BackendEvent::ALL.len()],
 }
 
 impl BackendStats {
-    pub fn new(name: &str, bulkhead: Arc<Bulkhead>, nodes: Vec<Arc<NodeStats>>) -> Self {
+    pub fn new(name: &str, bulkhead: Arc<Bulkhead>) -> Self {
         Self {
             name: name.to_owned(),
             bulkhead,
-            nodes,
             events: Default::default(),
         }
     }
@@ -420,9 +346,63 @@ impl RouteStats {
 pub struct Topology {
     pub version: String,
     pub routes: Vec<Arc<RouteStats>>,
-    pub backends: Vec<Arc<BackendStats>>,
+    pub backends: Vec<BackendTopology>,
     /// Requests that matched no route (they have no route to count them).
-    pub unrouted: OutcomeCounters,
+    pub unrouted: Arc<OutcomeCounters>,
+}
+
+/// One backend of a config version: its counters and its nodes.
+#[derive(Debug)]
+pub struct BackendTopology {
+    pub stats: Arc<BackendStats>,
+    pub nodes: Vec<NodeTopology>,
+}
+
+/// One node of a config version: its counters and a read-only view of the
+/// data plane's decision state.
+#[derive(Debug, Clone)]
+pub struct NodeTopology {
+    pub stats: Arc<NodeStats>,
+    pub state: Arc<dyn NodeView>,
+}
+
+/// What the data plane lets the admin listener see of a node's decision
+/// state. Read at scrape time only, so a snapshot may allocate.
+pub trait NodeView: Send + Sync + std::fmt::Debug {
+    /// Passes its active health checks (always true without checks).
+    fn healthy(&self) -> bool;
+    /// Whether active health checks run for it.
+    fn health_checked(&self) -> bool;
+    /// Slow-start share of its normal traffic, in (0, 1].
+    fn weight(&self) -> f64;
+    fn ramping(&self) -> bool;
+    /// Healthy and its breaker for `class` admits calls.
+    fn usable(&self, class: usize) -> bool;
+    /// One per traffic class, in class order.
+    fn breakers(&self) -> Vec<BreakerView>;
+}
+
+/// A breaker of one node and traffic class, as of one read.
+#[derive(Debug, Clone)]
+pub struct BreakerView {
+    pub class: String,
+    pub state: BreakerState,
+    pub open_remaining: Option<Duration>,
+    pub window: WindowStats,
+    pub consecutive_failures: u32,
+    pub opened_total: u64,
+    pub ejections_refused: u64,
+    /// Moves by reason, indexed like [`TransitionReason::ALL`].
+    pub transitions: [u64; TransitionReason::ALL.len()],
+}
+
+impl BreakerView {
+    pub fn transitions(&self, reason: TransitionReason) -> u64 {
+        TransitionReason::ALL
+            .iter()
+            .position(|r| *r == reason)
+            .map_or(0, |i| self.transitions[i])
+    }
 }
 
 #[cfg(test)]

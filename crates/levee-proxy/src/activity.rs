@@ -1,0 +1,65 @@
+//! What a client connection knows of its own requests: how many are in
+//! flight and when that last changed, so it can close itself when idle.
+//! A response body carries an [`ActivityGuard`] until it ends.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// Requests in flight on one connection and when it last changed.
+#[derive(Debug)]
+pub struct ConnActivity {
+    origin: Instant,
+    in_flight: AtomicU32,
+    last_change_us: AtomicU64,
+}
+
+impl Default for ConnActivity {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ConnActivity {
+    pub fn new() -> Self {
+        Self {
+            origin: Instant::now(),
+            in_flight: AtomicU32::new(0),
+            last_change_us: AtomicU64::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        let us = u64::try_from(self.origin.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.last_change_us.store(us, Ordering::Relaxed);
+    }
+
+    /// Marks a request in flight until the guard drops.
+    pub fn begin(self: &Arc<Self>) -> ActivityGuard {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.touch();
+        ActivityGuard(Arc::clone(self))
+    }
+
+    /// When the connection becomes idle-expired, if nothing happens before.
+    pub fn idle_deadline(&self, idle_timeout: Duration) -> Option<Instant> {
+        if self.in_flight.load(Ordering::Relaxed) > 0 {
+            return None;
+        }
+        let last = Duration::from_micros(self.last_change_us.load(Ordering::Relaxed));
+        Some(self.origin + last + idle_timeout)
+    }
+}
+
+/// A request's claim on its connection's activity.
+#[derive(Debug)]
+pub struct ActivityGuard(Arc<ConnActivity>);
+
+impl Drop for ActivityGuard {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.0.touch();
+    }
+}

@@ -1,0 +1,688 @@
+//! A backend's nodes and the state the data plane keeps for each of them:
+//! a breaker per traffic class, health, slow start, a load estimate and a
+//! keep-alive connection pool per worker.
+//!
+//! Selection asks one question, [`NodeSet::pick`] ("which node may take this
+//! request of this class now?"), and every call's outcome comes back through
+//! one call, [`NodeSet::record`]. The state is kept in `Arc`s so that a
+//! reload can carry it over to the new config for each node that stays
+//! ([`NodeSet::build`]): an open breaker stays open, a ramp keeps ramping,
+//! idle connections stay warm.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::uri::Authority;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use levee_config::{BackendConfig, BreakerConfig, LoadBalancing};
+use levee_resilience::{
+    Admission, Breaker, BreakerPolicy, BreakerState, CallOutcome, EjectionBudget, HealthTracker,
+    Recorded, SlowStart, Transition, TransitionReason,
+};
+use levee_telemetry::{BreakerView, ErrorReason, InFlightGuard, NodeStats, NodeView};
+use tracing::{debug, info, warn};
+
+use crate::balancer::{pick, LoadEstimate, Pool};
+use crate::body::RequestBody;
+use crate::classes::ClassTable;
+
+pub type NodeClient = Client<HttpConnector, RequestBody>;
+
+/// One node's breaker for one traffic class, with counts that explain it.
+#[derive(Debug)]
+pub struct ClassBreaker {
+    pub class: String,
+    pub breaker: Breaker,
+    transitions: [AtomicU64; TransitionReason::ALL.len()],
+    ejections_refused: AtomicU64,
+}
+
+impl ClassBreaker {
+    fn new(class: &str, policy: BreakerPolicy) -> Self {
+        Self {
+            class: class.to_owned(),
+            breaker: Breaker::new(policy),
+            transitions: Default::default(),
+            ejections_refused: AtomicU64::new(0),
+        }
+    }
+
+    fn count_transition(&self, t: &Transition) {
+        if let Some(i) = TransitionReason::ALL.iter().position(|r| *r == t.reason) {
+            self.transitions[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn view(&self) -> BreakerView {
+        BreakerView {
+            class: self.class.clone(),
+            state: self.breaker.state(),
+            open_remaining: self.breaker.open_remaining(),
+            window: self.breaker.window(),
+            consecutive_failures: self.breaker.consecutive_failures(),
+            opened_total: self.breaker.opened_total(),
+            ejections_refused: self.ejections_refused.load(Ordering::Relaxed),
+            transitions: std::array::from_fn(|i| self.transitions[i].load(Ordering::Relaxed)),
+        }
+    }
+}
+
+/// The settings a node's connection pools are built with; pools are kept
+/// across a reload only while these stay the same.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct PoolSettings {
+    connect_timeout: Duration,
+    idle_timeout: Duration,
+    max_idle: usize,
+    workers: usize,
+}
+
+/// One keep-alive client per data-plane worker, so a request and its node
+/// connection live on the same runtime.
+#[derive(Debug)]
+struct Pools {
+    settings: PoolSettings,
+    clients: Box<[NodeClient]>,
+}
+
+impl Pools {
+    fn new(settings: PoolSettings) -> Self {
+        let clients = (0..settings.workers.max(1))
+            .map(|_| node_client(&settings))
+            .collect();
+        Self { settings, clients }
+    }
+}
+
+/// One app node and the data plane's state for it.
+#[derive(Debug)]
+pub struct Node {
+    pub addr: SocketAddr,
+    /// `addr` as a URI authority, built once so each request only clones it.
+    pub authority: Authority,
+    /// Counters the admin listener reads.
+    pub stats: Arc<NodeStats>,
+    /// Indexed by traffic class.
+    breakers: Box<[Arc<ClassBreaker>]>,
+    health: Arc<HealthTracker>,
+    health_checked: bool,
+    slow_start: Arc<SlowStart>,
+    load: Arc<LoadEstimate>,
+    pools: Arc<Pools>,
+}
+
+impl Node {
+    /// The keep-alive client of data-plane worker `worker`.
+    pub fn client(&self, worker: usize) -> &NodeClient {
+        let clients = &self.pools.clients;
+        &clients[worker % clients.len()]
+    }
+
+    pub fn health(&self) -> &HealthTracker {
+        &self.health
+    }
+
+    pub fn slow_start(&self) -> &SlowStart {
+        &self.slow_start
+    }
+
+    pub fn breaker(&self, class: usize) -> Option<&ClassBreaker> {
+        self.breakers.get(class).map(|b| &**b)
+    }
+
+    /// One per traffic class, in class order.
+    pub fn breakers(&self) -> &[Arc<ClassBreaker>] {
+        &self.breakers
+    }
+
+    /// Healthy and its breaker for `class` admits calls; reads only.
+    pub fn usable(&self, class: usize) -> bool {
+        self.health.is_healthy()
+            && self
+                .breakers
+                .get(class)
+                .is_none_or(|b| b.breaker.would_admit())
+    }
+
+    /// Counts a request in flight to this node until the guard drops.
+    pub fn enter(&self) -> InFlightGuard {
+        self.stats.enter()
+    }
+}
+
+impl NodeView for Node {
+    fn healthy(&self) -> bool {
+        self.health.is_healthy()
+    }
+
+    fn health_checked(&self) -> bool {
+        self.health_checked
+    }
+
+    fn weight(&self) -> f64 {
+        self.slow_start.weight()
+    }
+
+    fn ramping(&self) -> bool {
+        self.slow_start.is_ramping()
+    }
+
+    fn usable(&self, class: usize) -> bool {
+        Node::usable(self, class)
+    }
+
+    fn breakers(&self) -> Vec<BreakerView> {
+        self.breakers.iter().map(|b| b.view()).collect()
+    }
+}
+
+/// A chosen node. A half-open trial slot it holds is given back if it is
+/// dropped without an outcome (for example because the client went away).
+#[derive(Debug)]
+pub struct Pick {
+    pub index: usize,
+    pub node: Arc<Node>,
+    class: usize,
+    probe: bool,
+}
+
+impl Pick {
+    /// Whether this is a half-open trial call.
+    pub fn is_probe(&self) -> bool {
+        self.probe
+    }
+}
+
+impl Drop for Pick {
+    fn drop(&mut self) {
+        if self.probe {
+            if let Some(b) = self.node.breakers.get(self.class) {
+                b.breaker.cancel_probe();
+            }
+        }
+    }
+}
+
+/// How a call to a node went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The node answered with this status.
+    Status(u16),
+    /// The call failed for a reason that blames the node.
+    Failed(ErrorReason),
+}
+
+/// A backend's nodes, their state, and the rules for choosing among them.
+#[derive(Debug)]
+pub struct NodeSet {
+    backend: String,
+    nodes: Vec<Arc<Node>>,
+    policy: LoadBalancing,
+    breakers_enabled: bool,
+    breaker_policy: BreakerPolicy,
+    failure_statuses: Vec<u16>,
+    /// The traffic classes this set was built for, in index order.
+    classes: Box<[String]>,
+    /// Per traffic class: how many nodes error rates may eject at once.
+    budgets: Box<[EjectionBudget]>,
+    cursor: AtomicUsize,
+}
+
+impl NodeSet {
+    /// Builds the node set of `cfg`, carrying over the state of every node
+    /// that `previous` (the same backend in the config being replaced)
+    /// already had. New nodes of a backend that keeps some of its nodes
+    /// enter through slow start.
+    pub fn build(
+        cfg: &BackendConfig,
+        classes: &ClassTable,
+        workers: usize,
+        previous: Option<&NodeSet>,
+    ) -> Self {
+        let breaker_policy = breaker_policy(&cfg.breaker);
+        let settings = PoolSettings {
+            connect_timeout: cfg.connect_timeout,
+            idle_timeout: cfg.pool_idle_timeout,
+            max_idle: cfg.pool_max_idle_per_node,
+            workers,
+        };
+        let health_cfg = cfg
+            .health_check
+            .as_ref()
+            .map(|h| (h.unhealthy_after, h.healthy_after));
+        let kept_policy = previous.filter(|p| p.breaker_policy == breaker_policy);
+        let keeps_any = previous.is_some_and(|p| {
+            cfg.nodes
+                .iter()
+                .any(|a| p.nodes.iter().any(|n| n.addr == *a))
+        });
+        let nodes = cfg
+            .nodes
+            .iter()
+            .map(|addr| {
+                let old = previous.and_then(|p| p.nodes.iter().find(|n| n.addr == *addr));
+                let breakers = classes
+                    .names()
+                    .iter()
+                    .map(|class| {
+                        let kept = old
+                            .filter(|_| kept_policy.is_some())
+                            .and_then(|n| n.breakers.iter().find(|b| b.class == *class));
+                        match kept {
+                            Some(b) => Arc::clone(b),
+                            None => Arc::new(ClassBreaker::new(class, breaker_policy.clone())),
+                        }
+                    })
+                    .collect();
+                let (unhealthy_after, healthy_after) = health_cfg.unwrap_or((1, 1));
+                let health = match old {
+                    Some(n)
+                        if n.health_checked == health_cfg.is_some()
+                            && n.health.unhealthy_after() == unhealthy_after
+                            && n.health.healthy_after() == healthy_after =>
+                    {
+                        Arc::clone(&n.health)
+                    }
+                    // Without checks a node is simply healthy.
+                    Some(n) if health_cfg.is_some() => {
+                        Arc::new(n.health.with_thresholds(unhealthy_after, healthy_after))
+                    }
+                    _ => Arc::new(HealthTracker::new(unhealthy_after, healthy_after)),
+                };
+                let slow_start = match old {
+                    Some(n) if n.slow_start.duration() == cfg.slow_start => {
+                        Arc::clone(&n.slow_start)
+                    }
+                    Some(n) => Arc::new(n.slow_start.with_duration(cfg.slow_start)),
+                    None => {
+                        let s = SlowStart::new(cfg.slow_start);
+                        if keeps_any {
+                            s.begin();
+                        }
+                        Arc::new(s)
+                    }
+                };
+                let load = match old {
+                    Some(n) if n.breakers.len() == classes.names().len() => Arc::clone(&n.load),
+                    _ => Arc::new(LoadEstimate::new(classes.names().len())),
+                };
+                let pools = match old {
+                    Some(n) if n.pools.settings == settings => Arc::clone(&n.pools),
+                    _ => Arc::new(Pools::new(settings.clone())),
+                };
+                let stats = old.map_or_else(
+                    || Arc::new(NodeStats::new(&cfg.name, &addr.to_string())),
+                    |n| Arc::clone(&n.stats),
+                );
+                Arc::new(Node {
+                    addr: *addr,
+                    authority: authority_of(*addr),
+                    stats,
+                    breakers,
+                    health,
+                    health_checked: health_cfg.is_some(),
+                    slow_start,
+                    load,
+                    pools,
+                })
+            })
+            .collect::<Vec<_>>();
+        let budgets = classes
+            .names()
+            .iter()
+            .map(|class| match kept_policy.and_then(|p| p.budget_of(class)) {
+                Some(b) => b.resized(nodes.len(), cfg.max_ejected_percent),
+                None => EjectionBudget::new(nodes.len(), cfg.max_ejected_percent),
+            })
+            .collect();
+        Self {
+            backend: cfg.name.clone(),
+            nodes,
+            policy: cfg.load_balancing,
+            breakers_enabled: cfg.breaker.enabled,
+            breaker_policy,
+            failure_statuses: cfg.breaker.failure_statuses.clone(),
+            classes: classes.names().into(),
+            budgets,
+            cursor: AtomicUsize::new(0),
+        }
+    }
+
+    /// The budget of the class called `class` (a reload may have changed
+    /// class indices).
+    fn budget_of(&self, class: &str) -> Option<&EjectionBudget> {
+        let i = self.classes.iter().position(|c| c == class)?;
+        self.budgets.get(i)
+    }
+
+    pub fn nodes(&self) -> &[Arc<Node>] {
+        &self.nodes
+    }
+
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    /// Whether any node is usable for `class` now.
+    pub fn any_usable(&self, class: usize) -> bool {
+        self.nodes.iter().any(|n| n.usable(class))
+    }
+
+    /// Whether a node other than those in `tried` could take a retry now.
+    pub fn has_alternative(&self, class: usize, tried: &[usize], ignore_state: bool) -> bool {
+        self.nodes
+            .iter()
+            .enumerate()
+            .any(|(i, n)| !tried.contains(&i) && (ignore_state || n.usable(class)))
+    }
+
+    /// Admission share for the pool: below 1.0 while every usable node is
+    /// ramping back through slow start.
+    pub fn pool_admission(&self, class: usize) -> f64 {
+        // The usual case, no node ramping, costs no clock reads.
+        let usable = || self.nodes.iter().filter(|n| n.usable(class));
+        if usable().any(|n| !n.slow_start.is_ramping()) {
+            return 1.0;
+        }
+        levee_resilience::pool_admission(
+            usable().map(|n| (n.slow_start.weight(), n.slow_start.is_ramping())),
+        )
+    }
+
+    /// Which node may take a request of `class` now, skipping `tried`.
+    /// Trial (half-open) calls are allowed only when `allow_probe`;
+    /// `ignore_state` is `try_all`.
+    pub fn pick(
+        &self,
+        class: usize,
+        tried: &[usize],
+        allow_probe: bool,
+        ignore_state: bool,
+    ) -> Option<Pick> {
+        let chosen = |index: usize, probe: bool| Pick {
+            index,
+            node: Arc::clone(&self.nodes[index]),
+            class,
+            probe,
+        };
+        let mut refused = [usize::MAX; 4];
+        for round in 0..self.nodes.len() {
+            let view = PoolView {
+                set: self,
+                class,
+                tried,
+                refused: &refused,
+                ignore_state,
+            };
+            let index = pick(self.policy, &view, &self.cursor)?;
+            if ignore_state || !self.breakers_enabled {
+                return Some(chosen(index, false));
+            }
+            let Some(b) = self.nodes[index].breakers.get(class) else {
+                return Some(chosen(index, false));
+            };
+            let (admission, moved) = b.breaker.admit();
+            if let Some(t) = moved {
+                b.count_transition(&t);
+                info!(backend = %self.backend, node = %self.nodes[index].addr, class = %b.class, reason = t.reason.as_str(), "breaker half-open: sending trial calls");
+            }
+            match admission {
+                Admission::Pass => return Some(chosen(index, false)),
+                Admission::Probe if allow_probe => return Some(chosen(index, true)),
+                Admission::Probe => b.breaker.cancel_probe(),
+                Admission::Reject => {}
+            }
+            if let Some(slot) = refused.get_mut(round) {
+                *slot = index;
+            } else {
+                return None;
+            }
+        }
+        None
+    }
+
+    /// Feeds one call's outcome back: the node's counters, its load
+    /// estimate and its breaker for the pick's class (logging and counting
+    /// any move). Returns whether the call counts as a failure.
+    pub fn record(&self, pick: &mut Pick, elapsed: Duration, outcome: Outcome) -> bool {
+        let node = &pick.node;
+        let (failed, unreachable) = match outcome {
+            Outcome::Status(status) => {
+                node.stats.latency.observe(elapsed);
+                node.stats.outcomes.record_status(status);
+                (self.failure_statuses.contains(&status), false)
+            }
+            Outcome::Failed(reason) => {
+                node.stats.outcomes.record_error(reason);
+                (true, reason == ErrorReason::UpstreamConnect)
+            }
+        };
+        node.load.observe(pick.class, elapsed, failed);
+        let probe = std::mem::take(&mut pick.probe);
+        if !self.breakers_enabled {
+            return failed;
+        }
+        let (Some(b), Some(budget)) = (node.breakers.get(pick.class), self.budgets.get(pick.class))
+        else {
+            return failed;
+        };
+        let call = CallOutcome {
+            failed,
+            elapsed,
+            unreachable,
+        };
+        match b.breaker.record(probe, call, budget) {
+            Recorded::Nothing => {}
+            Recorded::EjectionRefused(w) => {
+                b.ejections_refused.fetch_add(1, Ordering::Relaxed);
+                debug!(backend = %self.backend, node = %node.addr, class = %b.class, calls = w.calls, failures = w.failures, "breaker would open but max_ejected_percent keeps the node in");
+            }
+            Recorded::Moved(t) => {
+                b.count_transition(&t);
+                if t.to == BreakerState::Closed {
+                    node.slow_start.begin();
+                }
+                warn!(
+                    backend = %self.backend,
+                    node = %node.addr,
+                    class = %b.class,
+                    from = t.from.as_str(),
+                    to = t.to.as_str(),
+                    reason = t.reason.as_str(),
+                    calls = t.window.calls,
+                    failures = t.window.failures,
+                    slow = t.window.slow,
+                    failure_rate = format!("{:.2}", t.window.failure_rate()),
+                    slow_rate = format!("{:.2}", t.window.slow_rate()),
+                    consecutive = t.consecutive_failures,
+                    open_for = ?t.open_for,
+                    "breaker moved"
+                );
+            }
+        }
+        failed
+    }
+}
+
+/// The nodes of one backend as selection sees them for one request.
+struct PoolView<'a> {
+    set: &'a NodeSet,
+    class: usize,
+    tried: &'a [usize],
+    refused: &'a [usize],
+    ignore_state: bool,
+}
+
+impl Pool for PoolView<'_> {
+    fn size(&self) -> usize {
+        self.set.nodes.len()
+    }
+
+    fn usable(&self, i: usize) -> bool {
+        if self.tried.contains(&i) || self.refused.contains(&i) {
+            return false;
+        }
+        self.ignore_state || self.set.nodes[i].usable(self.class)
+    }
+
+    fn in_flight(&self, i: usize) -> i64 {
+        self.set.nodes[i].stats.in_flight()
+    }
+
+    fn latency(&self, i: usize) -> Duration {
+        self.set.nodes[i].load.latency()
+    }
+
+    fn penalty(&self, i: usize) -> f64 {
+        self.set.nodes[i].load.penalty(self.class)
+    }
+
+    fn weight(&self, i: usize) -> f64 {
+        self.set.nodes[i].slow_start.weight()
+    }
+}
+
+pub fn breaker_policy(cfg: &BreakerConfig) -> BreakerPolicy {
+    BreakerPolicy {
+        window_buckets: u32::try_from(cfg.window.as_secs()).unwrap_or(60).max(1),
+        min_calls: cfg.min_calls,
+        failure_rate: cfg.failure_rate,
+        slow_call_rate: cfg.slow_call_rate,
+        slow_call_duration: cfg.slow_call_duration,
+        consecutive_failures: cfg.consecutive_failures,
+        open_for: cfg.open_for,
+        open_for_max: cfg.open_for_max,
+        half_open_calls: cfg.half_open_calls,
+        jitter: cfg.jitter,
+    }
+}
+
+fn authority_of(addr: SocketAddr) -> Authority {
+    // A SocketAddr always renders as a valid authority ("1.2.3.4:80", "[::1]:80").
+    addr.to_string()
+        .parse()
+        .unwrap_or_else(|_| Authority::from_static("invalid.invalid"))
+}
+
+fn node_client(s: &PoolSettings) -> NodeClient {
+    let mut connector = HttpConnector::new();
+    connector.set_connect_timeout(Some(s.connect_timeout));
+    connector.set_nodelay(true);
+    connector.enforce_http(true);
+    Client::builder(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(s.idle_timeout)
+        .pool_max_idle_per_host(s.max_idle)
+        // The client's Host header is forwarded as is.
+        .set_host(false)
+        .build(connector)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    fn config(nodes: &str, extra: &str) -> levee_config::Config {
+        levee_config::parse(
+            &format!("[server]\nlisten = \"127.0.0.1:0\"\n[[backend]]\nname = \"app\"\nnodes = [{nodes}]\nslow_start = \"10s\"\n{extra}\n[backend.breaker]\nconsecutive_failures = 3\n[[route]]\npath_prefix = \"/\"\nbackend = \"app\"\n"),
+            "t",
+        )
+        .unwrap()
+    }
+
+    fn fail_three_times(set: &NodeSet, index: usize) {
+        for _ in 0..3 {
+            let mut pick = Pick {
+                index,
+                node: Arc::clone(&set.nodes[index]),
+                class: ClassTable::SAFE,
+                probe: false,
+            };
+            set.record(
+                &mut pick,
+                Duration::from_millis(1),
+                Outcome::Failed(ErrorReason::UpstreamReset),
+            );
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn consecutive_failures_open_the_node_breaker() {
+        let cfg = config("\"127.0.0.1:1\", \"127.0.0.1:2\"", "");
+        let set = NodeSet::build(&cfg.backends[0], &ClassTable::new([]), 1, None);
+        fail_three_times(&set, 0);
+        let br = set.nodes[0].breaker(ClassTable::SAFE).unwrap();
+        assert_eq!(br.breaker.state(), BreakerState::Open);
+        assert!(!set.nodes[0].usable(ClassTable::SAFE));
+        assert!(
+            set.nodes[0].usable(ClassTable::UNSAFE),
+            "other class unaffected"
+        );
+        assert!(
+            !set.nodes[0].slow_start.is_ramping(),
+            "startup nodes do not ramp"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_rebuild_keeps_state_of_kept_nodes_and_ramps_new_ones() {
+        let classes = ClassTable::new([]);
+        let before = config("\"127.0.0.1:1\", \"127.0.0.1:2\"", "");
+        let old = NodeSet::build(&before.backends[0], &classes, 1, None);
+        fail_three_times(&old, 0);
+        let after = config("\"127.0.0.1:1\", \"127.0.0.1:3\"", "max_in_flight = 99");
+        let new = NodeSet::build(&after.backends[0], &classes, 1, Some(&old));
+        let kept = &new.nodes[0];
+        assert_eq!(
+            kept.breaker(ClassTable::SAFE).unwrap().breaker.state(),
+            BreakerState::Open,
+            "an open breaker stays open"
+        );
+        assert!(Arc::ptr_eq(&kept.stats, &old.nodes[0].stats));
+        assert!(
+            Arc::ptr_eq(&kept.pools, &old.nodes[0].pools),
+            "idle connections kept"
+        );
+        assert!(new.nodes[1].slow_start.is_ramping(), "a new node ramps in");
+        assert!(!kept.slow_start.is_ramping());
+
+        // A changed breaker policy starts fresh breakers.
+        let policy = config("\"127.0.0.1:1\"", "").backends[0].clone();
+        let mut policy = policy;
+        policy.breaker.consecutive_failures = 9;
+        let fresh = NodeSet::build(&policy, &classes, 1, Some(&new));
+        assert_eq!(
+            fresh.nodes[0]
+                .breaker(ClassTable::SAFE)
+                .unwrap()
+                .breaker
+                .state(),
+            BreakerState::Closed
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_dropped_pick_gives_its_trial_slot_back() {
+        let cfg = config("\"127.0.0.1:1\"", "");
+        let set = NodeSet::build(&cfg.backends[0], &ClassTable::new([]), 1, None);
+        fail_three_times(&set, 0);
+        tokio::time::advance(Duration::from_secs(60)).await;
+        let pick = set.pick(ClassTable::SAFE, &[], true, false).unwrap();
+        assert!(pick.is_probe());
+        let again = set.pick(ClassTable::SAFE, &[], true, false);
+        drop(pick);
+        drop(again);
+        let after = set.pick(ClassTable::SAFE, &[], true, false);
+        assert!(after.is_some_and(|p| p.is_probe()), "the slot came back");
+    }
+}
