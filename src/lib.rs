@@ -14,6 +14,7 @@
 //! levee-admin     /healthz /readyz /status /metrics, on its own runtime
 //! ```
 
+#[cfg(feature = "demo")]
 pub mod demo;
 pub mod traffic;
 
@@ -288,17 +289,15 @@ fn run_worker(
             start.max_connections,
             start.rebind,
         ) {
-            Ok(server) => {
-                let _ = ready.send(Ok(()));
-                server
-            }
+            Ok(server) => server,
             Err(e) => {
                 let _ = ready.send(Err(e));
                 return;
             }
         };
-        // Tick once now so /healthz is truthful from its first answer.
+        // Tick before saying ready, so /healthz is truthful from its first answer.
         telemetry.heartbeat(i).tick();
+        let _ = ready.send(Ok(()));
         let heartbeat = tokio::spawn(async move { telemetry.heartbeat(i).run().await });
         let left = server.run(stop).await;
         heartbeat.abort();

@@ -39,6 +39,7 @@ enum Command {
     },
     /// Start built-in app nodes (healthy, failing, stuck) behind levee, send
     /// traffic and print what clients saw.
+    #[cfg(feature = "demo")]
     Demo {
         /// How long each scene sends traffic, e.g. "3s".
         #[arg(long, default_value = "3s", value_parser = humantime_duration)]
@@ -50,6 +51,7 @@ enum Command {
     },
 }
 
+#[cfg(feature = "demo")]
 fn humantime_duration(s: &str) -> Result<std::time::Duration, String> {
     humantime::parse_duration(s).map_err(|e| e.to_string())
 }
@@ -66,6 +68,7 @@ fn main() -> ExitCode {
     let result = match (cli.command, cli.config) {
         (Some(Command::Run { config }), _) | (None, Some(config)) => run(config),
         (Some(Command::Check { config }), _) => return check(&config),
+        #[cfg(feature = "demo")]
         (Some(Command::Demo { duration, scene }), _) => {
             runtime().and_then(|rt| rt.block_on(levee::demo::run(duration, scene.as_deref())))
         }
@@ -138,6 +141,7 @@ fn summary(c: &Config) -> String {
 }
 
 /// The demo's runtime: it drives the demo's clients and app nodes.
+#[cfg(feature = "demo")]
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()

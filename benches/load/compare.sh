@@ -5,6 +5,9 @@
 # (utime+stime from /proc, so it counts the proxy only, not wrk or the node).
 #
 # Usage: benches/load/compare.sh [DURATION_SECONDS] [CONNECTIONS]
+# LEVEE_BASELINE=path/to/another/levee adds a row for that binary in the same
+# run (e.g. the build before a change), so before/after is one measurement.
+# Every proxy runs one worker.
 # Installs wrk, nginx-light and haproxy with apt-get if they are missing.
 # Traffic goes to 127.0.0.1 only; every process is stopped on exit.
 set -euo pipefail
@@ -32,6 +35,7 @@ PIDS+=($!)
 cat > "$WORK/levee.toml" <<TOML
 [server]
 listen = "127.0.0.1:$LEVEE_PORT"
+workers = 1
 [admin]
 listen = "127.0.0.1:$ADMIN_PORT"
 [[backend]]
@@ -85,7 +89,7 @@ CONF
 wait_port() { for _ in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 did not open" >&2; return 1; }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
-printf '%-8s %10s %10s %10s %14s\n' target "req/s" "p50" "p99" "cpu us/req"
+printf '%-10s %10s %10s %10s %14s\n' target "req/s" "p50" "p99" "cpu us/req"
 run() { # name port [pid]
   local name=$1 port=$2 pid=${3:-} before after out reqs rps p50 p99 cpu="-"
   wrk -t1 -c"$CONNS" -d1s "http://127.0.0.1:$port/" >/dev/null 2>&1 || true   # warm-up
@@ -99,17 +103,21 @@ run() { # name port [pid]
   if [ -n "$pid" ]; then
     cpu=$(awk -v t=$((after - before)) -v hz="$(getconf CLK_TCK)" -v n="$reqs" 'BEGIN { printf "%.1f", t / hz * 1e6 / n }')
   fi
-  printf '%-8s %10s %10s %10s %14s\n' "$name" "$rps" "$p50" "$p99" "$cpu"
+  printf '%-10s %10s %10s %10s %14s\n' "$name" "$rps" "$p50" "$p99" "$cpu"
 }
 
 wait_port $NODE_PORT
 run direct $NODE_PORT
 
-target/release/levee run --config "$WORK/levee.toml" >"$WORK/levee.log" 2>&1 &
-LEVEE_PID=$!; PIDS+=($LEVEE_PID)
-wait_port $LEVEE_PORT
-run levee $LEVEE_PORT $LEVEE_PID
-kill $LEVEE_PID; wait $LEVEE_PID 2>/dev/null || true
+run_levee() { # name binary
+  "$2" run --config "$WORK/levee.toml" >"$WORK/levee.log" 2>&1 &
+  LEVEE_PID=$!; PIDS+=($LEVEE_PID)
+  wait_port $LEVEE_PORT
+  run "$1" $LEVEE_PORT $LEVEE_PID
+  kill $LEVEE_PID; wait $LEVEE_PID 2>/dev/null || true
+}
+[ -n "${LEVEE_BASELINE:-}" ] && run_levee levee-base "$LEVEE_BASELINE"
+run_levee levee target/release/levee
 
 nginx -c "$WORK/nginx.conf" -g 'daemon off;' &
 NGINX_MASTER=$!; PIDS+=($NGINX_MASTER)

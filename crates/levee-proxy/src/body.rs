@@ -147,7 +147,7 @@ impl Body for RequestBody {
 #[derive(Debug)]
 pub struct RequestScope {
     pub route_slot: Option<BulkheadPermit>,
-    pub backend_slot: BulkheadPermit,
+    pub backend_slot: Option<BulkheadPermit>,
     pub node_in_flight: levee_telemetry::InFlightGuard,
     pub node: Arc<NodeStats>,
     pub route: Arc<RouteStats>,

@@ -7,20 +7,27 @@
 //! flight for that long is closed gracefully, on HTTP/1 and HTTP/2 alike.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use hyper::service::service_fn;
+use http::{Request, Response};
+use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::{sleep_until, Instant};
+use tower::Service;
 use tracing::trace;
 
-use crate::activity::ConnActivity;
-use crate::forward;
+use crate::activity::{ActivityGuard, ConnActivity};
+use crate::body::ProxyBody;
+use crate::stack;
 use crate::state::Shared;
 
 /// Serves one connection until it closes, idles out, or shutdown drains it.
@@ -34,17 +41,10 @@ pub(crate) async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let activity = Arc::new(ConnActivity::new());
-    let service = {
-        let activity = Arc::clone(&activity);
-        service_fn(move |req| {
-            let guard = activity.begin();
-            let shared = Arc::clone(&shared);
-            async move {
-                let resp = forward::handle(shared, worker, req, peer).await;
-                Ok::<_, Infallible>(resp.map(|b| b.with_activity(guard)))
-            }
-        })
-    };
+    let service = TowerToHyperService::new(TrackActivity {
+        inner: stack::stack(shared, worker, peer),
+        activity: Arc::clone(&activity),
+    });
     let conn = builder.serve_connection(TokioIo::new(stream), service);
     tokio::pin!(conn);
     let mut draining = false;
@@ -75,5 +75,58 @@ pub(crate) async fn serve(
                 conn.as_mut().graceful_shutdown();
             }
         }
+    }
+}
+
+/// The top of a connection's stack: marks the connection busy from a
+/// request's arrival until its response body ends.
+#[derive(Debug, Clone)]
+pub struct TrackActivity<S> {
+    inner: S,
+    activity: Arc<ConnActivity>,
+}
+
+impl<S> Service<Request<Incoming>> for TrackActivity<S>
+where
+    S: Service<Request<Incoming>, Response = Response<ProxyBody>, Error = Infallible>,
+{
+    type Response = Response<ProxyBody>;
+    type Error = Infallible;
+    type Future = TrackFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<Incoming>) -> Self::Future {
+        TrackFuture {
+            guard: Some(self.activity.begin()),
+            fut: self.inner.call(req),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// Hands the activity guard to the response body.
+    pub struct TrackFuture<F> {
+        #[pin]
+        fut: F,
+        guard: Option<ActivityGuard>,
+    }
+}
+
+impl<F> Future for TrackFuture<F>
+where
+    F: Future<Output = Result<Response<ProxyBody>, Infallible>>,
+{
+    type Output = Result<Response<ProxyBody>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let resp = ready!(this.fut.poll(cx))?;
+        Poll::Ready(Ok(match this.guard.take() {
+            Some(guard) => resp.map(|b| b.with_activity(guard)),
+            None => resp,
+        }))
     }
 }

@@ -62,17 +62,23 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// The client's request id if it is usable, else a new random one.
-pub fn request_id(headers: &HeaderMap) -> HeaderValue {
-    if let Some(v) = headers.get(&X_REQUEST_ID) {
-        let ok = !v.is_empty()
-            && v.len() <= MAX_REQUEST_ID_LEN
-            && v.as_bytes().iter().all(|b| b.is_ascii_graphic());
-        if ok {
-            return v.clone();
-        }
+/// Removes a client `x-request-id` that levee will not pass on (empty,
+/// over 128 bytes, or not visible ASCII), so a new one is made for it.
+pub fn drop_unusable_request_id<B>(mut req: http::Request<B>) -> http::Request<B> {
+    if req
+        .headers()
+        .get(&X_REQUEST_ID)
+        .is_some_and(|v| !usable_request_id(v))
+    {
+        req.headers_mut().remove(&X_REQUEST_ID);
     }
-    new_request_id()
+    req
+}
+
+fn usable_request_id(v: &HeaderValue) -> bool {
+    !v.is_empty()
+        && v.len() <= MAX_REQUEST_ID_LEN
+        && v.as_bytes().iter().all(|b| b.is_ascii_graphic())
 }
 
 /// 32 lowercase hex digits of randomness.
@@ -212,13 +218,22 @@ mod tests {
     }
 
     #[test]
-    fn request_id_is_kept_when_sane_and_generated_otherwise() {
-        let mut h = HeaderMap::new();
-        assert_eq!(request_id(&h).len(), 32);
-        h.insert(X_REQUEST_ID, HeaderValue::from_static("abc-123"));
-        assert_eq!(request_id(&h), "abc-123");
-        h.insert(X_REQUEST_ID, HeaderValue::from_static("has space"));
-        assert_eq!(request_id(&h).len(), 32);
+    fn an_unusable_request_id_is_dropped_and_a_sane_one_kept() {
+        let with = |v: &str| {
+            let req = http::Request::get("/")
+                .header(X_REQUEST_ID, v)
+                .body(())
+                .unwrap();
+            drop_unusable_request_id(req)
+                .headers()
+                .get(X_REQUEST_ID)
+                .cloned()
+        };
+        assert_eq!(with("abc-123").unwrap(), "abc-123");
+        assert_eq!(with(""), None);
+        assert_eq!(with(&"x".repeat(200)), None);
+        assert_eq!(with("has space"), None);
+        assert_eq!(new_request_id().len(), 32);
         assert_ne!(new_request_id(), new_request_id());
     }
 

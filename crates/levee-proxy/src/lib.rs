@@ -1,24 +1,30 @@
 //! levee-proxy: the data plane.
 //!
-//! It owns the client listener, routing, forwarding, the per-node connection
-//! pools and node selection, and it is the one place where failures become
-//! HTTP responses (see [`error`]). It never blocks on anything but its own
-//! bulkheads and deadlines, and it publishes what it sees through
-//! `levee-telemetry` only.
+//! It owns the client listener, the request path (a tower stack, [`stack`]),
+//! the backends and their node sets ([`nodes`]: breakers, health, slow
+//! start, load estimates and keep-alive pools, which a reload carries over),
+//! node selection, and the one place where failures become HTTP responses
+//! ([`error`]). It never blocks on anything but its own bulkheads and
+//! deadlines, and it publishes what it sees through `levee-telemetry`.
 //!
-//! A request's life:
+//! A request's life (each line a layer of [`stack`], outermost first):
 //! ```text
-//! client ──accept (max_connections)──> connection task (header read / idle timeouts)
-//!   │ route table: host, method, path prefix ──no match──> 404 no-route
-//!   │ deadline starts (route timeout, else backend timeout)
-//!   │ route bulkhead ─┐ wait ≤ queue_timeout ──full──> 503 bulkhead-full + Retry-After
-//!   │ backend bulkhead┘
-//!   │ pick node (round robin) ── connect (connect_timeout) ──fail──> 502 upstream-connect
-//!   │ send headers + stream request body (body idle timeout)
-//!   │ wait for response headers until the deadline ──late──> 504 deadline (node conn dropped)
-//!   │                                             ──reset──> 502 upstream-reset / upstream-protocol
-//!   └ stream response body (body idle timeout; a failure now cuts the client connection)
-//!     slots, in-flight gauges and the connection's activity are released when the body ends or is dropped
+//! client ──accept (max_connections)──▶ connection task (header read / idle timeouts)
+//!  request id       keep a usable x-request-id or make one; echoed on every response
+//!  edge             CONNECT 405 · head > max_header_bytes 431 · no route 404 · header hygiene
+//!                   deadline starts (route timeout, else backend timeout)
+//!  route bulkhead   ─┐ wait ≤ queue_timeout ──full──▶ 503 bulkhead-full + Retry-After
+//!  choose backend    │ all nodes out ─▶ when_all_down: 503 no-healthy-node / failover / try_all
+//!                    │ pool ramping back ─▶ failover, or 503 shed
+//!  shed              │ normal/sheddable past their share ─▶ 503 shed
+//!  backend bulkhead ─┘
+//!  retry            small bodies kept; another node when safe, within deadline and budget
+//!  balance          NodeSet::pick (breaker per node × class, p2c_ewma) ··· NodeSet::record
+//!  node call        pool / connect (connect_timeout) ──fail──▶ 502 upstream-connect
+//!                   response headers by the deadline ──late──▶ 504 deadline (conn dropped)
+//!                                                   ──reset──▶ 502 upstream-reset / -protocol
+//! └ response body streams back (body idle timeout; a failure now cuts the client connection);
+//!   slots, in-flight gauges and the connection's activity are released when it ends
 //! ```
 
 pub mod activity;
@@ -27,12 +33,12 @@ pub mod body;
 pub mod classes;
 pub mod connection;
 pub mod error;
-pub mod forward;
 pub mod headers;
 pub mod health;
 pub mod nodes;
 pub mod routing;
 pub mod server;
+pub mod stack;
 pub mod state;
 pub mod upstream;
 

@@ -20,6 +20,8 @@ pub struct Route {
     pub name: String,
     pub matcher: RouteMatch,
     pub backend: Arc<Backend>,
+    /// `backend`'s index in the state's backends.
+    pub backend_index: usize,
     pub bulkhead: Option<Arc<Bulkhead>>,
     pub timeout: Duration,
     pub queue_timeout: Duration,
@@ -91,10 +93,14 @@ impl ProxyState {
         }
     }
 
-    /// The first route matching the request.
-    pub fn route(&self, host: Option<&str>, method: &http::Method, path: &str) -> Option<&Route> {
-        let i = first_match(self.routes.iter().map(|r| &r.matcher), host, method, path)?;
-        self.routes.get(i)
+    /// The index of the first route matching the request.
+    pub fn route_index(
+        &self,
+        host: Option<&str>,
+        method: &http::Method,
+        path: &str,
+    ) -> Option<usize> {
+        first_match(self.routes.iter().map(|r| &r.matcher), host, method, path)
     }
 }
 
@@ -135,6 +141,7 @@ fn route(
             host: cfg.host.clone(),
         },
         backend,
+        backend_index: cfg.backend_index,
         bulkhead,
         timeout: cfg.timeout,
         queue_timeout: cfg.queue_timeout,

@@ -9,7 +9,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use levee_config::{BackendConfig, Priority, RetryConfig, SheddingConfig, WhenAllDown};
+use levee_config::{BackendConfig, RetryConfig, SheddingConfig, WhenAllDown};
 use levee_resilience::{Bulkhead, RetryBudget};
 use levee_telemetry::{BackendStats, BackendTopology, NodeTopology, NodeView};
 
@@ -82,19 +82,6 @@ impl Backend {
 
     pub fn bulkhead(&self) -> &Bulkhead {
         &self.stats.bulkhead
-    }
-
-    /// Whether a request of `priority` may take a slot now, given how full
-    /// the bulkhead is: lower priorities are refused first.
-    pub fn admits_priority(&self, priority: Priority) -> bool {
-        let share = match priority {
-            Priority::Critical => return true,
-            Priority::Normal => self.shedding.normal,
-            Priority::Sheddable => self.shedding.sheddable,
-        };
-        let bulkhead = self.bulkhead();
-        let limit = (bulkhead.max_in_flight() as f64 * share).ceil() as usize;
-        bulkhead.in_flight() < limit.max(1)
     }
 
     /// What the admin listener sees of this backend in this config version.

@@ -106,6 +106,17 @@ impl Bulkhead {
         }
     }
 
+    /// Takes a free slot without waiting. `Ok(None)`: none is free but the
+    /// queue has room, so the caller may wait with [`Bulkhead::acquire`];
+    /// `Err`: none is free and the queue is full.
+    pub fn try_acquire(&self) -> Result<Option<BulkheadPermit>, BulkheadFull> {
+        match self.slots.sem.try_acquire() {
+            Ok(slot) => Ok(Some(self.held(slot))),
+            Err(TryAcquireError::NoPermits) if self.queued() < self.max_queue() => Ok(None),
+            Err(_) => Err(self.queue_full()),
+        }
+    }
+
     /// Turns a semaphore permit into an owned slot that releases through
     /// [`Slots::release`] (so a shrink can retire it).
     fn held(&self, slot: tokio::sync::SemaphorePermit<'_>) -> BulkheadPermit {
@@ -307,6 +318,21 @@ mod tests {
             out.push(b.acquire(soon(10)).await.unwrap());
         }
         out
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn try_acquire_takes_a_free_slot_or_says_whether_to_queue() {
+        let b = Bulkhead::new(1, 1);
+        let held = b.try_acquire().unwrap().unwrap();
+        assert!(b.try_acquire().unwrap().is_none(), "may queue");
+        let none = Bulkhead::new(1, 0);
+        let _h = none.try_acquire().unwrap().unwrap();
+        assert!(matches!(
+            none.try_acquire(),
+            Err(BulkheadFull::QueueFull { .. })
+        ));
+        drop(held);
+        assert!(b.try_acquire().unwrap().is_some());
     }
 
     #[test]

@@ -67,6 +67,11 @@ impl Deadline {
         self.at
     }
 
+    /// The whole time this deadline allowed.
+    pub fn budget(&self) -> Duration {
+        self.at.saturating_duration_since(self.start)
+    }
+
     /// Time left, zero once passed.
     pub fn remaining(&self) -> Duration {
         self.at.saturating_duration_since(Instant::now())

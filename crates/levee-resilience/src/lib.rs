@@ -1,10 +1,12 @@
-//! levee-resilience: the mechanisms that keep stuck work from clogging the proxy.
+//! levee-resilience: the mechanisms levee decides with, free of HTTP and I/O.
 //!
-//! It owns bulkheads (bounded concurrency with a bounded, timed queue) and
-//! deadlines (an absolute instant carried with a request, one error per phase).
-//! It must never know about HTTP: no hyper, no headers, no status codes. That
-//! keeps every mechanism unit-testable in microseconds with paused tokio time.
-//! Time comes only from `tokio::time`, so tests drive it with `start_paused`.
+//! Bulkheads (bounded concurrency with a bounded, timed queue, resizable on
+//! reload), deadlines, circuit breakers with their ejection budget, health
+//! thresholds, slow start and pool admission, the retry budget, and the
+//! drift detector. It never knows about HTTP (no hyper, no headers, no
+//! status codes) and holds no per-node registry: the data plane owns the
+//! instances. Time comes only from `tokio::time`, so every mechanism is
+//! unit-tested in microseconds with `start_paused`.
 
 pub mod breaker;
 pub mod bulkhead;

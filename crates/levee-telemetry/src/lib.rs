@@ -6,7 +6,9 @@
 //! of relaxed atomic adds, and the set of routes, backends and nodes is an
 //! `ArcSwap` snapshot that a config reload replaces whole.
 //!
-//! It must never reach into the data plane: no sockets, no HTTP, no tasks.
+//! It owns no decisions: a node's breakers, health and slow start belong to
+//! the data plane, which shows them through [`NodeView`]. It must never
+//! reach into the data plane otherwise: no sockets, no HTTP, no tasks.
 
 mod collector;
 mod config_status;
@@ -165,5 +167,44 @@ impl Telemetry {
             self,
         ))));
         registry
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    #[test]
+    fn a_failed_reload_is_counted_and_kept_beside_the_live_config() {
+        let t = Telemetry::new(Topology::default(), 1);
+        t.config_loaded("aaaa", "levee.toml", Vec::new());
+        t.reload_done(Err("levee.toml:3: backend[0].timeout: bad".into()));
+        let status = t.config_status();
+        assert_eq!(status.hash, "aaaa", "the live config stays");
+        let failure = status.last_failure.as_ref().unwrap();
+        assert!(failure.error.contains("levee.toml:3"));
+        assert_eq!(t.reloads(ReloadResult::Failure), 1);
+        assert_eq!(t.reloads(ReloadResult::Success), 0);
+
+        t.config_loaded("bbbb", "levee.toml", vec!["server.workers".into()]);
+        t.reload_done(Ok(()));
+        let status = t.config_status();
+        assert_eq!(status.hash, "bbbb");
+        assert!(status.last_failure.is_none(), "a good reload clears it");
+        assert_eq!(status.restart_required, ["server.workers"]);
+        assert_eq!(t.reloads(ReloadResult::Success), 1);
+
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &t.registry()).unwrap();
+        assert!(out.contains("levee_config_info{hash=\"bbbb\"} 1"), "{out}");
+        assert!(
+            out.contains("levee_config_reloads_total{result=\"failure\"} 1"),
+            "{out}"
+        );
+        assert!(
+            out.contains("levee_config_reloads_total{result=\"success\"} 1"),
+            "{out}"
+        );
     }
 }

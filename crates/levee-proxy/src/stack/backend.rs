@@ -1,0 +1,191 @@
+//! Which backend takes the request, and whether its priority may.
+//!
+//! [`ChooseBackend`]: the route's own backend while it has a usable node and
+//! its pool is not ramping back; else what `when_all_down` says (fail,
+//! failover, try every node). A pool ramping back after an outage admits a
+//! growing share; the rest goes to the failover backend, or is shed.
+//! [`Shed`]: `normal` and `sheddable` requests are refused while the chosen
+//! backend's bulkhead is past their share, so `critical` ones keep a slot.
+
+use std::task::{Context, Poll};
+
+use levee_config::{Priority, WhenAllDown};
+use levee_telemetry::{BackendEvent, ErrorReason};
+use tower::{Layer, Service};
+
+use super::{Decided, Routed};
+use crate::error::ProxyError;
+use crate::upstream::Backend;
+
+/// Adds [`ChooseBackend`].
+#[derive(Debug, Clone, Copy)]
+pub struct ChooseBackendLayer;
+
+impl<S> Layer<S> for ChooseBackendLayer {
+    type Service = ChooseBackend<S>;
+
+    fn layer(&self, inner: S) -> ChooseBackend<S> {
+        ChooseBackend { inner }
+    }
+}
+
+/// Sets [`Routed::backend`] and [`Routed::ignore_state`].
+#[derive(Debug, Clone)]
+pub struct ChooseBackend<S> {
+    inner: S,
+}
+
+impl<S> Service<Routed> for ChooseBackend<S>
+where
+    S: Service<Routed, Error = ProxyError>,
+{
+    type Response = S::Response;
+    type Error = ProxyError;
+    type Future = Decided<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Routed) -> Self::Future {
+        match choose(&req) {
+            Ok((backend, ignore_state)) => {
+                req.backend = backend;
+                req.ignore_state = ignore_state;
+                Decided::Inner {
+                    fut: self.inner.call(req),
+                }
+            }
+            Err(e) => Decided::refused(e),
+        }
+    }
+}
+
+/// The backend (index) for the request and whether to ignore node state.
+fn choose(req: &Routed) -> Result<(usize, bool), ProxyError> {
+    let primary = req.backend();
+    let class = req.class;
+    let failover = || {
+        primary.failover.filter(|i| {
+            req.state
+                .backends
+                .get(*i)
+                .is_some_and(|fb| fb.nodes.any_usable(class))
+        })
+    };
+    if primary.nodes.any_usable(class) {
+        let share = primary.nodes.pool_admission(class);
+        if share >= 1.0 || levee_resilience::admit_share(share) {
+            return Ok((req.backend, false));
+        }
+        // The whole pool is ramping back: the rest goes to the failover pool
+        // if there is one, else it is shed, so the pool is not knocked over.
+        if let Some(fb) = failover() {
+            primary.stats.count(BackendEvent::FailedOver);
+            return Ok((fb, false));
+        }
+        primary.stats.count(BackendEvent::Shed);
+        return Err(ProxyError::new(
+            ErrorReason::Shed,
+            format!(
+                "backend {} is ramping back up ({:.0}% admitted)",
+                primary.name,
+                share * 100.0
+            ),
+        ));
+    }
+    match primary.when_all_down {
+        WhenAllDown::Fail => {
+            primary.stats.count(BackendEvent::AllDownFail);
+            Err(no_healthy_node(primary))
+        }
+        WhenAllDown::Failover => match failover() {
+            Some(fb) => {
+                primary.stats.count(BackendEvent::FailedOver);
+                Ok((fb, false))
+            }
+            None => {
+                primary.stats.count(BackendEvent::AllDownFail);
+                Err(no_healthy_node(primary))
+            }
+        },
+        WhenAllDown::TryAll => {
+            primary.stats.count(BackendEvent::AllDownTryAll);
+            Ok((req.backend, true))
+        }
+    }
+}
+
+fn no_healthy_node(backend: &Backend) -> ProxyError {
+    ProxyError::new(
+        ErrorReason::NoHealthyNode,
+        format!(
+            "every node of backend {} is open or unhealthy",
+            backend.name
+        ),
+    )
+}
+
+/// Adds [`Shed`].
+#[derive(Debug, Clone, Copy)]
+pub struct ShedLayer;
+
+impl<S> Layer<S> for ShedLayer {
+    type Service = Shed<S>;
+
+    fn layer(&self, inner: S) -> Shed<S> {
+        Shed { inner }
+    }
+}
+
+/// Refuses lower priorities first as the chosen backend fills up.
+#[derive(Debug, Clone)]
+pub struct Shed<S> {
+    inner: S,
+}
+
+impl<S> Service<Routed> for Shed<S>
+where
+    S: Service<Routed, Error = ProxyError>,
+{
+    type Response = S::Response;
+    type Error = ProxyError;
+    type Future = Decided<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Routed) -> Self::Future {
+        let priority = req.route().priority;
+        let backend = req.backend();
+        if admits(backend, priority) {
+            return Decided::Inner {
+                fut: self.inner.call(req),
+            };
+        }
+        backend.stats.count(BackendEvent::Shed);
+        Decided::refused(ProxyError::new(
+            ErrorReason::Shed,
+            format!(
+                "backend {} sheds {} requests at {} in flight",
+                backend.name,
+                priority,
+                backend.bulkhead().in_flight()
+            ),
+        ))
+    }
+}
+
+/// Whether a request of `priority` may take a slot now, given how full
+/// the backend's bulkhead is.
+fn admits(backend: &Backend, priority: Priority) -> bool {
+    let share = match priority {
+        Priority::Critical => return true,
+        Priority::Normal => backend.shedding.normal,
+        Priority::Sheddable => backend.shedding.sheddable,
+    };
+    let bulkhead = backend.bulkhead();
+    let limit = (bulkhead.max_in_flight() as f64 * share).ceil() as usize;
+    bulkhead.in_flight() < limit.max(1)
+}

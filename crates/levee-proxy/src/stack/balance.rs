@@ -1,0 +1,263 @@
+//! One try: ask the backend's [`NodeSet`](crate::nodes::NodeSet) which node
+//! may take it (breaker-aware selection), call that node, and feed the
+//! outcome back to the node set (breaker, load estimate, counters).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+
+use http::uri::{Authority, PathAndQuery};
+use http::{Request, Response, Uri};
+use hyper::body::Incoming;
+use levee_resilience::Deadline;
+use levee_telemetry::{ErrorReason, InFlightGuard};
+use tokio::time::Instant;
+use tower::{Layer, Service};
+
+use super::node::NodeRequest;
+use crate::body::RequestBody;
+use crate::error::ProxyError;
+use crate::nodes::{Node, Outcome, Pick};
+use crate::upstream::Backend;
+
+/// Most tries one request may make, whatever the config says.
+pub const MAX_TRIES: usize = 8;
+
+/// Nodes a request has already tried, by index.
+#[derive(Debug, Clone, Copy)]
+pub struct Tried {
+    nodes: [usize; MAX_TRIES],
+    len: usize,
+}
+
+impl Default for Tried {
+    fn default() -> Self {
+        Self {
+            nodes: [usize::MAX; MAX_TRIES],
+            len: 0,
+        }
+    }
+}
+
+impl Tried {
+    pub fn as_slice(&self) -> &[usize] {
+        &self.nodes[..self.len]
+    }
+
+    pub fn push(&mut self, index: usize) {
+        if let Some(slot) = self.nodes.get_mut(self.len) {
+            *slot = index;
+            self.len += 1;
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// One try of a request.
+#[derive(Debug)]
+pub struct Attempt {
+    pub backend: Arc<Backend>,
+    pub class: usize,
+    /// Nodes not to pick again.
+    pub tried: Tried,
+    /// Whether a half-open trial call may be made (never on a retry).
+    pub allow_probe: bool,
+    pub ignore_state: bool,
+    pub deadline: Deadline,
+    /// Its URI holds the path and query; the node's authority is set here.
+    pub request: Request<RequestBody>,
+}
+
+/// A node answered (any status).
+#[derive(Debug)]
+pub struct Answer {
+    pub response: Response<Incoming>,
+    /// The status counts as a failure for the node's breaker.
+    pub failed: bool,
+    pub index: usize,
+    pub node: Arc<Node>,
+    /// Held until the response body ends.
+    pub in_flight: InFlightGuard,
+}
+
+/// A try that got no answer.
+#[derive(Debug)]
+pub enum TryFailed {
+    /// No node may take the request now.
+    NoNode,
+    /// The call to node `index` failed.
+    Call { error: ProxyError, index: usize },
+}
+
+/// Adds [`Balance`].
+#[derive(Debug, Clone, Copy)]
+pub struct BalanceLayer;
+
+impl<S> Layer<S> for BalanceLayer {
+    type Service = Balance<S>;
+
+    fn layer(&self, inner: S) -> Balance<S> {
+        Balance { inner }
+    }
+}
+
+/// Picks a node for each try and reports the outcome to the node set.
+#[derive(Debug, Clone)]
+pub struct Balance<S> {
+    inner: S,
+}
+
+impl<S> Service<Attempt> for Balance<S>
+where
+    S: Service<NodeRequest, Response = Response<Incoming>, Error = ProxyError>,
+{
+    type Response = Answer;
+    type Error = TryFailed;
+    type Future = BalanceFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), TryFailed>> {
+        self.inner.poll_ready(cx).map_err(|error| TryFailed::Call {
+            error,
+            index: usize::MAX,
+        })
+    }
+
+    fn call(&mut self, attempt: Attempt) -> Self::Future {
+        let Attempt {
+            backend,
+            class,
+            tried,
+            allow_probe,
+            ignore_state,
+            deadline,
+            mut request,
+        } = attempt;
+        let Some(pick) = backend
+            .nodes
+            .pick(class, tried.as_slice(), allow_probe, ignore_state)
+        else {
+            return BalanceFuture::Done {
+                result: Some(Err(TryFailed::NoNode)),
+            };
+        };
+        let index = pick.index;
+        match node_uri(request.uri(), &pick.node.authority) {
+            Ok(uri) => *request.uri_mut() = uri,
+            Err(error) => {
+                return BalanceFuture::Done {
+                    result: Some(Err(TryFailed::Call { error, index })),
+                }
+            }
+        }
+        let in_flight = pick.node.enter();
+        let fut = self.inner.call(NodeRequest {
+            node: Arc::clone(&pick.node),
+            request,
+            deadline,
+        });
+        BalanceFuture::Calling {
+            fut,
+            call: Some(Call {
+                backend,
+                pick,
+                in_flight,
+                sent: Instant::now(),
+            }),
+        }
+    }
+}
+
+/// What a call in progress holds until its outcome is recorded.
+#[derive(Debug)]
+pub struct Call {
+    backend: Arc<Backend>,
+    /// Dropped without an outcome (the client left), it gives a half-open
+    /// trial slot back.
+    pick: Pick,
+    in_flight: InFlightGuard,
+    sent: Instant,
+}
+
+pin_project_lite::pin_project! {
+    /// The node call, then the outcome recorded.
+    #[project = BalanceProj]
+    pub enum BalanceFuture<F> {
+        Calling { #[pin] fut: F, call: Option<Call> },
+        Done { result: Option<Result<Answer, TryFailed>> },
+    }
+}
+
+impl<F> Future for BalanceFuture<F>
+where
+    F: Future<Output = Result<Response<Incoming>, ProxyError>>,
+{
+    type Output = Result<Answer, TryFailed>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            BalanceProj::Done { result } => {
+                Poll::Ready(result.take().unwrap_or(Err(TryFailed::NoNode)))
+            }
+            BalanceProj::Calling { fut, call } => {
+                let result = ready!(fut.poll(cx));
+                let Some(Call {
+                    backend,
+                    mut pick,
+                    in_flight,
+                    sent,
+                }) = call.take()
+                else {
+                    return Poll::Ready(Err(TryFailed::NoNode));
+                };
+                let elapsed = sent.elapsed();
+                let index = pick.index;
+                Poll::Ready(match result {
+                    Ok(response) => {
+                        let status = response.status().as_u16();
+                        let failed =
+                            backend
+                                .nodes
+                                .record(&mut pick, elapsed, Outcome::Status(status));
+                        Ok(Answer {
+                            response,
+                            failed,
+                            index,
+                            node: Arc::clone(&pick.node),
+                            in_flight,
+                        })
+                    }
+                    Err(error) => {
+                        if error.reason.blames_node() {
+                            backend
+                                .nodes
+                                .record(&mut pick, elapsed, Outcome::Failed(error.reason));
+                        }
+                        Err(TryFailed::Call { error, index })
+                    }
+                })
+            }
+        }
+    }
+}
+
+/// The request's path and query, aimed at the node.
+fn node_uri(uri: &Uri, authority: &Authority) -> Result<Uri, ProxyError> {
+    let pq = uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    Uri::builder()
+        .scheme("http")
+        .authority(authority.clone())
+        .path_and_query(pq)
+        .build()
+        .map_err(|e| ProxyError::new(ErrorReason::BadRequest, format!("bad request target: {e}")))
+}

@@ -1,0 +1,180 @@
+//! The request path as a stack of tower layers, outermost first.
+//!
+//! Each layer is one mechanism with the tower shape (layer, service,
+//! response future); the stack's type is concrete, and no layer boxes a
+//! future on its fast path (only a wait in a bulkhead queue, reading a body
+//! kept for retries, and a retry's backoff allocate). A request passes down
+//! as [`Routed`] once it has a route, and each layer adds what it decided.
+//! Below [`retry`] each try is an [`balance::Attempt`]; below [`balance`] a
+//! call to one node.
+//!
+//! ```text
+//! TrackActivity       connection idle bookkeeping                  (connection.rs)
+//! MapRequest          drop an unusable client x-request-id         (tower)
+//! SetRequestId        keep or make x-request-id                    (tower-http)
+//! PropagateRequestId  echo it on every response                    (tower-http)
+//! Edge                CONNECT, head size, no path ─▶ 405/431/400; route (404 no-route);
+//!                     header hygiene; deadline starts; every error becomes a response
+//! Bulkhead(route)     wait ≤ queue_timeout ─▶ 503 bulkhead-full
+//! ChooseBackend       all nodes out ─▶ when_all_down (fail / failover / try_all); pool ramp ─▶ failover or 503 shed
+//! Shed                priority over the backend's fill ─▶ 503 shed
+//! Bulkhead(backend)   wait ≤ queue_timeout ─▶ 503 bulkhead-full
+//! Retry               keep small bodies; another node when safe, within deadline and budget
+//! Balance             NodeSet::pick (breaker-aware, p2c/least/rr) ─▶ record the outcome
+//! NodeCall            keep-alive pool, connect_timeout ─▶ 502 upstream-*;
+//!                     response headers by the deadline ─▶ 504 deadline
+//! └▶ response body streams back (body idle timeout); slots and gauges held until it ends
+//! ```
+
+pub mod backend;
+pub mod balance;
+pub mod bulkhead;
+pub mod edge;
+pub mod node;
+pub mod retry;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use levee_resilience::{BulkheadPermit, Deadline};
+use tower::util::MapRequestLayer;
+use tower::ServiceBuilder;
+use tower_http::request_id::{
+    MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
+};
+
+use crate::body::ProxyBody;
+use crate::error::ProxyError;
+use crate::headers;
+use crate::state::{ProxyState, Route, Shared};
+use crate::upstream::Backend;
+
+/// A request with a route, and what the layers above decided for it.
+#[derive(Debug)]
+pub struct Routed {
+    pub parts: http::request::Parts,
+    pub body: Incoming,
+    pub peer: SocketAddr,
+    /// The config version this request runs on, start to end.
+    pub state: Arc<ProxyState>,
+    pub route: usize,
+    /// Index in `state.backends`: the route's own, or its failover.
+    pub backend: usize,
+    /// The traffic class whose breakers judge this request.
+    pub class: usize,
+    pub deadline: Deadline,
+    /// `when_all_down = "try_all"`: pick among nodes whatever their state.
+    pub ignore_state: bool,
+    pub route_slot: Option<BulkheadPermit>,
+    pub backend_slot: Option<BulkheadPermit>,
+}
+
+impl Routed {
+    pub fn route(&self) -> &Route {
+        &self.state.routes[self.route]
+    }
+
+    pub fn backend(&self) -> &Backend {
+        &self.state.backends[self.backend]
+    }
+
+    pub fn backend_arc(&self) -> &Arc<Backend> {
+        &self.state.backends[self.backend]
+    }
+}
+
+/// What the layers below [`edge::Edge`] answer.
+pub type ProxyResult = Result<Response<ProxyBody>, ProxyError>;
+
+/// The whole stack for one client connection of data-plane `worker`.
+pub fn stack(shared: Arc<Shared>, worker: usize, peer: SocketAddr) -> Stack {
+    ServiceBuilder::new()
+        .layer(MapRequestLayer::new(
+            headers::drop_unusable_request_id as fn(Request<Incoming>) -> Request<Incoming>,
+        ))
+        .layer(SetRequestIdLayer::x_request_id(NewRequestId))
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(edge::EdgeLayer::new(shared, peer))
+        .layer(bulkhead::BulkheadLayer::route())
+        .layer(backend::ChooseBackendLayer)
+        .layer(backend::ShedLayer)
+        .layer(bulkhead::BulkheadLayer::backend())
+        .layer(retry::RetryLayer)
+        .layer(balance::BalanceLayer)
+        .service(node::NodeCall::new(worker))
+}
+
+/// The concrete type of [`stack`].
+pub type Stack = tower::util::MapRequest<
+    tower_http::request_id::SetRequestId<
+        tower_http::request_id::PropagateRequestId<
+            edge::Edge<
+                bulkhead::Bulkhead<
+                    backend::ChooseBackend<
+                        backend::Shed<
+                            bulkhead::Bulkhead<retry::Retry<balance::Balance<node::NodeCall>>>,
+                        >,
+                    >,
+                >,
+            >,
+        >,
+        NewRequestId,
+    >,
+    fn(Request<Incoming>) -> Request<Incoming>,
+>;
+
+/// Makes levee's request ids: 32 hex digits of randomness.
+#[derive(Debug, Clone, Copy)]
+pub struct NewRequestId;
+
+impl MakeRequestId for NewRequestId {
+    fn make_request_id<B>(&mut self, _: &Request<B>) -> Option<RequestId> {
+        Some(RequestId::new(headers::new_request_id()))
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The future of a layer that decides at once: pass the request on, or
+    /// refuse it with an error.
+    #[project = DecidedProj]
+    pub enum Decided<F> {
+        Inner { #[pin] fut: F },
+        Refused { error: Option<ProxyError> },
+    }
+}
+
+impl<F> Decided<F> {
+    pub fn refused(error: ProxyError) -> Self {
+        Decided::Refused { error: Some(error) }
+    }
+}
+
+impl<F, T> Future for Decided<F>
+where
+    F: Future<Output = Result<T, ProxyError>>,
+{
+    type Output = Result<T, ProxyError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            DecidedProj::Inner { fut } => fut.poll(cx),
+            DecidedProj::Refused { error } => Poll::Ready(Err(taken(error))),
+        }
+    }
+}
+
+/// The error a refusing future holds; it answers once, and a poll after
+/// that (which tower and hyper never do) gets a generic error, not a panic.
+pub(crate) fn taken(error: &mut Option<ProxyError>) -> ProxyError {
+    error.take().unwrap_or_else(|| {
+        ProxyError::new(
+            levee_telemetry::ErrorReason::BadRequest,
+            "future polled after completion",
+        )
+    })
+}

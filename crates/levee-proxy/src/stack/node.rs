@@ -1,0 +1,127 @@
+//! The bottom of the stack: one call to one node over its keep-alive pool,
+//! until the request's deadline for the response headers.
+
+use std::error::Error as StdError;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::ResponseFuture;
+use levee_resilience::{Deadline, Phase};
+use levee_telemetry::ErrorReason;
+use tokio::time::Timeout;
+use tower::Service;
+
+use crate::body::{ClientBodyError, RequestBody};
+use crate::error::ProxyError;
+use crate::nodes::Node;
+
+/// A request for one node, its URI already pointing there.
+#[derive(Debug)]
+pub struct NodeRequest {
+    pub node: Arc<Node>,
+    pub request: Request<RequestBody>,
+    pub deadline: Deadline,
+}
+
+/// Sends a request through the node's pool of data-plane worker `worker`.
+#[derive(Debug, Clone, Copy)]
+pub struct NodeCall {
+    worker: usize,
+}
+
+impl NodeCall {
+    pub fn new(worker: usize) -> Self {
+        Self { worker }
+    }
+}
+
+impl Service<NodeRequest> for NodeCall {
+    type Response = Response<Incoming>;
+    type Error = ProxyError;
+    type Future = NodeCallFuture;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: NodeRequest) -> NodeCallFuture {
+        let call = req.node.client(self.worker).request(req.request);
+        NodeCallFuture {
+            call: tokio::time::timeout_at(req.deadline.at(), call),
+            addr: req.node.addr,
+            budget: req.deadline.budget(),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The node's response headers, or why there are none.
+    pub struct NodeCallFuture {
+        #[pin]
+        call: Timeout<ResponseFuture>,
+        addr: SocketAddr,
+        budget: Duration,
+    }
+}
+
+impl Future for NodeCallFuture {
+    type Output = Result<Response<Incoming>, ProxyError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        Poll::Ready(match ready!(this.call.poll(cx)) {
+            Ok(Ok(resp)) => Ok(resp),
+            Ok(Err(e)) => Err(classify(&e)),
+            Err(_elapsed) => Err(ProxyError::new(
+                ErrorReason::Deadline,
+                format!(
+                    "no {} from {} within {:?}",
+                    Phase::Headers,
+                    this.addr,
+                    this.budget
+                ),
+            )),
+        })
+    }
+}
+
+/// Maps a client error to its reason by walking its causes.
+fn classify(e: &hyper_util::client::legacy::Error) -> ProxyError {
+    if e.is_connect() {
+        return ProxyError::new(
+            ErrorReason::UpstreamConnect,
+            format!("connect failed: {}", chain(e)),
+        );
+    }
+    let mut source: Option<&(dyn StdError + 'static)> = e.source();
+    while let Some(err) = source {
+        if let Some(body) = err.downcast_ref::<ClientBodyError>() {
+            return ProxyError::new(ErrorReason::ClientBody, body.to_string());
+        }
+        if let Some(h) = err.downcast_ref::<hyper::Error>() {
+            if h.is_parse() || h.is_parse_status() || h.is_parse_too_large() {
+                return ProxyError::new(ErrorReason::UpstreamProtocol, chain(e));
+            }
+        }
+        source = err.source();
+    }
+    ProxyError::new(ErrorReason::UpstreamReset, chain(e))
+}
+
+/// An error and its causes on one line, for logs.
+fn chain(e: &dyn StdError) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}

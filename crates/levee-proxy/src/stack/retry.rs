@@ -1,0 +1,375 @@
+//! Retries: only where it is safe, always on another node, within the
+//! deadline and the backend's retry budget.
+//!
+//! Any method is retried when the request never reached a node (connect
+//! failed); idempotent methods also after a reset, a bad response, or a
+//! status in `on_statuses`. A request body up to `buffer_bytes` is read
+//! whole first so it can be sent again; a larger one streams once and is
+//! never retried. An answer is never given up unless another node can be
+//! asked. The final answer carries the request's slots and gauges in its
+//! body, which releases them when it ends.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+
+use bytes::Bytes;
+use http::{Method, Request, Response, Version};
+use http_body::Body as _;
+use http_body_util::BodyExt as _;
+use hyper::body::Incoming;
+use levee_resilience::{BulkheadPermit, Deadline, Phase};
+use levee_telemetry::{BackendEvent, ErrorReason};
+use tokio::time::Sleep;
+use tower::{Layer, Service};
+
+use super::balance::{Answer, Attempt, Tried, TryFailed, MAX_TRIES};
+use super::{ProxyResult, Routed};
+use crate::body::{ProxyBody, RequestBody, RequestScope, UpstreamBody};
+use crate::error::ProxyError;
+use crate::headers;
+use crate::state::ProxyState;
+use crate::upstream::Backend;
+
+/// Adds [`Retry`].
+#[derive(Debug, Clone, Copy)]
+pub struct RetryLayer;
+
+impl<S> Layer<S> for RetryLayer {
+    type Service = Retry<S>;
+
+    fn layer(&self, inner: S) -> Retry<S> {
+        Retry { inner }
+    }
+}
+
+/// Runs a request's tries until one answers or retrying is not safe.
+#[derive(Debug, Clone)]
+pub struct Retry<S> {
+    inner: S,
+}
+
+impl<S> Service<Routed> for Retry<S>
+where
+    S: Service<Attempt, Response = Answer, Error = TryFailed> + Clone,
+{
+    type Response = Response<ProxyBody>;
+    type Error = ProxyError;
+    type Future = RetryFuture<S>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
+        self.inner
+            .poll_ready(cx)
+            .map_err(|_| ProxyError::new(ErrorReason::NoHealthyNode, "no node is ready"))
+    }
+
+    fn call(&mut self, req: Routed) -> RetryFuture<S> {
+        let Routed {
+            parts,
+            body,
+            state,
+            route,
+            backend,
+            class,
+            deadline,
+            ignore_state,
+            route_slot,
+            backend_slot,
+            ..
+        } = req;
+        let backend = Arc::clone(&state.backends[backend]);
+        backend.retry_budget.record_request();
+        let tries = Tries {
+            idempotent: is_idempotent(&parts.method),
+            parts,
+            body: Outgoing::Stream(None),
+            tried: Tried::default(),
+            max: 1,
+            last_error: None,
+            backend,
+            class,
+            deadline,
+            ignore_state,
+            route_slot,
+            backend_slot,
+            state,
+            route,
+        };
+        let mut inner = self.inner.clone();
+        let mut tries = tries;
+        let step = first_step(&mut tries, &mut inner, body);
+        RetryFuture { inner, tries, step }
+    }
+}
+
+/// Everything a request keeps across its tries.
+struct Tries {
+    parts: http::request::Parts,
+    body: Outgoing,
+    idempotent: bool,
+    tried: Tried,
+    /// Tries allowed: 1, or 1 + retries when the body can be sent again.
+    max: usize,
+    last_error: Option<ProxyError>,
+    backend: Arc<Backend>,
+    class: usize,
+    deadline: Deadline,
+    ignore_state: bool,
+    route_slot: Option<BulkheadPermit>,
+    backend_slot: Option<BulkheadPermit>,
+    state: Arc<ProxyState>,
+    route: usize,
+}
+
+/// The request body as levee sends it: kept whole when small enough to be
+/// sent again, else streamed once.
+enum Outgoing {
+    Kept(Bytes),
+    Stream(Option<Incoming>),
+}
+
+type Reading = Pin<Box<dyn Future<Output = Result<Bytes, ProxyError>> + Send>>;
+
+pin_project_lite::pin_project! {
+    #[project = StepProj]
+    enum Step<F> {
+        Idle,
+        /// Reading a small body whole before the first try (boxed: rare).
+        Reading { read: Reading },
+        Calling { #[pin] fut: F },
+        /// Waiting out a retry's backoff (boxed: rare).
+        Backoff { sleep: Pin<Box<Sleep>> },
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A request's tries, from its first to its answer or final error.
+    pub struct RetryFuture<S>
+    where
+        S: Service<Attempt>,
+    {
+        inner: S,
+        tries: Tries,
+        #[pin]
+        step: Step<S::Future>,
+    }
+}
+
+/// Decides how the body goes out, then starts the first try (or the read
+/// of a body kept for retries).
+fn first_step<S>(t: &mut Tries, inner: &mut S, body: Incoming) -> Step<S::Future>
+where
+    S: Service<Attempt>,
+{
+    let retry = &t.backend.retry;
+    if body.is_end_stream() {
+        t.body = Outgoing::Kept(Bytes::new());
+        return next_try(t, inner);
+    }
+    let small = body
+        .size_hint()
+        .exact()
+        .filter(|_| t.parts.headers.contains_key(http::header::CONTENT_LENGTH))
+        .is_some_and(|len| len <= retry.buffer_bytes as u64);
+    if !small || retry.max_retries == 0 {
+        t.body = Outgoing::Stream(Some(body));
+        return next_try(t, inner);
+    }
+    let idle = t.backend.body_idle_timeout;
+    let deadline = t.deadline;
+    Step::Reading {
+        read: Box::pin(async move {
+            let read = RequestBody::stream(body, idle).collect();
+            match deadline.run(Phase::BodyIdle, read).await {
+                Ok(Ok(collected)) => Ok(collected.to_bytes()),
+                Ok(Err(e)) => Err(ProxyError::new(ErrorReason::ClientBody, e.to_string())),
+                Err(_) => Err(ProxyError::new(
+                    ErrorReason::ClientBody,
+                    "the client did not send its request body before the deadline",
+                )),
+            }
+        }),
+    }
+}
+
+/// Starts the next try on a node not tried yet.
+fn next_try<S>(t: &mut Tries, inner: &mut S) -> Step<S::Future>
+where
+    S: Service<Attempt>,
+{
+    if t.tried.is_empty() {
+        t.max = if matches!(t.body, Outgoing::Kept(_)) {
+            1 + (t.backend.retry.max_retries as usize).min(MAX_TRIES - 1)
+        } else {
+            1
+        };
+    }
+    let last = t.tried.len() + 1 >= t.max;
+    let mut request = Request::new(match &mut t.body {
+        Outgoing::Kept(data) => RequestBody::kept(data.clone()),
+        Outgoing::Stream(body) => match body.take() {
+            Some(b) => RequestBody::stream(b, t.backend.body_idle_timeout),
+            None => RequestBody::kept(Bytes::new()),
+        },
+    });
+    *request.method_mut() = t.parts.method.clone();
+    *request.uri_mut() = t.parts.uri.clone();
+    *request.version_mut() = Version::HTTP_11;
+    *request.headers_mut() = if last {
+        std::mem::take(&mut t.parts.headers)
+    } else {
+        t.parts.headers.clone()
+    };
+    let attempt = Attempt {
+        backend: Arc::clone(&t.backend),
+        class: t.class,
+        tried: t.tried,
+        allow_probe: t.tried.is_empty(),
+        ignore_state: t.ignore_state,
+        deadline: t.deadline,
+        request,
+    };
+    Step::Calling {
+        fut: inner.call(attempt),
+    }
+}
+
+/// The answer goes to the client, carrying what the request holds.
+fn finish(t: &mut Tries, answer: Answer) -> Response<ProxyBody> {
+    let (mut parts, body) = answer.response.into_parts();
+    headers::strip_hop_by_hop(&mut parts.headers);
+    let scope = RequestScope {
+        route_slot: t.route_slot.take(),
+        backend_slot: t.backend_slot.take(),
+        node_in_flight: answer.in_flight,
+        node: Arc::clone(&answer.node.stats),
+        route: Arc::clone(&t.state.routes[t.route].stats),
+    };
+    let body = UpstreamBody::new(body, t.backend.body_idle_timeout, scope);
+    Response::from_parts(parts, ProxyBody::upstream(body))
+}
+
+/// The backoff before a retry after a try on node `index`, if one may
+/// follow.
+fn retry_after<F>(t: &mut Tries, index: usize) -> Option<Step<F>> {
+    t.tried.push(index);
+    if t.tried.len() >= t.max
+        || !t
+            .backend
+            .nodes
+            .has_alternative(t.class, t.tried.as_slice(), t.ignore_state)
+    {
+        return None;
+    }
+    let pause = retry_pause(&t.backend, &t.deadline, t.tried.len() - 1)?;
+    Some(Step::Backoff {
+        sleep: Box::pin(tokio::time::sleep(pause)),
+    })
+}
+
+impl<S> Future for RetryFuture<S>
+where
+    S: Service<Attempt, Response = Answer, Error = TryFailed>,
+{
+    type Output = ProxyResult;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<ProxyResult> {
+        let mut this = self.project();
+        loop {
+            let next = match this.step.as_mut().project() {
+                StepProj::Idle => return Poll::Ready(Err(no_node(this.tries))),
+                StepProj::Reading { read } => match ready!(read.as_mut().poll(cx)) {
+                    Ok(data) => {
+                        this.tries.body = Outgoing::Kept(data);
+                        next_try(this.tries, this.inner)
+                    }
+                    Err(e) => {
+                        this.step.set(Step::Idle);
+                        return Poll::Ready(Err(e));
+                    }
+                },
+                StepProj::Backoff { sleep } => {
+                    ready!(sleep.as_mut().poll(cx));
+                    next_try(this.tries, this.inner)
+                }
+                StepProj::Calling { fut } => {
+                    let result = ready!(fut.poll(cx));
+                    this.step.set(Step::Idle);
+                    let t = &mut *this.tries;
+                    match result {
+                        Ok(answer) => {
+                            let status = answer.response.status().as_u16();
+                            // Never give up an answer unless another node can be asked.
+                            let worth = answer.failed
+                                && t.idempotent
+                                && t.backend.retry.on_statuses.contains(&status);
+                            match worth.then(|| retry_after(t, answer.index)).flatten() {
+                                Some(backoff) => backoff,
+                                None => return Poll::Ready(Ok(finish(t, answer))),
+                            }
+                        }
+                        Err(TryFailed::NoNode) => {
+                            let e = t.last_error.take();
+                            return Poll::Ready(Err(e.unwrap_or_else(|| no_node(t))));
+                        }
+                        Err(TryFailed::Call { error, index }) => {
+                            // Any method if the request never reached the
+                            // node, idempotent ones also after a reset or a
+                            // bad response.
+                            let safe = match error.reason {
+                                ErrorReason::UpstreamConnect => true,
+                                ErrorReason::UpstreamReset | ErrorReason::UpstreamProtocol => {
+                                    t.idempotent
+                                }
+                                _ => false,
+                            };
+                            match safe.then(|| retry_after(t, index)).flatten() {
+                                Some(backoff) => {
+                                    t.last_error = Some(error);
+                                    backoff
+                                }
+                                None => return Poll::Ready(Err(error)),
+                            }
+                        }
+                    }
+                }
+            };
+            this.step.set(next);
+        }
+    }
+}
+
+fn no_node(t: &Tries) -> ProxyError {
+    ProxyError::new(
+        ErrorReason::NoHealthyNode,
+        format!("backend {} has no usable node", t.backend.name),
+    )
+}
+
+/// A jittered backoff, if the deadline leaves room for it and the budget
+/// has a retry to spend.
+fn retry_pause(
+    backend: &Backend,
+    deadline: &Deadline,
+    retry: usize,
+) -> Option<std::time::Duration> {
+    let base = backend.retry.backoff.mul_f64(1.0 + fastrand::f64());
+    let pause = base.saturating_mul(1 << retry.min(6));
+    if deadline.remaining() <= pause {
+        return None;
+    }
+    if !backend.retry_budget.try_retry() {
+        backend.stats.count(BackendEvent::RetryBudgetExhausted);
+        return None;
+    }
+    backend.stats.count(BackendEvent::Retry);
+    Some(pause)
+}
+
+fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
+}

@@ -1,0 +1,297 @@
+//! `ChooseBackend` (what `when_all_down` does when every node is out) and
+//! `Shed` (lower priorities refused first as the backend fills up).
+
+use std::sync::{Arc, Mutex};
+
+use http::{Method, Response};
+use levee_resilience::BulkheadPermit;
+use levee_telemetry::{BackendEvent, ErrorReason};
+use tower::{Layer, Service, ServiceExt};
+
+use crate::body::ProxyBody;
+use crate::classes::ClassTable;
+use crate::error::ProxyError;
+use crate::stack::backend::{ChooseBackendLayer, ShedLayer};
+use crate::stack::{testing, Routed};
+use crate::state::ProxyState;
+use crate::upstream::Backend;
+
+/// `app` (two nodes, failing over to `standby`) and `standby` (one node);
+/// one failure opens a node's breaker.
+fn config(when_all_down: &str) -> String {
+    format!(
+        r#"
+[[backend]]
+name = "app"
+nodes = ["127.0.0.1:9001", "127.0.0.1:9002"]
+failover = "standby"
+when_all_down = "{when_all_down}"
+[backend.breaker]
+consecutive_failures = 1
+[[backend]]
+name = "standby"
+nodes = ["127.0.0.1:9101"]
+[backend.breaker]
+consecutive_failures = 1
+[[route]]
+path_prefix = "/"
+backend = "app"
+"#
+    )
+}
+
+/// What the inner service saw: the backend index and `ignore_state`.
+#[derive(Clone, Default)]
+struct Record(Arc<Mutex<Vec<(usize, bool)>>>);
+
+impl Record {
+    fn take(&self) -> Vec<(usize, bool)> {
+        std::mem::take(&mut *self.0.lock().unwrap())
+    }
+}
+
+fn answering(
+    record: &Record,
+) -> impl Service<Routed, Response = Response<ProxyBody>, Error = ProxyError> + Clone {
+    let record = record.clone();
+    tower::service_fn(move |req: Routed| {
+        record.0.lock().unwrap().push((req.backend, req.ignore_state));
+        async move { Ok::<_, ProxyError>(testing::local_response(200, "ok")) }
+    })
+}
+
+async fn routed(state: &Arc<ProxyState>, method: Method, path: &str) -> Routed {
+    testing::routed(state, testing::client_request(method, path, "").await)
+}
+
+fn events(backend: &Backend) -> [u64; 6] {
+    BackendEvent::ALL.map(|e| backend.stats.events(e))
+}
+
+fn only(event: BackendEvent) -> [u64; 6] {
+    BackendEvent::ALL.map(|e| u64::from(e == event))
+}
+
+async fn choose(state: &Arc<ProxyState>, record: &Record, method: Method) -> Result<(), ProxyError> {
+    let mut svc = ChooseBackendLayer.layer(answering(record));
+    let req = routed(state, method, "/x").await;
+    svc.ready().await?.call(req).await.map(|resp| {
+        assert_eq!(resp.status(), 200);
+    })
+}
+
+#[tokio::test(start_paused = true)]
+async fn usable_nodes_keep_the_route_backend_and_count_nothing() {
+    let state = testing::state(&config("fail"));
+    let record = Record::default();
+    choose(&state, &record, Method::GET).await.unwrap();
+    assert_eq!(record.take(), [(0, false)]);
+    assert_eq!(events(&state.backends[0]), [0; 6]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn all_down_fail_refuses_with_no_healthy_node() {
+    let state = testing::state(&config("fail"));
+    testing::open_every_node(&state.backends[0], ClassTable::SAFE);
+    let record = Record::default();
+    let err = choose(&state, &record, Method::GET).await.unwrap_err();
+    assert_eq!(err.reason, ErrorReason::NoHealthyNode);
+    assert!(record.take().is_empty(), "the inner is never called");
+    assert_eq!(
+        events(&state.backends[0]),
+        only(BackendEvent::AllDownFail),
+        "no failover although standby is usable"
+    );
+    assert_eq!(events(&state.backends[1]), [0; 6]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn breakers_of_another_class_do_not_make_the_backend_down() {
+    let state = testing::state(&config("fail"));
+    testing::open_every_node(&state.backends[0], ClassTable::SAFE);
+    let record = Record::default();
+    choose(&state, &record, Method::POST).await.unwrap();
+    assert_eq!(record.take(), [(0, false)], "POST is judged by `unsafe`");
+    assert_eq!(events(&state.backends[0]), [0; 6]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn all_down_failover_sends_the_request_to_the_failover_backend() {
+    let state = testing::state(&config("failover"));
+    testing::open_every_node(&state.backends[0], ClassTable::SAFE);
+    let record = Record::default();
+    choose(&state, &record, Method::GET).await.unwrap();
+    assert_eq!(record.take(), [(1, false)], "standby is backend 1");
+    assert_eq!(events(&state.backends[0]), only(BackendEvent::FailedOver));
+    assert_eq!(events(&state.backends[1]), [0; 6]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn all_down_failover_without_a_usable_failover_node_fails() {
+    let state = testing::state(&config("failover"));
+    testing::open_every_node(&state.backends[0], ClassTable::SAFE);
+    testing::open_every_node(&state.backends[1], ClassTable::SAFE);
+    let record = Record::default();
+    let err = choose(&state, &record, Method::GET).await.unwrap_err();
+    assert_eq!(err.reason, ErrorReason::NoHealthyNode);
+    assert!(err.detail.contains("app"), "{}", err.detail);
+    assert!(record.take().is_empty());
+    assert_eq!(events(&state.backends[0]), only(BackendEvent::AllDownFail));
+}
+
+#[tokio::test(start_paused = true)]
+async fn all_down_try_all_keeps_the_backend_and_ignores_node_state() {
+    let state = testing::state(&config("try_all"));
+    testing::open_every_node(&state.backends[0], ClassTable::SAFE);
+    let record = Record::default();
+    choose(&state, &record, Method::GET).await.unwrap();
+    assert_eq!(record.take(), [(0, true)]);
+    assert_eq!(events(&state.backends[0]), only(BackendEvent::AllDownTryAll));
+}
+
+#[tokio::test(start_paused = true)]
+async fn nodes_failing_health_checks_count_as_down() {
+    let state = testing::state(
+        r#"
+[[backend]]
+name = "app"
+nodes = ["127.0.0.1:9001", "127.0.0.1:9002"]
+[backend.health_check]
+path = "/healthz"
+unhealthy_after = 1
+[[route]]
+path_prefix = "/"
+backend = "app"
+"#,
+    );
+    let app = &state.backends[0];
+    for node in app.nodes.nodes() {
+        node.health().record(false);
+        assert!(!node.health().is_healthy());
+    }
+    let record = Record::default();
+    let err = choose(&state, &record, Method::GET).await.unwrap_err();
+    assert_eq!(err.reason, ErrorReason::NoHealthyNode);
+    assert!(record.take().is_empty());
+    assert_eq!(events(app), only(BackendEvent::AllDownFail));
+}
+
+// --- Shed ------------------------------------------------------------------
+
+/// `app` has four slots; sheddable requests may use half, normal ones three
+/// quarters, critical ones all. `standby` is another backend to choose.
+const SHEDDING: &str = r#"
+[[backend]]
+name = "app"
+nodes = ["127.0.0.1:9001"]
+max_in_flight = 4
+[backend.shedding]
+sheddable = 0.5
+normal = 0.75
+[[backend]]
+name = "standby"
+nodes = ["127.0.0.1:9101"]
+max_in_flight = 4
+[[route]]
+name = "critical"
+path_prefix = "/critical"
+backend = "app"
+priority = "critical"
+[[route]]
+name = "normal"
+path_prefix = "/normal"
+backend = "app"
+priority = "normal"
+[[route]]
+name = "bulk"
+path_prefix = "/bulk"
+backend = "app"
+priority = "sheddable"
+"#;
+
+fn hold(backend: &Backend, n: usize) -> Vec<BulkheadPermit> {
+    let held: Vec<_> = (0..n)
+        .map(|_| backend.bulkhead().try_acquire().unwrap().expect("a free slot"))
+        .collect();
+    assert_eq!(backend.bulkhead().in_flight(), n);
+    held
+}
+
+async fn shed(state: &Arc<ProxyState>, path: &str, backend: usize) -> Result<(), ProxyError> {
+    let record = Record::default();
+    let mut svc = ShedLayer.layer(answering(&record));
+    let mut req = routed(state, Method::GET, path).await;
+    req.backend = backend;
+    let result = svc.ready().await?.call(req).await.map(|_| ());
+    let seen = record.take();
+    match &result {
+        Ok(()) => assert_eq!(seen, [(backend, false)]),
+        Err(_) => assert!(seen.is_empty(), "a shed request never reaches the inner"),
+    }
+    result
+}
+
+#[tokio::test(start_paused = true)]
+async fn below_every_share_all_priorities_pass() {
+    let state = testing::state(SHEDDING);
+    let _held = hold(&state.backends[0], 1);
+    for path in ["/critical", "/normal", "/bulk"] {
+        shed(&state, path, 0).await.unwrap();
+    }
+    assert_eq!(state.backends[0].stats.events(BackendEvent::Shed), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn at_its_share_a_sheddable_route_is_shed_while_critical_and_normal_pass() {
+    let state = testing::state(SHEDDING);
+    let app = &state.backends[0];
+    let _held = hold(app, 2);
+    let err = shed(&state, "/bulk", 0).await.unwrap_err();
+    assert_eq!(err.reason, ErrorReason::Shed);
+    assert!(err.detail.contains("sheds sheddable"), "{}", err.detail);
+    shed(&state, "/critical", 0).await.unwrap();
+    shed(&state, "/normal", 0).await.unwrap();
+    assert_eq!(events(app), only(BackendEvent::Shed));
+}
+
+#[tokio::test(start_paused = true)]
+async fn at_the_normal_share_normal_is_shed_too_and_critical_may_use_every_slot() {
+    let state = testing::state(SHEDDING);
+    let app = &state.backends[0];
+    let mut held = hold(app, 3);
+    assert_eq!(
+        shed(&state, "/normal", 0).await.unwrap_err().reason,
+        ErrorReason::Shed
+    );
+    assert_eq!(
+        shed(&state, "/bulk", 0).await.unwrap_err().reason,
+        ErrorReason::Shed
+    );
+    shed(&state, "/critical", 0).await.unwrap();
+    held.extend(hold_one_more(app));
+    assert_eq!(app.bulkhead().in_flight(), 4);
+    shed(&state, "/critical", 0).await.unwrap();
+    assert_eq!(app.stats.events(BackendEvent::Shed), 2);
+}
+
+fn hold_one_more(backend: &Backend) -> Option<BulkheadPermit> {
+    backend.bulkhead().try_acquire().unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn shedding_judges_the_chosen_backend_not_the_route_backend() {
+    let state = testing::state(SHEDDING);
+    let _held = hold(&state.backends[0], 4);
+    // Failed over to the empty standby: nothing to shed there.
+    shed(&state, "/bulk", 1).await.unwrap();
+    assert_eq!(state.backends[0].stats.events(BackendEvent::Shed), 0);
+    assert_eq!(state.backends[1].stats.events(BackendEvent::Shed), 0);
+    // And a full standby sheds, counted on standby.
+    let _standby = hold(&state.backends[1], 2);
+    assert_eq!(
+        shed(&state, "/bulk", 1).await.unwrap_err().reason,
+        ErrorReason::Shed
+    );
+    assert_eq!(state.backends[1].stats.events(BackendEvent::Shed), 1);
+    assert_eq!(state.backends[0].stats.events(BackendEvent::Shed), 0);
+}

@@ -1,0 +1,9 @@
+//! Each layer of the stack on its own, over mock inner services.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod backend;
+mod balance;
+mod bulkhead;
+mod edge;
+mod node;
+mod retry;
