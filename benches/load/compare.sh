@@ -7,7 +7,8 @@
 # Usage: benches/load/compare.sh [DURATION_SECONDS] [CONNECTIONS]
 # LEVEE_BASELINE=path/to/another/levee adds a row for that binary in the same
 # run (e.g. the build before a change), so before/after is one measurement.
-# Every proxy runs one worker.
+# Every proxy runs one worker, pinned to CPU 0; the node and wrk share CPU 1
+# (when the machine has two or more), so the proxies are measured alike.
 # Installs wrk, nginx-light and haproxy with apt-get if they are missing.
 # Traffic goes to 127.0.0.1 only; every process is stopped on exit.
 set -euo pipefail
@@ -29,7 +30,8 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 
 cargo build --release --locked -q --bin levee -p levee --bin levee-node -p levee-testkit
-target/release/levee-node --listen 127.0.0.1:$NODE_PORT --mode healthy:64 >/dev/null 2>&1 &
+if [ "$(nproc)" -ge 2 ]; then PROXY_CPU=(taskset -c 0); LOAD_CPU=(taskset -c 1); else PROXY_CPU=(); LOAD_CPU=(); fi
+"${LOAD_CPU[@]}" target/release/levee-node --listen 127.0.0.1:$NODE_PORT --mode healthy:64 >/dev/null 2>&1 &
 PIDS+=($!)
 
 cat > "$WORK/levee.toml" <<TOML
@@ -92,9 +94,9 @@ cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 printf '%-10s %10s %10s %10s %14s\n' target "req/s" "p50" "p99" "cpu us/req"
 run() { # name port [pid]
   local name=$1 port=$2 pid=${3:-} before after out reqs rps p50 p99 cpu="-"
-  wrk -t1 -c"$CONNS" -d1s "http://127.0.0.1:$port/" >/dev/null 2>&1 || true   # warm-up
+  "${LOAD_CPU[@]}" wrk -t1 -c"$CONNS" -d1s "http://127.0.0.1:$port/" >/dev/null 2>&1 || true   # warm-up
   [ -n "$pid" ] && before=$(cpu_ticks "$pid")
-  out=$(wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "http://127.0.0.1:$port/")
+  out=$("${LOAD_CPU[@]}" wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "http://127.0.0.1:$port/")
   [ -n "$pid" ] && after=$(cpu_ticks "$pid")
   reqs=$(echo "$out" | awk '/requests in/ {print $1}')
   rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
@@ -110,7 +112,7 @@ wait_port $NODE_PORT
 run direct $NODE_PORT
 
 run_levee() { # name binary
-  "$2" run --config "$WORK/levee.toml" >"$WORK/levee.log" 2>&1 &
+  "${PROXY_CPU[@]}" "$2" run --config "$WORK/levee.toml" >"$WORK/levee.log" 2>&1 &
   LEVEE_PID=$!; PIDS+=($LEVEE_PID)
   wait_port $LEVEE_PORT
   run "$1" $LEVEE_PORT $LEVEE_PID
@@ -119,14 +121,14 @@ run_levee() { # name binary
 [ -n "${LEVEE_BASELINE:-}" ] && run_levee levee-base "$LEVEE_BASELINE"
 run_levee levee target/release/levee
 
-nginx -c "$WORK/nginx.conf" -g 'daemon off;' &
+"${PROXY_CPU[@]}" nginx -c "$WORK/nginx.conf" -g 'daemon off;' &
 NGINX_MASTER=$!; PIDS+=($NGINX_MASTER)
 wait_port $NGINX_PORT
 NGINX_WORKER=$(pgrep -P $NGINX_MASTER | head -1)
 run nginx $NGINX_PORT "$NGINX_WORKER"
 kill $NGINX_MASTER; wait $NGINX_MASTER 2>/dev/null || true
 
-haproxy -f "$WORK/haproxy.cfg" -db >/dev/null 2>&1 &
+"${PROXY_CPU[@]}" haproxy -f "$WORK/haproxy.cfg" -db >/dev/null 2>&1 &
 HAPROXY_PID=$!; PIDS+=($HAPROXY_PID)
 wait_port $HAPROXY_PORT
 run haproxy $HAPROXY_PORT $HAPROXY_PID

@@ -407,46 +407,74 @@ impl NodeSet {
         allow_probe: bool,
         ignore_state: bool,
     ) -> Option<Pick> {
-        let chosen = |index: usize, probe: bool| Pick {
+        if ignore_state || !self.breakers_enabled {
+            let view = self.view(class, tried, &[], ignore_state);
+            return pick(self.policy, &view, &self.cursor).map(|i| self.chosen(i, class, false));
+        }
+        // A node whose breaker refuses (or would only take a trial call a
+        // retry may not make) is passed over; after a few, the rest are
+        // scanned in order, so a usable node is never missed.
+        let mut refused = [usize::MAX; 4];
+        for round in 0..self.nodes.len() {
+            let view = self.view(class, tried, &refused, false);
+            let index = pick(self.policy, &view, &self.cursor)?;
+            if let Some(p) = self.admit(index, class, allow_probe) {
+                return Some(p);
+            }
+            match refused.get_mut(round) {
+                Some(slot) => *slot = index,
+                None => break,
+            }
+        }
+        (0..self.nodes.len())
+            .filter(|i| !tried.contains(i) && !refused.contains(i) && self.nodes[*i].usable(class))
+            .find_map(|i| self.admit(i, class, allow_probe))
+    }
+
+    fn view<'a>(
+        &'a self,
+        class: usize,
+        tried: &'a [usize],
+        refused: &'a [usize],
+        ignore_state: bool,
+    ) -> PoolView<'a> {
+        PoolView {
+            set: self,
+            class,
+            tried,
+            refused,
+            ignore_state,
+        }
+    }
+
+    /// Asks node `index`'s breaker for `class` to take the call.
+    fn admit(&self, index: usize, class: usize, allow_probe: bool) -> Option<Pick> {
+        let Some(b) = self.nodes[index].breakers.get(class) else {
+            return Some(self.chosen(index, class, false));
+        };
+        let (admission, moved) = b.breaker.admit();
+        if let Some(t) = moved {
+            b.count_transition(&t);
+            info!(backend = %self.backend, node = %self.nodes[index].addr, class = %b.class, reason = t.reason.as_str(), "breaker half-open: sending trial calls");
+        }
+        match admission {
+            Admission::Pass => Some(self.chosen(index, class, false)),
+            Admission::Probe if allow_probe => Some(self.chosen(index, class, true)),
+            Admission::Probe => {
+                b.breaker.cancel_probe();
+                None
+            }
+            Admission::Reject => None,
+        }
+    }
+
+    fn chosen(&self, index: usize, class: usize, probe: bool) -> Pick {
+        Pick {
             index,
             node: Arc::clone(&self.nodes[index]),
             class,
             probe,
-        };
-        let mut refused = [usize::MAX; 4];
-        for round in 0..self.nodes.len() {
-            let view = PoolView {
-                set: self,
-                class,
-                tried,
-                refused: &refused,
-                ignore_state,
-            };
-            let index = pick(self.policy, &view, &self.cursor)?;
-            if ignore_state || !self.breakers_enabled {
-                return Some(chosen(index, false));
-            }
-            let Some(b) = self.nodes[index].breakers.get(class) else {
-                return Some(chosen(index, false));
-            };
-            let (admission, moved) = b.breaker.admit();
-            if let Some(t) = moved {
-                b.count_transition(&t);
-                info!(backend = %self.backend, node = %self.nodes[index].addr, class = %b.class, reason = t.reason.as_str(), "breaker half-open: sending trial calls");
-            }
-            match admission {
-                Admission::Pass => return Some(chosen(index, false)),
-                Admission::Probe if allow_probe => return Some(chosen(index, true)),
-                Admission::Probe => b.breaker.cancel_probe(),
-                Admission::Reject => {}
-            }
-            if let Some(slot) = refused.get_mut(round) {
-                *slot = index;
-            } else {
-                return None;
-            }
         }
-        None
     }
 
     /// Feeds one call's outcome back: the node's counters, its load
@@ -674,6 +702,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_dropped_pick_gives_its_trial_slot_back() {
         let cfg = config("\"127.0.0.1:1\"", "");
+        let mut cfg = cfg;
+        cfg.backends[0].breaker.half_open_calls = 1;
         let set = NodeSet::build(&cfg.backends[0], &ClassTable::new([]), 1, None);
         fail_three_times(&set, 0);
         tokio::time::advance(Duration::from_secs(60)).await;

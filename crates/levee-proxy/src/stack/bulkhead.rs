@@ -1,7 +1,8 @@
 //! Bulkheads on the request path: the route's (if it has one), then the
 //! chosen backend's. A free slot is taken at once; otherwise the request
-//! waits in the bulkhead's bounded queue until the route's `queue_timeout`
-//! (or the deadline, if sooner), then gets 503 `bulkhead-full`. The permit
+//! waits in the bulkhead's bounded queue until that bulkhead's
+//! `queue_timeout` (or the deadline, if sooner), then gets 503
+//! `bulkhead-full`. The permit
 //! travels with the request and is released when its response body ends.
 
 use std::future::Future;
@@ -108,7 +109,11 @@ where
         // The slow path: wait in the queue. Levee's layers are always
         // ready, so a clone of the inner service may be called directly.
         let mut inner = self.inner.clone();
-        let wait_until = req.deadline.capped(req.route().queue_timeout);
+        let queue_timeout = match scope {
+            Scope::Route => req.route().queue_timeout,
+            Scope::Backend => req.backend().queue_timeout,
+        };
+        let wait_until = req.deadline.capped(queue_timeout);
         let queued = async move {
             let state = Arc::clone(&req.state);
             let permit = match scope {

@@ -33,6 +33,11 @@ pub mod edge;
 pub mod node;
 pub mod retry;
 
+#[cfg(test)]
+mod testing;
+#[cfg(test)]
+mod tests;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -80,10 +85,6 @@ impl Routed {
     }
 
     pub fn backend(&self) -> &Backend {
-        &self.state.backends[self.backend]
-    }
-
-    pub fn backend_arc(&self) -> &Arc<Backend> {
         &self.state.backends[self.backend]
     }
 }

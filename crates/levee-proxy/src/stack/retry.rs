@@ -301,9 +301,8 @@ where
                         Ok(answer) => {
                             let status = answer.response.status().as_u16();
                             // Never give up an answer unless another node can be asked.
-                            let worth = answer.failed
-                                && t.idempotent
-                                && t.backend.retry.on_statuses.contains(&status);
+                            let worth =
+                                t.idempotent && t.backend.retry.on_statuses.contains(&status);
                             match worth.then(|| retry_after(t, answer.index)).flatten() {
                                 Some(backoff) => backoff,
                                 None => return Poll::Ready(Ok(finish(t, answer))),

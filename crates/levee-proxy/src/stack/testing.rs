@@ -173,7 +173,10 @@ pub fn open_node(backend: &Backend, class: usize, index: usize) {
         Duration::from_millis(1),
         Outcome::Failed(ErrorReason::UpstreamConnect),
     );
-    assert!(!backend.nodes.nodes()[index].usable(class), "node {index} is open");
+    assert!(
+        !backend.nodes.nodes()[index].usable(class),
+        "node {index} is open"
+    );
 }
 
 /// What node `index` of `backend` answered, as [`Balance`](super::balance::Balance)

@@ -55,7 +55,11 @@ fn answering(
 ) -> impl Service<Routed, Response = Response<ProxyBody>, Error = ProxyError> + Clone {
     let record = record.clone();
     tower::service_fn(move |req: Routed| {
-        record.0.lock().unwrap().push((req.backend, req.ignore_state));
+        record
+            .0
+            .lock()
+            .unwrap()
+            .push((req.backend, req.ignore_state));
         async move { Ok::<_, ProxyError>(testing::local_response(200, "ok")) }
     })
 }
@@ -72,7 +76,11 @@ fn only(event: BackendEvent) -> [u64; 6] {
     BackendEvent::ALL.map(|e| u64::from(e == event))
 }
 
-async fn choose(state: &Arc<ProxyState>, record: &Record, method: Method) -> Result<(), ProxyError> {
+async fn choose(
+    state: &Arc<ProxyState>,
+    record: &Record,
+    method: Method,
+) -> Result<(), ProxyError> {
     let mut svc = ChooseBackendLayer.layer(answering(record));
     let req = routed(state, method, "/x").await;
     svc.ready().await?.call(req).await.map(|resp| {
@@ -146,7 +154,10 @@ async fn all_down_try_all_keeps_the_backend_and_ignores_node_state() {
     let record = Record::default();
     choose(&state, &record, Method::GET).await.unwrap();
     assert_eq!(record.take(), [(0, true)]);
-    assert_eq!(events(&state.backends[0]), only(BackendEvent::AllDownTryAll));
+    assert_eq!(
+        events(&state.backends[0]),
+        only(BackendEvent::AllDownTryAll)
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -211,7 +222,13 @@ priority = "sheddable"
 
 fn hold(backend: &Backend, n: usize) -> Vec<BulkheadPermit> {
     let held: Vec<_> = (0..n)
-        .map(|_| backend.bulkhead().try_acquire().unwrap().expect("a free slot"))
+        .map(|_| {
+            backend
+                .bulkhead()
+                .try_acquire()
+                .unwrap()
+                .expect("a free slot")
+        })
         .collect();
     assert_eq!(backend.bulkhead().in_flight(), n);
     held

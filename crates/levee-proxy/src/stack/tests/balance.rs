@@ -266,7 +266,9 @@ async fn with_every_node_open_there_is_no_node_unless_state_is_ignored() {
 
     let mut try_all = attempt(app, &[], true);
     try_all.ignore_state = true;
-    let answer = try_once(&record, Reply::Status(200), try_all).await.unwrap();
+    let answer = try_once(&record, Reply::Status(200), try_all)
+        .await
+        .unwrap();
     assert_eq!(answer.response.status(), 200);
     assert_eq!(record.take().len(), 1, "try_all calls an open node");
 }
@@ -279,12 +281,9 @@ async fn a_dropped_trial_call_gives_its_slot_back() {
     tokio::time::advance(Duration::from_millis(1500)).await;
     let record = Record::default();
     let mut svc = BalanceLayer.layer(node_mock(&record, Reply::Never));
-    let call = svc
-        .ready()
-        .await
-        .unwrap()
-        .call(attempt(app, &[1], true));
-    let mut call = std::pin::pin!(call);
+    let call = svc.ready().await.unwrap().call(attempt(app, &[1], true));
+    // Boxed, so that dropping it below drops the future itself.
+    let mut call = Box::pin(call);
     assert!(futures_util::FutureExt::now_or_never(call.as_mut()).is_none());
     let calls = record.take();
     assert_eq!(calls.len(), 1, "the trial call was sent");
@@ -333,7 +332,9 @@ async fn a_retry_never_makes_a_trial_call() {
     assert!(matches!(failed, Err(TryFailed::NoNode)), "{failed:?}");
     assert!(record.take().is_empty());
     assert!(
-        app.nodes.pick(SAFE, &[1], true, false).is_some_and(|p| p.is_probe()),
+        app.nodes
+            .pick(SAFE, &[1], true, false)
+            .is_some_and(|p| p.is_probe()),
         "the trial slot is still free for a first try"
     );
 }

@@ -34,6 +34,7 @@ name = "standby"
 nodes = ["127.0.0.1:9101"]
 max_in_flight = 1
 max_queue = 1
+queue_timeout = "80ms"
 [[route]]
 name = "limited"
 path_prefix = "/limited"
@@ -78,12 +79,8 @@ impl Record {
 /// A mock that records what it saw and answers 200 at once.
 fn answering(
     record: &Record,
-) -> impl Service<
-    Routed,
-    Response = Response<ProxyBody>,
-    Error = ProxyError,
-    Future: Send + 'static,
-> + Clone
+) -> impl Service<Routed, Response = Response<ProxyBody>, Error = ProxyError, Future: Send + 'static>
+       + Clone
        + Send
        + 'static {
     let record = record.clone();
@@ -135,7 +132,11 @@ async fn a_free_route_slot_is_taken_for_the_inner_call_and_released_after_it() {
     let req = routed(&state, "/limited").await;
     let mut call = std::pin::pin!(svc.ready().await.unwrap().call(req));
     assert!(futures_util::FutureExt::now_or_never(call.as_mut()).is_none());
-    let seen = entered.lock().unwrap().take().expect("the inner was called");
+    let seen = entered
+        .lock()
+        .unwrap()
+        .take()
+        .expect("the inner was called");
     assert!(seen.route_slot);
     assert!(!seen.backend_slot, "the route layer takes no backend slot");
     assert_eq!(seen.route_in_flight, Some(1));
@@ -290,7 +291,11 @@ async fn a_full_chosen_backend_queues_then_refuses_naming_that_backend() {
     let err = svc.ready().await.unwrap().call(req).await.unwrap_err();
     assert_eq!(err.reason, ErrorReason::BulkheadFull);
     assert!(err.detail.contains("backend standby"), "{}", err.detail);
-    assert_eq!(started.elapsed(), Duration::from_millis(50));
+    assert_eq!(
+        started.elapsed(),
+        Duration::from_millis(80),
+        "the backend's own queue_timeout, not the route's"
+    );
     assert!(record.take().is_empty());
     assert_eq!(state.backends[0].bulkhead().in_flight(), 0, "app untouched");
     assert_eq!(standby.queued(), 0);
@@ -352,6 +357,10 @@ async fn the_backend_queue_refuses_at_once_when_it_is_full() {
     assert_eq!(err.reason, ErrorReason::BulkheadFull);
     assert_eq!(started.elapsed(), Duration::ZERO);
     let first = first.await.unwrap().unwrap_err();
-    assert_eq!(first.reason, ErrorReason::BulkheadFull, "timed out in queue");
+    assert_eq!(
+        first.reason,
+        ErrorReason::BulkheadFull,
+        "timed out in queue"
+    );
     assert_eq!(calls.load(Ordering::SeqCst), 0);
 }

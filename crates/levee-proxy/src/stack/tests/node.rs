@@ -1,0 +1,237 @@
+//! `NodeCall`: one call to a real node over loopback, in real time, and
+//! how each way it can fail is named.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, Response};
+use http_body_util::{BodyExt as _, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use levee_resilience::Deadline;
+use levee_telemetry::ErrorReason;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::TcpListener;
+use tokio::time::Instant;
+use tower::{Service, ServiceExt};
+
+use crate::body::RequestBody;
+use crate::error::ProxyError;
+use crate::stack::node::{NodeCall, NodeRequest};
+use crate::stack::testing;
+use crate::state::ProxyState;
+
+fn state_for(addr: SocketAddr) -> Arc<ProxyState> {
+    testing::state(&format!(
+        r#"
+[[backend]]
+name = "app"
+nodes = ["{addr}"]
+connect_timeout = "500ms"
+timeout = "5s"
+[[route]]
+path_prefix = "/"
+backend = "app"
+"#
+    ))
+}
+
+fn node_request(
+    state: &ProxyState,
+    method: Method,
+    path: &str,
+    body: &'static str,
+    deadline: Deadline,
+) -> NodeRequest {
+    let node = Arc::clone(&state.backends[0].nodes.nodes()[0]);
+    let request = Request::builder()
+        .method(method)
+        .uri(format!("http://{}{path}", node.addr))
+        .header("host", "test")
+        .body(RequestBody::kept(Bytes::from_static(body.as_bytes())))
+        .unwrap();
+    NodeRequest {
+        node,
+        request,
+        deadline,
+    }
+}
+
+async fn call(req: NodeRequest) -> Result<Response<Incoming>, ProxyError> {
+    let mut svc = NodeCall::new(0);
+    svc.ready().await?.call(req).await
+}
+
+/// A port on loopback with nothing listening on it.
+async fn free_port() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    addr
+}
+
+#[tokio::test]
+async fn a_node_that_never_answers_runs_into_the_deadline() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    // Accepts, then holds the connections open without a word.
+    let silent = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    let state = state_for(addr);
+    let budget = Duration::from_millis(150);
+    let req = node_request(&state, Method::GET, "/", "", Deadline::after(budget));
+    let started = Instant::now();
+    let err = call(req).await.unwrap_err();
+    let waited = started.elapsed();
+    assert_eq!(err.reason, ErrorReason::Deadline, "{err}");
+    assert!(err.detail.contains(&addr.to_string()), "{}", err.detail);
+    assert!(
+        waited >= budget && waited < Duration::from_secs(2),
+        "{waited:?}"
+    );
+    silent.abort();
+}
+
+#[tokio::test]
+async fn a_port_with_nothing_listening_is_upstream_connect() {
+    let addr = free_port().await;
+    let state = state_for(addr);
+    let req = node_request(
+        &state,
+        Method::GET,
+        "/",
+        "",
+        Deadline::after(Duration::from_secs(5)),
+    );
+    let started = Instant::now();
+    let err = call(req).await.unwrap_err();
+    assert_eq!(err.reason, ErrorReason::UpstreamConnect, "{err}");
+    assert!(started.elapsed() < Duration::from_secs(2));
+}
+
+/// What the node received.
+#[derive(Debug, Clone)]
+struct Received {
+    method: Method,
+    uri: http::Uri,
+    host: Option<String>,
+    body: Bytes,
+}
+
+#[tokio::test]
+async fn a_node_that_answers_gives_its_response() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let received = Arc::new(Mutex::new(Vec::<Received>::new()));
+    let server = {
+        let received = Arc::clone(&received);
+        tokio::spawn(async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                let received = Arc::clone(&received);
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                        let received = Arc::clone(&received);
+                        async move {
+                            let (parts, body) = req.into_parts();
+                            let body = body.collect().await.unwrap().to_bytes();
+                            received.lock().unwrap().push(Received {
+                                method: parts.method,
+                                uri: parts.uri,
+                                host: parts
+                                    .headers
+                                    .get("host")
+                                    .map(|h| h.to_str().unwrap().to_owned()),
+                                body,
+                            });
+                            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(
+                                b"hi there",
+                            ))))
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(socket), service)
+                        .await;
+                });
+            }
+        })
+    };
+    let state = state_for(addr);
+    let req = node_request(
+        &state,
+        Method::POST,
+        "/hello?x=1",
+        "payload",
+        Deadline::after(Duration::from_secs(5)),
+    );
+    let resp = call(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(testing::text(resp.into_body()).await, "hi there");
+    let received = received.lock().unwrap().clone();
+    assert_eq!(received.len(), 1);
+    assert_eq!(received[0].method, Method::POST);
+    assert_eq!(received[0].uri, "/hello?x=1");
+    assert_eq!(received[0].host.as_deref(), Some("test"), "Host as given");
+    assert_eq!(received[0].body, Bytes::from_static(b"payload"));
+    server.abort();
+}
+
+/// A node that reads the request head, then does `then` with the socket.
+async fn raw_node(reply: &'static [u8]) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let mut buf = vec![0u8; 4096];
+            let mut seen = Vec::new();
+            while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                match socket.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => seen.extend_from_slice(&buf[..n]),
+                }
+            }
+            let _ = socket.write_all(reply).await;
+            let _ = socket.shutdown().await;
+            drop(socket);
+        }
+    });
+    (addr, task)
+}
+
+#[tokio::test]
+async fn a_node_that_sends_garbage_is_upstream_protocol() {
+    let (addr, node) = raw_node(b"NOT HTTP AT ALL\r\n\r\n").await;
+    let state = state_for(addr);
+    let req = node_request(
+        &state,
+        Method::GET,
+        "/",
+        "",
+        Deadline::after(Duration::from_secs(5)),
+    );
+    let err = call(req).await.unwrap_err();
+    assert_eq!(err.reason, ErrorReason::UpstreamProtocol, "{err}");
+    node.abort();
+}
+
+#[tokio::test]
+async fn a_node_that_closes_without_answering_is_upstream_reset() {
+    let (addr, node) = raw_node(b"").await;
+    let state = state_for(addr);
+    let req = node_request(
+        &state,
+        Method::GET,
+        "/",
+        "",
+        Deadline::after(Duration::from_secs(5)),
+    );
+    let err = call(req).await.unwrap_err();
+    assert_eq!(err.reason, ErrorReason::UpstreamReset, "{err}");
+    node.abort();
+}
