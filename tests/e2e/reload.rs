@@ -671,3 +671,16 @@ async fn a_changed_listen_address_is_rebound_and_an_unbindable_one_is_refused() 
     drop(holder);
     levee.shutdown().await;
 }
+
+/// The demo's reload scene runs end to end (scaled down) and is listed.
+#[tokio::test]
+async fn the_reload_demo_scene_runs() {
+    assert!(levee::demo::scene_names().contains(&"reload"));
+    let ran = tokio::time::timeout(
+        Duration::from_secs(30),
+        levee::demo::run(Duration::from_millis(900), Some("reload")),
+    )
+    .await
+    .expect("the scene ends in time");
+    ran.unwrap();
+}
