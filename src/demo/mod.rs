@@ -27,7 +27,7 @@ struct Scene {
     run: fn(Duration) -> scenes::SceneFuture,
 }
 
-const SCENES: [Scene; 6] = [
+const SCENES: [Scene; 7] = [
     Scene {
         name: "stuck-writes",
         title: "1. Stuck writes: a node hangs every write, another fails everything",
@@ -57,6 +57,12 @@ const SCENES: [Scene; 6] = [
         name: "balancing",
         title: "6. Balancing policies under a slow node and a fast-failing node",
         run: |d| Box::pin(scenes::balancing(d)),
+    },
+    Scene {
+        name: "reload",
+        title:
+            "7. Hot reload under traffic: a broken config is refused, a good one moves the route",
+        run: |d| Box::pin(scenes::reload(d)),
     },
 ];
 

@@ -448,3 +448,204 @@ pub async fn balancing(duration: Duration) -> anyhow::Result<()> {
     println!("  p2c_ewma (the default) steers around both: latency-aware for the slow node, failure-aware for the fast-failing one.");
     Ok(())
 }
+
+/// The reload scene's config file: backends blue and green, the route on
+/// `to`, both listeners on kernel-chosen ports.
+fn blue_green(blue: &[AppNode], green: &[AppNode], to: &str) -> String {
+    let list = |nodes: &[AppNode]| {
+        nodes
+            .iter()
+            .map(|n| format!("\"{}\"", n.addr()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    format!(
+        r#"[server]
+listen = "127.0.0.1:0"
+
+[admin]
+listen = "127.0.0.1:0"
+
+[[backend]]
+name = "blue"
+nodes = [{}]
+connect_timeout = "200ms"
+timeout = "2s"
+
+[[backend]]
+name = "green"
+nodes = [{}]
+connect_timeout = "200ms"
+timeout = "2s"
+
+[[route]]
+name = "all"
+path_prefix = "/"
+backend = "{to}"
+"#,
+        list(blue),
+        list(green)
+    )
+}
+
+/// A directory removed when the scene ends, however it ends.
+struct TempDir(std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Requests each pool's nodes have received so far.
+fn received(nodes: &[AppNode]) -> u64 {
+    nodes.iter().map(|n| n.stats().requests).sum()
+}
+
+/// One config push: how it went, how long it took, when in the run it
+/// came, and what blue and green had received just before it.
+struct Push {
+    result: anyhow::Result<crate::ReloadReport>,
+    took: Duration,
+    at: Duration,
+    before: (u64, u64),
+}
+
+async fn push(
+    levee: &mut Levee,
+    file: &std::path::Path,
+    started: Instant,
+    (blue, green): (&[AppNode], &[AppNode]),
+) -> Push {
+    let before = (received(blue), received(green));
+    let t = Instant::now();
+    let result = levee.reload_file(file).await;
+    Push {
+        result,
+        took: t.elapsed(),
+        at: started.elapsed(),
+        before,
+    }
+}
+
+pub async fn reload(duration: Duration) -> anyhow::Result<()> {
+    let blue = start_nodes(&vec![Behavior::Healthy { body_bytes: 64 }; 2]).await?;
+    let green = start_nodes(&vec![Behavior::Healthy { body_bytes: 64 }; 2]).await?;
+    let dir =
+        TempDir(std::env::temp_dir().join(format!("levee-demo-reload-{}", std::process::id())));
+    std::fs::create_dir_all(&dir.0)?;
+    let file = dir.0.join("levee.toml");
+    let good = blue_green(&blue, &green, "green");
+    std::fs::write(&file, blue_green(&blue, &green, "blue"))?;
+    let config = levee_config::load(&file).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut levee = Levee::start(config).await?;
+    let first_hash = levee.telemetry.config_status().hash.clone();
+    let client = traffic::client();
+    println!(
+        "{}: route / -> backend blue (2 nodes); backend green (2 nodes) idle. 8 clients GET for {duration:?}.",
+        file.display()
+    );
+    println!("At 1/3 of the run a truncated copy of the file is pushed, at 2/3 the file moves the route to green.");
+
+    let items = format!("{}/items", base(&levee));
+    let started = Instant::now();
+    let pushes = async {
+        tokio::time::sleep_until(started + duration / 3).await;
+        // Cut in the middle of the green backend's table.
+        let cut = good
+            .find("name = \"green\"")
+            .map_or(good.len() / 2, |i| i + 10);
+        std::fs::write(&file, &good[..cut])?;
+        let bad = push(&mut levee, &file, started, (&blue, &green)).await;
+        tokio::time::sleep_until(started + duration * 2 / 3).await;
+        std::fs::write(&file, &good)?;
+        let taken = push(&mut levee, &file, started, (&blue, &green)).await;
+        anyhow::Ok((bad, taken))
+    };
+    let (tally, pushed) = tokio::join!(
+        traffic::drive(&client, Method::GET, items, 8, duration),
+        pushes
+    );
+    let (bad, taken) = pushed?;
+    let at_end = (received(&blue), received(&green));
+
+    match &bad.result {
+        Err(e) => println!(
+            "  t={:.1}s  truncated file: refused in {}\n           error: {e}",
+            bad.at.as_secs_f64(),
+            ms(bad.took)
+        ),
+        Ok(r) => println!(
+            "  t={:.1}s  truncated file: taken (hash {}), which it should not have been",
+            bad.at.as_secs_f64(),
+            r.hash
+        ),
+    }
+    let served = (taken.before.0 + taken.before.1) - (bad.before.0 + bad.before.1);
+    println!(
+        "           in the {:.1}s until the next push, {served} requests reached the nodes, {} of them blue",
+        taken.at.saturating_sub(bad.at).as_secs_f64(),
+        taken.before.0 - bad.before.0
+    );
+    match &taken.result {
+        Ok(r) => println!(
+            "  t={:.1}s  route / -> green: taken in {} (hash {first_hash} -> {}{})",
+            taken.at.as_secs_f64(),
+            ms(taken.took),
+            r.hash,
+            if r.restart_required.is_empty() {
+                String::new()
+            } else {
+                format!("; needs a restart for {}", r.restart_required.join(", "))
+            }
+        ),
+        Err(e) => println!(
+            "  t={:.1}s  route / -> green: refused: {e}",
+            taken.at.as_secs_f64()
+        ),
+    }
+
+    route_header();
+    route_row("8 readers GET", &tally);
+    let failed = tally.total() - tally.successes();
+    println!(
+        "  requests sent {}, failed (not 2xx) {failed} ({:.3}%)",
+        tally.total(),
+        percent(failed, tally.total())
+    );
+    println!(
+        "  {:<8} {:>22} {:>22}",
+        "backend", "before the good push", "after it"
+    );
+    println!(
+        "  {:<8} {:>22} {:>22}",
+        "blue",
+        taken.before.0,
+        at_end.0 - taken.before.0
+    );
+    println!(
+        "  {:<8} {:>22} {:>22}",
+        "green",
+        taken.before.1,
+        at_end.1 - taken.before.1
+    );
+    let t = &levee.telemetry;
+    let status = t.config_status();
+    let (succeeded, refused) = (
+        t.reloads(levee_telemetry::ReloadResult::Success),
+        t.reloads(levee_telemetry::ReloadResult::Failure),
+    );
+    let last_error = match &status.last_failure {
+        Some(f) => f.error.clone(),
+        None if refused > 0 => "none (a later good reload cleared it)".to_owned(),
+        None => "none".to_owned(),
+    };
+    println!(
+        "  reloads: {succeeded} succeeded, {refused} refused; live config {} from {}; last reload error: {last_error}",
+        status.hash,
+        status.origin,
+    );
+    node_table(&t.topology());
+    shutdown(levee, vec![blue, green]).await;
+    Ok(())
+}

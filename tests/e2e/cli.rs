@@ -154,3 +154,202 @@ fn sigterm_drains_in_flight_requests_and_exits_cleanly() {
     let _ = std::fs::remove_dir_all(&dir);
     drop(node);
 }
+
+/// A `levee run` child process and its log; killed if the test panics
+/// before it exits, and then its log is printed.
+struct Running {
+    child: std::process::Child,
+    log: std::path::PathBuf,
+}
+
+impl Running {
+    fn start(config: &std::path::Path, log: std::path::PathBuf) -> Self {
+        let child = levee()
+            .args(["run", "--config", config.to_str().unwrap()])
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        Self { child, log }
+    }
+
+    fn signal(&self, name: &str) {
+        let sent = Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success(), "kill -{name}");
+    }
+
+    fn alive(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            eprintln!("levee's log:\n{log}");
+        }
+    }
+}
+
+/// A plain HTTP/1.1 GET with `Connection: close`: the status and the whole
+/// answer as text, or `None` if the server could not be reached or read.
+fn http_get(addr: std::net::SocketAddr, path: &str) -> Option<(u16, String)> {
+    use std::io::Read;
+    let limit = std::time::Duration::from_secs(5);
+    let mut s = std::net::TcpStream::connect_timeout(&addr, limit).ok()?;
+    s.set_read_timeout(Some(limit)).ok()?;
+    s.set_write_timeout(Some(limit)).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: levee\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).ok()?;
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text.get(9..12)?.parse().ok()?;
+    Some((status, text))
+}
+
+/// The admin `/status` document.
+fn status_of(admin: std::net::SocketAddr) -> Option<serde_json::Value> {
+    let (code, text) = http_get(admin, "/status")?;
+    let (_, body) = text.split_once("\r\n\r\n")?;
+    (code == 200).then(|| serde_json::from_str(body).ok())?
+}
+
+/// Polls `check` every 50 ms for up to `limit`; true once it holds.
+fn within(limit: std::time::Duration, mut check: impl FnMut() -> bool) -> bool {
+    let until = std::time::Instant::now() + limit;
+    loop {
+        if check() {
+            return true;
+        }
+        if std::time::Instant::now() >= until {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// The real binary: SIGHUP reloads the file and levee keeps serving; a
+/// file renamed into place is picked up by the watch; a broken file is
+/// refused and the last good config stays; SIGTERM still exits 0.
+#[test]
+fn sighup_and_file_changes_reload_the_running_binary() {
+    use std::time::Duration;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let start = |name: &str| {
+        rt.block_on(levee_testkit::AppNode::start(
+            name,
+            levee_testkit::Behavior::Healthy { body_bytes: 4 },
+        ))
+        .unwrap()
+    };
+    let (first, second) = (start("first"), start("second"));
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+    };
+    let (listen, admin) = (free(), free());
+    let dir = crate::common::TempDir::new("sighup");
+    let file = dir.path("levee.toml");
+    let head = format!(
+        "[server]\nlisten = \"{listen}\"\nshutdown_grace = \"5s\"\n[admin]\nlisten = \"{admin}\"\n[[backend]]\nname = \"app\"\nnodes = [\"{}\"]\n",
+        first.addr()
+    );
+    let all = "[[route]]\nname = \"all\"\npath_prefix = \"/\"\nbackend = \"app\"\n";
+    let one_route = format!("{head}{all}");
+    // A second backend, and a route to it ahead of the catch-all.
+    let two_routes = format!(
+        "{head}[[backend]]\nname = \"second\"\nnodes = [\"{}\"]\n[[route]]\nname = \"v2\"\npath_prefix = \"/v2\"\nbackend = \"second\"\n{all}",
+        second.addr()
+    );
+    let hash = |text: &str| levee_config::parse(text, "x").unwrap().version;
+    std::fs::write(&file, &one_route).unwrap();
+    let mut levee = Running::start(&file, dir.path("levee.log"));
+    let answers = || http_get(listen, "/").map(|(code, _)| code) == Some(200);
+    assert!(within(Duration::from_secs(10), answers), "levee answers");
+    let status = status_of(admin).unwrap();
+    assert_eq!(status["config"]["hash"], hash(&one_route).as_str());
+    assert_eq!(status["config"]["reloads"]["success"], 0);
+
+    // SIGHUP: the same file again. levee lives on and counts a reload.
+    levee.signal("HUP");
+    let reloads =
+        |result: &str| status_of(admin).and_then(|s| s["config"]["reloads"][result].as_u64());
+    assert!(
+        within(Duration::from_secs(5), || reloads("success") == Some(1)),
+        "one reload after SIGHUP: {:?}",
+        status_of(admin)
+    );
+    assert!(levee.alive(), "SIGHUP did not stop levee");
+    assert!(answers(), "still answering after SIGHUP");
+    let status = status_of(admin).unwrap();
+    assert_eq!(status["config"]["hash"], hash(&one_route).as_str());
+    assert_eq!(status["config"]["reloads"]["failure"], 0);
+
+    // A new file renamed into place, as atomic writers do: the watch
+    // reloads it.
+    let temp = dir.path(".levee.toml.tmp");
+    std::fs::write(&temp, &two_routes).unwrap();
+    std::fs::rename(&temp, &file).unwrap();
+    let now_live =
+        |text: &str| status_of(admin).is_some_and(|s| s["config"]["hash"] == hash(text).as_str());
+    assert!(
+        within(Duration::from_secs(10), || now_live(&two_routes)),
+        "the renamed file is live: {:?}",
+        status_of(admin)
+    );
+    let status = status_of(admin).unwrap();
+    assert_eq!(status["config"]["reloads"]["success"], 2);
+    let routes: Vec<&str> = status["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["name"].as_str())
+        .collect();
+    assert_eq!(routes, ["v2", "all"]);
+    let (code, v2) = http_get(listen, "/v2/x").unwrap();
+    assert_eq!(code, 200, "{v2}");
+    assert!(v2.contains("x-node: second"), "{v2}");
+
+    // Garbage written in place: refused, the last good config stays.
+    std::fs::write(&file, "[server\nlisten = \n").unwrap();
+    assert!(
+        within(Duration::from_secs(10), || reloads("failure") == Some(1)),
+        "the broken file is refused: {:?}",
+        status_of(admin)
+    );
+    let status = status_of(admin).unwrap();
+    let config = &status["config"];
+    assert_eq!(config["hash"], hash(&two_routes).as_str(), "old hash kept");
+    assert_eq!(config["reloads"]["success"], 2);
+    let error = config["last_reload_error"]["error"].as_str().unwrap();
+    assert!(
+        error.contains(&format!("{}:1", file.display())),
+        "names file and line: {error}"
+    );
+    assert!(error.contains("invalid TOML"), "{error}");
+    assert!(levee.alive());
+    let (code, v2) = http_get(listen, "/v2/x").unwrap();
+    assert_eq!(code, 200, "{v2}");
+    assert!(v2.contains("x-node: second"), "{v2}");
+
+    levee.signal("TERM");
+    let exited = within(Duration::from_secs(10), || !levee.alive());
+    assert!(exited, "levee exits after SIGTERM");
+    let status = levee.child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    drop(levee);
+    drop((first, second));
+}

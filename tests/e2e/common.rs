@@ -2,12 +2,14 @@
 //! loopback ports chosen by the kernel, and a plain HTTP client.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use levee::Levee;
+use levee_config::Config;
 use levee_testkit::{AppNode, Behavior};
 
 pub use levee::traffic::{client, HttpClient};
@@ -15,13 +17,69 @@ pub use levee::traffic::{client, HttpClient};
 /// Starts levee from `toml` on kernel-chosen ports; `nodes[i]` replaces the
 /// node list of the i-th backend.
 pub async fn start_levee(toml: &str, nodes: &[&[SocketAddr]]) -> Levee {
+    Levee::start(test_config(toml, nodes)).await.unwrap()
+}
+
+/// `toml` parsed and pointed at the test's ports: both listeners on
+/// `127.0.0.1:0` (kernel-chosen), and `nodes[i]` as the node list of the
+/// i-th backend. A reload with a config built here changes neither listener.
+pub fn test_config(toml: &str, nodes: &[&[SocketAddr]]) -> Config {
     let mut config = levee_config::parse(toml, "test.toml").unwrap_or_else(|e| panic!("{e}"));
     config.server.listen = "127.0.0.1:0".parse().unwrap();
     config.admin.listen = "127.0.0.1:0".parse().unwrap();
     for (backend, addrs) in config.backends.iter_mut().zip(nodes) {
         backend.nodes = addrs.to_vec();
     }
-    Levee::start(config).await.unwrap()
+    config
+}
+
+/// A fresh directory under the system temp dir, named after the test and
+/// this process, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(label: &str) -> Self {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let path =
+            std::env::temp_dir().join(format!("levee-{label}-{}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(&path).unwrap();
+        Self(path)
+    }
+
+    pub fn path(&self, file: &str) -> PathBuf {
+        self.0.join(file)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A loopback address that was free a moment ago (bound, read, released).
+pub fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// The admin `/status` document.
+pub async fn status_json(client: &HttpClient, levee: &Levee) -> serde_json::Value {
+    let got = get(client, &admin_url(levee, "/status")).await;
+    assert_eq!(got.status, StatusCode::OK);
+    serde_json::from_slice(&got.body).unwrap()
+}
+
+/// The admin `/metrics` text.
+pub async fn metrics_text(client: &HttpClient, levee: &Levee) -> String {
+    let got = get(client, &admin_url(levee, "/metrics")).await;
+    assert_eq!(got.status, StatusCode::OK);
+    String::from_utf8_lossy(&got.body).into_owned()
 }
 
 pub async fn node(behavior: Behavior) -> AppNode {

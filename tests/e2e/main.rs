@@ -8,6 +8,7 @@ mod cli;
 mod common;
 mod errors;
 mod forwarding;
+mod reload;
 mod resilience;
 mod shutdown;
 mod timeouts;
