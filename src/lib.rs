@@ -187,7 +187,7 @@ impl Levee {
         } else {
             None
         };
-        let admin = if config.admin != was.admin {
+        let admin = if config.admin.listen != was.admin.listen {
             match spawn_admin(&config, &self.telemetry) {
                 Ok(a) => Some(a),
                 Err(e) => return Err(self.refused(format!("{}: {e:#}", config.origin))),
@@ -213,6 +213,9 @@ impl Levee {
             self.admin_addr = admin.local_addr();
             let old_admin = std::mem::replace(&mut self.admin, admin);
             let _ = tokio::task::spawn_blocking(move || old_admin.stop()).await;
+        } else {
+            self.admin
+                .set_heartbeat_stale_after(config.admin.heartbeat_stale_after);
         }
         self.telemetry
             .config_loaded(&config.version, &config.origin, restart_required.clone());

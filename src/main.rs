@@ -45,7 +45,7 @@ enum Command {
         #[arg(long, default_value = "3s", value_parser = humantime_duration)]
         duration: std::time::Duration,
         /// Run one scene only: stuck-writes, bad-node, pool-lost,
-        /// weak-failover, flapping or balancing.
+        /// weak-failover, flapping, balancing or reload.
         #[arg(long)]
         scene: Option<String>,
     },

@@ -672,6 +672,56 @@ async fn a_changed_listen_address_is_rebound_and_an_unbindable_one_is_refused() 
     levee.shutdown().await;
 }
 
+/// A changed `heartbeat_stale_after` applies to the running admin listener
+/// (its port is kept); a changed `admin.listen` moves it; a port another
+/// process shares with SO_REUSEPORT is refused for the proxy listener.
+#[tokio::test]
+async fn admin_settings_apply_in_place_and_a_new_admin_address_is_rebound() {
+    let app = node(Behavior::Healthy { body_bytes: 2 }).await;
+    let admin = free_addr();
+    let with = |admin: SocketAddr, stale_ms: u64| {
+        let mut config = test_config(ONE_ROUTE, &[&[app.addr()]]);
+        config.admin.listen = admin;
+        config.admin.heartbeat_stale_after = Duration::from_millis(stale_ms);
+        config
+    };
+    let mut levee = Levee::start(with(admin, 2_000)).await.unwrap();
+    let client = client();
+    levee.reload(with(admin, 3_000)).await.unwrap();
+    assert_eq!(levee.admin_addr, admin, "same port, same listener");
+    let health = get(&client, &admin_url(&levee, "/healthz")).await;
+    assert_eq!(health.status, StatusCode::OK);
+
+    let moved = free_addr();
+    levee.reload(with(moved, 3_000)).await.unwrap();
+    assert_eq!(levee.admin_addr, moved);
+    let health = get(&client, &admin_url(&levee, "/healthz")).await;
+    assert_eq!(health.status, StatusCode::OK);
+    assert!(
+        eventually(Duration::from_secs(5), || std::net::TcpStream::connect(
+            admin
+        )
+        .is_err())
+        .await,
+        "the old admin address {admin} stops accepting"
+    );
+
+    // Another process's SO_REUSEPORT listener: sharing its port would
+    // split traffic with it, so the reload is refused.
+    let other = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    other.set_reuse_port(true).unwrap();
+    other.bind(&free_addr().into()).unwrap();
+    other.listen(8).unwrap();
+    let shared: SocketAddr = other.local_addr().unwrap().as_socket().unwrap();
+    let mut config = with(moved, 3_000);
+    config.server.listen = shared;
+    let err = levee.reload(config).await.unwrap_err().to_string();
+    assert!(err.contains("server.listen"), "{err}");
+    assert_eq!(levee.telemetry.reloads(ReloadResult::Failure), 1);
+    assert_eq!(levee.telemetry.reloads(ReloadResult::Success), 2);
+    levee.shutdown().await;
+}
+
 /// The demo's reload scene runs end to end (scaled down) and is listed.
 #[tokio::test]
 async fn the_reload_demo_scene_runs() {

@@ -1,5 +1,6 @@
 //! What each admin endpoint answers, from telemetry alone.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,17 +21,28 @@ use serde_json::{json, Map, Value};
 pub struct Endpoints {
     telemetry: Arc<Telemetry>,
     registry: Registry,
-    stale_after: Duration,
+    /// `heartbeat_stale_after` in ms; a reload may change it.
+    stale_after_ms: Arc<AtomicU64>,
 }
 
 impl Endpoints {
     pub fn new(telemetry: Arc<Telemetry>, stale_after: Duration) -> Self {
+        let stale_after_ms = Arc::new(AtomicU64::new(millis(stale_after)));
         let registry = telemetry.registry();
         Self {
             telemetry,
             registry,
-            stale_after,
+            stale_after_ms,
         }
+    }
+
+    /// The setting a reload may change, shared with the running listener.
+    pub fn stale_after_setting(&self) -> Arc<AtomicU64> {
+        Arc::clone(&self.stale_after_ms)
+    }
+
+    fn stale_after(&self) -> Duration {
+        Duration::from_millis(self.stale_after_ms.load(Ordering::Relaxed))
     }
 
     pub fn answer<B>(&self, req: &Request<B>) -> Response<Full<Bytes>> {
@@ -59,12 +71,12 @@ impl Endpoints {
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unhealthy: the data plane has not started its heartbeat\n".into(),
             ),
-            Some(age) if age > self.stale_after => text(
+            Some(age) if age > self.stale_after() => text(
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!(
                     "unhealthy: data plane heartbeat is {} ms old (limit {} ms): the data plane is wedged or starved\n",
                     age.as_millis(),
-                    self.stale_after.as_millis()
+                    self.stale_after().as_millis()
                 ),
             ),
             Some(age) => text(
@@ -280,6 +292,10 @@ fn by_reason(o: &OutcomeCounters, keep: impl Fn(ErrorReason) -> bool) -> Value {
 
 fn mean_ms(sum_seconds: f64, count: u64) -> Option<f64> {
     (count > 0).then(|| sum_seconds * 1000.0 / count as f64)
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {

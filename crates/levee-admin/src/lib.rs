@@ -10,6 +10,7 @@
 mod endpoints;
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -29,7 +30,7 @@ const MAX_ADMIN_CONNECTIONS: usize = 64;
 /// Why the admin listener could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}")]
     Bind {
         addr: SocketAddr,
         #[source]
@@ -43,6 +44,7 @@ pub enum AdminError {
 #[derive(Debug)]
 pub struct AdminHandle {
     addr: SocketAddr,
+    stale_after_ms: Arc<AtomicU64>,
     stop: watch::Sender<bool>,
     thread: Option<JoinHandle<()>>,
 }
@@ -50,6 +52,12 @@ pub struct AdminHandle {
 impl AdminHandle {
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Applies a reloaded `heartbeat_stale_after` to the running listener.
+    pub fn set_heartbeat_stale_after(&self, d: Duration) {
+        let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        self.stale_after_ms.store(ms, Ordering::Relaxed);
     }
 
     /// Stops the listener and joins its thread.
@@ -78,6 +86,7 @@ pub fn spawn(
         .map_err(|source| AdminError::Bind { addr, source })?;
     let (stop, stop_rx) = watch::channel(false);
     let endpoints = Arc::new(Endpoints::new(telemetry, heartbeat_stale_after));
+    let stale_after_ms = endpoints.stale_after_setting();
     let thread = std::thread::Builder::new()
         .name("levee-admin".into())
         .spawn(move || {
@@ -96,6 +105,7 @@ pub fn spawn(
         .map_err(AdminError::Thread)?;
     Ok(AdminHandle {
         addr: local,
+        stale_after_ms,
         stop,
         thread: Some(thread),
     })

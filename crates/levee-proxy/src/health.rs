@@ -16,7 +16,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use levee_config::HealthCheckConfig;
-use levee_resilience::{jittered, DriftConfig, DriftDetector, NodeSample};
+use levee_resilience::{jittered, NodeSample};
 use levee_telemetry::{ErrorReason, StatusClass};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
@@ -121,7 +121,6 @@ pub fn spawn_watch(backend: &Arc<Backend>) -> JoinHandle<()> {
     let backend = Arc::clone(backend);
     tokio::spawn(async move {
         let nodes = backend.nodes.nodes();
-        let mut detector = DriftDetector::new(DriftConfig::default(), nodes.len());
         let classes = nodes.first().map_or(0, |n| n.breakers().len());
         let mut all_down = vec![false; classes];
         let mut ticker = tokio::time::interval(Duration::from_secs(1));
@@ -144,6 +143,9 @@ pub fn spawn_watch(backend: &Arc<Backend>) -> JoinHandle<()> {
                 }
             }
             let samples: Vec<NodeSample> = nodes.iter().map(|n| sample(&n.stats)).collect();
+            // Only this task locks it (one a second, on the control thread).
+            let detector = backend.drift.lock();
+            let mut detector = detector.unwrap_or_else(std::sync::PoisonError::into_inner);
             for change in detector.tick(&samples) {
                 let Some(node) = nodes.get(change.node) else {
                     continue;

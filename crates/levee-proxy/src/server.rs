@@ -172,13 +172,19 @@ impl ProxyServer {
 }
 
 /// Binds one listener per worker on `addr` with `SO_REUSEPORT`, so each
-/// worker has its own accept queue on the same address. Port 0 is resolved
-/// by the first bind; the others share its port. Plain sockets, so they can
+/// worker has its own accept queue on the same address; a port already in
+/// use by anyone is refused. Port 0 is resolved by the first bind; the
+/// others share its port. Plain sockets, so they can
 /// be bound anywhere and handed to the runtime that will serve them.
 pub fn bind_workers(
     addr: SocketAddr,
     workers: usize,
 ) -> std::io::Result<Vec<std::net::TcpListener>> {
+    // SO_REUSEPORT would quietly share a port another process (another
+    // levee) already listens on; a plain bind first refuses that.
+    if addr.port() != 0 {
+        drop(std::net::TcpListener::bind(addr)?);
+    }
     let first = bind_one(addr)?;
     let bound = first.local_addr()?;
     let mut all = vec![first];

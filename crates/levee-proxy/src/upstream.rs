@@ -6,11 +6,11 @@
 //! ever looks at usable nodes ([`NodeSet`]); what happens when there are
 //! none is the backend's explicit `when_all_down` rule.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use levee_config::{BackendConfig, RetryConfig, SheddingConfig, WhenAllDown};
-use levee_resilience::{Bulkhead, RetryBudget};
+use levee_resilience::{Bulkhead, DriftConfig, DriftDetector, RetryBudget};
 use levee_telemetry::{BackendStats, BackendTopology, NodeTopology, NodeView};
 
 use crate::classes::ClassTable;
@@ -31,6 +31,9 @@ pub struct Backend {
     pub retry: RetryConfig,
     pub retry_budget: Arc<RetryBudget>,
     pub shedding: SheddingConfig,
+    /// The drift watch's memory of each node, kept across a reload while
+    /// the node list is the same (its alarms would otherwise never clear).
+    pub drift: Arc<Mutex<DriftDetector>>,
 }
 
 impl Backend {
@@ -65,9 +68,30 @@ impl Backend {
                 cfg.retry.budget_min_per_sec,
             )),
         };
+        let nodes = NodeSet::build(cfg, classes, workers, previous.map(|b| &b.nodes));
+        let same_nodes = previous.is_some_and(|old| {
+            old.nodes
+                .nodes()
+                .iter()
+                .map(|n| n.addr)
+                .eq(cfg.nodes.iter().copied())
+        });
+        let drift = match previous {
+            Some(old) if same_nodes => Arc::clone(&old.drift),
+            _ => {
+                // A new watch judges every node afresh.
+                for n in nodes.nodes() {
+                    n.stats.set_anomalous(false);
+                }
+                Arc::new(Mutex::new(DriftDetector::new(
+                    DriftConfig::default(),
+                    nodes.len(),
+                )))
+            }
+        };
         Self {
             name: cfg.name.clone(),
-            nodes: NodeSet::build(cfg, classes, workers, previous.map(|b| &b.nodes)),
+            nodes,
             stats,
             timeout: cfg.timeout,
             queue_timeout: cfg.queue_timeout,
@@ -77,6 +101,7 @@ impl Backend {
             retry: cfg.retry.clone(),
             retry_budget,
             shedding: cfg.shedding.clone(),
+            drift,
         }
     }
 
@@ -98,5 +123,45 @@ impl Backend {
                 })
                 .collect(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    fn backend(nodes: &str, timeout: &str, previous: Option<&Backend>) -> Backend {
+        let cfg = levee_config::parse(
+            &format!("[server]\nlisten = \"127.0.0.1:0\"\n[[backend]]\nname = \"app\"\nnodes = [{nodes}]\ntimeout = \"{timeout}\"\nmax_in_flight = 4\n[[route]]\npath_prefix = \"/\"\nbackend = \"app\"\n"),
+            "t",
+        )
+        .unwrap();
+        Backend::build(&cfg.backends[0], &ClassTable::new([]), 1, previous)
+    }
+
+    #[tokio::test]
+    async fn a_reload_keeps_the_drift_watch_while_the_nodes_stay_the_same() {
+        let first = backend("\"127.0.0.1:1\", \"127.0.0.1:2\"", "5s", None);
+        first.nodes.nodes()[1].stats.set_anomalous(true);
+        let same = backend("\"127.0.0.1:1\", \"127.0.0.1:2\"", "3s", Some(&first));
+        assert!(Arc::ptr_eq(&same.drift, &first.drift), "same memory");
+        assert!(same.nodes.nodes()[1].stats.is_anomalous(), "alarm kept");
+        assert!(
+            Arc::ptr_eq(&same.stats, &first.stats),
+            "counters and bulkhead kept"
+        );
+        assert!(Arc::ptr_eq(&same.retry_budget, &first.retry_budget));
+
+        let grown = backend(
+            "\"127.0.0.1:1\", \"127.0.0.1:2\", \"127.0.0.1:3\"",
+            "3s",
+            Some(&same),
+        );
+        assert!(!Arc::ptr_eq(&grown.drift, &same.drift));
+        assert!(
+            !grown.nodes.nodes()[1].stats.is_anomalous(),
+            "a new watch judges every node afresh"
+        );
     }
 }
