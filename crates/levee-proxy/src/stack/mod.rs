@@ -10,9 +10,7 @@
 //!
 //! ```text
 //! TrackActivity       connection idle bookkeeping                  (connection.rs)
-//! MapRequest          drop an unusable client x-request-id         (tower)
-//! SetRequestId        keep or make x-request-id                    (tower-http)
-//! PropagateRequestId  echo it on every response                    (tower-http)
+//! RequestId           keep a usable x-request-id or make one; stamp every response
 //! Edge                CONNECT, head size, no path ─▶ 405/431/400; route (404 no-route);
 //!                     header hygiene; deadline starts; every error becomes a response
 //! Bulkhead(route)     wait ≤ queue_timeout ─▶ 503 bulkhead-full
@@ -31,6 +29,7 @@ pub mod balance;
 pub mod bulkhead;
 pub mod edge;
 pub mod node;
+pub mod request_id;
 pub mod retry;
 
 #[cfg(test)]
@@ -44,18 +43,13 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use http::{Request, Response};
+use http::Response;
 use hyper::body::Incoming;
 use levee_resilience::{BulkheadPermit, Deadline};
-use tower::util::MapRequestLayer;
 use tower::ServiceBuilder;
-use tower_http::request_id::{
-    MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
-};
 
 use crate::body::ProxyBody;
 use crate::error::ProxyError;
-use crate::headers;
 use crate::state::{ProxyState, Route, Shared};
 use crate::upstream::Backend;
 
@@ -95,11 +89,7 @@ pub type ProxyResult = Result<Response<ProxyBody>, ProxyError>;
 /// The whole stack for one client connection of data-plane `worker`.
 pub fn stack(shared: Arc<Shared>, worker: usize, peer: SocketAddr) -> Stack {
     ServiceBuilder::new()
-        .layer(MapRequestLayer::new(
-            headers::drop_unusable_request_id as fn(Request<Incoming>) -> Request<Incoming>,
-        ))
-        .layer(SetRequestIdLayer::x_request_id(NewRequestId))
-        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(request_id::RequestIdLayer)
         .layer(edge::EdgeLayer::new(shared, peer))
         .layer(bulkhead::BulkheadLayer::route())
         .layer(backend::ChooseBackendLayer)
@@ -111,33 +101,15 @@ pub fn stack(shared: Arc<Shared>, worker: usize, peer: SocketAddr) -> Stack {
 }
 
 /// The concrete type of [`stack`].
-pub type Stack = tower::util::MapRequest<
-    tower_http::request_id::SetRequestId<
-        tower_http::request_id::PropagateRequestId<
-            edge::Edge<
-                bulkhead::Bulkhead<
-                    backend::ChooseBackend<
-                        backend::Shed<
-                            bulkhead::Bulkhead<retry::Retry<balance::Balance<node::NodeCall>>>,
-                        >,
-                    >,
-                >,
+pub type Stack = request_id::RequestId<
+    edge::Edge<
+        bulkhead::Bulkhead<
+            backend::ChooseBackend<
+                backend::Shed<bulkhead::Bulkhead<retry::Retry<balance::Balance<node::NodeCall>>>>,
             >,
         >,
-        NewRequestId,
     >,
-    fn(Request<Incoming>) -> Request<Incoming>,
 >;
-
-/// Makes levee's request ids: 32 hex digits of randomness.
-#[derive(Debug, Clone, Copy)]
-pub struct NewRequestId;
-
-impl MakeRequestId for NewRequestId {
-    fn make_request_id<B>(&mut self, _: &Request<B>) -> Option<RequestId> {
-        Some(RequestId::new(headers::new_request_id()))
-    }
-}
 
 pin_project_lite::pin_project! {
     /// The future of a layer that decides at once: pass the request on, or

@@ -6,4 +6,5 @@ mod balance;
 mod bulkhead;
 mod edge;
 mod node;
+mod request_id;
 mod retry;

@@ -1,0 +1,89 @@
+//! `x-request-id`: the client's, when it is usable, else a new one; the
+//! node gets it, and so does every response, the node's and levee's own.
+//!
+//! Not tower-http's `SetRequestId` + `PropagateRequestId`: they keep any
+//! client value (so an extra layer would have to drop unusable ones), let a
+//! node's own `x-request-id` replace the one it was sent, and put the id in
+//! the request's and the response's extensions (two map allocations per
+//! request). This is one layer with two or three header operations.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use http::header::HeaderValue;
+use http::{Request, Response};
+use tower::{Layer, Service};
+
+use crate::headers::{self, X_REQUEST_ID};
+
+/// Adds [`RequestId`].
+#[derive(Debug, Clone, Copy)]
+pub struct RequestIdLayer;
+
+impl<S> Layer<S> for RequestIdLayer {
+    type Service = RequestId<S>;
+
+    fn layer(&self, inner: S) -> RequestId<S> {
+        RequestId { inner }
+    }
+}
+
+/// Keeps or makes the request's id and stamps it on the response.
+#[derive(Debug, Clone)]
+pub struct RequestId<S> {
+    inner: S,
+}
+
+impl<S, B, RB> Service<Request<B>> for RequestId<S>
+where
+    S: Service<Request<B>, Response = Response<RB>>,
+{
+    type Response = Response<RB>;
+    type Error = S::Error;
+    type Future = RequestIdFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        let id = match req.headers().get(&X_REQUEST_ID) {
+            Some(v) if headers::usable_request_id(v) => v.clone(),
+            _ => {
+                let id = headers::new_request_id();
+                req.headers_mut().insert(X_REQUEST_ID, id.clone());
+                id
+            }
+        };
+        RequestIdFuture {
+            fut: self.inner.call(req),
+            id: Some(id),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// Stamps the id on the response.
+    pub struct RequestIdFuture<F> {
+        #[pin]
+        fut: F,
+        id: Option<HeaderValue>,
+    }
+}
+
+impl<F, RB, E> Future for RequestIdFuture<F>
+where
+    F: Future<Output = Result<Response<RB>, E>>,
+{
+    type Output = Result<Response<RB>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let mut resp = ready!(this.fut.poll(cx))?;
+        if let Some(id) = this.id.take() {
+            resp.headers_mut().insert(X_REQUEST_ID, id);
+        }
+        Poll::Ready(Ok(resp))
+    }
+}
