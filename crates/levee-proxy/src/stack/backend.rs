@@ -7,57 +7,23 @@
 //! [`Shed`]: `normal` and `sheddable` requests are refused while the chosen
 //! backend's bulkhead is past their share, so `critical` ones keep a slot.
 
-use std::task::{Context, Poll};
-
 use levee_config::{Priority, WhenAllDown};
 use levee_telemetry::{BackendEvent, ErrorReason};
-use tower::{Layer, Service};
 
-use super::{Decided, Routed};
+use super::{Decision, Routed};
 use crate::error::ProxyError;
 use crate::upstream::Backend;
 
-/// Adds [`ChooseBackend`].
-#[derive(Debug, Clone, Copy)]
-pub struct ChooseBackendLayer;
-
-impl<S> Layer<S> for ChooseBackendLayer {
-    type Service = ChooseBackend<S>;
-
-    fn layer(&self, inner: S) -> ChooseBackend<S> {
-        ChooseBackend { inner }
-    }
-}
-
 /// Sets [`Routed::backend`] and [`Routed::ignore_state`].
-#[derive(Debug, Clone)]
-pub struct ChooseBackend<S> {
-    inner: S,
-}
+#[derive(Debug, Clone, Copy)]
+pub struct ChooseBackend;
 
-impl<S> Service<Routed> for ChooseBackend<S>
-where
-    S: Service<Routed, Error = ProxyError>,
-{
-    type Response = S::Response;
-    type Error = ProxyError;
-    type Future = Decided<S::Future>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut req: Routed) -> Self::Future {
-        match choose(&req) {
-            Ok((backend, ignore_state)) => {
-                req.backend = backend;
-                req.ignore_state = ignore_state;
-                Decided::Inner {
-                    fut: self.inner.call(req),
-                }
-            }
-            Err(e) => Decided::refused(e),
-        }
+impl Decision for ChooseBackend {
+    fn decide(&self, req: &mut Routed) -> Result<(), ProxyError> {
+        let (backend, ignore_state) = choose(req)?;
+        req.backend = backend;
+        req.ignore_state = ignore_state;
+        Ok(())
     }
 }
 
@@ -126,46 +92,19 @@ fn no_healthy_node(backend: &Backend) -> ProxyError {
     )
 }
 
-/// Adds [`Shed`].
-#[derive(Debug, Clone, Copy)]
-pub struct ShedLayer;
-
-impl<S> Layer<S> for ShedLayer {
-    type Service = Shed<S>;
-
-    fn layer(&self, inner: S) -> Shed<S> {
-        Shed { inner }
-    }
-}
-
 /// Refuses lower priorities first as the chosen backend fills up.
-#[derive(Debug, Clone)]
-pub struct Shed<S> {
-    inner: S,
-}
+#[derive(Debug, Clone, Copy)]
+pub struct Shed;
 
-impl<S> Service<Routed> for Shed<S>
-where
-    S: Service<Routed, Error = ProxyError>,
-{
-    type Response = S::Response;
-    type Error = ProxyError;
-    type Future = Decided<S::Future>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: Routed) -> Self::Future {
+impl Decision for Shed {
+    fn decide(&self, req: &mut Routed) -> Result<(), ProxyError> {
         let priority = req.route().priority;
         let backend = req.backend();
         if admits(backend, priority) {
-            return Decided::Inner {
-                fut: self.inner.call(req),
-            };
+            return Ok(());
         }
         backend.stats.count(BackendEvent::Shed);
-        Decided::refused(ProxyError::new(
+        Err(ProxyError::new(
             ErrorReason::Shed,
             format!(
                 "backend {} sheds {} requests at {} in flight",

@@ -46,7 +46,7 @@ use std::task::{Context, Poll};
 use http::Response;
 use hyper::body::Incoming;
 use levee_resilience::{BulkheadPermit, Deadline};
-use tower::ServiceBuilder;
+use tower::{Layer, Service, ServiceBuilder};
 
 use crate::body::ProxyBody;
 use crate::error::ProxyError;
@@ -92,8 +92,8 @@ pub fn stack(shared: Arc<Shared>, worker: usize, peer: SocketAddr) -> Stack {
         .layer(request_id::RequestIdLayer)
         .layer(edge::EdgeLayer::new(shared, peer))
         .layer(bulkhead::BulkheadLayer::route())
-        .layer(backend::ChooseBackendLayer)
-        .layer(backend::ShedLayer)
+        .layer(DecideLayer(backend::ChooseBackend))
+        .layer(DecideLayer(backend::Shed))
         .layer(bulkhead::BulkheadLayer::backend())
         .layer(retry::RetryLayer)
         .layer(balance::BalanceLayer)
@@ -104,12 +104,67 @@ pub fn stack(shared: Arc<Shared>, worker: usize, peer: SocketAddr) -> Stack {
 pub type Stack = request_id::RequestId<
     edge::Edge<
         bulkhead::Bulkhead<
-            backend::ChooseBackend<
-                backend::Shed<bulkhead::Bulkhead<retry::Retry<balance::Balance<node::NodeCall>>>>,
+            Decide<
+                Decide<
+                    bulkhead::Bulkhead<retry::Retry<balance::Balance<node::NodeCall>>>,
+                    backend::Shed,
+                >,
+                backend::ChooseBackend,
             >,
         >,
     >,
 >;
+
+/// A mechanism that decides from the request alone, at once: pass it on
+/// (perhaps amended) or refuse it. [`DecideLayer`] gives it the tower shape.
+pub trait Decision {
+    fn decide(&self, req: &mut Routed) -> Result<(), ProxyError>;
+}
+
+/// Adds [`Decide`] with decision `D`.
+#[derive(Debug, Clone, Copy)]
+pub struct DecideLayer<D>(pub D);
+
+impl<S, D: Clone> Layer<S> for DecideLayer<D> {
+    type Service = Decide<S, D>;
+
+    fn layer(&self, inner: S) -> Decide<S, D> {
+        Decide {
+            inner,
+            decision: self.0.clone(),
+        }
+    }
+}
+
+/// Runs decision `D` on each request before the inner service.
+#[derive(Debug, Clone)]
+pub struct Decide<S, D> {
+    inner: S,
+    decision: D,
+}
+
+impl<S, D> Service<Routed> for Decide<S, D>
+where
+    S: Service<Routed, Error = ProxyError>,
+    D: Decision,
+{
+    type Response = S::Response;
+    type Error = ProxyError;
+    type Future = Decided<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Routed) -> Self::Future {
+        match self.decision.decide(&mut req) {
+            Ok(()) => Decided::Inner {
+                fut: self.inner.call(req),
+            },
+            Err(e) => Decided::refused(e),
+        }
+    }
+}
 
 pin_project_lite::pin_project! {
     /// The future of a layer that decides at once: pass the request on, or

@@ -11,7 +11,8 @@ use tower::{Layer, Service, ServiceExt};
 use crate::body::ProxyBody;
 use crate::classes::ClassTable;
 use crate::error::ProxyError;
-use crate::stack::backend::{ChooseBackendLayer, ShedLayer};
+use crate::stack::backend::{ChooseBackend, Shed};
+use crate::stack::DecideLayer;
 use crate::stack::{testing, Routed};
 use crate::state::ProxyState;
 use crate::upstream::Backend;
@@ -81,7 +82,7 @@ async fn choose(
     record: &Record,
     method: Method,
 ) -> Result<(), ProxyError> {
-    let mut svc = ChooseBackendLayer.layer(answering(record));
+    let mut svc = DecideLayer(ChooseBackend).layer(answering(record));
     let req = routed(state, method, "/x").await;
     svc.ready().await?.call(req).await.map(|resp| {
         assert_eq!(resp.status(), 200);
@@ -236,7 +237,7 @@ fn hold(backend: &Backend, n: usize) -> Vec<BulkheadPermit> {
 
 async fn shed(state: &Arc<ProxyState>, path: &str, backend: usize) -> Result<(), ProxyError> {
     let record = Record::default();
-    let mut svc = ShedLayer.layer(answering(&record));
+    let mut svc = DecideLayer(Shed).layer(answering(&record));
     let mut req = routed(state, Method::GET, path).await;
     req.backend = backend;
     let result = svc.ready().await?.call(req).await.map(|_| ());
