@@ -14,8 +14,8 @@ use std::time::Duration;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
 use levee_config::ServerConfig;
-use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tracing::{info, warn};
 
 use crate::connection;
@@ -101,19 +101,22 @@ impl ProxyServer {
     /// Runs until `handle.shutdown()`, then drains. Returns how many
     /// connections were still open when the grace period ended.
     pub async fn run(mut self, handle_rx: watch::Receiver<bool>) -> usize {
-        let mut settings = ConnSettings::of(&self.shared.state().config.server);
         let max = self.max_connections.clamp(1, Semaphore::MAX_PERMITS);
-        let slots = Arc::new(Semaphore::new(max));
-        let telemetry = Arc::clone(&self.shared.telemetry);
-        let worker = self.worker;
-        let mut stop = handle_rx.clone();
+        let mut conns = Conns {
+            settings: ConnSettings::of(&self.shared.state().config.server),
+            slots: Arc::new(Semaphore::new(max)),
+            shared: Arc::clone(&self.shared),
+            worker: self.worker,
+            shutdown: handle_rx.clone(),
+        };
+        let mut stop = handle_rx;
         loop {
             let slot = tokio::select! {
-                slot = Arc::clone(&slots).acquire_owned() => match slot {
+                slot = Arc::clone(&conns.slots).acquire_owned() => match slot {
                     Ok(slot) => slot,
                     Err(_) => break,
                 },
-                Some(l) = self.rebind.recv() => { self.switch(l); continue; }
+                Some(l) = self.rebind.recv() => { self.switch(l, &mut conns); continue; }
                 _ = stop.changed() => break,
             };
             let (stream, peer) = tokio::select! {
@@ -126,28 +129,22 @@ impl ProxyServer {
                         continue;
                     }
                 },
-                Some(l) = self.rebind.recv() => { self.switch(l); continue; }
+                Some(l) = self.rebind.recv() => { self.switch(l, &mut conns); continue; }
                 _ = stop.changed() => break,
             };
-            let _ = stream.set_nodelay(true);
-            telemetry.connection_opened();
-            settings.refresh(&self.shared);
-            let builder = Arc::clone(&settings.builder);
-            let shared = Arc::clone(&self.shared);
-            let telemetry = Arc::clone(&telemetry);
-            let shutdown = handle_rx.clone();
-            let idle = settings.server.idle_timeout;
-            tokio::spawn(async move {
-                connection::serve(builder, shared, worker, stream, peer, idle, shutdown).await;
-                telemetry.connection_closed();
-                drop(slot);
-            });
+            conns.serve(stream, peer, slot);
         }
         drop(self.listener);
-        settings.refresh(&self.shared);
-        let grace = settings.server.shutdown_grace;
+        conns.settings.refresh(&self.shared);
+        let grace = conns.settings.server.shutdown_grace;
+        let slots = conns.slots;
         let open = max - slots.available_permits();
-        info!(worker, open_connections = open, ?grace, "draining");
+        info!(
+            worker = self.worker,
+            open_connections = open,
+            ?grace,
+            "draining"
+        );
         let all = u32::try_from(max).unwrap_or(u32::MAX);
         let drained = tokio::time::timeout(grace, slots.acquire_many(all)).await;
         match drained {
@@ -156,18 +153,66 @@ impl ProxyServer {
         }
     }
 
-    /// Serves a new listener from now on; the old one closes (the new one
-    /// was bound before, so the address change drops no accepted client).
-    fn switch(&mut self, listener: std::net::TcpListener) {
-        match TcpListener::from_std(listener) {
-            Ok(l) => {
-                info!(worker = self.worker, addr = ?l.local_addr().ok(), "serving the new listen address");
-                self.listener = l;
-            }
+    /// Serves a new listener from now on. The new one was bound before the
+    /// old one closes, and clients already waiting in the old one's accept
+    /// queue are accepted and served, not reset.
+    fn switch(&mut self, listener: std::net::TcpListener, conns: &mut Conns) {
+        let new = match TcpListener::from_std(listener) {
+            Ok(l) => l,
             Err(e) => {
-                warn!(worker = self.worker, error = %e, "cannot serve the new listener; keeping the old one")
+                warn!(worker = self.worker, error = %e, "cannot serve the new listener; keeping the old one");
+                return;
+            }
+        };
+        info!(worker = self.worker, addr = ?new.local_addr().ok(), "serving the new listen address");
+        let old = std::mem::replace(&mut self.listener, new);
+        let Ok(old) = old.into_std() else {
+            return;
+        };
+        // Non-blocking: ends with WouldBlock once the queue is empty.
+        while let Ok((stream, peer)) = old.accept() {
+            let Ok(slot) = Arc::clone(&conns.slots).try_acquire_owned() else {
+                warn!(worker = self.worker, %peer, "no connection slot for a client queued on the old listen address");
+                continue;
+            };
+            match stream
+                .set_nonblocking(true)
+                .and_then(|()| TcpStream::from_std(stream))
+            {
+                Ok(stream) => conns.serve(stream, peer, slot),
+                Err(e) => warn!(worker = self.worker, error = %e, "cannot serve a queued client"),
             }
         }
+    }
+}
+
+/// What a worker needs to serve each accepted connection.
+struct Conns {
+    settings: ConnSettings,
+    slots: Arc<Semaphore>,
+    shared: Arc<Shared>,
+    worker: usize,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl Conns {
+    /// Serves one client connection on its own task; `slot` is its place
+    /// under `max_connections`.
+    fn serve(&mut self, stream: TcpStream, peer: SocketAddr, slot: OwnedSemaphorePermit) {
+        let _ = stream.set_nodelay(true);
+        let telemetry = Arc::clone(&self.shared.telemetry);
+        telemetry.connection_opened();
+        self.settings.refresh(&self.shared);
+        let builder = Arc::clone(&self.settings.builder);
+        let shared = Arc::clone(&self.shared);
+        let shutdown = self.shutdown.clone();
+        let idle = self.settings.server.idle_timeout;
+        let worker = self.worker;
+        tokio::spawn(async move {
+            connection::serve(builder, shared, worker, stream, peer, idle, shutdown).await;
+            telemetry.connection_closed();
+            drop(slot);
+        });
     }
 }
 
@@ -231,4 +276,67 @@ fn http_builder(
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(buf).unwrap_or(u32::MAX));
     builder
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use levee_telemetry::{Telemetry, Topology};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A client already in the old listener's accept queue when the listen
+    /// address moves is served, not reset.
+    #[tokio::test]
+    async fn clients_queued_on_the_old_address_are_served_after_a_switch() {
+        let state = crate::stack::testing::state(
+            "[[backend]]\nname = \"app\"\nnodes = [\"127.0.0.1:1\"]\nconnect_timeout = \"100ms\"\n[[route]]\npath_prefix = \"/\"\nbackend = \"app\"\n",
+        );
+        let shared = Arc::new(Shared::new(state, Telemetry::new(Topology::default(), 1)));
+        let mut old = bind_workers("127.0.0.1:0".parse().unwrap(), 1).unwrap();
+        let old = old.remove(0);
+        let old_addr = old.local_addr().unwrap();
+        let (_tx, rebind) = mpsc::unbounded_channel();
+        let mut server = ProxyServer::new(old, Arc::clone(&shared), 0, 8, rebind).unwrap();
+        // Nobody accepts yet: the kernel queues the connection.
+        let mut client = TcpStream::connect(old_addr).await.unwrap();
+        let (_stop_tx, stop) = watch::channel(false);
+        let mut conns = Conns {
+            settings: ConnSettings::of(&shared.state().config.server),
+            slots: Arc::new(Semaphore::new(8)),
+            shared: Arc::clone(&shared),
+            worker: 0,
+            shutdown: stop,
+        };
+        let new = bind_workers("127.0.0.1:0".parse().unwrap(), 1)
+            .unwrap()
+            .remove(0);
+        let new_addr = new.local_addr().unwrap();
+        server.switch(new, &mut conns);
+        assert_eq!(server.local_addr().unwrap(), new_addr);
+        assert_eq!(
+            conns.slots.available_permits(),
+            7,
+            "the queued client got a slot"
+        );
+
+        client
+            .write_all(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), client.read_to_end(&mut answer))
+            .await
+            .unwrap()
+            .unwrap();
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(
+            answer.starts_with("HTTP/1.1 502") && answer.contains("upstream-connect"),
+            "{answer}"
+        );
+        assert!(
+            TcpStream::connect(old_addr).await.is_err(),
+            "the old address is closed"
+        );
+    }
 }

@@ -33,7 +33,7 @@ pub mod request_id;
 pub mod retry;
 
 #[cfg(test)]
-mod testing;
+pub(crate) mod testing;
 #[cfg(test)]
 mod tests;
 
