@@ -48,6 +48,9 @@ enum Command {
         /// weak-failover, flapping, balancing or reload.
         #[arg(long)]
         scene: Option<String>,
+        /// Print the scenes and exit.
+        #[arg(long)]
+        list: bool,
     },
 }
 
@@ -57,21 +60,32 @@ fn humantime_duration(s: &str) -> Result<std::time::Duration, String> {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    #[cfg(feature = "demo")]
+    if let Some(Command::Demo { list: true, .. }) = &cli.command {
+        for (name, title) in levee::demo::scenes() {
+            println!("{name:<14} {title}");
+        }
+        return ExitCode::SUCCESS;
+    }
+    #[cfg(feature = "demo")]
+    let demo = matches!(cli.command, Some(Command::Demo { .. }));
+    #[cfg(not(feature = "demo"))]
+    let demo = false;
+    if let Err(e) = init_logging(demo) {
+        eprintln!("levee: cannot set up logging: {e:#}");
+        return ExitCode::FAILURE;
+    }
     let result = match (cli.command, cli.config) {
         (Some(Command::Run { config }), _) | (None, Some(config)) => run(config),
         (Some(Command::Check { config }), _) => return check(&config),
         #[cfg(feature = "demo")]
-        (Some(Command::Demo { duration, scene }), _) => {
-            runtime().and_then(|rt| rt.block_on(levee::demo::run(duration, scene.as_deref())))
-        }
+        (
+            Some(Command::Demo {
+                duration, scene, ..
+            }),
+            _,
+        ) => runtime().and_then(|rt| rt.block_on(levee::demo::run(duration, scene.as_deref()))),
         (None, None) => {
             eprintln!("levee: say what to do: `levee run --config FILE`, `levee check --config FILE` or `levee demo` (see --help)");
             return ExitCode::from(2);
@@ -84,6 +98,32 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// levee's own log: to stderr, with colours only on a terminal; for the
+/// demo, to a file (its path printed) so the story on the terminal stays
+/// readable.
+fn init_logging(demo: bool) -> anyhow::Result<()> {
+    use std::io::IsTerminal as _;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    if demo {
+        let path = std::env::temp_dir().join(format!("levee-demo-{}.log", std::process::id()));
+        let file = std::fs::File::create(&path)
+            .with_context(|| format!("cannot create the demo's log file {}", path.display()))?;
+        println!("levee's own log for this demo: {}", path.display());
+        builder
+            .with_ansi(false)
+            .with_writer(std::sync::Mutex::new(file))
+            .init();
+    } else {
+        builder
+            .with_ansi(std::io::stderr().is_terminal())
+            .with_writer(std::io::stderr)
+            .init();
+    }
+    Ok(())
 }
 
 fn check(path: &std::path::Path) -> ExitCode {

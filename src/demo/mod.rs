@@ -66,6 +66,11 @@ const SCENES: [Scene; 7] = [
     },
 ];
 
+/// Every scene's name and title, for `--list`.
+pub fn scenes() -> impl Iterator<Item = (&'static str, &'static str)> {
+    SCENES.iter().map(|s| (s.name, s.title))
+}
+
 /// Names of the scenes, for `--scene`.
 pub fn scene_names() -> Vec<&'static str> {
     SCENES.iter().map(|s| s.name).collect()
