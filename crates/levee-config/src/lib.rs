@@ -76,6 +76,14 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// Request heads bigger than this get 431 (default 64 KiB, at least 1024).
     pub max_header_bytes: usize,
+    /// Request targets longer than this get 414 (default 8192, or
+    /// `max_header_bytes` when smaller; 256 to min(`max_header_bytes`, 65534)).
+    pub max_uri_bytes: usize,
+    /// Requests with more header lines than this get 431 (default 100, 32 to 1000).
+    pub max_headers: usize,
+    /// Default request body limit of every route, in bytes; `None`: no limit
+    /// (written as 0). Default 1 GiB.
+    pub max_request_body_bytes: Option<u64>,
     /// Data-plane worker threads, each with its own runtime and listener
     /// (default 0 = one per CPU core).
     pub workers: usize,
@@ -161,6 +169,9 @@ pub struct RouteConfig {
     pub max_queue: usize,
     /// Longest wait for a route slot (defaults to the backend's).
     pub queue_timeout: Duration,
+    /// Bodies bigger than this get 413 (defaults to
+    /// `server.max_request_body_bytes`); `None`: no limit (written as 0).
+    pub max_request_body_bytes: Option<u64>,
     /// Which requests are shed first under load (default [`Priority::Normal`]).
     pub priority: Priority,
     /// Circuit-breaker traffic class; `None` means the proxy picks `"safe"`

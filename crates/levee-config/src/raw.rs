@@ -29,6 +29,9 @@ pub(crate) struct RawServer {
     pub max_connections: Option<usize>,
     pub shutdown_grace: Option<DurationText>,
     pub max_header_bytes: Option<usize>,
+    pub max_uri_bytes: Option<usize>,
+    pub max_headers: Option<usize>,
+    pub max_request_body_bytes: Option<u64>,
     pub workers: Option<usize>,
 }
 
@@ -135,4 +138,5 @@ pub(crate) struct RawRoute {
     pub queue_timeout: Option<DurationText>,
     pub priority: Option<String>,
     pub breaker_class: Option<String>,
+    pub max_request_body_bytes: Option<u64>,
 }

@@ -87,6 +87,9 @@ fn defaults_are_applied() {
     assert_eq!(c.server.max_connections, 10_000);
     assert_eq!(c.server.shutdown_grace, secs(30));
     assert_eq!(c.server.max_header_bytes, 65_536);
+    assert_eq!(c.server.max_uri_bytes, 8192);
+    assert_eq!(c.server.max_headers, 100);
+    assert_eq!(c.server.max_request_body_bytes, Some(1 << 30));
     assert_eq!(c.admin.listen, addr("127.0.0.1:9901"));
     assert_eq!(c.admin.heartbeat_stale_after, secs(2));
 
@@ -113,6 +116,7 @@ fn defaults_are_applied() {
     assert_eq!(r.max_in_flight, None);
     assert_eq!(r.max_queue, 128);
     assert_eq!(r.queue_timeout, ms(100));
+    assert_eq!(r.max_request_body_bytes, Some(1 << 30));
     assert_eq!(c.origin, "t.toml");
 }
 
@@ -462,6 +466,93 @@ fn max_header_bytes_at_least_1024() {
     expect(&text, "server.max_header_bytes", 3, "must be at least 1024");
     let c = ok(&config("max_header_bytes = 1024", "", ""));
     assert_eq!(c.server.max_header_bytes, 1024);
+}
+
+#[test]
+fn max_uri_bytes_is_bounded_and_fits_in_the_head() {
+    let c = ok(&config("max_uri_bytes = 256", "", ""));
+    assert_eq!(c.server.max_uri_bytes, 256);
+    let text = config("max_uri_bytes = 255", "", "");
+    expect(&text, "server.max_uri_bytes", 3, "must be at least 256");
+    let text = config("max_uri_bytes = 65535", "", "");
+    expect(
+        &text,
+        "server.max_uri_bytes",
+        3,
+        "must be at most 65534 (hyper answers longer request targets itself",
+    );
+    // A target longer than the head limit could never be answered with 414.
+    let text = config(
+        "max_header_bytes = 4096
+max_uri_bytes = 8192",
+        "",
+        "",
+    );
+    expect(
+        &text,
+        "server.max_uri_bytes",
+        line_with(&text, "max_uri_bytes"),
+        "8192 is more than max_header_bytes (4096)",
+    );
+    // Left at its default, it shrinks to fit a smaller head limit.
+    let c = ok(&config("max_header_bytes = 4096", "", ""));
+    assert_eq!(c.server.max_uri_bytes, 4096);
+    let c = ok(&config(
+        "max_header_bytes = 4096
+max_uri_bytes = 4096",
+        "",
+        "",
+    ));
+    assert_eq!(c.server.max_uri_bytes, 4096);
+}
+
+#[test]
+fn max_headers_is_bounded() {
+    assert_eq!(
+        ok(&config("max_headers = 32", "", "")).server.max_headers,
+        32
+    );
+    assert_eq!(
+        ok(&config("max_headers = 1000", "", "")).server.max_headers,
+        1000
+    );
+    let text = config("max_headers = 31", "", "");
+    expect(&text, "server.max_headers", 3, "must be at least 32");
+    let text = config("max_headers = 1001", "", "");
+    expect(&text, "server.max_headers", 3, "must be at most 1000");
+    let text = config("max_headers = -1", "", "");
+    expect(&text, "server.max_headers", 3, "-1");
+}
+
+#[test]
+fn body_limits_default_from_the_server_and_zero_means_none() {
+    let c = ok(&config("max_request_body_bytes = 1048576", "", ""));
+    assert_eq!(c.server.max_request_body_bytes, Some(1_048_576));
+    assert_eq!(c.routes[0].max_request_body_bytes, Some(1_048_576));
+
+    let c = ok(&config("max_request_body_bytes = 0", "", ""));
+    assert_eq!(c.server.max_request_body_bytes, None);
+    assert_eq!(c.routes[0].max_request_body_bytes, None, "inherited");
+
+    let c = ok(&config(
+        "max_request_body_bytes = 0",
+        "",
+        "max_request_body_bytes = 1024",
+    ));
+    assert_eq!(c.routes[0].max_request_body_bytes, Some(1024));
+    let c = ok(&config("", "", "max_request_body_bytes = 0"));
+    assert_eq!(c.server.max_request_body_bytes, Some(1 << 30));
+    assert_eq!(c.routes[0].max_request_body_bytes, None);
+
+    let text = config("", "", "max_request_body_bytes = -5");
+    expect(
+        &text,
+        "route[0].max_request_body_bytes",
+        line_with(&text, "max_request_body_bytes"),
+        "-5",
+    );
+    let text = config("max_request_body_bytes = \"1MiB\"", "", "");
+    expect(&text, "server.max_request_body_bytes", 3, "invalid type");
 }
 
 #[test]

@@ -28,6 +28,17 @@ const SERVER_MAX_CONNECTIONS: usize = 10_000;
 const SERVER_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 const SERVER_MAX_HEADER_BYTES: usize = 64 * 1024;
 const SERVER_MIN_HEADER_BYTES: usize = 1024;
+/// nginx's and Apache's request line limit (one 8 KiB header buffer).
+const SERVER_MAX_URI_BYTES: usize = 8192;
+const SERVER_MIN_URI_BYTES: usize = 256;
+/// hyper answers longer HTTP/1 request targets itself, with a bare 414.
+const SERVER_MAX_URI_BYTES_CAP: usize = 65_534;
+/// hyper's own default and HAProxy's (101 with the request line).
+const SERVER_MAX_HEADERS: usize = 100;
+const SERVER_MIN_HEADERS: usize = 32;
+/// hyper reserves room for twice this many headers for every request.
+const SERVER_MAX_HEADERS_CAP: usize = 1000;
+const SERVER_MAX_REQUEST_BODY_BYTES: u64 = 1024 * 1024 * 1024;
 
 const ADMIN_LISTEN: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(
     std::net::Ipv4Addr::LOCALHOST,
@@ -132,7 +143,14 @@ pub(crate) fn validate(
     let mut routes = Vec::with_capacity(raw.route.len());
     let mut route_names: HashMap<String, usize> = HashMap::new();
     for (i, rr) in raw.route.iter().enumerate() {
-        let r = route(cx, i, rr, &backends, &backend_names)?;
+        let r = route(
+            cx,
+            i,
+            rr,
+            &backends,
+            &backend_names,
+            server.max_request_body_bytes,
+        )?;
         if let Some(&first) = route_names.get(&r.name) {
             let base = [Seg::Key("route"), Seg::Index(i)];
             return Err(cx.invalid(
@@ -188,6 +206,13 @@ fn server(cx: &Ctx<'_>, raw: Option<RawServer>) -> Result<ServerConfig, ConfigEr
             ))
         }
     };
+    let max_header_bytes = at_least(
+        cx,
+        &at(&base, "max_header_bytes"),
+        raw.max_header_bytes.unwrap_or(SERVER_MAX_HEADER_BYTES),
+        SERVER_MIN_HEADER_BYTES,
+        "smaller limits reject ordinary requests with 431",
+    )?;
     Ok(ServerConfig {
         listen,
         header_read_timeout: positive(
@@ -215,13 +240,26 @@ fn server(cx: &Ctx<'_>, raw: Option<RawServer>) -> Result<ServerConfig, ConfigEr
             raw.shutdown_grace,
             SERVER_SHUTDOWN_GRACE,
         )?,
-        max_header_bytes: at_least(
+        max_header_bytes,
+        max_uri_bytes: max_uri_bytes(cx, &base, raw.max_uri_bytes, max_header_bytes)?,
+        max_headers: at_most(
             cx,
-            &at(&base, "max_header_bytes"),
-            raw.max_header_bytes.unwrap_or(SERVER_MAX_HEADER_BYTES),
-            SERVER_MIN_HEADER_BYTES,
-            "smaller limits reject ordinary requests with 431",
+            &at(&base, "max_headers"),
+            at_least(
+                cx,
+                &at(&base, "max_headers"),
+                raw.max_headers.unwrap_or(SERVER_MAX_HEADERS),
+                SERVER_MIN_HEADERS,
+                "browsers send 15 to 25 header lines; smaller limits reject ordinary \
+                 requests with 431",
+            )?,
+            SERVER_MAX_HEADERS_CAP,
+            "hyper reserves room for twice this many headers for every request",
         )?,
+        max_request_body_bytes: body_limit(
+            raw.max_request_body_bytes
+                .unwrap_or(SERVER_MAX_REQUEST_BODY_BYTES),
+        ),
         workers: at_most(
             cx,
             &at(&base, "workers"),
@@ -230,6 +268,50 @@ fn server(cx: &Ctx<'_>, raw: Option<RawServer>) -> Result<ServerConfig, ConfigEr
             "each worker is an OS thread with its own runtime; use 0 for one per CPU core",
         )?,
     })
+}
+
+/// `server.max_uri_bytes`: the request target is part of the head, so it is
+/// never allowed above `max_header_bytes` (its default shrinks to fit).
+fn max_uri_bytes(
+    cx: &Ctx<'_>,
+    base: &[Seg<'_>],
+    raw: Option<usize>,
+    max_header_bytes: usize,
+) -> Result<usize, ConfigError> {
+    let Some(n) = raw else {
+        return Ok(SERVER_MAX_URI_BYTES.min(max_header_bytes));
+    };
+    let path = at(base, "max_uri_bytes");
+    let n = at_least(
+        cx,
+        &path,
+        n,
+        SERVER_MIN_URI_BYTES,
+        "smaller limits reject ordinary requests with 414",
+    )?;
+    let n = at_most(
+        cx,
+        &path,
+        n,
+        SERVER_MAX_URI_BYTES_CAP,
+        "hyper answers longer request targets itself, with a bare 414",
+    )?;
+    if n > max_header_bytes {
+        return Err(cx.invalid(
+            &path,
+            format!(
+                "{n} is more than max_header_bytes ({max_header_bytes}): the request target \
+                 is part of the head, so a longer one would get 431 before this limit is \
+                 reached; lower it or raise max_header_bytes"
+            ),
+        ));
+    }
+    Ok(n)
+}
+
+/// A body limit as written: 0 means no limit.
+fn body_limit(bytes: u64) -> Option<u64> {
+    (bytes > 0).then_some(bytes)
 }
 
 /// Most data-plane workers a config may ask for.
@@ -527,6 +609,7 @@ fn route(
     raw: &RawRoute,
     backends: &[BackendConfig],
     backend_names: &HashMap<String, usize>,
+    server_body_limit: Option<u64>,
 ) -> Result<RouteConfig, ConfigError> {
     let base = [Seg::Key("route"), Seg::Index(i)];
     let name = match &raw.name {
@@ -669,6 +752,9 @@ fn route(
         queue_timeout,
         priority,
         breaker_class,
+        max_request_body_bytes: raw
+            .max_request_body_bytes
+            .map_or(server_body_limit, body_limit),
     })
 }
 
