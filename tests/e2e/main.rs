@@ -8,6 +8,7 @@ mod cli;
 mod common;
 mod errors;
 mod forwarding;
+mod hygiene;
 mod reload;
 mod resilience;
 mod shutdown;

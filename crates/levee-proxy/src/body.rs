@@ -7,7 +7,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
@@ -27,7 +27,24 @@ pub enum ClientBodyError {
     Read(#[source] hyper::Error),
     #[error("the client sent no request body data for {0:?}")]
     Idle(Duration),
+    #[error("the request body passed the route's limit of {0} bytes")]
+    TooLarge(u64),
 }
+
+impl ClientBodyError {
+    /// What levee answers (or counts) for it.
+    pub fn reason(&self) -> ErrorReason {
+        match self {
+            ClientBodyError::TooLarge(_) => ErrorReason::BodyTooLarge,
+            ClientBodyError::Read(_) | ClientBodyError::Idle(_) => ErrorReason::ClientBody,
+        }
+    }
+}
+
+/// Set once by a streamed request body that failed on the client's side
+/// (too large, read error, idle), so that a response already under way,
+/// which then fails too, is charged to the client and not to the node.
+pub type ClientBodyFailure = Arc<OnceLock<ErrorReason>>;
 
 /// The node's response body failed after its headers were sent on.
 #[derive(Debug, thiserror::Error)]
@@ -82,18 +99,42 @@ impl IdleTimer {
 
 /// The client's request body on its way to the node: streamed, or kept
 /// whole (small bodies, so that a retry can send them again).
+///
+/// A streamed body counts its bytes against the route's limit: the frame
+/// that would pass it is never sent on; the body fails instead, which
+/// aborts the node connection mid-request (the node never sees a complete
+/// request). A declared Content-Length over the limit is refused earlier,
+/// at the edge.
 #[derive(Debug)]
 pub enum RequestBody {
-    Stream { inner: Incoming, idle: IdleTimer },
+    Stream {
+        inner: Incoming,
+        idle: IdleTimer,
+        limit: Option<u64>,
+        read: u64,
+        failure: Option<ClientBodyFailure>,
+    },
     Kept(Option<Bytes>),
 }
 
 impl RequestBody {
-    pub fn stream(inner: Incoming, idle_timeout: Duration) -> Self {
+    /// `limit`: most bytes the body may have (`None`: no limit).
+    pub fn stream(inner: Incoming, idle_timeout: Duration, limit: Option<u64>) -> Self {
         RequestBody::Stream {
             inner,
             idle: IdleTimer::new(idle_timeout),
+            limit,
+            read: 0,
+            failure: None,
         }
+    }
+
+    /// A streamed body records its failure in `flag`.
+    pub fn watched(mut self, flag: ClientBodyFailure) -> Self {
+        if let RequestBody::Stream { failure, .. } = &mut self {
+            *failure = Some(flag);
+        }
+        self
     }
 
     pub fn kept(data: Bytes) -> Self {
@@ -111,16 +152,33 @@ impl Body for RequestBody {
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         match self.get_mut() {
             RequestBody::Kept(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
-            RequestBody::Stream { inner, idle } => match Pin::new(inner).poll_frame(cx) {
-                Poll::Ready(frame) => {
-                    idle.progressed();
-                    Poll::Ready(frame.map(|f| f.map_err(ClientBodyError::Read)))
+            RequestBody::Stream {
+                inner,
+                idle,
+                limit,
+                read,
+                failure,
+            } => {
+                let result = match Pin::new(inner).poll_frame(cx) {
+                    Poll::Ready(Some(Ok(frame))) => {
+                        idle.progressed();
+                        let len = frame.data_ref().map_or(0, |d| d.len() as u64);
+                        *read = read.saturating_add(len);
+                        match *limit {
+                            Some(limit) if *read > limit => Err(ClientBodyError::TooLarge(limit)),
+                            _ => Ok(frame),
+                        }
+                    }
+                    Poll::Ready(Some(Err(e))) => Err(ClientBodyError::Read(e)),
+                    Poll::Ready(None) => return Poll::Ready(None),
+                    Poll::Pending if idle.expired(cx) => Err(ClientBodyError::Idle(idle.limit)),
+                    Poll::Pending => return Poll::Pending,
+                };
+                if let (Err(e), Some(flag)) = (&result, failure.as_ref()) {
+                    let _ = flag.set(e.reason());
                 }
-                Poll::Pending if idle.expired(cx) => {
-                    Poll::Ready(Some(Err(ClientBodyError::Idle(idle.limit))))
-                }
-                Poll::Pending => Poll::Pending,
-            },
+                Poll::Ready(Some(result))
+            }
         }
     }
 
@@ -151,12 +209,23 @@ pub struct RequestScope {
     pub node_in_flight: levee_telemetry::InFlightGuard,
     pub node: Arc<NodeStats>,
     pub route: Arc<RouteStats>,
+    /// Set if the request body (still streaming) failed on the client's side.
+    pub client_body: Option<ClientBodyFailure>,
 }
 
 impl RequestScope {
     fn fail(self, reason: ErrorReason) {
         self.node.outcomes.record_error(reason);
         self.route.outcomes.record_error(reason);
+    }
+
+    /// The response body failed: the node's fault, unless the request body
+    /// failed first (the node connection was aborted for the client's sake).
+    fn fail_upstream(self) {
+        match self.client_body.as_ref().and_then(|f| f.get().copied()) {
+            Some(reason) => self.route.outcomes.record_error(reason),
+            None => self.fail(ErrorReason::UpstreamReset),
+        }
     }
 }
 
@@ -209,7 +278,7 @@ impl Body for UpstreamBody {
             Some(Ok(frame)) => Poll::Ready(Some(Ok(frame))),
             Some(Err(e)) => {
                 if let Some(scope) = this.scope.take() {
-                    scope.fail(ErrorReason::UpstreamReset);
+                    scope.fail_upstream();
                 }
                 Poll::Ready(Some(Err(UpstreamBodyError::Read(e))))
             }

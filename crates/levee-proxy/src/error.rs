@@ -53,9 +53,15 @@ pub fn status_of(reason: ErrorReason) -> StatusCode {
         ErrorReason::UpstreamConnect
         | ErrorReason::UpstreamReset
         | ErrorReason::UpstreamProtocol => StatusCode::BAD_GATEWAY,
-        ErrorReason::BadRequest | ErrorReason::ClientBody => StatusCode::BAD_REQUEST,
-        ErrorReason::HeaderTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+        ErrorReason::BadRequest | ErrorReason::ClientBody | ErrorReason::BadHost => {
+            StatusCode::BAD_REQUEST
+        }
+        ErrorReason::HeaderTooLarge | ErrorReason::TooManyHeaders => {
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+        }
         ErrorReason::Unsupported => StatusCode::METHOD_NOT_ALLOWED,
+        ErrorReason::UriTooLong => StatusCode::URI_TOO_LONG,
+        ErrorReason::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
     }
 }
 
@@ -75,6 +81,10 @@ fn message_of(reason: ErrorReason) -> &'static str {
         ErrorReason::Shed => {
             "the backend is overloaded and sheds lower-priority requests; retry later"
         }
+        ErrorReason::BadHost => "the request's Host is missing, repeated or invalid",
+        ErrorReason::UriTooLong => "the request target is too long",
+        ErrorReason::TooManyHeaders => "the request has too many header fields",
+        ErrorReason::BodyTooLarge => "the request body is too large",
     }
 }
 

@@ -118,12 +118,64 @@ pub fn set_forwarded(
     }
 }
 
-/// The host a request addressed: the Host header, else the URI authority (HTTP/2).
+/// The host a request addressed: the URI's authority (an absolute-form
+/// target, or HTTP/2's `:authority`) when it has one, since RFC 9112 §3.2.2
+/// says it overrides Host; else the Host header.
 pub fn request_host<'a>(headers: &'a HeaderMap, uri: &'a http::Uri) -> Option<&'a str> {
-    headers
-        .get(HOST)
-        .and_then(|v| v.to_str().ok())
-        .or_else(|| uri.authority().map(|a| a.as_str()))
+    uri.authority()
+        .map(|a| a.as_str())
+        .or_else(|| headers.get(HOST).and_then(|v| v.to_str().ok()))
+}
+
+/// Whether `v` is a usable Host value or target authority: `host[:port]`
+/// (RFC 9110 §7.2) with a non-empty host and no userinfo. The host is a name
+/// of RFC 3986 unreserved characters (letters, digits, `-._~`) with no empty
+/// label (`a..b`, `.a`), which also covers IPv4 addresses, or a bracketed
+/// IPv6 address; percent-encoding, sub-delimiters (`,;=!$&'()*+`), IPvFuture
+/// and zone ids are refused. The port is up to five digits, at most 65535
+/// (empty is allowed, as RFC 3986 allows it). Everything accepted is also
+/// a valid `http::uri::Authority`. Reads bytes only; never allocates.
+pub fn valid_host(v: &[u8]) -> bool {
+    let (host_ok, port) = match v.strip_prefix(b"[") {
+        Some(rest) => {
+            let Some(end) = rest.iter().position(|&b| b == b']') else {
+                return false;
+            };
+            let literal = std::str::from_utf8(&rest[..end])
+                .is_ok_and(|text| text.parse::<std::net::Ipv6Addr>().is_ok());
+            match &rest[end + 1..] {
+                [] => (literal, None),
+                [b':', port @ ..] => (literal, Some(port)),
+                _ => return false,
+            }
+        }
+        None => match v.iter().position(|&b| b == b':') {
+            Some(colon) => (valid_name(&v[..colon]), Some(&v[colon + 1..])),
+            None => (valid_name(v), None),
+        },
+    };
+    host_ok
+        && port.is_none_or(|p| {
+            p.len() <= 5
+                && p.iter().all(u8::is_ascii_digit)
+                && p.iter().fold(0u32, |n, &d| n * 10 + u32::from(d - b'0')) <= 65535
+        })
+}
+
+/// A host name or IPv4 address: unreserved characters, no empty label
+/// except after a final dot.
+fn valid_name(name: &[u8]) -> bool {
+    let mut previous = b'.';
+    for &b in name {
+        if b == b'.' && previous == b'.' {
+            return false;
+        }
+        if !(b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')) {
+            return false;
+        }
+        previous = b;
+    }
+    !name.is_empty()
 }
 
 /// The host without its port, for matching routes.
@@ -215,6 +267,82 @@ mod tests {
         assert_eq!(new_request_id().len(), 32);
         assert!(usable(new_request_id().to_str().unwrap()));
         assert_ne!(new_request_id(), new_request_id());
+    }
+
+    #[test]
+    fn valid_hosts_are_accepted_and_are_authorities() {
+        for good in [
+            "example.com",
+            "Example.COM:8080",
+            "example.com.",
+            "a",
+            "xn--bcher-kva.example",
+            "under_score.example",
+            "tilde~.example",
+            "127.0.0.1",
+            "127.0.0.1:80",
+            "[::1]",
+            "[::1]:8080",
+            "[2001:db8::7]:65535",
+            "example.com:",
+            "example.com:0",
+        ] {
+            assert!(valid_host(good.as_bytes()), "{good} is valid");
+            let authority: http::uri::Authority = good.parse().unwrap();
+            assert_eq!(authority.as_str(), good);
+        }
+    }
+
+    #[test]
+    fn invalid_hosts_are_refused() {
+        let long = format!("{}:1", "a".repeat(300));
+        assert!(valid_host(long.as_bytes()), "no length rule here");
+        for bad in [
+            "",
+            ":80",
+            "exa mple.com",
+            " example.com",
+            "example.com ",
+            "user@example.com",
+            "user:pw@example.com",
+            "example.com/path",
+            "example.com?q",
+            "example.com#f",
+            "example.com:80:81",
+            "example.com:http",
+            "example.com:65536",
+            "example.com:000080",
+            "exa%41mple.com",
+            "a,b",
+            "a;b",
+            "a=b",
+            "a..b",
+            ".example.com",
+            "..",
+            "[::1",
+            "[::1]x",
+            "[::1]:8o",
+            "[not-ipv6]",
+            "[v1.future]",
+            "[fe80::1%25eth0]",
+            "::1",
+            "\\example.com",
+            "ex\tample.com",
+            "exämple.com",
+        ] {
+            assert!(!valid_host(bad.as_bytes()), "{bad:?} is refused");
+        }
+    }
+
+    #[test]
+    fn the_target_authority_wins_over_host() {
+        let mut h = HeaderMap::new();
+        h.insert(HOST, HeaderValue::from_static("from-header"));
+        let origin: http::Uri = "/x".parse().unwrap();
+        assert_eq!(request_host(&h, &origin), Some("from-header"));
+        let absolute: http::Uri = "http://from-target:81/x".parse().unwrap();
+        assert_eq!(request_host(&h, &absolute), Some("from-target:81"));
+        assert_eq!(request_host(&HeaderMap::new(), &origin), None);
     }
 
     #[test]

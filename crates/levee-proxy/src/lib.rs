@@ -11,14 +11,17 @@
 //! ```text
 //! client ──accept (max_connections)──▶ connection task (header read / idle timeouts)
 //!  request id       keep a usable x-request-id or make one; echoed on every response
-//!  edge             CONNECT 405 · head > max_header_bytes 431 · no route 404 · header hygiene
+//!  edge             CONNECT 405 · lines > max_headers 431 · target > max_uri_bytes 414 ·
+//!                   head > max_header_bytes 431 · bad target form 400 · Host rules 400 bad-host ·
+//!                   no route 404 · Content-Length > route's body limit 413 · header hygiene
 //!                   deadline starts (route timeout, else backend timeout)
 //!  route bulkhead   ─┐ wait ≤ queue_timeout ──full──▶ 503 bulkhead-full + Retry-After
 //!  choose backend    │ all nodes out ─▶ when_all_down: 503 no-healthy-node / failover / try_all
 //!                    │ pool ramping back ─▶ failover, or 503 shed
 //!  shed              │ normal/sheddable past their share ─▶ 503 shed
 //!  backend bulkhead ─┘
-//!  retry            small bodies kept; another node when safe, within deadline and budget
+//!  retry            small bodies kept; another node when safe, within deadline and budget;
+//!                   a streamed body past the route's limit aborts the node call ─▶ 413
 //!  balance          NodeSet::pick (breaker per node × class, p2c_ewma) ··· NodeSet::record
 //!  node call        pool / connect (connect_timeout) ──fail──▶ 502 upstream-connect
 //!                   response headers by the deadline ──late──▶ 504 deadline (conn dropped)

@@ -57,6 +57,7 @@ impl ConnSettings {
             builder: Arc::new(http_builder(
                 server.header_read_timeout,
                 server.max_header_bytes,
+                server.max_headers,
             )),
         }
     }
@@ -67,6 +68,7 @@ impl ConnSettings {
         let live = &state.config.server;
         if live.header_read_timeout != self.server.header_read_timeout
             || live.max_header_bytes != self.server.max_header_bytes
+            || live.max_headers != self.server.max_headers
             || live.idle_timeout != self.server.idle_timeout
             || live.shutdown_grace != self.server.shutdown_grace
         {
@@ -257,9 +259,14 @@ pub fn shutdown_channel() -> (ServerHandle, watch::Receiver<bool>) {
     (ServerHandle { shutdown: tx }, rx)
 }
 
+/// hyper's own HTTP/1 header-count limit when none is set (kept on the
+/// stack; setting one moves hyper's parse buffers to the heap).
+const HYPER_DEFAULT_MAX_HEADERS: usize = 100;
+
 fn http_builder(
     header_read_timeout: Duration,
     max_header_bytes: usize,
+    max_headers: usize,
 ) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // hyper answers a head over its buffer with a bare 431; levee's own check
@@ -271,6 +278,12 @@ fn http_builder(
         .header_read_timeout(header_read_timeout)
         .max_buf_size(buf)
         .keep_alive(true);
+    // Likewise for the header count: hyper's bare 431 only above twice
+    // levee's max_headers, so levee answers with its reason first.
+    let hyper_max_headers = max_headers.saturating_mul(2);
+    if hyper_max_headers > HYPER_DEFAULT_MAX_HEADERS {
+        builder.http1().max_headers(hyper_max_headers);
+    }
     builder
         .http2()
         .timer(TokioTimer::new())

@@ -28,6 +28,8 @@ pub struct Route {
     pub priority: Priority,
     /// The route's own traffic class, else the method decides.
     pub class: Option<usize>,
+    /// Request bodies over this many bytes get 413; `None`: no limit.
+    pub max_request_body_bytes: Option<u64>,
     pub stats: Arc<RouteStats>,
 }
 
@@ -147,6 +149,7 @@ fn route(
         queue_timeout: cfg.queue_timeout,
         priority: cfg.priority,
         class: cfg.breaker_class.as_deref().and_then(|c| classes.index(c)),
+        max_request_body_bytes: cfg.max_request_body_bytes,
         stats,
     })
 }

@@ -25,10 +25,19 @@ pub enum ErrorReason {
     Unsupported,
     NoHealthyNode,
     Shed,
+    /// The request's Host (or `:authority`, or absolute-form target) is
+    /// missing, repeated or not a valid `host[:port]`.
+    BadHost,
+    /// The request target is over `server.max_uri_bytes`.
+    UriTooLong,
+    /// The request has more header lines than `server.max_headers`.
+    TooManyHeaders,
+    /// The request body is over the route's `max_request_body_bytes`.
+    BodyTooLarge,
 }
 
 impl ErrorReason {
-    pub const ALL: [ErrorReason; 12] = [
+    pub const ALL: [ErrorReason; 16] = [
         ErrorReason::NoRoute,
         ErrorReason::BulkheadFull,
         ErrorReason::Deadline,
@@ -41,6 +50,10 @@ impl ErrorReason {
         ErrorReason::Unsupported,
         ErrorReason::NoHealthyNode,
         ErrorReason::Shed,
+        ErrorReason::BadHost,
+        ErrorReason::UriTooLong,
+        ErrorReason::TooManyHeaders,
+        ErrorReason::BodyTooLarge,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -57,6 +70,10 @@ impl ErrorReason {
             ErrorReason::Unsupported => "unsupported",
             ErrorReason::NoHealthyNode => "no-healthy-node",
             ErrorReason::Shed => "shed",
+            ErrorReason::BadHost => "bad-host",
+            ErrorReason::UriTooLong => "uri-too-long",
+            ErrorReason::TooManyHeaders => "too-many-headers",
+            ErrorReason::BodyTooLarge => "body-too-large",
         }
     }
 

@@ -10,8 +10,10 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use http::header::{HeaderValue, HOST};
-use http::{Method, Request, Response};
+use http::{Method, Request, Response, Version};
+use http_body::Body as _;
 use hyper::body::Incoming;
+use levee_config::ServerConfig;
 use levee_resilience::Deadline;
 use levee_telemetry::{ErrorReason, OutcomeCounters, RouteStats};
 use tokio::time::Instant;
@@ -75,7 +77,7 @@ where
     fn call(&mut self, req: Request<Incoming>) -> Self::Future {
         let started = Instant::now();
         let state = self.shared.current();
-        if let Err(e) = check_request(&req, state.config.server.max_header_bytes) {
+        if let Err(e) = check_request(&req, &state.config.server) {
             log_error(&e, req.headers(), None);
             return EdgeFuture::unrouted(&state.topology.unrouted, e);
         }
@@ -84,9 +86,13 @@ where
             let e = ProxyError::new(ErrorReason::NoRoute, "no route matched");
             return EdgeFuture::unrouted(&state.topology.unrouted, e);
         };
+        let r = &state.routes[route];
+        if let Err(e) = check_body_length(&req, r.max_request_body_bytes) {
+            log_error(&e, req.headers(), Some(&r.name));
+            return EdgeFuture::refused(&r.stats, started, e);
+        }
         let (mut parts, body) = req.into_parts();
         prepare_headers(&mut parts, self.peer);
-        let r = &state.routes[route];
         let routed = Routed {
             class: r.class_of(&parts.method),
             deadline: Deadline::after(r.timeout),
@@ -123,6 +129,16 @@ impl<F> EdgeFuture<F> {
     fn unrouted(counters: &OutcomeCounters, e: ProxyError) -> Self {
         counters.record_error(e.reason);
         counters.record_status(e.status().as_u16());
+        EdgeFuture::Unrouted {
+            response: Some(e.into_response()),
+        }
+    }
+
+    /// Refused by the edge once routed: counted on the route.
+    fn refused(stats: &RouteStats, started: Instant, e: ProxyError) -> Self {
+        stats.outcomes.record_error(e.reason);
+        stats.outcomes.record_status(e.status().as_u16());
+        stats.latency.observe(started.elapsed());
         EdgeFuture::Unrouted {
             response: Some(e.into_response()),
         }
@@ -167,37 +183,129 @@ where
     }
 }
 
-/// Rejects what levee will not forward, before any slot is taken.
-fn check_request(req: &Request<Incoming>, max_header_bytes: usize) -> Result<(), ProxyError> {
+/// Rejects what levee will not forward, before routing and before any slot
+/// is taken: in order, CONNECT (405), too many header lines (431), a target
+/// over `max_uri_bytes` (414), a head over `max_header_bytes` (431), a target
+/// that is not origin- or absolute-form (400, `*` allowed for OPTIONS only),
+/// and the Host rules of [`check_host`] (400 bad-host).
+fn check_request(req: &Request<Incoming>, server: &ServerConfig) -> Result<(), ProxyError> {
     if req.method() == Method::CONNECT {
         return Err(ProxyError::new(
             ErrorReason::Unsupported,
             "CONNECT is not proxied",
         ));
     }
-    if headers::head_size(req.headers(), req.uri()) > max_header_bytes {
+    // The request id layer adds an x-request-id when the client sent none,
+    // so one such line is not counted.
+    let has_id = req.headers().contains_key(&X_REQUEST_ID);
+    if req.headers().len() - usize::from(has_id) > server.max_headers {
+        return Err(ProxyError::new(
+            ErrorReason::TooManyHeaders,
+            format!("more than {} header lines", server.max_headers),
+        ));
+    }
+    let uri = req.uri();
+    if uri.path_and_query().map_or(0, |pq| pq.as_str().len()) > server.max_uri_bytes {
+        return Err(ProxyError::new(
+            ErrorReason::UriTooLong,
+            format!("request target over {} bytes", server.max_uri_bytes),
+        ));
+    }
+    if headers::head_size(req.headers(), uri) > server.max_header_bytes {
         return Err(ProxyError::new(
             ErrorReason::HeaderTooLarge,
-            format!("request head over {max_header_bytes} bytes"),
+            format!("request head over {} bytes", server.max_header_bytes),
         ));
     }
-    if req.uri().path_and_query().is_none() && req.method() != Method::OPTIONS {
+    match uri.path_and_query().map(|pq| pq.as_str()) {
+        // Authority-form is for CONNECT only (RFC 9112 §3.2.3).
+        None => {
+            return Err(ProxyError::new(
+                ErrorReason::BadRequest,
+                "request target has no path",
+            ))
+        }
+        // Asterisk-form is for OPTIONS only (RFC 9112 §3.2.4).
+        Some("*") if req.method() != Method::OPTIONS => {
+            return Err(ProxyError::new(
+                ErrorReason::BadRequest,
+                "asterisk-form target outside OPTIONS",
+            ))
+        }
+        Some(_) => {}
+    }
+    if uri
+        .scheme_str()
+        .is_some_and(|s| !s.eq_ignore_ascii_case("http") && !s.eq_ignore_ascii_case("https"))
+    {
         return Err(ProxyError::new(
             ErrorReason::BadRequest,
-            "request has no path",
+            "absolute-form target with a scheme other than http or https",
         ));
     }
-    Ok(())
+    check_host(req)
 }
 
-/// Rewrites the client's headers for the node, once per request.
+/// The Host rules (RFC 9112 §3.2, RFC 9113 §8.3.1), each a 400 bad-host:
+/// at most one Host header, and it must be a valid `host[:port]`
+/// ([`headers::valid_host`]); so must the target's authority (absolute-form
+/// or `:authority`: no userinfo). HTTP/1.1 requires a Host header, even
+/// with an absolute-form target. HTTP/1.0 requires a Host header or an
+/// absolute-form target: levee forwards as HTTP/1.1, which needs a Host, and
+/// does not make one up. HTTP/2 requires `:authority` or Host, and when it
+/// has both they must name the same authority.
+fn check_host(req: &Request<Incoming>) -> Result<(), ProxyError> {
+    let bad = |detail: &'static str| Err(ProxyError::new(ErrorReason::BadHost, detail));
+    let mut hosts = req.headers().get_all(HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        return bad("more than one Host header");
+    }
+    if host.is_some_and(|h| !headers::valid_host(h.as_bytes())) {
+        return bad("the Host header is not a valid host[:port]");
+    }
+    let authority = req.uri().authority();
+    if authority.is_some_and(|a| !headers::valid_host(a.as_str().as_bytes())) {
+        return bad("the target's authority is not a valid host[:port]");
+    }
+    match (req.version(), host, authority) {
+        (Version::HTTP_2, None, None) => bad("HTTP/2 request with neither :authority nor Host"),
+        (Version::HTTP_2, Some(h), Some(a))
+            if !h.as_bytes().eq_ignore_ascii_case(a.as_str().as_bytes()) =>
+        {
+            bad(":authority and Host differ")
+        }
+        (Version::HTTP_2, _, _) => Ok(()),
+        (Version::HTTP_10 | Version::HTTP_09, None, None) => {
+            bad("HTTP/1.0 request without Host or absolute-form target")
+        }
+        (Version::HTTP_10 | Version::HTTP_09, _, _) => Ok(()),
+        (_, None, _) => bad("HTTP/1.1 request without Host"),
+        (_, Some(_), _) => Ok(()),
+    }
+}
+
+/// A declared body length (Content-Length) over the route's limit is refused
+/// before anything is forwarded; bodies without one are counted as they
+/// stream ([`crate::body::RequestBody`]).
+fn check_body_length(req: &Request<Incoming>, limit: Option<u64>) -> Result<(), ProxyError> {
+    match limit {
+        Some(limit) if req.body().size_hint().lower() > limit => Err(ProxyError::new(
+            ErrorReason::BodyTooLarge,
+            format!("declared request body over the route's limit of {limit} bytes"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Rewrites the client's headers for the node, once per request. The host
+/// the node gets is the one the request was routed on: the target's
+/// authority (absolute-form, or HTTP/2 `:authority`) replaces any Host.
 fn prepare_headers(parts: &mut http::request::Parts, peer: SocketAddr) {
-    let host = parts.headers.get(HOST).cloned();
-    let authority_host = parts
-        .uri
-        .authority()
-        .and_then(|a| HeaderValue::from_str(a.as_str()).ok());
-    let original_host = host.or(authority_host);
+    let original_host = match parts.uri.authority() {
+        Some(a) => HeaderValue::from_str(a.as_str()).ok(),
+        None => parts.headers.get(HOST).cloned(),
+    };
     headers::strip_hop_by_hop(&mut parts.headers);
     headers::set_forwarded(
         &mut parts.headers,
@@ -206,7 +314,8 @@ fn prepare_headers(parts: &mut http::request::Parts, peer: SocketAddr) {
         original_host.as_ref(),
     );
     if let Some(h) = original_host {
-        // HTTP/2 clients send :authority instead of Host; an HTTP/1.1 node needs Host.
+        // HTTP/2 clients send :authority instead of Host, and an absolute-form
+        // target overrides Host; an HTTP/1.1 node needs the one routed on.
         parts.headers.insert(HOST, h);
     }
 }

@@ -11,13 +11,16 @@
 //! ```text
 //! TrackActivity       connection idle bookkeeping                  (connection.rs)
 //! RequestId           keep a usable x-request-id or make one; stamp every response
-//! Edge                CONNECT, head size, no path ─▶ 405/431/400; route (404 no-route);
-//!                     header hygiene; deadline starts; every error becomes a response
+//! Edge                CONNECT, header count, target length, head size, target form,
+//!                     Host ─▶ 405/431/414/431/400/400; route (404 no-route); declared
+//!                     body over the route's limit ─▶ 413; header hygiene (the target's
+//!                     authority becomes Host); deadline starts; every error becomes a response
 //! Bulkhead(route)     wait ≤ queue_timeout ─▶ 503 bulkhead-full
 //! ChooseBackend       all nodes out ─▶ when_all_down (fail / failover / try_all); pool ramp ─▶ failover or 503 shed
 //! Shed                priority over the backend's fill ─▶ 503 shed
 //! Bulkhead(backend)   wait ≤ queue_timeout ─▶ 503 bulkhead-full
-//! Retry               keep small bodies; another node when safe, within deadline and budget
+//! Retry               keep small bodies; another node when safe, within deadline and budget;
+//!                     bodies counted against the route's limit as they stream (413)
 //! Balance             NodeSet::pick (breaker-aware, p2c/least/rr) ─▶ record the outcome
 //! NodeCall            keep-alive pool, connect_timeout ─▶ 502 upstream-*;
 //!                     response headers by the deadline ─▶ 504 deadline

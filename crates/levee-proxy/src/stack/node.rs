@@ -102,7 +102,7 @@ fn classify(e: &hyper_util::client::legacy::Error) -> ProxyError {
     let mut source: Option<&(dyn StdError + 'static)> = e.source();
     while let Some(err) = source {
         if let Some(body) = err.downcast_ref::<ClientBodyError>() {
-            return ProxyError::new(ErrorReason::ClientBody, body.to_string());
+            return ProxyError::new(body.reason(), body.to_string());
         }
         if let Some(h) = err.downcast_ref::<hyper::Error>() {
             if h.is_parse() || h.is_parse_status() || h.is_parse_too_large() {

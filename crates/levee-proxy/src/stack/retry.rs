@@ -26,7 +26,7 @@ use tower::{Layer, Service};
 
 use super::balance::{Answer, Attempt, Tried, TryFailed, MAX_TRIES};
 use super::{ProxyResult, Routed};
-use crate::body::{ProxyBody, RequestBody, RequestScope, UpstreamBody};
+use crate::body::{ClientBodyFailure, ProxyBody, RequestBody, RequestScope, UpstreamBody};
 use crate::error::ProxyError;
 use crate::headers;
 use crate::state::ProxyState;
@@ -80,7 +80,10 @@ where
         } = req;
         let backend = Arc::clone(&state.backends[backend]);
         backend.retry_budget.record_request();
+        let body_limit = state.routes[route].max_request_body_bytes;
         let tries = Tries {
+            body_limit,
+            client_body: None,
             idempotent: is_idempotent(&parts.method),
             parts,
             body: Outgoing::Stream(None),
@@ -120,6 +123,10 @@ struct Tries {
     backend_slot: Option<BulkheadPermit>,
     state: Arc<ProxyState>,
     route: usize,
+    /// The route's request body limit.
+    body_limit: Option<u64>,
+    /// Set when the streamed body fails on the client's side.
+    client_body: Option<ClientBodyFailure>,
 }
 
 /// The request body as levee sends it: kept whole when small enough to be
@@ -178,12 +185,13 @@ where
     }
     let idle = t.backend.body_idle_timeout;
     let deadline = t.deadline;
+    let limit = t.body_limit;
     Step::Reading {
         read: Box::pin(async move {
-            let read = RequestBody::stream(body, idle).collect();
+            let read = RequestBody::stream(body, idle, limit).collect();
             match deadline.run(Phase::BodyIdle, read).await {
                 Ok(Ok(collected)) => Ok(collected.to_bytes()),
-                Ok(Err(e)) => Err(ProxyError::new(ErrorReason::ClientBody, e.to_string())),
+                Ok(Err(e)) => Err(ProxyError::new(e.reason(), e.to_string())),
                 Err(_) => Err(ProxyError::new(
                     ErrorReason::ClientBody,
                     "the client did not send its request body before the deadline",
@@ -209,7 +217,12 @@ where
     let mut request = Request::new(match &mut t.body {
         Outgoing::Kept(data) => RequestBody::kept(data.clone()),
         Outgoing::Stream(body) => match body.take() {
-            Some(b) => RequestBody::stream(b, t.backend.body_idle_timeout),
+            Some(b) => {
+                // Only a streamed body can fail after the response started.
+                let flag = ClientBodyFailure::default();
+                t.client_body = Some(Arc::clone(&flag));
+                RequestBody::stream(b, t.backend.body_idle_timeout, t.body_limit).watched(flag)
+            }
             None => RequestBody::kept(Bytes::new()),
         },
     });
@@ -245,6 +258,7 @@ fn finish(t: &mut Tries, answer: Answer) -> Response<ProxyBody> {
         node_in_flight: answer.in_flight,
         node: Arc::clone(&answer.node.stats),
         route: Arc::clone(&t.state.routes[t.route].stats),
+        client_body: t.client_body.take(),
     };
     let body = UpstreamBody::new(body, t.backend.body_idle_timeout, scope);
     Response::from_parts(parts, ProxyBody::upstream(body))

@@ -318,3 +318,78 @@ async fn a_client_x_forwarded_for_list_gets_the_peer_appended() {
     assert_eq!(h["x-forwarded-proto"], "http");
     assert_eq!(seen[0].class, ClassTable::SAFE);
 }
+
+#[tokio::test(start_paused = true)]
+async fn too_many_lines_and_long_targets_are_refused_before_routing() {
+    let (shared, state) = shared(&format!("max_headers = 32\nmax_uri_bytes = 256\n{CONFIG}"));
+    let names: Vec<String> = (0..32).map(|i| format!("x-h-{i}")).collect();
+    let lines: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), "1")).collect();
+    // Host plus 32 more: one over.
+    let req = testing::client_request_with(Method::GET, "/api/x", &lines, "").await;
+    let (resp, seen) = run(&shared, req, ok).await;
+    assert_eq!(resp.status(), StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+    assert_eq!(resp.headers()[X_LEVEE_ERROR], "too-many-headers");
+    assert!(seen.is_empty());
+    // At the limit, with the client's own x-request-id not counted.
+    let mut at_limit = lines[..31].to_vec();
+    at_limit.push(("x-request-id", "abc"));
+    let req = testing::client_request_with(Method::GET, "/api/x", &at_limit, "").await;
+    let (resp, seen) = run(&shared, req, ok).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(seen.len(), 1);
+
+    let long = format!("/api/{}", "a".repeat(252));
+    let req = testing::client_request(Method::GET, &long, "").await;
+    let (resp, seen) = run(&shared, req, ok).await;
+    assert_eq!(resp.status(), StatusCode::URI_TOO_LONG);
+    assert_eq!(resp.headers()[X_LEVEE_ERROR], "uri-too-long");
+    assert!(seen.is_empty());
+    let req = testing::client_request(Method::GET, &long[..256], "").await;
+    let (resp, _) = run(&shared, req, ok).await;
+    assert_eq!(resp.status(), StatusCode::OK, "exactly 256 bytes pass");
+
+    let unrouted = &state.topology.unrouted;
+    assert_eq!(unrouted.reason(ErrorReason::TooManyHeaders), 1);
+    assert_eq!(unrouted.reason(ErrorReason::UriTooLong), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_second_or_invalid_host_is_400_bad_host() {
+    let (shared, state) = shared(CONFIG);
+    for extra in [("host", "other"), ("host", "test")] {
+        let req = testing::client_request_with(Method::GET, "/api/x", &[extra], "").await;
+        let (resp, seen) = run(&shared, req, ok).await;
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "{extra:?}");
+        assert_eq!(resp.headers()[X_LEVEE_ERROR], "bad-host");
+        assert!(seen.is_empty());
+    }
+    assert_eq!(state.topology.unrouted.reason(ErrorReason::BadHost), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_declared_body_over_the_route_limit_is_413_counted_on_the_route() {
+    let config = CONFIG.replace(
+        "timeout = \"2s\"",
+        "timeout = \"2s\"\nmax_request_body_bytes = 4",
+    );
+    let (shared, state) = shared(&config);
+    let req = testing::client_request(Method::POST, "/api/x", "12345").await;
+    let (resp, seen) = run(&shared, req, ok).await;
+    assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(resp.headers()[X_LEVEE_ERROR], "body-too-large");
+    assert!(seen.is_empty(), "no slot, no node");
+    let api = &state.routes[1].stats;
+    assert_eq!(api.outcomes.reason(ErrorReason::BodyTooLarge), 1);
+    assert_eq!(api.outcomes.class(StatusClass::ClientError), 1);
+    assert_eq!(api.latency.count(), 1);
+    assert_eq!(state.topology.unrouted.total(), 0);
+
+    let req = testing::client_request(Method::POST, "/api/x", "1234").await;
+    let (resp, seen) = run(&shared, req, ok).await;
+    assert_eq!(resp.status(), StatusCode::OK, "at the limit");
+    assert_eq!(seen.len(), 1);
+    // Another route keeps the server's default (1 GiB).
+    let req = testing::client_request(Method::POST, "/first/x", "12345").await;
+    let (resp, _) = run(&shared, req, ok).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+}
