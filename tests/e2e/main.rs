@@ -13,3 +13,4 @@ mod reload;
 mod resilience;
 mod shutdown;
 mod timeouts;
+mod defaults;

@@ -99,7 +99,7 @@ fn defaults_are_applied() {
     assert_eq!(b.connect_timeout, secs(1));
     assert_eq!(b.timeout, secs(15));
     assert_eq!(b.body_idle_timeout, secs(30));
-    assert_eq!(b.max_in_flight, 256);
+    assert_eq!(b.max_in_flight, 1024);
     assert_eq!(b.max_queue, 128);
     assert_eq!(b.queue_timeout, ms(100));
     assert_eq!(b.pool_idle_timeout, secs(90));

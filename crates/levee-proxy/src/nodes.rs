@@ -32,6 +32,9 @@ use crate::classes::ClassTable;
 
 pub type NodeClient = Client<HttpConnector, RequestBody>;
 
+/// A node whose decaying failure score is at least this is failing.
+const STRAINED_FAILURE_SCORE: f64 = 0.1;
+
 /// One node's breaker for one traffic class, with counts that explain it.
 #[derive(Debug)]
 pub struct ClassBreaker {
@@ -382,6 +385,22 @@ impl NodeSet {
             .iter()
             .enumerate()
             .any(|(i, n)| !tried.contains(&i) && (ignore_state || n.usable(class)))
+    }
+
+    /// Whether the backend shows trouble for `class`: a node out (breaker
+    /// not closed, or unhealthy), or one that is slow (its latency estimate
+    /// at the breaker's slow-call duration) or failing (a recent failure
+    /// score of 10% or more). Shedding uses it to tell a busy healthy
+    /// backend, whose normal traffic may queue, from one in trouble.
+    pub fn strained(&self, class: usize) -> bool {
+        self.nodes.iter().any(|n| {
+            !n.usable(class)
+                || n.breakers
+                    .get(class)
+                    .is_some_and(|b| b.breaker.state() != BreakerState::Closed)
+                || n.load.latency() >= self.breaker_policy.slow_call_duration
+                || n.load.failure_score(class) >= STRAINED_FAILURE_SCORE
+        })
     }
 
     /// Admission share for the pool: below 1.0 while every usable node is

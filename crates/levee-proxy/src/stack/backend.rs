@@ -4,8 +4,10 @@
 //! its pool is not ramping back; else what `when_all_down` says (fail,
 //! failover, try every node). A pool ramping back after an outage admits a
 //! growing share; the rest goes to the failover backend, or is shed.
-//! [`Shed`]: `normal` and `sheddable` requests are refused while the chosen
-//! backend's bulkhead is past their share, so `critical` ones keep a slot.
+//! [`Shed`]: `sheddable` requests are refused while the chosen backend's
+//! bulkhead is past their share, and `normal` ones too while the backend is
+//! in trouble (a node out, slow or failing), so `critical` ones keep a slot;
+//! on a healthy backend normal requests wait in its queue instead.
 
 use levee_config::{Priority, WhenAllDown};
 use levee_telemetry::{BackendEvent, ErrorReason};
@@ -100,7 +102,7 @@ impl Decision for Shed {
     fn decide(&self, req: &mut Routed) -> Result<(), ProxyError> {
         let priority = req.route().priority;
         let backend = req.backend();
-        if admits(backend, priority) {
+        if admits(backend, priority, req.class) {
             return Ok(());
         }
         backend.stats.count(BackendEvent::Shed);
@@ -116,9 +118,11 @@ impl Decision for Shed {
     }
 }
 
-/// Whether a request of `priority` may take a slot now, given how full
-/// the backend's bulkhead is.
-fn admits(backend: &Backend, priority: Priority) -> bool {
+/// Whether a request of `priority` and `class` may go on to the backend's
+/// bulkhead now. Past their share, sheddable requests are refused; normal
+/// ones too, but only while the backend is in trouble: a busy healthy
+/// backend lets them wait in its queue like critical ones.
+fn admits(backend: &Backend, priority: Priority, class: usize) -> bool {
     let share = match priority {
         Priority::Critical => return true,
         Priority::Normal => backend.shedding.normal,
@@ -127,4 +131,5 @@ fn admits(backend: &Backend, priority: Priority) -> bool {
     let bulkhead = backend.bulkhead();
     let limit = (bulkhead.max_in_flight() as f64 * share).ceil() as usize;
     bulkhead.in_flight() < limit.max(1)
+        || (priority == Priority::Normal && !backend.nodes.strained(class))
 }

@@ -273,23 +273,51 @@ async fn at_its_share_a_sheddable_route_is_shed_while_critical_and_normal_pass()
 }
 
 #[tokio::test(start_paused = true)]
-async fn at_the_normal_share_normal_is_shed_too_and_critical_may_use_every_slot() {
+async fn at_the_normal_share_a_healthy_backend_lets_normal_through_to_its_queue() {
     let state = testing::state(SHEDDING);
     let app = &state.backends[0];
     let mut held = hold(app, 3);
-    assert_eq!(
-        shed(&state, "/normal", 0).await.unwrap_err().reason,
-        ErrorReason::Shed
-    );
+    shed(&state, "/normal", 0).await.unwrap();
     assert_eq!(
         shed(&state, "/bulk", 0).await.unwrap_err().reason,
-        ErrorReason::Shed
+        ErrorReason::Shed,
+        "sheddable is shed past its share whatever the backend's state"
     );
     shed(&state, "/critical", 0).await.unwrap();
     held.extend(hold_one_more(app));
     assert_eq!(app.bulkhead().in_flight(), 4);
+    shed(&state, "/normal", 0).await.unwrap();
     shed(&state, "/critical", 0).await.unwrap();
-    assert_eq!(app.stats.events(BackendEvent::Shed), 2);
+    assert_eq!(app.stats.events(BackendEvent::Shed), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn at_the_normal_share_a_backend_in_trouble_sheds_normal_but_not_critical() {
+    let state = testing::state(
+        &SHEDDING
+            .replacen(
+                "nodes = [\"127.0.0.1:9001\"]",
+                "nodes = [\"127.0.0.1:9001\", \"127.0.0.1:9002\"]",
+                1,
+            )
+            .replace(
+                "normal = 0.75",
+                "normal = 0.75\n[backend.breaker]\nconsecutive_failures = 1",
+            ),
+    );
+    let app = &state.backends[0];
+    testing::open_node(app, ClassTable::SAFE, 1);
+    let held = hold(app, 1);
+    shed(&state, "/normal", 0).await.unwrap();
+    let more: Vec<_> = (0..2).filter_map(|_| hold_one_more(app)).collect();
+    assert_eq!(app.bulkhead().in_flight(), 3);
+    assert_eq!(
+        shed(&state, "/normal", 0).await.unwrap_err().reason,
+        ErrorReason::Shed
+    );
+    shed(&state, "/critical", 0).await.unwrap();
+    assert_eq!(app.stats.events(BackendEvent::Shed), 1);
+    drop((held, more));
 }
 
 fn hold_one_more(backend: &Backend) -> Option<BulkheadPermit> {
