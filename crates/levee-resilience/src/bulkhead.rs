@@ -87,22 +87,28 @@ impl Bulkhead {
 
     /// Takes a slot, waiting in the queue no later than `wait_until`.
     pub async fn acquire(&self, wait_until: Instant) -> Result<BulkheadPermit, BulkheadFull> {
-        match self.slots.sem.try_acquire() {
-            Ok(slot) => return Ok(self.held(slot)),
-            Err(TryAcquireError::NoPermits) => {}
-            Err(TryAcquireError::Closed) => return Err(self.queue_full()),
+        if let Some(permit) = self.take_free()? {
+            return Ok(permit);
         }
         if self.queued.fetch_add(1, Ordering::AcqRel) >= self.max_queue() {
             self.queued.fetch_sub(1, Ordering::AcqRel);
             return Err(self.queue_full());
         }
         let _in_queue = QueuedGuard(&self.queued);
-        match timeout_at(wait_until, self.slots.sem.acquire()).await {
-            Ok(Ok(slot)) => Ok(self.held(slot)),
-            Ok(Err(_closed)) => Err(self.queue_full()),
-            Err(_elapsed) => Err(BulkheadFull::QueueTimeout {
-                max_in_flight: self.max_in_flight(),
-            }),
+        loop {
+            match timeout_at(wait_until, self.slots.sem.acquire()).await {
+                Ok(Ok(slot)) => match self.claim(slot) {
+                    Some(permit) => return Ok(permit),
+                    // It repaid a shrink's debt: wait for the next one.
+                    None => continue,
+                },
+                Ok(Err(_closed)) => return Err(self.queue_full()),
+                Err(_elapsed) => {
+                    return Err(BulkheadFull::QueueTimeout {
+                        max_in_flight: self.max_in_flight(),
+                    })
+                }
+            }
         }
     }
 
@@ -110,11 +116,42 @@ impl Bulkhead {
     /// queue has room, so the caller may wait with [`Bulkhead::acquire`];
     /// `Err`: none is free and the queue is full.
     pub fn try_acquire(&self) -> Result<Option<BulkheadPermit>, BulkheadFull> {
-        match self.slots.sem.try_acquire() {
-            Ok(slot) => Ok(Some(self.held(slot))),
-            Err(TryAcquireError::NoPermits) if self.queued() < self.max_queue() => Ok(None),
-            Err(_) => Err(self.queue_full()),
+        match self.take_free()? {
+            Some(permit) => Ok(Some(permit)),
+            None if self.queued() < self.max_queue() => Ok(None),
+            None => Err(self.queue_full()),
         }
+    }
+
+    /// A free slot, if there is one.
+    fn take_free(&self) -> Result<Option<BulkheadPermit>, BulkheadFull> {
+        loop {
+            match self.slots.sem.try_acquire() {
+                Ok(slot) => match self.claim(slot) {
+                    Some(permit) => return Ok(Some(permit)),
+                    None => continue,
+                },
+                Err(TryAcquireError::NoPermits) => return Ok(None),
+                Err(TryAcquireError::Closed) => return Err(self.queue_full()),
+            }
+        }
+    }
+
+    /// Makes a semaphore permit a slot, unless a shrink still owes permits:
+    /// then the permit repays that debt and `None` is returned. (A waiter
+    /// that was handed a permit and then cancelled gives it back to the
+    /// semaphore directly, past [`Slots::release`]; this catches it.)
+    fn claim(&self, slot: tokio::sync::SemaphorePermit<'_>) -> Option<BulkheadPermit> {
+        let repaid = self
+            .slots
+            .debt
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |d| d.checked_sub(1))
+            .is_ok();
+        if repaid {
+            slot.forget();
+            return None;
+        }
+        Some(self.held(slot))
     }
 
     /// Turns a semaphore permit into an owned slot that releases through
