@@ -372,6 +372,31 @@ mod tests {
         assert!(b.try_acquire().unwrap().is_some());
     }
 
+    /// A waiter handed a slot and then cancelled gives it back to the
+    /// semaphore directly; that slot must repay a shrink's debt, not admit a
+    /// request above the new limit.
+    #[tokio::test(start_paused = true)]
+    async fn a_cancelled_waiter_handed_a_slot_cannot_lift_a_shrunk_limit() {
+        let b = Arc::new(Bulkhead::new(2, 1));
+        let first = b.acquire(soon(10)).await.unwrap();
+        let _second = b.acquire(soon(10)).await.unwrap();
+        let waiter = {
+            let b = Arc::clone(&b);
+            tokio::spawn(async move { b.acquire(soon(60_000)).await.map(|_| ()) })
+        };
+        tokio::task::yield_now().await;
+        assert_eq!(b.queued(), 1);
+        drop(first); // handed to the waiter, which has not run yet
+        b.resize(1, 1);
+        waiter.abort();
+        let _ = waiter.await;
+        assert!(
+            b.try_acquire().unwrap().is_none(),
+            "one slot is held and the limit is one"
+        );
+        assert_eq!(b.in_flight(), 1);
+    }
+
     #[test]
     fn zero_slots_is_raised_to_one() {
         assert_eq!(Bulkhead::new(0, 0).max_in_flight(), 1);
