@@ -94,16 +94,18 @@ pub fn set_forwarded(
     // "a.b.c.d" or an IPv6 text, after any prior list: formatted in one
     // buffer, copied once into the header value.
     let mut buf: Vec<u8> = Vec::with_capacity(64);
-    let prior = headers
-        .get(&X_FORWARDED_FOR)
+    // Every prior line, in order (several lines are one comma list).
+    for prior in headers
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
         .map(HeaderValue::as_bytes)
-        .filter(|p| !p.iter().all(u8::is_ascii_whitespace));
-    if let Some(prior) = prior {
+        .filter(|p| !p.iter().all(u8::is_ascii_whitespace))
+    {
         buf.extend_from_slice(prior);
         buf.extend_from_slice(b", ");
     }
     let _ = write!(buf, "{peer}");
-    // Several X-Forwarded-For lines are folded into the first above; drop the rest.
+    // The lines were folded into one above; drop them.
     headers.remove(&X_FORWARDED_FOR);
     if let Ok(v) = HeaderValue::from_bytes(&buf) {
         headers.insert(X_FORWARDED_FOR, v);
@@ -344,6 +346,19 @@ mod tests {
         let absolute: http::Uri = "http://from-target:81/x".parse().unwrap();
         assert_eq!(request_host(&h, &absolute), Some("from-target:81"));
         assert_eq!(request_host(&HeaderMap::new(), &origin), None);
+    }
+
+    #[test]
+    fn several_forwarded_for_lines_are_folded_in_order() {
+        let mut h = HeaderMap::new();
+        h.append(X_FORWARDED_FOR, HeaderValue::from_static("1.1.1.1"));
+        h.append(
+            X_FORWARDED_FOR,
+            HeaderValue::from_static("2.2.2.2, 3.3.3.3"),
+        );
+        set_forwarded(&mut h, "10.0.0.9".parse().unwrap(), "http", None);
+        let all: Vec<_> = h.get_all(X_FORWARDED_FOR).iter().collect();
+        assert_eq!(all, ["1.1.1.1, 2.2.2.2, 3.3.3.3, 10.0.0.9"]);
     }
 
     #[test]
