@@ -278,11 +278,13 @@ fn http_builder(
         .header_read_timeout(header_read_timeout)
         .max_buf_size(buf)
         .keep_alive(true);
-    // Likewise for the header count: hyper's bare 431 only above twice
-    // levee's max_headers, so levee answers with its reason first.
-    let hyper_max_headers = max_headers.saturating_mul(2);
-    if hyper_max_headers > HYPER_DEFAULT_MAX_HEADERS {
-        builder.http1().max_headers(hyper_max_headers);
+    // The header count: at or below hyper's default, hyper keeps its limit
+    // (and its parse buffers on the stack: setting any limit moves them to
+    // the heap, about 10% more user CPU per request measured here), so a
+    // head over 100 lines gets hyper's bare 431. Above it, hyper's limit is
+    // twice levee's, so levee answers with its reason first.
+    if max_headers > HYPER_DEFAULT_MAX_HEADERS {
+        builder.http1().max_headers(max_headers.saturating_mul(2));
     }
     builder
         .http2()
