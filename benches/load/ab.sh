@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Alternating A/B of two levee builds on the same node and config: ROUNDS
+# rounds of (A, B), each SECONDS of wrk at CONNECTIONS, printing each run's
+# CPU per request (utime + stime from /proc, split user/system). On a noisy
+# machine single runs move by ±20%; compare medians over the rounds.
+#
+# Usage: benches/load/ab.sh LEVEE_A LEVEE_B [ROUNDS] [SECONDS] [CONNECTIONS]
+# The proxy runs one worker pinned to CPU 0; the node and wrk share CPU 1.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+A=$1 B=$2 ROUNDS=${3:-6} DUR=${4:-5} CONNS=${5:-64}
+NODE_PORT=19301 LEVEE_PORT=18381 ADMIN_PORT=18391
+command -v wrk >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
+cargo build --release --locked -q -p levee-testkit --bin levee-node
+WORK=$(mktemp -d)
+cat > "$WORK/levee.toml" <<TOML
+[server]
+listen = "127.0.0.1:$LEVEE_PORT"
+workers = 1
+[admin]
+listen = "127.0.0.1:$ADMIN_PORT"
+[[backend]]
+name = "app"
+nodes = ["127.0.0.1:$NODE_PORT"]
+max_in_flight = 4096
+max_queue = 1024
+[[route]]
+path_prefix = "/"
+backend = "app"
+TOML
+taskset -c 1 target/release/levee-node --listen 127.0.0.1:$NODE_PORT --mode healthy:64 >/dev/null 2>&1 &
+NODE=$!
+trap 'kill $NODE 2>/dev/null || true; rm -rf "$WORK"' EXIT
+sleep 0.5
+stat_of() { awk -v f="$2" '{print $f}' "/proc/$1/stat"; }
+one() { # binary -> "total (u user s system)" µs per request
+  taskset -c 0 "$1" run --config "$WORK/levee.toml" >/dev/null 2>&1 &
+  local p=$! bu bs au as out n
+  sleep 0.4
+  taskset -c 1 wrk -t1 -c"$CONNS" -d1s "http://127.0.0.1:$LEVEE_PORT/" >/dev/null
+  bu=$(stat_of $p 14); bs=$(stat_of $p 15)
+  out=$(taskset -c 1 wrk -t1 -c"$CONNS" -d"${DUR}s" "http://127.0.0.1:$LEVEE_PORT/")
+  au=$(stat_of $p 14); as=$(stat_of $p 15)
+  n=$(echo "$out" | awk '/requests in/ {print $1}')
+  kill $p; wait $p 2>/dev/null || true
+  awk -v u=$((au - bu)) -v s=$((as - bs)) -v n="$n" -v hz="$(getconf CLK_TCK)" \
+    'BEGIN { printf "%.1f (u %.1f s %.1f)", (u + s) / hz * 1e6 / n, u / hz * 1e6 / n, s / hz * 1e6 / n }'
+}
+echo "cpu us/request, A=$A B=$B, ${DUR}s per run, $CONNS connections"
+for r in $(seq 1 "$ROUNDS"); do
+  echo "round $r: A $(one "$A")  B $(one "$B")"
+done
