@@ -13,21 +13,8 @@ NODE_PORT=19301 LEVEE_PORT=18381 ADMIN_PORT=18391
 command -v wrk >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
 cargo build --release --locked -q -p levee-testkit --bin levee-node
 WORK=$(mktemp -d)
-cat > "$WORK/levee.toml" <<TOML
-[server]
-listen = "127.0.0.1:$LEVEE_PORT"
-workers = 1
-[admin]
-listen = "127.0.0.1:$ADMIN_PORT"
-[[backend]]
-name = "app"
-nodes = ["127.0.0.1:$NODE_PORT"]
-max_in_flight = 4096
-max_queue = 1024
-[[route]]
-path_prefix = "/"
-backend = "app"
-TOML
+. benches/load/levee_config.sh
+levee_config "$WORK/levee.toml" $LEVEE_PORT $ADMIN_PORT $NODE_PORT
 taskset -c 1 target/release/levee-node --listen 127.0.0.1:$NODE_PORT --mode healthy:64 >/dev/null 2>&1 &
 NODE=$!
 trap 'kill $NODE 2>/dev/null || true; rm -rf "$WORK"' EXIT

@@ -34,21 +34,8 @@ if [ "$(nproc)" -ge 2 ]; then PROXY_CPU=(taskset -c 0); LOAD_CPU=(taskset -c 1);
 "${LOAD_CPU[@]}" target/release/levee-node --listen 127.0.0.1:$NODE_PORT --mode healthy:64 >/dev/null 2>&1 &
 PIDS+=($!)
 
-cat > "$WORK/levee.toml" <<TOML
-[server]
-listen = "127.0.0.1:$LEVEE_PORT"
-workers = 1
-[admin]
-listen = "127.0.0.1:$ADMIN_PORT"
-[[backend]]
-name = "app"
-nodes = ["127.0.0.1:$NODE_PORT"]
-max_in_flight = 4096
-max_queue = 1024
-[[route]]
-path_prefix = "/"
-backend = "app"
-TOML
+. benches/load/levee_config.sh
+levee_config "$WORK/levee.toml" $LEVEE_PORT $ADMIN_PORT $NODE_PORT
 
 cat > "$WORK/nginx.conf" <<CONF
 worker_processes 1;
