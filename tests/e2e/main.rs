@@ -14,3 +14,4 @@ mod reload;
 mod resilience;
 mod shutdown;
 mod timeouts;
+mod total_timeout;

@@ -109,6 +109,9 @@ pub struct BackendConfig {
     pub connect_timeout: Duration,
     /// Request deadline until response headers (default 15s).
     pub timeout: Duration,
+    /// Deadline for the whole exchange, from arrival to the last response
+    /// byte; `None` (the default): only `timeout` and `body_idle_timeout` bound it.
+    pub total_timeout: Option<Duration>,
     /// Longest silence while streaming a body either way (default 30s).
     pub body_idle_timeout: Duration,
     /// Requests in flight to this backend at once (default 256, >= 1).
@@ -163,6 +166,8 @@ pub struct RouteConfig {
     pub backend_index: usize,
     /// Request deadline until response headers (defaults to the backend's).
     pub timeout: Duration,
+    /// Deadline for the whole exchange (defaults to the backend's).
+    pub total_timeout: Option<Duration>,
     /// Route bulkhead; `None` means only the backend limit applies.
     pub max_in_flight: Option<usize>,
     /// Requests waiting for a route slot (defaults to the backend's).

@@ -962,3 +962,29 @@ fn route_overrides_and_inherits() {
     assert_eq!(r.max_queue, 0);
     assert_eq!(r.queue_timeout, ms(10));
 }
+
+#[test]
+fn total_timeout_is_off_by_default_and_a_route_inherits_or_overrides_it() {
+    let c = ok(&config("", "", ""));
+    assert_eq!(c.backends[0].total_timeout, None);
+    assert_eq!(c.routes[0].total_timeout, None);
+
+    let c = ok(&config("", "total_timeout = \"30s\"", ""));
+    assert_eq!(c.backends[0].total_timeout, Some(secs(30)));
+    assert_eq!(c.routes[0].total_timeout, Some(secs(30)), "inherited");
+
+    let c = ok(&config(
+        "",
+        "total_timeout = \"30s\"",
+        "total_timeout = \"2s\"",
+    ));
+    assert_eq!(c.routes[0].total_timeout, Some(secs(2)), "the route's own");
+
+    let text = config("", "", "total_timeout = \"0s\"");
+    expect(
+        &text,
+        "route[0].total_timeout",
+        line_with(&text, "total_timeout"),
+        "greater than zero",
+    );
+}

@@ -416,6 +416,7 @@ fn backend(cx: &Ctx<'_>, i: usize, raw: &RawBackend) -> Result<BackendConfig, Co
         BACKEND_CONNECT_TIMEOUT,
     )?;
     let timeout = positive(cx, &at(&base, "timeout"), raw.timeout, BACKEND_TIMEOUT)?;
+    let total_timeout = optional_positive(cx, &at(&base, "total_timeout"), raw.total_timeout)?;
     let body_idle_timeout = positive(
         cx,
         &at(&base, "body_idle_timeout"),
@@ -511,6 +512,7 @@ fn backend(cx: &Ctx<'_>, i: usize, raw: &RawBackend) -> Result<BackendConfig, Co
         nodes,
         connect_timeout,
         timeout,
+        total_timeout,
         body_idle_timeout,
         max_in_flight,
         max_queue: raw.max_queue.unwrap_or(BACKEND_MAX_QUEUE),
@@ -670,6 +672,8 @@ fn route(
     };
 
     let timeout = positive(cx, &at(&base, "timeout"), raw.timeout, backend.timeout)?;
+    let total_timeout = optional_positive(cx, &at(&base, "total_timeout"), raw.total_timeout)?
+        .or(backend.total_timeout);
     let queue_timeout = positive(
         cx,
         &at(&base, "queue_timeout"),
@@ -747,6 +751,7 @@ fn route(
         backend: backend.name.clone(),
         backend_index,
         timeout,
+        total_timeout,
         max_in_flight,
         max_queue: raw.max_queue.unwrap_or(backend.max_queue),
         queue_timeout,
@@ -920,6 +925,18 @@ fn positive(
         )),
         Some(DurationText(d)) => Ok(d),
         None => Ok(default),
+    }
+}
+
+/// An optional duration: unset means off, set it must be > 0.
+fn optional_positive(
+    cx: &Ctx<'_>,
+    path: &[Seg<'_>],
+    value: Option<DurationText>,
+) -> Result<Option<Duration>, ConfigError> {
+    match value {
+        Some(d) => positive(cx, path, Some(d), Duration::ZERO).map(Some),
+        None => Ok(None),
     }
 }
 

@@ -53,6 +53,8 @@ pub enum UpstreamBodyError {
     Read(#[source] hyper::Error),
     #[error("the node sent no response body data for {0:?}")]
     Idle(Duration),
+    #[error("the response was not through within total_timeout ({0:?})")]
+    Total(Duration),
 }
 
 /// An idle bound, allocated on the first wait only: a body that is always
@@ -229,21 +231,46 @@ impl RequestScope {
     }
 }
 
+/// The request's `total_timeout`: one timer for the whole body, set once
+/// and never reset.
+#[derive(Debug)]
+struct TotalTimer {
+    sleep: Pin<Box<Sleep>>,
+    budget: Duration,
+}
+
 /// The node's response body on its way to the client.
+///
+/// Its end is bounded twice: by `body_idle_timeout` between frames and, when
+/// the request has one, by the `total_timeout` instant. Either cut fails the
+/// body, so hyper closes the client connection (HTTP/1) or resets the
+/// stream (HTTP/2), and drops the node connection instead of pooling it.
 #[derive(Debug)]
 pub struct UpstreamBody {
     inner: Incoming,
     idle: IdleTimer,
+    total: Option<TotalTimer>,
     scope: Option<RequestScope>,
 }
 
 impl UpstreamBody {
-    pub fn new(inner: Incoming, idle_timeout: Duration, scope: RequestScope) -> Self {
+    /// `end`: the instant by which the last byte is due, with the budget it
+    /// was set from (for the message); `None`: no total bound.
+    pub fn new(
+        inner: Incoming,
+        idle_timeout: Duration,
+        end: Option<(Instant, Duration)>,
+        scope: RequestScope,
+    ) -> Self {
         let done = inner.is_end_stream();
         Self {
             inner,
             idle: IdleTimer::new(idle_timeout),
-            // An empty body frees its slots at once.
+            // An empty body needs no timer and frees its slots at once.
+            total: end.filter(|_| !done).map(|(at, budget)| TotalTimer {
+                sleep: Box::pin(tokio::time::sleep_until(at)),
+                budget,
+            }),
             scope: if done { None } else { Some(scope) },
         }
     }
@@ -258,6 +285,18 @@ impl Body for UpstreamBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = self.get_mut();
+        if let Some(total) = &mut this.total {
+            // Checked before the node's next frame: a node that is always
+            // ready is cut as surely as one that drips.
+            if total.sleep.as_mut().poll(cx).is_ready() {
+                let budget = total.budget;
+                this.total = None;
+                if let Some(scope) = this.scope.take() {
+                    scope.fail(ErrorReason::Deadline);
+                }
+                return Poll::Ready(Some(Err(UpstreamBodyError::Total(budget))));
+            }
+        }
         let polled = match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(frame) => frame,
             Poll::Pending if this.idle.expired(cx) => {
@@ -271,8 +310,10 @@ impl Body for UpstreamBody {
         this.idle.progressed();
         match polled {
             None => {
-                // Done: free the slots now rather than when hyper drops us.
+                // Done: free the slots and the timer now rather than when
+                // hyper drops us.
                 this.scope.take();
+                this.total = None;
                 Poll::Ready(None)
             }
             Some(Ok(frame)) => Poll::Ready(Some(Ok(frame))),
@@ -367,3 +408,7 @@ impl Body for ProxyBody {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "body_tests.rs"]
+mod tests;

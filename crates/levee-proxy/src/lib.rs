@@ -14,7 +14,7 @@
 //!  edge             CONNECT 405 · lines > max_headers 431 · target > max_uri_bytes 414 ·
 //!                   head > max_header_bytes 431 · bad target form 400 · Host rules 400 bad-host ·
 //!                   no route 404 · Content-Length > route's body limit 413 · header hygiene
-//!                   deadline starts (route timeout, else backend timeout)
+//!                   deadline starts (route timeout, else backend timeout; total_timeout)
 //!  route bulkhead   ─┐ wait ≤ queue_timeout ──full──▶ 503 bulkhead-full + Retry-After
 //!  choose backend    │ all nodes out ─▶ when_all_down: 503 no-healthy-node / failover / try_all
 //!                    │ pool ramping back ─▶ failover, or 503 shed
@@ -26,7 +26,8 @@
 //!  node call        pool / connect (connect_timeout) ──fail──▶ 502 upstream-connect
 //!                   response headers by the deadline ──late──▶ 504 deadline (conn dropped)
 //!                                                   ──reset──▶ 502 upstream-reset / -protocol
-//! └ response body streams back (body idle timeout; a failure now cuts the client connection);
+//! └ response body streams back (body idle timeout, total_timeout; a failure now cuts the
+//!   client connection or resets the HTTP/2 stream);
 //!   slots, in-flight gauges and the connection's activity are released when it ends
 //! ```
 

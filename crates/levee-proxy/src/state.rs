@@ -24,6 +24,8 @@ pub struct Route {
     pub backend_index: usize,
     pub bulkhead: Option<Arc<Bulkhead>>,
     pub timeout: Duration,
+    /// From arrival to the last response byte; `None`: unbounded.
+    pub total_timeout: Option<Duration>,
     pub queue_timeout: Duration,
     pub priority: Priority,
     /// The route's own traffic class, else the method decides.
@@ -146,6 +148,7 @@ fn route(
         backend_index: cfg.backend_index,
         bulkhead,
         timeout: cfg.timeout,
+        total_timeout: cfg.total_timeout,
         queue_timeout: cfg.queue_timeout,
         priority: cfg.priority,
         class: cfg.breaker_class.as_deref().and_then(|c| classes.index(c)),

@@ -46,25 +46,49 @@ pub struct DeadlineExceeded {
     pub after: Duration,
 }
 
-/// The instant by which a request must have its response headers.
+/// The instant by which a request must have its response headers, and the
+/// one (if any) by which its whole response must be through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Deadline {
     start: Instant,
     at: Instant,
+    end: Option<Instant>,
 }
 
 impl Deadline {
     /// A deadline `budget` from now.
     pub fn after(budget: Duration) -> Self {
+        Self::within(budget, None)
+    }
+
+    /// Headers within `headers`, and the whole exchange within `total` when
+    /// set; the headers deadline is the earlier of the two, since headers
+    /// after the end could not be followed by a body in time.
+    pub fn within(headers: Duration, total: Option<Duration>) -> Self {
         let start = Instant::now();
+        let end = total.map(|t| start + t);
+        let at = start + headers;
         Self {
             start,
-            at: start + budget,
+            at: end.map_or(at, |end| at.min(end)),
+            end,
         }
     }
 
+    /// When the response headers are due.
     pub fn at(&self) -> Instant {
         self.at
+    }
+
+    /// When the last response byte is due (`total_timeout`), if bounded.
+    pub fn end(&self) -> Option<Instant> {
+        self.end
+    }
+
+    /// The whole time allowed from start to [`Deadline::end`].
+    pub fn total_budget(&self) -> Option<Duration> {
+        self.end
+            .map(|end| end.saturating_duration_since(self.start))
     }
 
     /// The whole time this deadline allowed.
@@ -133,6 +157,22 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(out, 7);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_total_bound_shorter_than_the_headers_bound_moves_the_headers_deadline() {
+        let now = Instant::now();
+        let d = Deadline::within(Duration::from_secs(5), Some(Duration::from_secs(1)));
+        assert_eq!(d.at(), now + Duration::from_secs(1));
+        assert_eq!(d.end(), Some(now + Duration::from_secs(1)));
+        assert_eq!(d.budget(), Duration::from_secs(1));
+
+        let d = Deadline::within(Duration::from_secs(1), Some(Duration::from_secs(5)));
+        assert_eq!(d.at(), now + Duration::from_secs(1));
+        assert_eq!(d.end(), Some(now + Duration::from_secs(5)));
+        assert_eq!(d.total_budget(), Some(Duration::from_secs(5)));
+
+        assert_eq!(Deadline::after(Duration::from_secs(1)).end(), None);
     }
 
     #[tokio::test(start_paused = true)]

@@ -95,7 +95,7 @@ where
         prepare_headers(&mut parts, self.peer);
         let routed = Routed {
             class: r.class_of(&parts.method),
-            deadline: Deadline::after(r.timeout),
+            deadline: Deadline::within(r.timeout, r.total_timeout),
             backend: r.backend_index,
             route,
             parts,

@@ -14,7 +14,8 @@
 //! Edge                CONNECT, header count, target length, head size, target form,
 //!                     Host ─▶ 405/431/414/431/400/400; route (404 no-route); declared
 //!                     body over the route's limit ─▶ 413; header hygiene (the target's
-//!                     authority becomes Host); deadline starts; every error becomes a response
+//!                     authority becomes Host); deadline starts (headers by the earlier of
+//!                     timeout and total_timeout); every error becomes a response
 //! Bulkhead(route)     wait ≤ queue_timeout ─▶ 503 bulkhead-full
 //! ChooseBackend       all nodes out ─▶ when_all_down (fail / failover / try_all); pool ramp ─▶ failover or 503 shed
 //! Shed                priority over the backend's fill ─▶ 503 shed
@@ -24,7 +25,7 @@
 //! Balance             NodeSet::pick (breaker-aware, p2c/least/rr) ─▶ record the outcome
 //! NodeCall            keep-alive pool, connect_timeout ─▶ 502 upstream-*;
 //!                     response headers by the deadline ─▶ 504 deadline
-//! └▶ response body streams back (body idle timeout); slots and gauges held until it ends
+//! └▶ response body streams back (body idle timeout, total_timeout cut); slots and gauges held until it ends
 //! ```
 
 pub mod backend;

@@ -260,7 +260,8 @@ fn finish(t: &mut Tries, answer: Answer) -> Response<ProxyBody> {
         route: Arc::clone(&t.state.routes[t.route].stats),
         client_body: t.client_body.take(),
     };
-    let body = UpstreamBody::new(body, t.backend.body_idle_timeout, scope);
+    let end = t.deadline.end().zip(t.deadline.total_budget());
+    let body = UpstreamBody::new(body, t.backend.body_idle_timeout, end, scope);
     Response::from_parts(parts, ProxyBody::upstream(body))
 }
 

@@ -108,7 +108,7 @@ pub fn routed(state: &Arc<ProxyState>, req: Request<Incoming>) -> Routed {
     let (parts, body) = req.into_parts();
     Routed {
         class: r.class_of(&parts.method),
-        deadline: Deadline::after(r.timeout),
+        deadline: Deadline::within(r.timeout, r.total_timeout),
         backend: r.backend_index,
         route,
         parts,
