@@ -9,6 +9,7 @@ mod common;
 mod defaults;
 mod errors;
 mod forwarding;
+mod h2_limits;
 mod hygiene;
 mod reload;
 mod resilience;

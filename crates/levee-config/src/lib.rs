@@ -87,6 +87,29 @@ pub struct ServerConfig {
     /// Data-plane worker threads, each with its own runtime and listener
     /// (default 0 = one per CPU core).
     pub workers: usize,
+    /// What one HTTP/2 client connection may ask of levee.
+    pub h2: Http2Limits,
+}
+
+/// The `h2_*` keys of `[server]`: limits that keep one HTTP/2 connection
+/// from taking more than its share (RFC 9113 §10.5). The header list limit
+/// follows `max_header_bytes`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Http2Limits {
+    /// Streams open at once on one connection; more are refused with
+    /// REFUSED_STREAM (default 100, at least 1).
+    pub max_concurrent_streams: u32,
+    /// Streams the client resets before levee has accepted them; one more
+    /// and the connection gets GOAWAY ENHANCE_YOUR_CALM (rapid reset,
+    /// CVE-2023-44487; default 20, at least 1).
+    pub max_pending_accept_reset_streams: usize,
+    /// Streams levee resets because the client broke the protocol; one more
+    /// and the connection gets GOAWAY ENHANCE_YOUR_CALM (default 1024, at least 1).
+    pub max_local_error_reset_streams: usize,
+    /// A PING goes out after this long without a frame from the client (default 20s).
+    pub keep_alive_interval: Duration,
+    /// A PING not acknowledged within this closes the connection (default 20s).
+    pub keep_alive_timeout: Duration,
 }
 
 /// `[admin]`: the operator endpoint.

@@ -33,6 +33,11 @@ pub(crate) struct RawServer {
     pub max_headers: Option<usize>,
     pub max_request_body_bytes: Option<u64>,
     pub workers: Option<usize>,
+    pub h2_max_concurrent_streams: Option<u32>,
+    pub h2_max_pending_accept_reset_streams: Option<usize>,
+    pub h2_max_local_error_reset_streams: Option<usize>,
+    pub h2_keep_alive_interval: Option<DurationText>,
+    pub h2_keep_alive_timeout: Option<DurationText>,
 }
 
 /// `[admin]`: the operator listener.

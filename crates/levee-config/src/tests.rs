@@ -90,6 +90,11 @@ fn defaults_are_applied() {
     assert_eq!(c.server.max_uri_bytes, 8192);
     assert_eq!(c.server.max_headers, 100);
     assert_eq!(c.server.max_request_body_bytes, Some(1 << 30));
+    assert_eq!(c.server.h2.max_concurrent_streams, 100);
+    assert_eq!(c.server.h2.max_pending_accept_reset_streams, 20);
+    assert_eq!(c.server.h2.max_local_error_reset_streams, 1024);
+    assert_eq!(c.server.h2.keep_alive_interval, secs(20));
+    assert_eq!(c.server.h2.keep_alive_timeout, secs(20));
     assert_eq!(c.admin.listen, addr("127.0.0.1:9901"));
     assert_eq!(c.admin.heartbeat_stale_after, secs(2));
 
@@ -522,6 +527,34 @@ fn max_headers_is_bounded() {
     expect(&text, "server.max_headers", 3, "must be at most 1000");
     let text = config("max_headers = -1", "", "");
     expect(&text, "server.max_headers", 3, "-1");
+}
+
+#[test]
+fn h2_limits_are_read_and_bounded() {
+    let c = ok(&config(
+        "h2_max_concurrent_streams = 8\nh2_max_pending_accept_reset_streams = 5\n\
+         h2_max_local_error_reset_streams = 50\nh2_keep_alive_interval = \"1s\"\n\
+         h2_keep_alive_timeout = \"500ms\"",
+        "",
+        "",
+    ));
+    assert_eq!(c.server.h2.max_concurrent_streams, 8);
+    assert_eq!(c.server.h2.max_pending_accept_reset_streams, 5);
+    assert_eq!(c.server.h2.max_local_error_reset_streams, 50);
+    assert_eq!(c.server.h2.keep_alive_interval, secs(1));
+    assert_eq!(c.server.h2.keep_alive_timeout, ms(500));
+    for key in [
+        "h2_max_concurrent_streams",
+        "h2_max_pending_accept_reset_streams",
+        "h2_max_local_error_reset_streams",
+    ] {
+        let text = config(&format!("{key} = 0"), "", "");
+        expect(&text, &format!("server.{key}"), 3, "must be at least 1");
+    }
+    for key in ["h2_keep_alive_interval", "h2_keep_alive_timeout"] {
+        let text = config(&format!("{key} = \"0s\""), "", "");
+        expect(&text, &format!("server.{key}"), 3, "greater than zero");
+    }
 }
 
 #[test]

@@ -16,8 +16,8 @@ use crate::error::{ConfigError, Location};
 use crate::locate::{line_of, render, Seg};
 use crate::raw::{RawAdmin, RawBackend, RawConfig, RawRoute, RawServer};
 use crate::{
-    AdminConfig, BackendConfig, Config, LoadBalancing, Priority, RouteConfig, ServerConfig,
-    WhenAllDown,
+    AdminConfig, BackendConfig, Config, Http2Limits, LoadBalancing, Priority, RouteConfig,
+    ServerConfig, WhenAllDown,
 };
 
 mod policy;
@@ -39,6 +39,15 @@ const SERVER_MIN_HEADERS: usize = 32;
 /// hyper reserves room for twice this many headers for every request.
 const SERVER_MAX_HEADERS_CAP: usize = 1000;
 const SERVER_MAX_REQUEST_BODY_BYTES: u64 = 1024 * 1024 * 1024;
+/// RFC 9113 §6.5.2 asks for at least 100; nginx allows 128, hyper 200.
+const SERVER_H2_MAX_CONCURRENT_STREAMS: u32 = 100;
+/// The h2 crate's own default.
+const SERVER_H2_MAX_PENDING_ACCEPT_RESET_STREAMS: usize = 20;
+/// hyper's own default.
+const SERVER_H2_MAX_LOCAL_ERROR_RESET_STREAMS: usize = 1024;
+const SERVER_H2_KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(20);
+/// hyper's own default.
+const SERVER_H2_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
 const ADMIN_LISTEN: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(
     std::net::Ipv4Addr::LOCALHOST,
@@ -266,6 +275,49 @@ fn server(cx: &Ctx<'_>, raw: Option<RawServer>) -> Result<ServerConfig, ConfigEr
             raw.workers.unwrap_or(0),
             SERVER_MAX_WORKERS,
             "each worker is an OS thread with its own runtime; use 0 for one per CPU core",
+        )?,
+        h2: h2_limits(cx, &base, &raw)?,
+    })
+}
+
+/// The `h2_*` keys of `[server]`.
+fn h2_limits(cx: &Ctx<'_>, base: &[Seg<'_>], raw: &RawServer) -> Result<Http2Limits, ConfigError> {
+    Ok(Http2Limits {
+        max_concurrent_streams: at_least(
+            cx,
+            &at(base, "h2_max_concurrent_streams"),
+            raw.h2_max_concurrent_streams
+                .unwrap_or(SERVER_H2_MAX_CONCURRENT_STREAMS),
+            1,
+            "0 would refuse every request on HTTP/2",
+        )?,
+        max_pending_accept_reset_streams: at_least(
+            cx,
+            &at(base, "h2_max_pending_accept_reset_streams"),
+            raw.h2_max_pending_accept_reset_streams
+                .unwrap_or(SERVER_H2_MAX_PENDING_ACCEPT_RESET_STREAMS),
+            1,
+            "0 would close a connection on its first cancelled request",
+        )?,
+        max_local_error_reset_streams: at_least(
+            cx,
+            &at(base, "h2_max_local_error_reset_streams"),
+            raw.h2_max_local_error_reset_streams
+                .unwrap_or(SERVER_H2_MAX_LOCAL_ERROR_RESET_STREAMS),
+            1,
+            "0 would close a connection on its first refused stream",
+        )?,
+        keep_alive_interval: positive(
+            cx,
+            &at(base, "h2_keep_alive_interval"),
+            raw.h2_keep_alive_interval,
+            SERVER_H2_KEEP_ALIVE_INTERVAL,
+        )?,
+        keep_alive_timeout: positive(
+            cx,
+            &at(base, "h2_keep_alive_timeout"),
+            raw.h2_keep_alive_timeout,
+            SERVER_H2_KEEP_ALIVE_TIMEOUT,
         )?,
     })
 }

@@ -54,11 +54,7 @@ impl ConnSettings {
     fn of(server: &ServerConfig) -> Self {
         Self {
             server: server.clone(),
-            builder: Arc::new(http_builder(
-                server.header_read_timeout,
-                server.max_header_bytes,
-                server.max_headers,
-            )),
+            builder: Arc::new(http_builder(server)),
         }
     }
 
@@ -71,6 +67,7 @@ impl ConnSettings {
             || live.max_headers != self.server.max_headers
             || live.idle_timeout != self.server.idle_timeout
             || live.shutdown_grace != self.server.shutdown_grace
+            || live.h2 != self.server.h2
         {
             *self = Self::of(live);
         }
@@ -263,11 +260,9 @@ pub fn shutdown_channel() -> (ServerHandle, watch::Receiver<bool>) {
 /// stack; setting one moves hyper's parse buffers to the heap).
 const HYPER_DEFAULT_MAX_HEADERS: usize = 100;
 
-fn http_builder(
-    header_read_timeout: Duration,
-    max_header_bytes: usize,
-    max_headers: usize,
-) -> auto::Builder<TokioExecutor> {
+fn http_builder(server: &ServerConfig) -> auto::Builder<TokioExecutor> {
+    let max_header_bytes = server.max_header_bytes;
+    let max_headers = server.max_headers;
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // hyper answers a head over its buffer with a bare 431; levee's own check
     // (with x-levee-error) runs below that, at max_header_bytes.
@@ -275,7 +270,7 @@ fn http_builder(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(header_read_timeout)
+        .header_read_timeout(server.header_read_timeout)
         .max_buf_size(buf)
         .keep_alive(true);
     // The header count: at or below hyper's default, hyper keeps its limit
@@ -286,10 +281,17 @@ fn http_builder(
     if max_headers > HYPER_DEFAULT_MAX_HEADERS {
         builder.http1().max_headers(max_headers.saturating_mul(2));
     }
+    // A header list over this gets h2's bare 431 and the stream reset.
+    let h2 = &server.h2;
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(buf).unwrap_or(u32::MAX));
+        .max_header_list_size(u32::try_from(buf).unwrap_or(u32::MAX))
+        .max_concurrent_streams(h2.max_concurrent_streams)
+        .max_pending_accept_reset_streams(h2.max_pending_accept_reset_streams)
+        .max_local_error_reset_streams(h2.max_local_error_reset_streams)
+        .keep_alive_interval(h2.keep_alive_interval)
+        .keep_alive_timeout(h2.keep_alive_timeout);
     builder
 }
 
