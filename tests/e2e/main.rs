@@ -2,6 +2,7 @@
 //! sockets. Time bounds are generous; every loop is bounded.
 #![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
 
+mod abuse;
 mod admin;
 mod bulkheads;
 mod cli;

@@ -207,6 +207,7 @@ impl Body for NodeBody {
                 if *remaining > 0 {
                     let chunk = take_chunk(remaining);
                     *unsent -= chunk.len();
+                    this.counters.body_bytes_sent(chunk.len());
                     return Poll::Ready(Some(Ok(Frame::data(chunk))));
                 }
                 // Everything meant to be sent is in hyper's buffer; give hyper
@@ -222,8 +223,14 @@ impl Body for NodeBody {
                 Poll::Ready(Some(Err("levee-testkit: connection reset mid body".into())))
             }
         };
-        if let Poll::Ready(None) = polled {
-            this.finished = true;
+        match &polled {
+            Poll::Ready(None) => this.finished = true,
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.counters.body_bytes_sent(data.len());
+                }
+            }
+            _ => {}
         }
         polled
     }

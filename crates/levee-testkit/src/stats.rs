@@ -16,6 +16,9 @@ pub struct NodeStats {
     pub completed: u64,
     /// Request body bytes read, over all requests.
     pub body_bytes_received: u64,
+    /// Response body bytes handed to the connection, over all responses: what
+    /// a client that stops reading holds back shows here.
+    pub body_bytes_sent: u64,
     /// TCP connections accepted.
     pub connections: u64,
     /// TCP connections currently open.
@@ -36,6 +39,7 @@ pub(crate) struct Counters {
     requests: AtomicU64,
     completed: AtomicU64,
     body_bytes_received: AtomicU64,
+    body_bytes_sent: AtomicU64,
     connections: AtomicU64,
     open_connections: AtomicU64,
 }
@@ -46,6 +50,7 @@ impl Counters {
             requests: self.requests.load(Ordering::Relaxed),
             completed: self.completed.load(Ordering::Relaxed),
             body_bytes_received: self.body_bytes_received.load(Ordering::Relaxed),
+            body_bytes_sent: self.body_bytes_sent.load(Ordering::Relaxed),
             connections: self.connections.load(Ordering::Relaxed),
             open_connections: self.open_connections.load(Ordering::Relaxed),
         }
@@ -61,6 +66,11 @@ impl Counters {
 
     pub(crate) fn body_bytes(&self, n: usize) {
         self.body_bytes_received
+            .fetch_add(u64::try_from(n).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
+    pub(crate) fn body_bytes_sent(&self, n: usize) {
+        self.body_bytes_sent
             .fetch_add(u64::try_from(n).unwrap_or(u64::MAX), Ordering::Relaxed);
     }
 

@@ -149,6 +149,7 @@ async fn echo_returns_a_1_mib_body() {
     assert!(body == payload, "echoed body differs");
     let stats = stats_until(&node, "completed echo", |s| s.completed == 1).await;
     assert_eq!(stats.body_bytes_received, 1 << 20);
+    assert_eq!(stats.body_bytes_sent, 1 << 20);
     assert_eq!(stats.requests, 1);
 }
 
@@ -565,6 +566,7 @@ async fn stats_count_requests_bytes_and_connections() {
             requests: 3,
             completed: 3,
             body_bytes_received: 10,
+            body_bytes_sent: 3 * 64,
             connections: 2,
             open_connections: 2,
         }
