@@ -17,3 +17,4 @@ mod resilience;
 mod shutdown;
 mod timeouts;
 mod total_timeout;
+mod websocket;

@@ -11,7 +11,7 @@ use http_body_util::Full;
 use levee_resilience::{BreakerState, TransitionReason};
 use levee_telemetry::{
     BackendEvent, BreakerView, ErrorReason, NodeStats, NodeView, OutcomeCounters, ReloadResult,
-    StatusClass, Telemetry,
+    StatusClass, Telemetry, TunnelClose, TunnelStats,
 };
 use prometheus_client::registry::Registry;
 use serde_json::{json, Map, Value};
@@ -140,6 +140,7 @@ impl Endpoints {
                     "max_in_flight": r.bulkhead.as_ref().map(|b| b.max_in_flight()),
                     "responses": by_class(&r.outcomes),
                     "errors": by_reason(&r.outcomes, |_| true),
+                    "tunnels": tunnels(&r.tunnels),
                 })
             })
             .collect();
@@ -279,6 +280,20 @@ fn by_class(o: &OutcomeCounters) -> Value {
         .map(|c| (c.as_str().to_owned(), json!(o.class(*c))))
         .collect();
     Value::Object(m)
+}
+
+/// A route's WebSocket tunnels: open now, the cap, opened and closed by reason.
+fn tunnels(t: &TunnelStats) -> Value {
+    let closed: Map<String, Value> = TunnelClose::ALL
+        .iter()
+        .map(|why| (why.as_str().to_owned(), json!(t.closed_total(*why))))
+        .collect();
+    json!({
+        "open": t.open(),
+        "max": t.limit.max_in_flight(),
+        "opened": t.opened_total(),
+        "closed": closed,
+    })
 }
 
 fn by_reason(o: &OutcomeCounters, keep: impl Fn(ErrorReason) -> bool) -> Value {

@@ -137,6 +137,9 @@ pub struct BackendConfig {
     pub total_timeout: Option<Duration>,
     /// Longest silence while streaming a body either way (default 30s).
     pub body_idle_timeout: Duration,
+    /// Longest silence, both ways, of an upgraded connection (a WebSocket
+    /// tunnel) before levee closes it (default 5m).
+    pub tunnel_idle_timeout: Duration,
     /// Requests in flight to this backend at once (default 256, >= 1).
     pub max_in_flight: usize,
     /// Requests waiting for a slot (default 128); 0 means refuse at once when full.
@@ -200,6 +203,11 @@ pub struct RouteConfig {
     /// Bodies bigger than this get 413 (defaults to
     /// `server.max_request_body_bytes`); `None`: no limit (written as 0).
     pub max_request_body_bytes: Option<u64>,
+    /// Longest silence of this route's tunnels (defaults to the backend's).
+    pub tunnel_idle_timeout: Duration,
+    /// WebSocket tunnels open on this route at once (default 1024, >= 1);
+    /// they hold no bulkhead slot once established.
+    pub max_tunnels: usize,
     /// Which requests are shed first under load (default [`Priority::Normal`]).
     pub priority: Priority,
     /// Circuit-breaker traffic class; `None` means the proxy picks `"safe"`

@@ -58,6 +58,7 @@ pub(crate) struct RawBackend {
     pub timeout: Option<DurationText>,
     pub total_timeout: Option<DurationText>,
     pub body_idle_timeout: Option<DurationText>,
+    pub tunnel_idle_timeout: Option<DurationText>,
     pub max_in_flight: Option<usize>,
     pub max_queue: Option<usize>,
     pub queue_timeout: Option<DurationText>,
@@ -146,4 +147,6 @@ pub(crate) struct RawRoute {
     pub priority: Option<String>,
     pub breaker_class: Option<String>,
     pub max_request_body_bytes: Option<u64>,
+    pub tunnel_idle_timeout: Option<DurationText>,
+    pub max_tunnels: Option<usize>,
 }

@@ -104,6 +104,7 @@ fn defaults_are_applied() {
     assert_eq!(b.connect_timeout, secs(1));
     assert_eq!(b.timeout, secs(15));
     assert_eq!(b.body_idle_timeout, secs(30));
+    assert_eq!(b.tunnel_idle_timeout, secs(300));
     assert_eq!(b.max_in_flight, 1024);
     assert_eq!(b.max_queue, 128);
     assert_eq!(b.queue_timeout, ms(100));
@@ -122,6 +123,8 @@ fn defaults_are_applied() {
     assert_eq!(r.max_queue, 128);
     assert_eq!(r.queue_timeout, ms(100));
     assert_eq!(r.max_request_body_bytes, Some(1 << 30));
+    assert_eq!(r.tunnel_idle_timeout, secs(300));
+    assert_eq!(r.max_tunnels, 1024);
     assert_eq!(c.origin, "t.toml");
 }
 
@@ -407,6 +410,34 @@ fn listen_must_be_ip_port() {
 }
 
 #[test]
+fn tunnel_keys_inherit_and_are_checked() {
+    let c = ok(&config(
+        "",
+        "tunnel_idle_timeout = \"1m\"",
+        "max_tunnels = 8",
+    ));
+    assert_eq!(
+        c.routes[0].tunnel_idle_timeout,
+        secs(60),
+        "from the backend"
+    );
+    assert_eq!(c.routes[0].max_tunnels, 8);
+    let c = ok(&config(
+        "",
+        "tunnel_idle_timeout = \"1m\"",
+        "tunnel_idle_timeout = \"10s\"",
+    ));
+    assert_eq!(c.routes[0].tunnel_idle_timeout, secs(10), "the route's own");
+    let text = config("", "", "max_tunnels = 0");
+    expect(
+        &text,
+        "route[0].max_tunnels",
+        line_with(&text, "max_tunnels"),
+        "must be at least 1",
+    );
+}
+
+#[test]
 fn zero_durations_are_rejected() {
     let cases = [
         ("header_read_timeout", "server"),
@@ -415,10 +446,12 @@ fn zero_durations_are_rejected() {
         ("connect_timeout", "backend"),
         ("timeout", "backend"),
         ("body_idle_timeout", "backend"),
+        ("tunnel_idle_timeout", "backend"),
         ("queue_timeout", "backend"),
         ("pool_idle_timeout", "backend"),
         ("timeout", "route"),
         ("queue_timeout", "route"),
+        ("tunnel_idle_timeout", "route"),
     ];
     for (key, table) in cases {
         let line = format!("{key} = \"0s\"");

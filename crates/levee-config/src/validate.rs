@@ -59,7 +59,9 @@ const ADMIN_MIN_HEARTBEAT_STALE_AFTER: Duration = Duration::from_millis(200);
 const BACKEND_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 const BACKEND_TIMEOUT: Duration = Duration::from_secs(15);
 const BACKEND_BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+const BACKEND_TUNNEL_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 const BACKEND_MAX_IN_FLIGHT: usize = 1024;
+const ROUTE_MAX_TUNNELS: usize = 1024;
 const BACKEND_MAX_QUEUE: usize = 128;
 const BACKEND_QUEUE_TIMEOUT: Duration = Duration::from_millis(100);
 const BACKEND_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
@@ -475,6 +477,12 @@ fn backend(cx: &Ctx<'_>, i: usize, raw: &RawBackend) -> Result<BackendConfig, Co
         raw.body_idle_timeout,
         BACKEND_BODY_IDLE_TIMEOUT,
     )?;
+    let tunnel_idle_timeout = positive(
+        cx,
+        &at(&base, "tunnel_idle_timeout"),
+        raw.tunnel_idle_timeout,
+        BACKEND_TUNNEL_IDLE_TIMEOUT,
+    )?;
     let max_in_flight = at_least(
         cx,
         &at(&base, "max_in_flight"),
@@ -566,6 +574,7 @@ fn backend(cx: &Ctx<'_>, i: usize, raw: &RawBackend) -> Result<BackendConfig, Co
         timeout,
         total_timeout,
         body_idle_timeout,
+        tunnel_idle_timeout,
         max_in_flight,
         max_queue: raw.max_queue.unwrap_or(BACKEND_MAX_QUEUE),
         queue_timeout,
@@ -776,6 +785,20 @@ fn route(
         }
     };
 
+    let tunnel_idle_timeout = positive(
+        cx,
+        &at(&base, "tunnel_idle_timeout"),
+        raw.tunnel_idle_timeout,
+        backend.tunnel_idle_timeout,
+    )?;
+    let max_tunnels = at_least(
+        cx,
+        &at(&base, "max_tunnels"),
+        raw.max_tunnels.unwrap_or(ROUTE_MAX_TUNNELS),
+        1,
+        "it bounds the WebSocket tunnels open on this route",
+    )?;
+
     let priority = match &raw.priority {
         Some(text) => choice(
             cx,
@@ -812,6 +835,8 @@ fn route(
         max_request_body_bytes: raw
             .max_request_body_bytes
             .map_or(server_body_limit, body_limit),
+        tunnel_idle_timeout,
+        max_tunnels,
     })
 }
 

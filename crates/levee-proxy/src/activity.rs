@@ -1,11 +1,14 @@
 //! What a client connection knows of its own requests: how many are in
 //! flight and when that last changed, so it can close itself when idle.
-//! A response body carries an [`ActivityGuard`] until it ends.
+//! A response body carries an [`ActivityGuard`] until it ends. An upgraded
+//! connection's tunnel carries a [`TunnelHold`], so the connection's task
+//! (and its slot under `max_connections`) lasts as long as the tunnel.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 /// Requests in flight on one connection and when it last changed.
@@ -14,6 +17,8 @@ pub struct ConnActivity {
     origin: Instant,
     in_flight: AtomicU32,
     last_change_us: AtomicU64,
+    tunnels: AtomicU32,
+    tunnel_closed: Notify,
 }
 
 impl Default for ConnActivity {
@@ -28,6 +33,8 @@ impl ConnActivity {
             origin: Instant::now(),
             in_flight: AtomicU32::new(0),
             last_change_us: AtomicU64::new(0),
+            tunnels: AtomicU32::new(0),
+            tunnel_closed: Notify::new(),
         }
     }
 
@@ -50,6 +57,46 @@ impl ConnActivity {
         }
         let last = Duration::from_micros(self.last_change_us.load(Ordering::Relaxed));
         Some(self.origin + last + idle_timeout)
+    }
+
+    /// Returns once no tunnel holds the connection.
+    pub async fn tunnels_closed(&self) {
+        loop {
+            let closed = self.tunnel_closed.notified();
+            if self.tunnels.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            closed.await;
+        }
+    }
+}
+
+/// What a request that asks for an upgrade finds in its extensions: the
+/// connection it may take over.
+#[derive(Debug, Clone)]
+pub struct UpgradeHandle(Arc<ConnActivity>);
+
+impl UpgradeHandle {
+    pub fn new(activity: &Arc<ConnActivity>) -> Self {
+        Self(Arc::clone(activity))
+    }
+
+    /// Keeps the connection's task waiting, after hyper hands the socket
+    /// over, until the guard drops.
+    pub fn hold_tunnel(&self) -> TunnelHold {
+        self.0.tunnels.fetch_add(1, Ordering::AcqRel);
+        TunnelHold(Arc::clone(&self.0))
+    }
+}
+
+/// A tunnel's claim on its client connection.
+#[derive(Debug)]
+pub struct TunnelHold(Arc<ConnActivity>);
+
+impl Drop for TunnelHold {
+    fn drop(&mut self) {
+        self.0.tunnels.fetch_sub(1, Ordering::AcqRel);
+        self.0.tunnel_closed.notify_waiters();
     }
 }
 

@@ -68,7 +68,7 @@ fn stats() -> (Bulkhead, Arc<NodeStats>, Arc<RouteStats>) {
     (
         Bulkhead::new(4, 0),
         Arc::new(NodeStats::new("app", "127.0.0.1:1")),
-        Arc::new(RouteStats::new("all", "app", None)),
+        Arc::new(RouteStats::new("all", "app", None, 1)),
     )
 }
 

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
+use http::header::UPGRADE;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -25,7 +26,7 @@ use tokio::time::{sleep_until, Instant};
 use tower::Service;
 use tracing::trace;
 
-use crate::activity::{ActivityGuard, ConnActivity};
+use crate::activity::{ActivityGuard, ConnActivity, UpgradeHandle};
 use crate::body::ProxyBody;
 use crate::stack;
 use crate::state::Shared;
@@ -45,7 +46,7 @@ pub(crate) async fn serve(
         inner: stack::stack(shared, worker, peer),
         activity: Arc::clone(&activity),
     });
-    let conn = builder.serve_connection(TokioIo::new(stream), service);
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
     tokio::pin!(conn);
     let mut draining = false;
     let mut next_check = Instant::now() + idle_timeout;
@@ -55,7 +56,7 @@ pub(crate) async fn serve(
                 if let Err(e) = res {
                     trace!(%peer, error = %e, "client connection ended with an error");
                 }
-                return;
+                break;
             }
             _ = sleep_until(next_check), if !draining => {
                 match activity.idle_deadline(idle_timeout) {
@@ -76,10 +77,14 @@ pub(crate) async fn serve(
             }
         }
     }
+    // An upgraded connection lives on as a tunnel: its task and slot stay
+    // taken until the tunnel ends (at the latest when a drain's grace ends).
+    activity.tunnels_closed().await;
 }
 
 /// The top of a connection's stack: marks the connection busy from a
-/// request's arrival until its response body ends.
+/// request's arrival until its response body ends, and hands a request
+/// that asks for an upgrade the connection's [`UpgradeHandle`].
 #[derive(Debug, Clone)]
 pub struct TrackActivity<S> {
     inner: S,
@@ -98,7 +103,11 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<Incoming>) -> Self::Future {
+    fn call(&mut self, mut req: Request<Incoming>) -> Self::Future {
+        if req.headers().contains_key(UPGRADE) {
+            req.extensions_mut()
+                .insert(UpgradeHandle::new(&self.activity));
+        }
         TrackFuture {
             guard: Some(self.activity.begin()),
             fut: self.inner.call(req),

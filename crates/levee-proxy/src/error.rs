@@ -46,16 +46,18 @@ impl ProxyError {
 pub fn status_of(reason: ErrorReason) -> StatusCode {
     match reason {
         ErrorReason::NoRoute => StatusCode::NOT_FOUND,
-        ErrorReason::BulkheadFull | ErrorReason::NoHealthyNode | ErrorReason::Shed => {
-            StatusCode::SERVICE_UNAVAILABLE
-        }
+        ErrorReason::BulkheadFull
+        | ErrorReason::NoHealthyNode
+        | ErrorReason::Shed
+        | ErrorReason::TunnelLimit => StatusCode::SERVICE_UNAVAILABLE,
         ErrorReason::Deadline => StatusCode::GATEWAY_TIMEOUT,
         ErrorReason::UpstreamConnect
         | ErrorReason::UpstreamReset
         | ErrorReason::UpstreamProtocol => StatusCode::BAD_GATEWAY,
-        ErrorReason::BadRequest | ErrorReason::ClientBody | ErrorReason::BadHost => {
-            StatusCode::BAD_REQUEST
-        }
+        ErrorReason::BadRequest
+        | ErrorReason::ClientBody
+        | ErrorReason::BadHost
+        | ErrorReason::BadUpgrade => StatusCode::BAD_REQUEST,
         ErrorReason::HeaderTooLarge | ErrorReason::TooManyHeaders => {
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
         }
@@ -85,6 +87,10 @@ fn message_of(reason: ErrorReason) -> &'static str {
         ErrorReason::UriTooLong => "the request target is too long",
         ErrorReason::TooManyHeaders => "the request has too many header fields",
         ErrorReason::BodyTooLarge => "the request body is too large",
+        ErrorReason::TunnelLimit => {
+            "the route has its maximum of WebSocket tunnels open; retry later"
+        }
+        ErrorReason::BadUpgrade => "a WebSocket handshake must be a GET asking for websocket alone",
     }
 }
 

@@ -15,6 +15,8 @@
 //!                   head > max_header_bytes 431 · bad target form 400 · Host rules 400 bad-host ·
 //!                   no route 404 · Content-Length > route's body limit 413 · header hygiene
 //!                   deadline starts (route timeout, else backend timeout; total_timeout)
+//!  tunnel           WebSocket handshake: route's max_tunnels ─full─▶ 503 tunnel-limit;
+//!                   node's 101 ─▶ a tunnel task splices both sockets (splice.rs), no slot held
 //!  route bulkhead   ─┐ wait ≤ queue_timeout ──full──▶ 503 bulkhead-full + Retry-After
 //!  choose backend    │ all nodes out ─▶ when_all_down: 503 no-healthy-node / failover / try_all
 //!                    │ pool ramping back ─▶ failover, or 503 shed
@@ -42,6 +44,7 @@ pub mod health;
 pub mod nodes;
 pub mod routing;
 pub mod server;
+pub mod splice;
 pub mod stack;
 pub mod state;
 pub mod upstream;

@@ -32,6 +32,9 @@ pub struct Route {
     pub class: Option<usize>,
     /// Request bodies over this many bytes get 413; `None`: no limit.
     pub max_request_body_bytes: Option<u64>,
+    /// Idle bound of the tunnels this route opens from now on.
+    pub tunnel_idle_timeout: Duration,
+    /// Holds the route's tunnel cap.
     pub stats: Arc<RouteStats>,
 }
 
@@ -109,7 +112,7 @@ impl ProxyState {
 }
 
 /// Builds a route; `old` is the route of the same name being replaced,
-/// whose bulkhead (resized) and counters carry over while it keeps its
+/// whose bulkhead and tunnel cap (resized) and counters carry over while it keeps its
 /// backend and keeps having a bulkhead.
 fn route(
     cfg: &RouteConfig,
@@ -127,13 +130,20 @@ fn route(
             if let (Some(b), Some(max)) = (&o.bulkhead, cfg.max_in_flight) {
                 b.resize(max, cfg.max_queue);
             }
+            // Open tunnels count against the new cap.
+            o.stats.tunnels.limit.resize(cfg.max_tunnels, 0);
             (o.bulkhead.clone(), Arc::clone(&o.stats))
         }
         None => {
             let bulkhead = cfg
                 .max_in_flight
                 .map(|max| Arc::new(Bulkhead::new(max, cfg.max_queue)));
-            let stats = Arc::new(RouteStats::new(&cfg.name, &backend.name, bulkhead.clone()));
+            let stats = Arc::new(RouteStats::new(
+                &cfg.name,
+                &backend.name,
+                bulkhead.clone(),
+                cfg.max_tunnels,
+            ));
             (bulkhead, stats)
         }
     };
@@ -153,6 +163,7 @@ fn route(
         priority: cfg.priority,
         class: cfg.breaker_class.as_deref().and_then(|c| classes.index(c)),
         max_request_body_bytes: cfg.max_request_body_bytes,
+        tunnel_idle_timeout: cfg.tunnel_idle_timeout,
         stats,
     })
 }

@@ -14,7 +14,9 @@ use prometheus_client::registry::Unit;
 use levee_resilience::{BreakerState, TransitionReason};
 
 use crate::config_status::ReloadResult;
-use crate::stats::{BackendEvent, ErrorReason, LatencyHistogram, OutcomeCounters, StatusClass};
+use crate::stats::{
+    BackendEvent, ErrorReason, LatencyHistogram, OutcomeCounters, StatusClass, TunnelClose,
+};
 use crate::Telemetry;
 
 #[derive(Debug)]
@@ -156,6 +158,38 @@ impl Collector for TelemetryCollector {
             let v = r.bulkhead.as_ref().map_or(0, |b| b.queued());
             m.encode_family(&[("route", r.name.as_str())])?
                 .encode_gauge(&as_i64(v))?;
+        }
+        let mut m = encoder.encode_descriptor(
+            "levee_route_tunnels_open",
+            "WebSocket tunnels open now, by route (they hold no bulkhead slot).",
+            None,
+            MetricType::Gauge,
+        )?;
+        for r in &topo.routes {
+            m.encode_family(&[("route", r.name.as_str())])?
+                .encode_gauge(&as_i64(r.tunnels.open()))?;
+        }
+        let mut m = encoder.encode_descriptor(
+            "levee_tunnels_opened",
+            "WebSocket tunnels established (the node answered 101), by route.",
+            None,
+            MetricType::Counter,
+        )?;
+        for r in &topo.routes {
+            m.encode_family(&[("route", r.name.as_str())])?
+                .encode_counter::<NoLabelSet, _, u64>(&r.tunnels.opened_total(), None)?;
+        }
+        let mut m = encoder.encode_descriptor(
+            "levee_tunnels_closed",
+            "WebSocket tunnels ended, by route and why: idle, client or node closed first, shutdown.",
+            None,
+            MetricType::Counter,
+        )?;
+        for r in &topo.routes {
+            for why in TunnelClose::ALL {
+                m.encode_family(&[("route", r.name.as_str()), ("reason", why.as_str())])?
+                    .encode_counter::<NoLabelSet, _, u64>(&r.tunnels.closed_total(why), None)?;
+            }
         }
 
         // Per backend.

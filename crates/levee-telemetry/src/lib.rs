@@ -26,7 +26,7 @@ pub use heartbeat::Heartbeat;
 pub use stats::{
     BackendEvent, BackendStats, BackendTopology, BreakerView, ErrorReason, InFlightGuard,
     LatencyHistogram, NodeStats, NodeTopology, NodeView, OutcomeCounters, RouteStats, StatusClass,
-    Topology, LATENCY_BUCKETS,
+    Topology, TunnelClose, TunnelStats, LATENCY_BUCKETS,
 };
 
 /// Everything the admin listener may read, shared by `Arc`.

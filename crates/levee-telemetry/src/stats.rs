@@ -34,10 +34,15 @@ pub enum ErrorReason {
     TooManyHeaders,
     /// The request body is over the route's `max_request_body_bytes`.
     BodyTooLarge,
+    /// A WebSocket handshake while the route has `max_tunnels` open.
+    TunnelLimit,
+    /// A WebSocket upgrade (`Connection: upgrade`, `Upgrade: websocket`)
+    /// that is not a valid handshake: not a GET, or other protocols offered too.
+    BadUpgrade,
 }
 
 impl ErrorReason {
-    pub const ALL: [ErrorReason; 16] = [
+    pub const ALL: [ErrorReason; 18] = [
         ErrorReason::NoRoute,
         ErrorReason::BulkheadFull,
         ErrorReason::Deadline,
@@ -54,6 +59,8 @@ impl ErrorReason {
         ErrorReason::UriTooLong,
         ErrorReason::TooManyHeaders,
         ErrorReason::BodyTooLarge,
+        ErrorReason::TunnelLimit,
+        ErrorReason::BadUpgrade,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -74,6 +81,8 @@ impl ErrorReason {
             ErrorReason::UriTooLong => "uri-too-long",
             ErrorReason::TooManyHeaders => "too-many-headers",
             ErrorReason::BodyTooLarge => "body-too-large",
+            ErrorReason::TunnelLimit => "tunnel-limit",
+            ErrorReason::BadUpgrade => "bad-upgrade",
         }
     }
 
@@ -344,17 +353,95 @@ pub struct RouteStats {
     pub bulkhead: Option<Arc<Bulkhead>>,
     pub outcomes: OutcomeCounters,
     pub latency: LatencyHistogram,
+    pub tunnels: TunnelStats,
 }
 
 impl RouteStats {
-    pub fn new(name: &str, backend: &str, bulkhead: Option<Arc<Bulkhead>>) -> Self {
+    /// `max_tunnels`: the cap of the route's WebSocket tunnels.
+    pub fn new(
+        name: &str,
+        backend: &str,
+        bulkhead: Option<Arc<Bulkhead>>,
+        max_tunnels: usize,
+    ) -> Self {
         Self {
             name: name.to_owned(),
             backend: backend.to_owned(),
             bulkhead,
             outcomes: OutcomeCounters::default(),
             latency: LatencyHistogram::default(),
+            tunnels: TunnelStats::new(max_tunnels),
         }
+    }
+}
+
+/// Why a tunnel ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TunnelClose {
+    /// Nothing moved either way for the tunnel idle timeout.
+    Idle,
+    /// The client closed or reset its side first.
+    Client,
+    /// The node closed or reset its side first.
+    Node,
+    /// levee stopped with the tunnel still open (cut at the end of `shutdown_grace`).
+    Shutdown,
+}
+
+impl TunnelClose {
+    pub const ALL: [TunnelClose; 4] = [
+        TunnelClose::Idle,
+        TunnelClose::Client,
+        TunnelClose::Node,
+        TunnelClose::Shutdown,
+    ];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            TunnelClose::Idle => "idle",
+            TunnelClose::Client => "client",
+            TunnelClose::Node => "node",
+            TunnelClose::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// A route's WebSocket tunnels: the cap (a bulkhead without a queue, whose
+/// in-flight count is the open tunnels), how many opened, and why they closed.
+#[derive(Debug)]
+pub struct TunnelStats {
+    pub limit: Bulkhead,
+    opened: AtomicU64,
+    closed: [AtomicU64; TunnelClose::ALL.len()],
+}
+
+impl TunnelStats {
+    pub fn new(max_tunnels: usize) -> Self {
+        Self {
+            limit: Bulkhead::new(max_tunnels, 0),
+            opened: AtomicU64::new(0),
+            closed: Default::default(),
+        }
+    }
+
+    pub fn open(&self) -> usize {
+        self.limit.in_flight()
+    }
+
+    pub fn opened(&self) {
+        self.opened.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn opened_total(&self) -> u64 {
+        self.opened.load(Ordering::Relaxed)
+    }
+
+    pub fn closed(&self, why: TunnelClose) {
+        self.closed[why as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn closed_total(&self, why: TunnelClose) -> u64 {
+        self.closed[why as usize].load(Ordering::Relaxed)
     }
 }
 

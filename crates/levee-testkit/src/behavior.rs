@@ -92,6 +92,17 @@ pub enum Behavior {
         total_bytes: usize,
         after_bytes: usize,
     },
+    /// A WebSocket echo endpoint: a WebSocket handshake (GET with
+    /// `Connection: upgrade`, `Upgrade: websocket` and a
+    /// `Sec-WebSocket-Key`) is answered `101 Switching Protocols`, then every
+    /// text and binary message is sent back as it came and a close is
+    /// answered with a close. Any other request is answered as
+    /// `Healthy { body_bytes: 2 }`. Stopping the node (or switching it to
+    /// `Refuse`) drops its tunnels without a close frame.
+    ///
+    /// Models a chat or live-update service behind the proxy, and (when
+    /// stopped mid-tunnel) one that crashes with sockets open.
+    WebSocketEcho,
     /// The port refuses connections: the listener is closed (and open
     /// connections are closed). Switching to another behaviour re-binds the
     /// same port.
@@ -124,7 +135,7 @@ pub fn share_hits(share: f64) -> bool {
 /// Why a `--mode` string is not a [`Behavior`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ParseBehaviorError {
-    #[error("unknown mode `{0}` (expected healthy, echo, status, stuck, slow, drip, reset-headers, reset-body or refuse)")]
+    #[error("unknown mode `{0}` (expected healthy, echo, websocket, status, stuck, slow, drip, reset-headers, reset-body or refuse)")]
     UnknownMode(String),
     #[error("mode `{mode}`: expected `{usage}`")]
     Arity {
@@ -151,6 +162,7 @@ pub enum ParseBehaviorError {
 /// |------|-----------|
 /// | `healthy[:BYTES]` | [`Behavior::Healthy`] (default 2 bytes) |
 /// | `echo` | [`Behavior::Echo`] |
+/// | `websocket` | [`Behavior::WebSocketEcho`] |
 /// | `status:CODE[:SHARE[:METHODS]]` | [`Behavior::Status`], SHARE default 1.0, METHODS comma-separated (`POST,PUT`) or `*` for all |
 /// | `stuck[:METHODS]` | [`Behavior::Stuck`], or [`Behavior::StuckOn`] with METHODS (`POST,PUT`) |
 /// | `slow:DURATION[:BYTES]` | [`Behavior::Slow`] |
@@ -189,6 +201,10 @@ impl FromStr for Behavior {
             "echo" => {
                 arity("echo", "echo", 0, 0)?;
                 Ok(Behavior::Echo)
+            }
+            "websocket" => {
+                arity("websocket", "websocket", 0, 0)?;
+                Ok(Behavior::WebSocketEcho)
             }
             "status" => {
                 arity("status", "status:CODE[:SHARE[:METHODS]]", 1, 3)?;
@@ -265,6 +281,7 @@ impl fmt::Display for Behavior {
         match self {
             Behavior::Healthy { body_bytes } => write!(f, "healthy:{body_bytes}"),
             Behavior::Echo => f.write_str("echo"),
+            Behavior::WebSocketEcho => f.write_str("websocket"),
             Behavior::Status {
                 code,
                 share,

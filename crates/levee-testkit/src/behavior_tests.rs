@@ -25,6 +25,7 @@ fn parses_every_mode() {
         }
     );
     assert_eq!(parse("echo"), Behavior::Echo);
+    assert_eq!(parse("WebSocket"), Behavior::WebSocketEcho);
     assert_eq!(
         parse("status:503"),
         Behavior::Status {
@@ -139,6 +140,7 @@ fn display_round_trips() {
     let behaviors = [
         Behavior::Healthy { body_bytes: 12345 },
         Behavior::Echo,
+        Behavior::WebSocketEcho,
         Behavior::Status {
             code: 500,
             share: 0.5,

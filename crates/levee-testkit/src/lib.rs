@@ -6,7 +6,8 @@
 //! - [`AppNode`]: a small HTTP/1.1 server (hyper 1, keep-alive on) whose
 //!   [`Behavior`] can be switched at run time, from healthy to the ways
 //!   production app nodes fail: error statuses, hung writes, slow or
-//!   trickling answers, crashes mid-answer, a port that refuses connections.
+//!   trickling answers, crashes mid-answer, a port that refuses connections;
+//!   or a WebSocket echo endpoint.
 //! - What a node received, so tests can assert what reached it: atomic
 //!   counters ([`NodeStats`]) and the last request heads ([`RecordedRequest`]).
 //! - The `--mode` grammar ([`Behavior`]'s `FromStr`/`Display`) and the
@@ -49,6 +50,7 @@ mod body;
 mod io;
 mod node;
 mod stats;
+mod websocket;
 
 pub use behavior::{share_hits, Behavior, ParseBehaviorError, DEFAULT_BODY_BYTES};
 pub use node::{AppNode, NODE_HEADER};

@@ -6,7 +6,9 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
-use http::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE};
+use http::header::{
+    HeaderValue, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, SEC_WEBSOCKET_ACCEPT, UPGRADE,
+};
 use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -20,6 +22,7 @@ use crate::behavior::{share_hits, Behavior, DEFAULT_BODY_BYTES};
 use crate::body::NodeBody;
 use crate::io::{ConnCtl, NodeIo};
 use crate::stats::{Counters, NodeStats, RecordedRequest, Recorder};
+use crate::websocket;
 
 /// Header naming the node on every answer.
 pub const NODE_HEADER: &str = "x-node";
@@ -270,12 +273,15 @@ async fn serve_connection(
     }
     let ctl = Arc::new(ConnCtl::default());
     let io = TokioIo::new(NodeIo::new(stream, ctl.clone()));
-    let service = service_fn(move |request| handle(shared.clone(), ctl.clone(), request));
+    let tunnels = stopped.clone();
+    let service =
+        service_fn(move |request| handle(shared.clone(), ctl.clone(), tunnels.clone(), request));
     let connection = hyper::server::conn::http1::Builder::new()
         .keep_alive(true)
         // No idle timeout: a test decides when a connection goes away.
         .header_read_timeout(None)
-        .serve_connection(io, service);
+        .serve_connection(io, service)
+        .with_upgrades();
     tokio::select! {
         served = connection => {
             if let Err(e) = served {
@@ -300,6 +306,7 @@ enum Dropped {
 async fn handle(
     shared: Arc<Shared>,
     ctl: Arc<ConnCtl>,
+    stopped: watch::Receiver<bool>,
     request: Request<Incoming>,
 ) -> Result<Response<NodeBody>, Dropped> {
     let behavior = shared.behavior();
@@ -308,7 +315,12 @@ async fn handle(
         return Err(Dropped::Refused);
     }
     shared.counters.request();
-    let (parts, body) = request.into_parts();
+    let (mut parts, body) = request.into_parts();
+    let accept = match behavior {
+        Behavior::WebSocketEcho => websocket::accept_key(&parts.method, &parts.headers),
+        _ => None,
+    };
+    let upgrade = parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
     shared.recorded.push(RecordedRequest {
         method: parts.method.clone(),
         uri: parts.uri,
@@ -316,6 +328,19 @@ async fn handle(
         version: parts.version,
     });
     let counters = &shared.counters;
+
+    if let (Some(accept), Some(upgrade)) = (accept, upgrade) {
+        read_body(body, counters).await?;
+        tokio::spawn(websocket::echo(upgrade, stopped));
+        let mut response = Response::new(NodeBody::full(String::new(), counters.clone()));
+        *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        let headers = response.headers_mut();
+        headers.insert(NODE_HEADER, shared.node_header.clone());
+        headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(UPGRADE, HeaderValue::from_static("websocket"));
+        headers.insert(SEC_WEBSOCKET_ACCEPT, accept);
+        return Ok(response);
+    }
 
     if let Behavior::Echo = behavior {
         let body = NodeBody::echo(body, counters.clone());
@@ -327,6 +352,8 @@ async fn handle(
 
     let response = match behavior {
         Behavior::Healthy { body_bytes } => healthy(&shared, body_bytes),
+        // Not a handshake: answered like a healthy node.
+        Behavior::WebSocketEcho => healthy(&shared, DEFAULT_BODY_BYTES),
         Behavior::Status {
             code,
             share,

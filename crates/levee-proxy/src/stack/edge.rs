@@ -9,7 +9,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
-use http::header::{HeaderValue, HOST};
+use http::header::{HeaderValue, HOST, UPGRADE};
 use http::{Method, Request, Response, Version};
 use http_body::Body as _;
 use hyper::body::Incoming;
@@ -20,7 +20,7 @@ use tokio::time::Instant;
 use tower::{Layer, Service};
 use tracing::debug;
 
-use super::{ProxyResult, Routed};
+use super::{tunnel, ProxyResult, Routed};
 use crate::body::ProxyBody;
 use crate::error::ProxyError;
 use crate::headers::{self, X_REQUEST_ID};
@@ -87,12 +87,23 @@ where
             return EdgeFuture::unrouted(&state.topology.unrouted, e);
         };
         let r = &state.routes[route];
-        if let Err(e) = check_body_length(&req, r.max_request_body_bytes) {
-            log_error(&e, req.headers(), Some(&r.name));
-            return EdgeFuture::refused(&r.stats, started, e);
-        }
+        let websocket = match check_body_length(&req, r.max_request_body_bytes)
+            .and_then(|()| tunnel::handshake_of(&req))
+        {
+            Ok(websocket) => websocket,
+            Err(e) => {
+                log_error(&e, req.headers(), Some(&r.name));
+                return EdgeFuture::refused(&r.stats, started, e);
+            }
+        };
         let (mut parts, body) = req.into_parts();
+        let upgrade = websocket
+            .then(|| parts.headers.get(UPGRADE).cloned())
+            .flatten();
         prepare_headers(&mut parts, self.peer);
+        if let Some(upgrade) = upgrade {
+            tunnel::restore_handshake(&mut parts.headers, upgrade);
+        }
         let routed = Routed {
             class: r.class_of(&parts.method),
             deadline: Deadline::within(r.timeout, r.total_timeout),
@@ -103,6 +114,7 @@ where
             peer: self.peer,
             route_slot: None,
             backend_slot: None,
+            websocket,
             ignore_state: false,
             state: Arc::clone(&state),
         };

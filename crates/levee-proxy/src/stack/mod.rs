@@ -13,9 +13,12 @@
 //! RequestId           keep a usable x-request-id or make one; stamp every response
 //! Edge                CONNECT, header count, target length, head size, target form,
 //!                     Host ─▶ 405/431/414/431/400/400; route (404 no-route); declared
-//!                     body over the route's limit ─▶ 413; header hygiene (the target's
+//!                     body over the route's limit ─▶ 413; a WebSocket upgrade that is not a
+//!                     GET for websocket alone ─▶ 400 bad-upgrade; header hygiene (the target's
 //!                     authority becomes Host); deadline starts (headers by the earlier of
 //!                     timeout and total_timeout); every error becomes a response
+//! Tunnel              WebSocket handshake: route's max_tunnels ─▶ 503 tunnel-limit; node's 101
+//!                     ─▶ tunnel task splices both sockets (tunnel idle timeout), no bulkhead slot
 //! Bulkhead(route)     wait ≤ queue_timeout ─▶ 503 bulkhead-full
 //! ChooseBackend       all nodes out ─▶ when_all_down (fail / failover / try_all); pool ramp ─▶ failover or 503 shed
 //! Shed                priority over the backend's fill ─▶ 503 shed
@@ -35,6 +38,7 @@ pub mod edge;
 pub mod node;
 pub mod request_id;
 pub mod retry;
+pub mod tunnel;
 
 #[cfg(test)]
 pub(crate) mod testing;
@@ -75,6 +79,8 @@ pub struct Routed {
     pub ignore_state: bool,
     pub route_slot: Option<BulkheadPermit>,
     pub backend_slot: Option<BulkheadPermit>,
+    /// A WebSocket handshake ([`tunnel::handshake_of`]).
+    pub websocket: bool,
 }
 
 impl Routed {
@@ -95,6 +101,7 @@ pub fn stack(shared: Arc<Shared>, worker: usize, peer: SocketAddr) -> Stack {
     ServiceBuilder::new()
         .layer(request_id::RequestIdLayer)
         .layer(edge::EdgeLayer::new(shared, peer))
+        .layer(tunnel::TunnelLayer)
         .layer(bulkhead::BulkheadLayer::route())
         .layer(DecideLayer(backend::ChooseBackend))
         .layer(DecideLayer(backend::Shed))
@@ -107,13 +114,15 @@ pub fn stack(shared: Arc<Shared>, worker: usize, peer: SocketAddr) -> Stack {
 /// The concrete type of [`stack`].
 pub type Stack = request_id::RequestId<
     edge::Edge<
-        bulkhead::Bulkhead<
-            Decide<
+        tunnel::Tunnel<
+            bulkhead::Bulkhead<
                 Decide<
-                    bulkhead::Bulkhead<retry::Retry<balance::Balance<node::NodeCall>>>,
-                    backend::Shed,
+                    Decide<
+                        bulkhead::Bulkhead<retry::Retry<balance::Balance<node::NodeCall>>>,
+                        backend::Shed,
+                    >,
+                    backend::ChooseBackend,
                 >,
-                backend::ChooseBackend,
             >,
         >,
     >,

@@ -117,6 +117,7 @@ pub fn routed(state: &Arc<ProxyState>, req: Request<Incoming>) -> Routed {
         state: Arc::clone(state),
         route_slot: None,
         backend_slot: None,
+        websocket: false,
         ignore_state: false,
     }
 }
