@@ -74,11 +74,11 @@ impl ConnActivity {
 /// What a request that asks for an upgrade finds in its extensions: the
 /// connection it may take over.
 #[derive(Debug, Clone)]
-pub struct UpgradeHandle(Arc<ConnActivity>);
+pub struct Upgrading(Arc<ConnActivity>);
 
-impl UpgradeHandle {
-    pub fn new(activity: &Arc<ConnActivity>) -> Self {
-        Self(Arc::clone(activity))
+impl Upgrading {
+    pub fn new(activity: Arc<ConnActivity>) -> Self {
+        Self(activity)
     }
 
     /// Keeps the connection's task waiting, after hyper hands the socket

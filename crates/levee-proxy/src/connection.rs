@@ -26,7 +26,7 @@ use tokio::time::{sleep_until, Instant};
 use tower::Service;
 use tracing::trace;
 
-use crate::activity::{ActivityGuard, ConnActivity, UpgradeHandle};
+use crate::activity::{ActivityGuard, ConnActivity, Upgrading};
 use crate::body::ProxyBody;
 use crate::stack;
 use crate::state::Shared;
@@ -84,7 +84,7 @@ pub(crate) async fn serve(
 
 /// The top of a connection's stack: marks the connection busy from a
 /// request's arrival until its response body ends, and hands a request
-/// that asks for an upgrade the connection's [`UpgradeHandle`].
+/// that asks for an upgrade the connection's [`Upgrading`].
 #[derive(Debug, Clone)]
 pub struct TrackActivity<S> {
     inner: S,
@@ -104,9 +104,9 @@ where
     }
 
     fn call(&mut self, mut req: Request<Incoming>) -> Self::Future {
-        if req.headers().contains_key(UPGRADE) {
+        if req.headers().contains_key(UPGRADE) && req.version() < http::Version::HTTP_2 {
             req.extensions_mut()
-                .insert(UpgradeHandle::new(&self.activity));
+                .insert(Upgrading::new(Arc::clone(&self.activity)));
         }
         TrackFuture {
             guard: Some(self.activity.begin()),

@@ -30,7 +30,7 @@ use levee_telemetry::{ErrorReason, RouteStats};
 use tower::{Layer, Service};
 
 use super::{ProxyResult, Routed};
-use crate::activity::UpgradeHandle;
+use crate::activity::Upgrading;
 use crate::body::ProxyBody;
 use crate::error::ProxyError;
 use crate::splice;
@@ -150,7 +150,7 @@ where
             stats: Arc::clone(&route.stats),
             idle: route.tunnel_idle_timeout,
             client: req.parts.extensions.remove::<OnUpgrade>(),
-            conn: req.parts.extensions.remove::<UpgradeHandle>(),
+            conn: req.parts.extensions.remove::<Upgrading>(),
         };
         TunnelFuture::Handshake {
             fut: self.inner.call(req),
@@ -167,7 +167,7 @@ pub struct Handshake {
     idle: Duration,
     /// The client's side, fulfilled by hyper once the 101 is written.
     client: Option<OnUpgrade>,
-    conn: Option<UpgradeHandle>,
+    conn: Option<Upgrading>,
 }
 
 impl Handshake {

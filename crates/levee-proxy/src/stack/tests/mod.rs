@@ -8,3 +8,4 @@ mod edge;
 mod node;
 mod request_id;
 mod retry;
+mod tunnel;
