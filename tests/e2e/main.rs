@@ -12,6 +12,7 @@ mod errors;
 mod forwarding;
 mod h2_limits;
 mod hygiene;
+mod node_responses;
 mod reload;
 mod resilience;
 mod shutdown;

@@ -41,6 +41,7 @@ pub mod connection;
 pub mod error;
 pub mod headers;
 pub mod health;
+pub mod node_io;
 pub mod nodes;
 pub mod routing;
 pub mod server;

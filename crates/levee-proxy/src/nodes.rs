@@ -29,8 +29,9 @@ use tracing::{debug, info, warn};
 use crate::balancer::{pick, LoadEstimate, Pool};
 use crate::body::RequestBody;
 use crate::classes::ClassTable;
+use crate::node_io::NodeConnector;
 
-pub type NodeClient = Client<HttpConnector, RequestBody>;
+pub type NodeClient = Client<NodeConnector, RequestBody>;
 
 /// A node whose decaying failure score is at least this is failing.
 const STRAINED_FAILURE_SCORE: f64 = 0.1;
@@ -631,7 +632,7 @@ fn node_client(s: &PoolSettings) -> NodeClient {
         .pool_max_idle_per_host(s.max_idle)
         // The client's Host header is forwarded as is.
         .set_host(false)
-        .build(connector)
+        .build(NodeConnector(connector))
 }
 
 #[cfg(test)]

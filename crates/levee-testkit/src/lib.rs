@@ -8,6 +8,9 @@
 //!   production app nodes fail: error statuses, hung writes, slow or
 //!   trickling answers, crashes mid-answer, a port that refuses connections;
 //!   or a WebSocket echo endpoint.
+//! - [`RawNode`]: answers every request head with fixed bytes, for the
+//!   broken responses no HTTP library writes, and counts whether the client
+//!   closed or reused the connection after them.
 //! - What a node received, so tests can assert what reached it: atomic
 //!   counters ([`NodeStats`]) and the last request heads ([`RecordedRequest`]).
 //! - The `--mode` grammar ([`Behavior`]'s `FromStr`/`Display`) and the
@@ -49,9 +52,11 @@ mod behavior;
 mod body;
 mod io;
 mod node;
+mod raw;
 mod stats;
 mod websocket;
 
 pub use behavior::{share_hits, Behavior, ParseBehaviorError, DEFAULT_BODY_BYTES};
 pub use node::{AppNode, NODE_HEADER};
+pub use raw::{RawNode, RawStats};
 pub use stats::{NodeStats, RecordedRequest, RECORDED_CAPACITY};

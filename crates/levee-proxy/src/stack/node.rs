@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
+use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::ResponseFuture;
@@ -19,6 +20,7 @@ use tower::Service;
 
 use crate::body::{ClientBodyError, RequestBody};
 use crate::error::ProxyError;
+use crate::node_io::DropSwitch;
 use crate::nodes::Node;
 
 /// A request for one node, its URI already pointing there.
@@ -76,7 +78,7 @@ impl Future for NodeCallFuture {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         Poll::Ready(match ready!(this.call.poll(cx)) {
-            Ok(Ok(resp)) => Ok(resp),
+            Ok(Ok(resp)) => check_framing(resp, *this.addr),
             Ok(Err(e)) => Err(classify(&e)),
             Err(_elapsed) => Err(ProxyError::new(
                 ErrorReason::Deadline,
@@ -89,6 +91,27 @@ impl Future for NodeCallFuture {
             )),
         })
     }
+}
+
+/// A response with both Transfer-Encoding and Content-Length is refused
+/// (RFC 9112 §6.3 lets a recipient treat it as an error; hyper reads it by
+/// Transfer-Encoding): a node that frames its answers two ways may be
+/// desynchronised, so its connection is dropped, not reused.
+fn check_framing(
+    resp: Response<Incoming>,
+    addr: SocketAddr,
+) -> Result<Response<Incoming>, ProxyError> {
+    let headers = resp.headers();
+    if headers.contains_key(TRANSFER_ENCODING) && headers.contains_key(CONTENT_LENGTH) {
+        if let Some(switch) = resp.extensions().get::<DropSwitch>() {
+            switch.drop_connection();
+        }
+        return Err(ProxyError::new(
+            ErrorReason::UpstreamProtocol,
+            format!("{addr} answered with both Transfer-Encoding and Content-Length"),
+        ));
+    }
+    Ok(resp)
 }
 
 /// Maps a client error to its reason by walking its causes.
