@@ -11,6 +11,7 @@ mod defaults;
 mod errors;
 mod forwarding;
 mod h2_limits;
+mod framing;
 mod hygiene;
 mod node_responses;
 mod reload;

@@ -1,13 +1,17 @@
 //! What a client connection knows of its own requests: how many are in
-//! flight and when that last changed, so it can close itself when idle.
-//! A response body carries an [`ActivityGuard`] until it ends. An upgraded
-//! connection's tunnel carries a [`TunnelHold`], so the connection's task
-//! (and its slot under `max_connections`) lasts as long as the tunnel.
+//! flight and when that last changed, so it can close itself when idle;
+//! how many have ended and whether one upgraded the connection, so the
+//! [`gate`](crate::gate) knows when it may go on. A response body carries
+//! an [`ActivityGuard`] until it ends. An upgraded connection's tunnel
+//! carries a [`TunnelHold`], so the connection's task (and its slot under
+//! `max_connections`) lasts as long as the tunnel.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::Waker;
 use std::time::Duration;
 
+use futures_util::task::AtomicWaker;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -19,6 +23,11 @@ pub struct ConnActivity {
     last_change_us: AtomicU64,
     tunnels: AtomicU32,
     tunnel_closed: Notify,
+    /// Requests whose response ended (or was dropped).
+    ended: AtomicU64,
+    upgraded: AtomicBool,
+    /// The gate, when it waits for a response to end.
+    waiter: AtomicWaker,
 }
 
 impl Default for ConnActivity {
@@ -35,7 +44,31 @@ impl ConnActivity {
             last_change_us: AtomicU64::new(0),
             tunnels: AtomicU32::new(0),
             tunnel_closed: Notify::new(),
+            ended: AtomicU64::new(0),
+            upgraded: AtomicBool::new(false),
+            waiter: AtomicWaker::new(),
         }
+    }
+
+    /// Requests on this connection whose response has ended.
+    pub fn ended(&self) -> u64 {
+        self.ended.load(Ordering::Acquire)
+    }
+
+    pub fn upgraded(&self) -> bool {
+        self.upgraded.load(Ordering::Acquire)
+    }
+
+    /// Wakes `waker` when a response ends or the connection is upgraded.
+    pub fn register(&self, waker: &Waker) {
+        self.waiter.register(waker);
+    }
+
+    /// The connection now carries another protocol: the gate passes its
+    /// bytes unchecked from here on.
+    pub fn mark_upgraded(&self) {
+        self.upgraded.store(true, Ordering::Release);
+        self.waiter.wake();
     }
 
     fn touch(&self) {
@@ -72,7 +105,10 @@ impl ConnActivity {
 }
 
 /// What a request that asks for an upgrade finds in its extensions: the
-/// connection it may take over.
+/// connection it may take over. Until it does ([`UpgradeHandle::hold_tunnel`],
+/// right before the `101` is returned), the gate holds the bytes that follow
+/// the request; without it, they are read as the next request once the
+/// response ends.
 #[derive(Debug, Clone)]
 pub struct Upgrading(Arc<ConnActivity>);
 
@@ -82,8 +118,10 @@ impl Upgrading {
     }
 
     /// Keeps the connection's task waiting, after hyper hands the socket
-    /// over, until the guard drops.
+    /// over, until the guard drops; and tells the gate that the bytes that
+    /// follow are the tunnel's, not HTTP/1.
     pub fn hold_tunnel(&self) -> TunnelHold {
+        self.0.mark_upgraded();
         self.0.tunnels.fetch_add(1, Ordering::AcqRel);
         TunnelHold(Arc::clone(&self.0))
     }
@@ -108,5 +146,7 @@ impl Drop for ActivityGuard {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
         self.0.touch();
+        self.0.ended.fetch_add(1, Ordering::Release);
+        self.0.waiter.wake();
     }
 }

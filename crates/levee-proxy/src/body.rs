@@ -19,6 +19,7 @@ use levee_telemetry::{ErrorReason, NodeStats, RouteStats};
 use tokio::time::{Instant, Sleep};
 
 use crate::activity::ActivityGuard;
+use crate::gate::Violation;
 
 /// The client's request body failed while levee forwarded it.
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +30,8 @@ pub enum ClientBodyError {
     Idle(Duration),
     #[error("the request body passed the route's limit of {0} bytes")]
     TooLarge(u64),
+    #[error("the request body's framing is invalid: {0}")]
+    Framing(Violation),
 }
 
 impl ClientBodyError {
@@ -36,6 +39,7 @@ impl ClientBodyError {
     pub fn reason(&self) -> ErrorReason {
         match self {
             ClientBodyError::TooLarge(_) => ErrorReason::BodyTooLarge,
+            ClientBodyError::Framing(v) => v.reason(),
             ClientBodyError::Read(_) | ClientBodyError::Idle(_) => ErrorReason::ClientBody,
         }
     }
@@ -171,7 +175,10 @@ impl Body for RequestBody {
                             _ => Ok(frame),
                         }
                     }
-                    Poll::Ready(Some(Err(e))) => Err(ClientBodyError::Read(e)),
+                    Poll::Ready(Some(Err(e))) => Err(match Violation::find(&e) {
+                        Some(v) => ClientBodyError::Framing(v),
+                        None => ClientBodyError::Read(e),
+                    }),
                     Poll::Ready(None) => return Poll::Ready(None),
                     Poll::Pending if idle.expired(cx) => Err(ClientBodyError::Idle(idle.limit)),
                     Poll::Pending => return Poll::Pending,

@@ -1,10 +1,12 @@
 //! One client connection: its service, its idle bound and its share of a
 //! graceful shutdown.
 //!
-//! hyper bounds the time to read a request head (`header_read_timeout`,
-//! which on HTTP/1 also bounds the wait for the next request on a kept-alive
-//! connection). `idle_timeout` is levee's own: a connection with no request in
-//! flight for that long is closed gracefully, on HTTP/1 and HTTP/2 alike.
+//! The client's bytes pass the [`Gate`] before hyper reads them. hyper
+//! bounds the time to read a request head (`header_read_timeout`, which on
+//! HTTP/1 also bounds the wait for the next request on a kept-alive
+//! connection; the gate holds a head's bytes while hyper's timer runs).
+//! `idle_timeout` is levee's own: a connection with no request in flight
+//! for that long is closed gracefully, on HTTP/1 and HTTP/2 alike.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -20,7 +22,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 use tokio::time::{sleep_until, Instant};
 use tower::Service;
@@ -28,25 +30,30 @@ use tracing::trace;
 
 use crate::activity::{ActivityGuard, ConnActivity, Upgrading};
 use crate::body::ProxyBody;
+use crate::gate::Gate;
 use crate::stack;
 use crate::state::Shared;
 
 /// Serves one connection until it closes, idles out, or shutdown drains it.
-pub(crate) async fn serve(
+/// `stream` is any byte stream (plain TCP, or TLS after its handshake).
+pub(crate) async fn serve<I>(
     builder: Arc<auto::Builder<TokioExecutor>>,
     shared: Arc<Shared>,
     worker: usize,
-    stream: TcpStream,
+    stream: I,
     peer: SocketAddr,
     idle_timeout: Duration,
     mut shutdown: watch::Receiver<bool>,
-) {
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let activity = Arc::new(ConnActivity::new());
+    let gate = Gate::new(stream, Arc::clone(&shared), Arc::clone(&activity));
     let service = TowerToHyperService::new(TrackActivity {
         inner: stack::stack(shared, worker, peer),
         activity: Arc::clone(&activity),
     });
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(gate), service);
     tokio::pin!(conn);
     let mut draining = false;
     let mut next_check = Instant::now() + idle_timeout;

@@ -64,6 +64,7 @@ pub fn status_of(reason: ErrorReason) -> StatusCode {
         ErrorReason::Unsupported => StatusCode::METHOD_NOT_ALLOWED,
         ErrorReason::UriTooLong => StatusCode::URI_TOO_LONG,
         ErrorReason::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        ErrorReason::UnsupportedTransferEncoding => StatusCode::NOT_IMPLEMENTED,
     }
 }
 
@@ -91,19 +92,16 @@ fn message_of(reason: ErrorReason) -> &'static str {
             "the route has its maximum of WebSocket tunnels open; retry later"
         }
         ErrorReason::BadUpgrade => "a WebSocket handshake must be a GET asking for websocket alone",
+        ErrorReason::UnsupportedTransferEncoding => {
+            "the request's transfer coding is not supported (only chunked is)"
+        }
     }
 }
 
 /// Builds the response for `reason`.
 pub fn error_response(reason: ErrorReason) -> Response<ProxyBody> {
     let status = status_of(reason);
-    let text = format!(
-        "{} {}: {}\n",
-        status.as_u16(),
-        reason.as_str(),
-        message_of(reason)
-    );
-    let mut resp = Response::new(ProxyBody::local(Bytes::from(text)));
+    let mut resp = Response::new(ProxyBody::local(Bytes::from(error_text(reason))));
     *resp.status_mut() = status;
     let h = resp.headers_mut();
     h.insert(
@@ -115,6 +113,43 @@ pub fn error_response(reason: ErrorReason) -> Response<ProxyBody> {
         h.insert(RETRY_AFTER, HeaderValue::from_static("1"));
     }
     resp
+}
+
+/// The one-line body of every error levee answers.
+fn error_text(reason: ErrorReason) -> String {
+    format!(
+        "{} {}: {}\n",
+        status_of(reason).as_u16(),
+        reason.as_str(),
+        message_of(reason)
+    )
+}
+
+/// The same answer as [`error_response`], as the bytes of a complete
+/// HTTP/1.1 response that closes the connection: for requests refused
+/// below hyper ([`crate::gate`]), which never become a `Request`.
+pub fn raw_error_response(reason: ErrorReason, request_id: &HeaderValue) -> Vec<u8> {
+    let status = status_of(reason);
+    let text = error_text(reason);
+    let mut out = Vec::with_capacity(256);
+    out.extend_from_slice(
+        format!(
+            "HTTP/1.1 {} {}\r\ncontent-type: text/plain; charset=utf-8\r\n{X_LEVEE_ERROR}: {}\r\nx-request-id: ",
+            status.as_u16(),
+            status.canonical_reason().unwrap_or(""),
+            reason.as_str(),
+        )
+        .as_bytes(),
+    );
+    out.extend_from_slice(request_id.as_bytes());
+    out.extend_from_slice(
+        format!(
+            "\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{text}",
+            text.len()
+        )
+        .as_bytes(),
+    );
+    out
 }
 
 #[cfg(test)]

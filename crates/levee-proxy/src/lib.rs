@@ -10,8 +10,10 @@
 //! A request's life (each line a layer of [`stack`], outermost first):
 //! ```text
 //! client ──accept (max_connections)──▶ connection task (header read / idle timeouts)
+//!  gate (HTTP/1)    strict head syntax, limits and body framing on the raw bytes:
+//!                   400 / 414 / 431 / 501 with a reason, the connection closed
 //!  request id       keep a usable x-request-id or make one; echoed on every response
-//!  edge             CONNECT 405 · lines > max_headers 431 · target > max_uri_bytes 414 ·
+//!  edge             CONNECT 405 · HTTP/2: lines > max_headers 431 · target > max_uri_bytes 414 ·
 //!                   head > max_header_bytes 431 · bad target form 400 · Host rules 400 bad-host ·
 //!                   no route 404 · Content-Length > route's body limit 413 · header hygiene
 //!                   deadline starts (route timeout, else backend timeout; total_timeout)
@@ -39,6 +41,7 @@ pub mod body;
 pub mod classes;
 pub mod connection;
 pub mod error;
+pub mod gate;
 pub mod headers;
 pub mod health;
 pub mod node_io;

@@ -39,10 +39,12 @@ pub enum ErrorReason {
     /// A WebSocket upgrade (`Connection: upgrade`, `Upgrade: websocket`)
     /// that is not a valid handshake: not a GET, or other protocols offered too.
     BadUpgrade,
+    /// The request's Transfer-Encoding is anything but exactly `chunked`.
+    UnsupportedTransferEncoding,
 }
 
 impl ErrorReason {
-    pub const ALL: [ErrorReason; 18] = [
+    pub const ALL: [ErrorReason; 19] = [
         ErrorReason::NoRoute,
         ErrorReason::BulkheadFull,
         ErrorReason::Deadline,
@@ -61,6 +63,7 @@ impl ErrorReason {
         ErrorReason::BodyTooLarge,
         ErrorReason::TunnelLimit,
         ErrorReason::BadUpgrade,
+        ErrorReason::UnsupportedTransferEncoding,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -83,6 +86,7 @@ impl ErrorReason {
             ErrorReason::BodyTooLarge => "body-too-large",
             ErrorReason::TunnelLimit => "tunnel-limit",
             ErrorReason::BadUpgrade => "bad-upgrade",
+            ErrorReason::UnsupportedTransferEncoding => "unsupported-transfer-encoding",
         }
     }
 

@@ -196,10 +196,10 @@ where
 }
 
 /// Rejects what levee will not forward, before routing and before any slot
-/// is taken: in order, CONNECT (405), too many header lines (431), a target
-/// over `max_uri_bytes` (414), a head over `max_header_bytes` (431), a target
-/// that is not origin- or absolute-form (400, `*` allowed for OPTIONS only),
-/// and the Host rules of [`check_host`] (400 bad-host).
+/// is taken: in order, CONNECT (405), the head limits of HTTP/2 requests
+/// ([`check_limits`]; the gate checked HTTP/1 heads on their bytes), a
+/// target that is not origin- or absolute-form (400, `*` allowed for
+/// OPTIONS only), and the Host rules of [`check_host`] (400 bad-host).
 fn check_request(req: &Request<Incoming>, server: &ServerConfig) -> Result<(), ProxyError> {
     if req.method() == Method::CONNECT {
         return Err(ProxyError::new(
@@ -207,6 +207,16 @@ fn check_request(req: &Request<Incoming>, server: &ServerConfig) -> Result<(), P
             "CONNECT is not proxied",
         ));
     }
+    if req.version() >= Version::HTTP_2 {
+        check_limits(req, server)?;
+    }
+    check_target(req)?;
+    check_host(req)
+}
+
+/// Too many header lines (431), a target over `max_uri_bytes` (414), a
+/// head over `max_header_bytes` (431).
+fn check_limits(req: &Request<Incoming>, server: &ServerConfig) -> Result<(), ProxyError> {
     // The request id layer adds an x-request-id when the client sent none,
     // so one such line is not counted.
     let has_id = req.headers().contains_key(&X_REQUEST_ID);
@@ -229,6 +239,12 @@ fn check_request(req: &Request<Incoming>, server: &ServerConfig) -> Result<(), P
             format!("request head over {} bytes", server.max_header_bytes),
         ));
     }
+    Ok(())
+}
+
+/// The target forms levee forwards: origin and absolute (http/https).
+fn check_target(req: &Request<Incoming>) -> Result<(), ProxyError> {
+    let uri = req.uri();
     match uri.path_and_query().map(|pq| pq.as_str()) {
         // Authority-form is for CONNECT only (RFC 9112 §3.2.3).
         None => {
@@ -255,7 +271,7 @@ fn check_request(req: &Request<Incoming>, server: &ServerConfig) -> Result<(), P
             "absolute-form target with a scheme other than http or https",
         ));
     }
-    check_host(req)
+    Ok(())
 }
 
 /// The Host rules (RFC 9112 §3.2, RFC 9113 §8.3.1), each a 400 bad-host:

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http::header::{HOST, RETRY_AFTER};
-use http::{HeaderMap, Method, Request, Response, StatusCode};
+use http::{HeaderMap, Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use levee_telemetry::{ErrorReason, StatusClass, Telemetry, Topology};
 use tower::{Layer, Service, ServiceExt};
@@ -136,12 +136,20 @@ async fn no_matching_route_is_404_no_route_and_counted_as_unrouted() {
     }
 }
 
+/// The edge checks the head limits of HTTP/2 requests only (the gate
+/// checks HTTP/1 heads on their bytes).
+fn as_http2(mut req: Request<Incoming>) -> Request<Incoming> {
+    *req.version_mut() = Version::HTTP_2;
+    req
+}
+
 #[tokio::test(start_paused = true)]
-async fn a_head_over_max_header_bytes_is_431_before_routing() {
+async fn an_http2_head_over_max_header_bytes_is_431_before_routing() {
     let (shared, state) = shared(&format!("max_header_bytes = 1024\n{CONFIG}"));
     let big = "x".repeat(2000);
     let req =
         testing::client_request_with(Method::GET, "/api/x", &[("x-big", big.as_str())], "").await;
+    let req = as_http2(req);
     let (resp, seen) = run(&shared, req, ok).await;
     assert_eq!(resp.status(), StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
     assert_eq!(resp.headers()[X_LEVEE_ERROR], "header-too-large");
@@ -320,12 +328,13 @@ async fn a_client_x_forwarded_for_list_gets_the_peer_appended() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn too_many_lines_and_long_targets_are_refused_before_routing() {
+async fn http2_heads_with_too_many_lines_or_long_targets_are_refused_before_routing() {
     let (shared, state) = shared(&format!("max_headers = 32\nmax_uri_bytes = 256\n{CONFIG}"));
     let names: Vec<String> = (0..32).map(|i| format!("x-h-{i}")).collect();
     let lines: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), "1")).collect();
     // Host plus 32 more: one over.
     let req = testing::client_request_with(Method::GET, "/api/x", &lines, "").await;
+    let req = as_http2(req);
     let (resp, seen) = run(&shared, req, ok).await;
     assert_eq!(resp.status(), StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
     assert_eq!(resp.headers()[X_LEVEE_ERROR], "too-many-headers");
@@ -334,17 +343,20 @@ async fn too_many_lines_and_long_targets_are_refused_before_routing() {
     let mut at_limit = lines[..31].to_vec();
     at_limit.push(("x-request-id", "abc"));
     let req = testing::client_request_with(Method::GET, "/api/x", &at_limit, "").await;
+    let req = as_http2(req);
     let (resp, seen) = run(&shared, req, ok).await;
     assert_eq!(resp.status(), StatusCode::OK);
     assert_eq!(seen.len(), 1);
 
     let long = format!("/api/{}", "a".repeat(252));
     let req = testing::client_request(Method::GET, &long, "").await;
+    let req = as_http2(req);
     let (resp, seen) = run(&shared, req, ok).await;
     assert_eq!(resp.status(), StatusCode::URI_TOO_LONG);
     assert_eq!(resp.headers()[X_LEVEE_ERROR], "uri-too-long");
     assert!(seen.is_empty());
     let req = testing::client_request(Method::GET, &long[..256], "").await;
+    let req = as_http2(req);
     let (resp, _) = run(&shared, req, ok).await;
     assert_eq!(resp.status(), StatusCode::OK, "exactly 256 bytes pass");
 

@@ -1,0 +1,190 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+use std::time::Duration;
+
+use levee_telemetry::{Telemetry, Topology};
+use tokio::io::{duplex, AsyncReadExt, AsyncWriteExt, DuplexStream};
+
+use super::*;
+
+fn shared() -> Arc<Shared> {
+    let state = crate::stack::testing::state(
+        "[[backend]]\nname = \"app\"\nnodes = [\"127.0.0.1:1\"]\n[[route]]\npath_prefix = \"/\"\nbackend = \"app\"\n",
+    );
+    Arc::new(Shared::new(state, Telemetry::new(Topology::default(), 1)))
+}
+
+/// A gate over one end of a pipe; the test writes as the client.
+fn new_gate() -> (Gate<DuplexStream>, DuplexStream, Arc<ConnActivity>) {
+    let (client, server) = duplex(64 * 1024);
+    let activity = Arc::new(ConnActivity::new());
+    (
+        Gate::new(server, shared(), Arc::clone(&activity)),
+        client,
+        activity,
+    )
+}
+
+/// What hyper would read, in reads of at most `chunk` bytes, until it
+/// would wait (or the end of the stream).
+async fn read_now(gate: &mut Gate<DuplexStream>, chunk: usize) -> io::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; chunk];
+    loop {
+        match tokio::time::timeout(Duration::from_millis(50), gate.read(&mut buf)).await {
+            Ok(Ok(0)) | Err(_) => return Ok(out),
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+            Ok(Err(e)) => return Err(e),
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn heads_pass_whole_only_and_in_pieces_of_any_size() {
+    let (mut gate, mut client, _) = new_gate();
+    client
+        .write_all(b"GET / HTTP/1.1\r\nHost: a")
+        .await
+        .unwrap();
+    assert!(read_now(&mut gate, 24).await.unwrap().is_empty());
+    assert!(!gate.held.is_empty(), "the partial head is held");
+    client
+        .write_all(b"\r\n\r\nPOST / HTTP/1.1\r\nContent-Length: 3\r\n\r\nabcGET")
+        .await
+        .unwrap();
+    let got = read_now(&mut gate, 24).await.unwrap();
+    assert_eq!(
+        got,
+        b"GET / HTTP/1.1\r\nHost: a\r\n\r\nPOST / HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc"
+    );
+    assert_eq!(gate.heads, 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_idle_gate_holds_no_buffer() {
+    let (mut gate, mut client, _) = new_gate();
+    client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+    assert_eq!(read_now(&mut gate, 8192).await.unwrap().len(), 18);
+    assert_eq!(gate.held.capacity(), 0);
+    client.write_all(b"GET / HT").await.unwrap();
+    assert!(read_now(&mut gate, 8192).await.unwrap().is_empty());
+    client.write_all(b"TP/1.1\r\n\r\n").await.unwrap();
+    assert_eq!(read_now(&mut gate, 8192).await.unwrap().len(), 18);
+    assert_eq!(gate.held.capacity(), 0, "freed once given to hyper");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_http2_preface_switches_to_passthrough() {
+    let (mut gate, mut client, _) = new_gate();
+    client.write_all(&H2_PREFACE[..10]).await.unwrap();
+    assert!(read_now(&mut gate, 24).await.unwrap().is_empty());
+    client.write_all(&H2_PREFACE[10..]).await.unwrap();
+    client.write_all(b"\0\0\x12\x04garbage\n").await.unwrap();
+    let got = read_now(&mut gate, 8192).await.unwrap();
+    assert_eq!(&got[..24], H2_PREFACE);
+    assert_eq!(&got[24..], b"\0\0\x12\x04garbage\n");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_bad_head_waits_for_earlier_responses_then_is_answered_at_shutdown() {
+    let (mut gate, mut client, activity) = new_gate();
+    client
+        .write_all(b"GET / HTTP/1.1\r\n\r\nGET / HTTP/1.1\r\nBad Name: 1\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(read_now(&mut gate, 8192).await.unwrap().len(), 18);
+    // The first request is in flight: the bad head is held, no end of stream.
+    let guard = activity.begin();
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(Duration::from_secs(1), gate.read(&mut buf)).await;
+    assert!(read.is_err(), "waits while a response is under way");
+    drop(guard);
+    assert_eq!(
+        gate.read(&mut buf).await.unwrap(),
+        0,
+        "then the end of the stream"
+    );
+    gate.shutdown().await.unwrap();
+    drop(gate);
+    let mut answer = String::new();
+    client.read_to_string(&mut answer).await.unwrap();
+    assert!(
+        answer.starts_with("HTTP/1.1 400 Bad Request\r\n"),
+        "{answer}"
+    );
+    assert!(
+        answer.contains("\r\nx-levee-error: bad-request\r\n"),
+        "{answer}"
+    );
+    assert!(answer.contains("\r\nconnection: close\r\n"), "{answer}");
+    assert!(
+        answer.ends_with("\r\n\r\n400 bad-request: the request is malformed\n"),
+        "{answer}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_bad_chunked_body_fails_the_read_with_its_violation() {
+    let (mut gate, mut client, _) = new_gate();
+    client
+        .write_all(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nxyz")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 8192];
+    let err = loop {
+        match gate.read(&mut buf).await {
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) => break e,
+        }
+    };
+    assert!(got.ends_with(b"2\r\nxy"), "valid bytes pass first");
+    let inner = err.get_ref().unwrap();
+    assert_eq!(Violation::find(inner), Some(Violation::MissingChunkCrlf));
+    assert_eq!(Violation::find(&err), Some(Violation::MissingChunkCrlf));
+}
+
+#[tokio::test(start_paused = true)]
+async fn bytes_after_an_upgrade_request_wait_for_its_fate() {
+    // Not upgraded: its response ends, and what follows is checked.
+    let (mut gate, mut client, activity) = new_gate();
+    client
+        .write_all(b"GET / HTTP/1.1\r\nUpgrade: x\r\n\r\nGET / HTTP/1.1\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(read_now(&mut gate, 8192).await.unwrap().len(), 30);
+    let guard = activity.begin();
+    assert!(read_now(&mut gate, 8192).await.unwrap().is_empty());
+    drop(guard);
+    assert_eq!(read_now(&mut gate, 8192).await.unwrap().len(), 18);
+
+    // Upgraded: anything passes from then on.
+    let (mut gate, mut client, activity) = new_gate();
+    client
+        .write_all(b"GET / HTTP/1.1\r\nUpgrade: x\r\n\r\n\x00\x01 not http\n")
+        .await
+        .unwrap();
+    assert_eq!(read_now(&mut gate, 8192).await.unwrap().len(), 30);
+    let guard = activity.begin();
+    let _hold = crate::activity::UpgradeHandle::new(&activity).hold_tunnel();
+    drop(guard);
+    assert_eq!(
+        read_now(&mut gate, 8192).await.unwrap(),
+        b"\x00\x01 not http\n"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_head_in_pieces_is_cut_at_header_read_timeout() {
+    let (mut gate, mut client, _) = new_gate();
+    let timeout = gate.head_timeout;
+    assert!(timeout > Duration::ZERO);
+    client
+        .write_all(b"GET / HTTP/1.1\r\nX-Slow: ")
+        .await
+        .unwrap();
+    let started = tokio::time::Instant::now();
+    let mut buf = [0u8; 64];
+    let err = gate.read(&mut buf).await.unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+    assert_eq!(started.elapsed(), timeout);
+}
