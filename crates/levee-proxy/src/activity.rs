@@ -105,7 +105,7 @@ impl ConnActivity {
 }
 
 /// What a request that asks for an upgrade finds in its extensions: the
-/// connection it may take over. Until it does ([`UpgradeHandle::hold_tunnel`],
+/// connection it may take over. Until it does ([`Upgrading::hold_tunnel`],
 /// right before the `101` is returned), the gate holds the bytes that follow
 /// the request; without it, they are read as the next request once the
 /// response ends.

@@ -165,7 +165,7 @@ async fn bytes_after_an_upgrade_request_wait_for_its_fate() {
         .unwrap();
     assert_eq!(read_now(&mut gate, 8192).await.unwrap().len(), 30);
     let guard = activity.begin();
-    let _hold = crate::activity::UpgradeHandle::new(&activity).hold_tunnel();
+    let _hold = crate::activity::Upgrading::new(Arc::clone(&activity)).hold_tunnel();
     drop(guard);
     assert_eq!(
         read_now(&mut gate, 8192).await.unwrap(),
