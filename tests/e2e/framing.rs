@@ -2,6 +2,8 @@
 //! levee's answers with a reason, the connection closes, and the node never
 //! gets them. Every case is raw bytes on a `TcpStream`.
 
+use std::time::Duration;
+
 use levee_telemetry::ErrorReason;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -283,5 +285,112 @@ async fn keep_alive_and_expect_continue_pass_the_gate() {
     assert!(!got.closed);
     assert_eq!(app.recorded().len(), 3);
     assert_eq!(app.stats().body_bytes_received, 4);
+    levee.shutdown().await;
+}
+
+/// `config` (with one `[[backend]]`) with the backend's `buffer_bytes`.
+pub(crate) fn with_buffer_bytes(config: &str, bytes: usize) -> String {
+    config.replace(
+        "[[route]]",
+        &format!("[backend.retry]\nbuffer_bytes = {bytes}\n\n[[route]]"),
+    )
+}
+
+const CHUNKED_HEAD: &[u8] =
+    b"POST /x HTTP/1.1\r\nHost: a.example\r\nTransfer-Encoding: chunked\r\n\r\n";
+
+/// Chunked bodies whose framing is invalid.
+const BAD_BODIES: &[(&str, &[u8])] = &[
+    ("a size that is not hex", b"5\r\nhello\r\nzz\r\n"),
+    ("a signed size", b"-5\r\nhello\r\n0\r\n\r\n"),
+    (
+        "a size over 64 bits",
+        b"10000000000000000\r\nhello\r\n0\r\n\r\n",
+    ),
+    ("an empty extension", b"5;\r\nhello\r\n0\r\n\r\n"),
+    (
+        "an extension value that is not a token",
+        b"5;a=b c\r\nhello\r\n0\r\n\r\n",
+    ),
+    (
+        "an unterminated quoted extension",
+        b"5;a=\"b\r\nhello\r\n0\r\n\r\n",
+    ),
+    ("data past the size", b"5\r\nhello!\r\n0\r\n\r\n"),
+    ("no CRLF after the data", b"5\r\nhello0\r\n\r\n"),
+    ("a bare LF after the size", b"5\nhello\r\n0\r\n\r\n"),
+    (
+        "a malformed trailer",
+        b"5\r\nhello\r\n0\r\nbad trailer\r\n\r\n",
+    ),
+    ("a bare LF at the end", b"5\r\nhello\r\n0\r\n\n"),
+];
+
+#[tokio::test]
+async fn small_invalid_chunked_bodies_are_400_and_never_reach_the_node() {
+    let app = healthy().await;
+    let levee = start_levee(ONE_ROUTE, &[&[app.addr()]]).await;
+    for (what, body) in BAD_BODIES {
+        let got = exchange(&levee, &[CHUNKED_HEAD, body].concat()).await;
+        assert_refused(&got, 400, "bad-request", what);
+        assert!(got.closed, "{what}: the connection closes: {got:?}");
+    }
+    assert_nothing_forwarded(&app, "invalid chunked bodies");
+    let route = &levee.telemetry.topology().routes[0];
+    assert_eq!(
+        route.outcomes.reason(ErrorReason::BadRequest),
+        BAD_BODIES.len() as u64
+    );
+    // A valid one goes to the node whole, with its length.
+    let got = exchange(
+        &levee,
+        &[
+            CHUNKED_HEAD,
+            b"5;x=y\r\nhello\r\n6\r\n world\r\n0\r\nx-t: 1\r\n\r\n",
+        ]
+        .concat(),
+    )
+    .await;
+    assert_eq!(got.status, 200, "{got:?}");
+    let seen = app.recorded().pop().unwrap();
+    assert_eq!(seen.headers["content-length"], "11");
+    assert!(!seen.headers.contains_key("transfer-encoding"));
+    assert_eq!(app.stats().body_bytes_received, 11);
+    levee.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_large_chunked_body_turning_invalid_aborts_the_node_connection() {
+    let app = healthy().await; // reads the whole body before answering
+    let cfg = with_buffer_bytes(ONE_ROUTE, 1024);
+    let levee = start_levee(&cfg, &[&[app.addr()]]).await;
+    let mut req = CHUNKED_HEAD.to_vec();
+    for _ in 0..3 {
+        req.extend_from_slice(b"258\r\n"); // 600 bytes
+        req.extend_from_slice(&[b'x'; 600]);
+        req.extend_from_slice(b"\r\n");
+    }
+    req.extend_from_slice(b"258\r\n");
+    req.extend_from_slice(&[b'x'; 601]); // data past its size
+    req.extend_from_slice(b"\r\n0\r\n\r\n");
+    let got = exchange(&levee, &req).await;
+    assert_refused(&got, 400, "bad-request", "invalid after 1800 bytes");
+    assert!(got.closed, "the connection closes: {got:?}");
+    // The node got at most the head and part of the body, never its end.
+    assert!(
+        eventually(Duration::from_secs(3), || app.stats().open_connections == 0).await,
+        "the node connection is aborted"
+    );
+    let stats = app.stats();
+    assert!(stats.requests <= 1, "{stats:?}");
+    assert!(stats.body_bytes_received <= 2400, "{stats:?}");
+    assert_eq!(stats.completed, 0, "the node never saw a complete request");
+    let topo = levee.telemetry.topology();
+    assert_eq!(topo.routes[0].outcomes.reason(ErrorReason::BadRequest), 1);
+    let node_stats = &topo.backends[0].nodes[0].stats.outcomes;
+    for reason in ErrorReason::ALL {
+        assert_eq!(node_stats.reason(reason), 0, "{reason:?} is not the node's");
+    }
+    assert!(eventually(Duration::from_secs(2), || slots_held(&levee) == 0).await);
     levee.shutdown().await;
 }

@@ -587,8 +587,11 @@ async fn a_declared_body_over_the_limit_is_413_before_any_node_is_contacted() {
 
 #[tokio::test]
 async fn a_chunked_body_growing_past_the_limit_is_cut_and_answered_413() {
-    let app = healthy().await; // reads the whole body before answering
-    let levee = start_levee(&body_limited(), &[&[app.addr()]]).await;
+    // The node reads the whole body before answering. A chunked body over
+    // buffer_bytes (256 here) streams to it.
+    let app = healthy().await;
+    let cfg = crate::framing::with_buffer_bytes(&body_limited(), 256);
+    let levee = start_levee(&cfg, &[&[app.addr()]]).await;
     let mut req =
         b"POST /upload HTTP/1.1\r\nHost: a.example\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
     for _ in 0..2 {
@@ -599,14 +602,14 @@ async fn a_chunked_body_growing_past_the_limit_is_cut_and_answered_413() {
     req.extend_from_slice(b"0\r\n\r\n");
     let got = exchange(&levee, &req).await;
     assert_refused(&got, 413, "body-too-large", "chunked 1200 bytes");
-    // The node got the head and at most the limit, never the end of the
+    // The node got at most the head and the limit, never the end of the
     // request: it never answered.
     assert!(
         eventually(Duration::from_secs(3), || app.stats().open_connections == 0).await,
         "the node connection is aborted"
     );
     let stats = app.stats();
-    assert_eq!(stats.requests, 1);
+    assert!(stats.requests <= 1, "{stats:?}");
     assert!(stats.body_bytes_received <= 1024, "{stats:?}");
     assert_eq!(stats.completed, 0, "the node never saw a complete request");
     assert!(eventually(Duration::from_secs(2), || slots_held(&levee) == 0).await);
@@ -632,7 +635,10 @@ async fn a_chunked_body_growing_past_the_limit_is_cut_and_answered_413() {
 #[tokio::test]
 async fn a_body_passing_the_limit_after_the_response_started_cuts_the_connection() {
     let app = node(Behavior::Echo).await; // answers at once, echoing as it reads
-    let levee = start_levee(&body_limited(), &[&[app.addr()]]).await;
+                                          // Chunked bodies up to buffer_bytes are read whole first: 256 here, so
+                                          // the first 600 bytes go on at once.
+    let cfg = crate::framing::with_buffer_bytes(&body_limited(), 256);
+    let levee = start_levee(&cfg, &[&[app.addr()]]).await;
     let mut stream = TcpStream::connect(levee.proxy_addr).await.unwrap();
     let mut first =
         b"POST /echo HTTP/1.1\r\nHost: a.example\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();

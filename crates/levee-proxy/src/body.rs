@@ -11,8 +11,9 @@ use std::sync::{Arc, OnceLock};
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 use levee_resilience::BulkheadPermit;
 use levee_telemetry::{ErrorReason, NodeStats, RouteStats};
@@ -104,7 +105,8 @@ impl IdleTimer {
 }
 
 /// The client's request body on its way to the node: streamed, or kept
-/// whole (small bodies, so that a retry can send them again).
+/// whole (small bodies, so that a retry can send them again, and so that a
+/// small chunked body is validated whole before a node sees a byte of it).
 ///
 /// A streamed body counts its bytes against the route's limit: the frame
 /// that would pass it is never sent on; the body fails instead, which
@@ -114,6 +116,8 @@ impl IdleTimer {
 #[derive(Debug)]
 pub enum RequestBody {
     Stream {
+        /// Bytes already read from `inner`, sent first.
+        prefix: Option<Bytes>,
         inner: Incoming,
         idle: IdleTimer,
         limit: Option<u64>,
@@ -127,6 +131,7 @@ impl RequestBody {
     /// `limit`: most bytes the body may have (`None`: no limit).
     pub fn stream(inner: Incoming, idle_timeout: Duration, limit: Option<u64>) -> Self {
         RequestBody::Stream {
+            prefix: None,
             inner,
             idle: IdleTimer::new(idle_timeout),
             limit,
@@ -141,6 +146,26 @@ impl RequestBody {
             *failure = Some(flag);
         }
         self
+    }
+
+    /// Reads the body up to `max` bytes: whole if it ends within them,
+    /// else its first bytes, to be sent before the rest streams.
+    pub async fn read_up_to(mut self, max: usize) -> Result<Self, ClientBodyError> {
+        let mut data = BytesMut::new();
+        while let Some(frame) = self.frame().await {
+            // Trailers are dropped: `Trailer` is hop-by-hop, and levee never
+            // forwards request trailers.
+            if let Ok(chunk) = frame?.into_data() {
+                data.extend_from_slice(&chunk);
+                if data.len() > max {
+                    if let RequestBody::Stream { prefix, .. } = &mut self {
+                        *prefix = Some(data.freeze());
+                    }
+                    return Ok(self);
+                }
+            }
+        }
+        Ok(RequestBody::kept(data.freeze()))
     }
 
     pub fn kept(data: Bytes) -> Self {
@@ -159,12 +184,16 @@ impl Body for RequestBody {
         match self.get_mut() {
             RequestBody::Kept(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
             RequestBody::Stream {
+                prefix,
                 inner,
                 idle,
                 limit,
                 read,
                 failure,
             } => {
+                if let Some(data) = prefix.take() {
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
                 let result = match Pin::new(inner).poll_frame(cx) {
                     Poll::Ready(Some(Ok(frame))) => {
                         idle.progressed();
@@ -194,7 +223,7 @@ impl Body for RequestBody {
     fn is_end_stream(&self) -> bool {
         match self {
             RequestBody::Kept(data) => data.is_none(),
-            RequestBody::Stream { inner, .. } => inner.is_end_stream(),
+            RequestBody::Stream { prefix, inner, .. } => prefix.is_none() && inner.is_end_stream(),
         }
     }
 
@@ -203,7 +232,12 @@ impl Body for RequestBody {
             RequestBody::Kept(data) => {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
-            RequestBody::Stream { inner, .. } => inner.size_hint(),
+            RequestBody::Stream {
+                prefix: None,
+                inner,
+                ..
+            } => inner.size_hint(),
+            RequestBody::Stream { .. } => SizeHint::default(),
         }
     }
 }

@@ -4,8 +4,9 @@
 //! Any method is retried when the request never reached a node (connect
 //! failed); idempotent methods also after a reset, a bad response, or a
 //! status in `on_statuses`. A request body up to `buffer_bytes` is read
-//! whole first so it can be sent again; a larger one streams once and is
-//! never retried. An answer is never given up unless another node can be
+//! whole first so it can be sent again (a chunked one always, so its
+//! framing is checked before a node sees it); a larger one streams once
+//! and is never retried. An answer is never given up unless another node can be
 //! asked. The final answer carries the request's slots and gauges in its
 //! body, which releases them when it ends.
 
@@ -17,7 +18,6 @@ use std::task::{ready, Context, Poll};
 use bytes::Bytes;
 use http::{Method, Request, Response, Version};
 use http_body::Body as _;
-use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 use levee_resilience::{BulkheadPermit, Deadline, Phase};
 use levee_telemetry::{BackendEvent, ErrorReason};
@@ -133,10 +133,10 @@ struct Tries {
 /// sent again, else streamed once.
 enum Outgoing {
     Kept(Bytes),
-    Stream(Option<Incoming>),
+    Stream(Option<RequestBody>),
 }
 
-type Reading = Pin<Box<dyn Future<Output = Result<Bytes, ProxyError>> + Send>>;
+type Reading = Pin<Box<dyn Future<Output = Result<RequestBody, ProxyError>> + Send>>;
 
 pin_project_lite::pin_project! {
     #[project = StepProj]
@@ -164,7 +164,11 @@ pin_project_lite::pin_project! {
 }
 
 /// Decides how the body goes out, then starts the first try (or the read
-/// of a body kept for retries).
+/// of a body kept whole first). A body up to `buffer_bytes` is read whole
+/// first when it declares its length and may be retried, and always when
+/// it is chunked: then its framing is checked whole ([`crate::gate`])
+/// before any of it reaches a node. A larger chunked body streams on after
+/// the bytes read so far.
 fn first_step<S>(t: &mut Tries, inner: &mut S, body: Incoming) -> Step<S::Future>
 where
     S: Service<Attempt>,
@@ -174,23 +178,25 @@ where
         t.body = Outgoing::Kept(Bytes::new());
         return next_try(t, inner);
     }
-    let small = body
+    let declared = body
         .size_hint()
         .exact()
-        .filter(|_| t.parts.headers.contains_key(http::header::CONTENT_LENGTH))
-        .is_some_and(|len| len <= retry.buffer_bytes as u64);
-    if !small || retry.max_retries == 0 {
+        .filter(|_| t.parts.headers.contains_key(http::header::CONTENT_LENGTH));
+    let read_first = match declared {
+        Some(len) => len <= retry.buffer_bytes as u64 && retry.max_retries > 0,
+        None => retry.buffer_bytes > 0,
+    };
+    let body = RequestBody::stream(body, t.backend.body_idle_timeout, t.body_limit);
+    if !read_first {
         t.body = Outgoing::Stream(Some(body));
         return next_try(t, inner);
     }
-    let idle = t.backend.body_idle_timeout;
     let deadline = t.deadline;
-    let limit = t.body_limit;
+    let max = retry.buffer_bytes;
     Step::Reading {
         read: Box::pin(async move {
-            let read = RequestBody::stream(body, idle, limit).collect();
-            match deadline.run(Phase::BodyIdle, read).await {
-                Ok(Ok(collected)) => Ok(collected.to_bytes()),
+            match deadline.run(Phase::BodyIdle, body.read_up_to(max)).await {
+                Ok(Ok(body)) => Ok(body),
                 Ok(Err(e)) => Err(ProxyError::new(e.reason(), e.to_string())),
                 Err(_) => Err(ProxyError::new(
                     ErrorReason::ClientBody,
@@ -221,7 +227,7 @@ where
                 // Only a streamed body can fail after the response started.
                 let flag = ClientBodyFailure::default();
                 t.client_body = Some(Arc::clone(&flag));
-                RequestBody::stream(b, t.backend.body_idle_timeout, t.body_limit).watched(flag)
+                b.watched(flag)
             }
             None => RequestBody::kept(Bytes::new()),
         },
@@ -295,8 +301,11 @@ where
             let next = match this.step.as_mut().project() {
                 StepProj::Idle => return Poll::Ready(Err(no_node(this.tries))),
                 StepProj::Reading { read } => match ready!(read.as_mut().poll(cx)) {
-                    Ok(data) => {
-                        this.tries.body = Outgoing::Kept(data);
+                    Ok(body) => {
+                        this.tries.body = match body {
+                            RequestBody::Kept(data) => Outgoing::Kept(data.unwrap_or_default()),
+                            started => Outgoing::Stream(Some(started)),
+                        };
                         next_try(this.tries, this.inner)
                     }
                     Err(e) => {
