@@ -10,7 +10,8 @@
 //! ```text
 //! levee-worker-N  one per worker: a current-thread runtime, its own SO_REUSEPORT
 //!                 listener and node pools, and a heartbeat; requests stay on one core
-//! levee-control   health checks and backend watches of the live config (restarted on reload)
+//! levee-control   health checks, backend watches and DNS refreshes of the live config
+//!                 (restarted whenever a new state is swapped in)
 //! levee-admin     /healthz /readyz /status /metrics, on its own runtime
 //! ```
 
@@ -26,6 +27,7 @@ use std::thread::JoinHandle;
 use anyhow::Context as _;
 use levee_admin::AdminHandle;
 use levee_config::Config;
+use levee_proxy::dns::{self, Resolve, SystemResolver};
 use levee_proxy::{bind_workers, shutdown_channel, ProxyServer, ProxyState, ServerHandle, Shared};
 use levee_telemetry::{Telemetry, Topology};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -41,6 +43,8 @@ pub struct Levee {
     workers: Vec<Worker>,
     control: Control,
     admin: AdminHandle,
+    /// Turns node names into addresses, at every load and refresh.
+    resolver: Arc<dyn Resolve>,
 }
 
 /// One data-plane worker thread and how to learn it has stopped.
@@ -52,11 +56,9 @@ struct Worker {
     rebind: mpsc::UnboundedSender<std::net::TcpListener>,
 }
 
-/// The thread running health checks and backend watches.
+/// The thread running health checks, backend watches and DNS refreshes.
 struct Control {
     thread: JoinHandle<()>,
-    /// The live state; a new one restarts the background tasks.
-    state: watch::Sender<Arc<ProxyState>>,
     stop: watch::Sender<bool>,
 }
 
@@ -73,8 +75,16 @@ pub struct ReloadReport {
 
 impl Levee {
     /// Binds the listeners and starts serving `config` on `server.workers`
-    /// worker threads (0 = one per CPU core).
+    /// worker threads (0 = one per CPU core), with node names resolved by
+    /// the system's resolver.
     pub async fn start(config: Config) -> anyhow::Result<Levee> {
+        Self::start_with(config, Arc::new(SystemResolver)).await
+    }
+
+    /// [`Levee::start`] with node names resolved by `resolver`. A name that
+    /// does not resolve yet is logged and counted, and gets its addresses
+    /// at a later refresh.
+    pub async fn start_with(config: Config, resolver: Arc<dyn Resolve>) -> anyhow::Result<Levee> {
         let config = Arc::new(config);
         let workers = match config.server.workers {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -94,9 +104,17 @@ impl Levee {
             .unwrap_or(config.server.listen);
         let telemetry = Telemetry::new(Topology::default(), workers);
         telemetry.config_loaded(&config.version, &config.origin, Vec::new());
-        let state = Arc::new(ProxyState::build(Arc::clone(&config), workers, None));
-        let control = spawn_control(Arc::clone(&state))?;
+        let answers = dns::resolve(dns::names(&config), &*resolver).await;
+        let resolved = dns::Resolved::default().updated(&answers, &config);
+        let state = Arc::new(ProxyState::build_resolved(
+            Arc::clone(&config),
+            workers,
+            None,
+            Arc::new(resolved),
+        ));
+        dns::record(&state, &answers, None);
         let shared = Arc::new(Shared::new(state, Arc::clone(&telemetry)));
+        let control = spawn_control(Arc::clone(&shared), Arc::clone(&resolver))?;
         let (handle, stop) = shutdown_channel();
 
         let share = |i: usize| {
@@ -144,6 +162,7 @@ impl Levee {
             workers: started,
             control,
             admin,
+            resolver,
         })
     }
 
@@ -197,9 +216,22 @@ impl Levee {
         };
 
         let config = Arc::new(config);
-        let state = Arc::new(ProxyState::build(Arc::clone(&config), workers, Some(&old)));
-        self.shared.swap(Arc::clone(&state));
-        self.control.state.send_replace(state);
+        // Names are resolved afresh; one that fails keeps what the live
+        // state knew for it. The state is built from the live one at swap
+        // time, so a DNS refresh in between is not lost.
+        let answers = dns::resolve(dns::names(&config), &*self.resolver).await;
+        self.shared
+            .rebuild(|live| {
+                let resolved = live.resolved.updated(&answers, &config);
+                Some(ProxyState::build_resolved(
+                    Arc::clone(&config),
+                    workers,
+                    Some(live),
+                    Arc::new(resolved),
+                ))
+            })
+            .await;
+        dns::record(&self.shared.current(), &answers, None);
         let rebound = listeners.is_some();
         if let Some(listeners) = listeners {
             if let Some(addr) = listeners.first().and_then(|l| l.local_addr().ok()) {
@@ -317,11 +349,12 @@ fn spawn_admin(config: &Config, telemetry: &Arc<Telemetry>) -> anyhow::Result<Ad
     .context("admin listener (admin.listen)")
 }
 
-/// Runs the health checks and backend watches of the live config on their
-/// own thread, so a busy worker cannot delay them; a reload replaces them.
-fn spawn_control(state: Arc<ProxyState>) -> anyhow::Result<Control> {
+/// Runs the health checks, backend watches and DNS refreshes of the live
+/// state on their own thread, so a busy worker cannot delay them; each new
+/// state (a reload, changed addresses) replaces them.
+fn spawn_control(shared: Arc<Shared>, resolver: Arc<dyn Resolve>) -> anyhow::Result<Control> {
     let (stop, mut stopped) = watch::channel(false);
-    let (state_tx, mut states) = watch::channel(state);
+    let mut states = shared.subscribe();
     let thread = std::thread::Builder::new()
         .name("levee-control".into())
         .spawn(move || {
@@ -337,11 +370,13 @@ fn spawn_control(state: Arc<ProxyState>) -> anyhow::Result<Control> {
             };
             rt.block_on(async move {
                 loop {
-                    let state = Arc::clone(&states.borrow_and_update());
-                    let tasks = levee_proxy::health::spawn_background(
+                    states.borrow_and_update();
+                    let state = shared.current();
+                    let mut tasks = levee_proxy::health::spawn_background(
                         &state.backends,
                         &state.config.backends,
                     );
+                    tasks.extend(dns::spawn_refresh(&shared, &state, &resolver));
                     drop(state);
                     let stopping = tokio::select! {
                         _ = stopped.wait_for(|s| *s) => true,
@@ -357,11 +392,7 @@ fn spawn_control(state: Arc<ProxyState>) -> anyhow::Result<Control> {
             });
         })
         .context("cannot start the control thread")?;
-    Ok(Control {
-        thread,
-        state: state_tx,
-        stop,
-    })
+    Ok(Control { thread, stop })
 }
 
 /// Joins a thread without blocking the caller's runtime.

@@ -130,6 +130,9 @@ fn check(path: &std::path::Path) -> ExitCode {
     match levee_config::load(path) {
         Ok(config) => {
             print!("{}", summary(&config));
+            for warning in resolve_names(&config) {
+                eprintln!("{}: warning: {warning}", config.origin);
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -137,6 +140,38 @@ fn check(path: &std::path::Path) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Resolves the config's node names as `levee run` would, and says which
+/// did not resolve. Warnings, not errors: a config may be checked before
+/// its nodes exist (a new deployment, a service not scaled up yet), and
+/// levee serves such a name as soon as it resolves.
+fn resolve_names(config: &Config) -> Vec<String> {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return vec![format!("node names not resolved: {e}")],
+    };
+    let answers = runtime.block_on(levee_proxy::dns::resolve(
+        levee_proxy::dns::names(config),
+        &levee_proxy::dns::SystemResolver,
+    ));
+    answers
+        .into_iter()
+        .filter_map(|a| match a.result {
+            Ok(addrs) => {
+                let addrs: Vec<String> = addrs.iter().map(ToString::to_string).collect();
+                println!("node {} resolves to {}", a.node, addrs.join(", "));
+                None
+            }
+            Err(e) => Some(format!(
+                "node {} does not resolve ({e}); levee will serve it once it does",
+                a.node
+            )),
+        })
+        .collect()
 }
 
 /// What `levee check` prints for a good config.

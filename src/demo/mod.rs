@@ -4,11 +4,10 @@
 
 mod scenes;
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use http::Method;
-use levee_config::Config;
+use levee_config::{Config, NodeAddr};
 use levee_telemetry::{ErrorReason, StatusClass, Topology};
 use levee_testkit::{AppNode, Behavior};
 use tokio::time::Instant;
@@ -102,8 +101,8 @@ async fn start_nodes(behaviors: &[Behavior]) -> anyhow::Result<Vec<AppNode>> {
     Ok(nodes)
 }
 
-fn addrs(nodes: &[AppNode]) -> Vec<SocketAddr> {
-    nodes.iter().map(|n| n.addr()).collect()
+fn addrs(nodes: &[AppNode]) -> Vec<NodeAddr> {
+    nodes.iter().map(|n| NodeAddr::Ip(n.addr())).collect()
 }
 
 /// Parses a scene's config and points it at the demo's nodes and ports.

@@ -31,6 +31,36 @@ fn check_accepts_every_shipped_config_and_summarises_it() {
 }
 
 #[test]
+fn check_resolves_node_names_and_warns_about_those_that_do_not_resolve() {
+    let dir = std::env::temp_dir().join(format!("levee-check-dns-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("names.toml");
+    std::fs::write(
+        &file,
+        "[server]\nlisten = \"127.0.0.1:8080\"\n\n[[backend]]\nname = \"app\"\n\
+         nodes = [\"localhost:9001\", \"no-such-node.invalid:9001\"]\n\n\
+         [[route]]\npath_prefix = \"/\"\nbackend = \"app\"\n",
+    )
+    .unwrap();
+    let out = levee()
+        .args(["check", "--config", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "a warning, not an error: {stderr}");
+    assert!(
+        stdout.contains("node localhost:9001 resolves to 127.0.0.1:9001"),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains("warning: node no-such-node.invalid:9001 does not resolve"),
+        "{stderr}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn check_names_file_line_and_key_of_a_broken_config() {
     let dir = std::env::temp_dir().join(format!("levee-check-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

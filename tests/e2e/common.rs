@@ -9,7 +9,7 @@ use bytes::Bytes;
 use http::{HeaderMap, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use levee::Levee;
-use levee_config::Config;
+use levee_config::{Config, NodeAddr};
 use levee_testkit::{AppNode, Behavior};
 
 pub use levee::traffic::{client, HttpClient};
@@ -28,7 +28,7 @@ pub fn test_config(toml: &str, nodes: &[&[SocketAddr]]) -> Config {
     config.server.listen = "127.0.0.1:0".parse().unwrap();
     config.admin.listen = "127.0.0.1:0".parse().unwrap();
     for (backend, addrs) in config.backends.iter_mut().zip(nodes) {
-        backend.nodes = addrs.to_vec();
+        backend.nodes = addrs.iter().map(|a| NodeAddr::Ip(*a)).collect();
     }
     config
 }

@@ -8,6 +8,7 @@ mod bulkheads;
 mod cli;
 mod common;
 mod defaults;
+mod dns;
 mod errors;
 mod forwarding;
 mod framing;

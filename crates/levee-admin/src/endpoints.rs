@@ -10,8 +10,8 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use levee_resilience::{BreakerState, TransitionReason};
 use levee_telemetry::{
-    BackendEvent, BreakerView, ErrorReason, NodeStats, NodeView, OutcomeCounters, ReloadResult,
-    StatusClass, Telemetry, TunnelClose, TunnelStats,
+    BackendEvent, BackendTopology, BreakerView, ErrorReason, NodeStats, NodeView, OutcomeCounters,
+    ReloadResult, StatusClass, Telemetry, TunnelClose, TunnelStats,
 };
 use prometheus_client::registry::Registry;
 use serde_json::{json, Map, Value};
@@ -170,6 +170,7 @@ impl Endpoints {
                         })
                     })
                     .collect();
+                let dns = dns_json(b);
                 let b = &b.stats;
                 let events: Map<String, Value> = BackendEvent::ALL
                     .iter()
@@ -183,6 +184,7 @@ impl Endpoints {
                     "max_in_flight": b.bulkhead.max_in_flight(),
                     "max_queue": b.bulkhead.max_queue(),
                     "nodes": nodes,
+                    "dns": dns,
                 })
             })
             .collect();
@@ -249,6 +251,21 @@ fn node_state(n: &NodeStats, state: &dyn NodeView, breakers: &[BreakerView]) -> 
     } else {
         "active"
     }
+}
+
+/// A backend's node names: what each stands for now, how lookups went,
+/// and which names failed their latest lookup (`null` without names).
+fn dns_json(b: &BackendTopology) -> Value {
+    if b.names.is_empty() {
+        return Value::Null;
+    }
+    let dns = &b.stats.dns;
+    json!({
+        "refresh_ms": millis(b.dns_refresh),
+        "names": b.names.iter().map(|n| json!({"name": n.name, "addrs": n.addrs})).collect::<Vec<_>>(),
+        "resolutions": { "success": dns.resolutions(true), "failure": dns.resolutions(false) },
+        "failing": dns.failing().iter().map(|(name, error)| json!({"name": name, "error": error})).collect::<Vec<_>>(),
+    })
 }
 
 fn breaker_json(b: &BreakerView) -> Value {

@@ -126,8 +126,10 @@ pub struct AdminConfig {
 pub struct BackendConfig {
     /// Unique name; used by routes and as a metric label.
     pub name: String,
-    /// App nodes as `ip:port`, no duplicates, at least one.
-    pub nodes: Vec<SocketAddr>,
+    /// App nodes as `ip:port` or `host:port`, no duplicates, at least one.
+    pub nodes: Vec<NodeAddr>,
+    /// How often `host:port` nodes are resolved again (default 5s).
+    pub dns_refresh: Duration,
     /// Longest wait for a TCP connection to a node (default 1s).
     pub connect_timeout: Duration,
     /// Request deadline until response headers (default 15s).
@@ -173,6 +175,39 @@ pub struct BackendConfig {
     pub retry: RetryConfig,
     /// Priority shedding thresholds (`[backend.shedding]`).
     pub shedding: SheddingConfig,
+}
+
+/// A node as written in the config: an address, or a name that levee
+/// resolves (and re-resolves) to any number of addresses.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum NodeAddr {
+    Ip(SocketAddr),
+    Name { host: String, port: u16 },
+}
+
+impl NodeAddr {
+    /// The address, for a node written as `ip:port`.
+    pub fn ip(&self) -> Option<SocketAddr> {
+        match self {
+            NodeAddr::Ip(addr) => Some(*addr),
+            NodeAddr::Name { .. } => None,
+        }
+    }
+}
+
+impl From<SocketAddr> for NodeAddr {
+    fn from(addr: SocketAddr) -> Self {
+        NodeAddr::Ip(addr)
+    }
+}
+
+impl std::fmt::Display for NodeAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NodeAddr::Ip(addr) => addr.fmt(f),
+            NodeAddr::Name { host, port } => write!(f, "{host}:{port}"),
+        }
+    }
 }
 
 /// One `[[route]]`: which requests go to which backend, with what limits.

@@ -54,6 +54,7 @@ pub(crate) struct RawAdmin {
 pub(crate) struct RawBackend {
     pub name: Option<String>,
     pub nodes: Option<Vec<String>>,
+    pub dns_refresh: Option<DurationText>,
     pub connect_timeout: Option<DurationText>,
     pub timeout: Option<DurationText>,
     pub total_timeout: Option<DurationText>,

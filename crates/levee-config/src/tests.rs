@@ -76,6 +76,10 @@ fn addr(s: &str) -> SocketAddr {
     s.parse().unwrap()
 }
 
+fn node(s: &str) -> NodeAddr {
+    NodeAddr::Ip(addr(s))
+}
+
 // ---------------------------------------------------------------- good input
 
 #[test]
@@ -100,7 +104,7 @@ fn defaults_are_applied() {
 
     let b = &c.backends[0];
     assert_eq!(b.name, "app");
-    assert_eq!(b.nodes, vec![addr("127.0.0.1:9001")]);
+    assert_eq!(b.nodes, vec![node("127.0.0.1:9001")]);
     assert_eq!(b.connect_timeout, secs(1));
     assert_eq!(b.timeout, secs(15));
     assert_eq!(b.body_idle_timeout, secs(30));
@@ -176,7 +180,7 @@ fn full_example() {
     let app = c.backend("app").unwrap();
     assert_eq!(
         app.nodes,
-        vec![addr("127.0.0.1:9001"), addr("127.0.0.1:9002")]
+        vec![node("127.0.0.1:9001"), node("127.0.0.1:9002")]
     );
     assert_eq!(app.connect_timeout, ms(500));
     assert_eq!(app.timeout, secs(5));
@@ -184,7 +188,7 @@ fn full_example() {
     assert_eq!(app.max_queue, 32);
     assert_eq!(
         c.backend("search.v2").unwrap().nodes,
-        vec![addr("[::1]:9100")]
+        vec![node("[::1]:9100")]
     );
     assert!(c.backend("nope").is_none());
 
@@ -726,16 +730,68 @@ fn nodes_must_not_be_empty() {
 }
 
 #[test]
-fn nodes_must_be_ip_port() {
+fn nodes_are_ip_port_or_host_port() {
     let text = config("", "", "").replace(
         "[\"127.0.0.1:9001\"]",
-        "[\n  \"127.0.0.1:9001\",\n  \"app-1.internal:9001\",\n]",
+        "[\"127.0.0.1:9001\", \"App-1.Internal:9001\", \"web.:80\", \"[::1]:9002\"]",
     );
+    let c = ok(&text);
+    let b = &c.backends[0];
+    assert_eq!(
+        b.nodes,
+        vec![
+            node("127.0.0.1:9001"),
+            NodeAddr::Name {
+                host: "app-1.internal".into(),
+                port: 9001
+            },
+            NodeAddr::Name {
+                host: "web".into(),
+                port: 80
+            },
+            node("[::1]:9002"),
+        ]
+    );
+    assert_eq!(b.nodes[1].to_string(), "app-1.internal:9001");
+    assert_eq!(b.dns_refresh, secs(5), "the default refresh");
+    assert_eq!(
+        ok(&config("", "dns_refresh = \"30s\"", "")).backends[0].dns_refresh,
+        secs(30)
+    );
+}
+
+#[test]
+fn a_node_needs_a_port_and_a_plain_host() {
+    for bad in [
+        "app-1.internal",
+        "app-1.internal:99999",
+        "app 1:80",
+        "app..internal:80",
+        "http://app:80",
+        "1.2.3.999:80",
+        ":80",
+    ] {
+        let text = config("", "", "").replace(
+            "[\"127.0.0.1:9001\"]",
+            &format!("[\n  \"127.0.0.1:9001\",\n  \"{bad}\",\n]"),
+        );
+        expect(
+            &text,
+            "backend[0].nodes[1]",
+            line_with(&text, &format!("\"{bad}\"")),
+            "is not an ip:port or host:port address",
+        );
+    }
+}
+
+#[test]
+fn dns_refresh_has_a_floor() {
+    let text = config("", "dns_refresh = \"10ms\"", "");
     expect(
         &text,
-        "backend[0].nodes[1]",
-        line_with(&text, "app-1.internal"),
-        "host names are not supported yet",
+        "backend[0].dns_refresh",
+        line_with(&text, "dns_refresh"),
+        "must be at least 100ms",
     );
 }
 

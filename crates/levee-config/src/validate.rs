@@ -16,8 +16,8 @@ use crate::error::{ConfigError, Location};
 use crate::locate::{line_of, render, Seg};
 use crate::raw::{RawAdmin, RawBackend, RawConfig, RawRoute, RawServer};
 use crate::{
-    AdminConfig, BackendConfig, Config, Http2Limits, LoadBalancing, Priority, RouteConfig,
-    ServerConfig, WhenAllDown,
+    AdminConfig, BackendConfig, Config, Http2Limits, LoadBalancing, NodeAddr, Priority,
+    RouteConfig, ServerConfig, WhenAllDown,
 };
 
 mod policy;
@@ -66,6 +66,9 @@ const BACKEND_MAX_QUEUE: usize = 128;
 const BACKEND_QUEUE_TIMEOUT: Duration = Duration::from_millis(100);
 const BACKEND_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 const BACKEND_POOL_MAX_IDLE_PER_NODE: usize = 64;
+const BACKEND_DNS_REFRESH: Duration = Duration::from_secs(5);
+/// Shorter refreshes would put a resolver query on the wire several times a second per name.
+const BACKEND_MIN_DNS_REFRESH: Duration = Duration::from_millis(100);
 const BACKEND_SLOW_START: Duration = Duration::from_secs(30);
 const BACKEND_MAX_EJECTED_PERCENT: u8 = 50;
 
@@ -462,6 +465,23 @@ fn backend(cx: &Ctx<'_>, i: usize, raw: &RawBackend) -> Result<BackendConfig, Co
         }
     };
     let nodes = nodes(cx, &base, raw.nodes.as_deref())?;
+    let dns_refresh = positive(
+        cx,
+        &at(&base, "dns_refresh"),
+        raw.dns_refresh,
+        BACKEND_DNS_REFRESH,
+    )?;
+    if dns_refresh < BACKEND_MIN_DNS_REFRESH {
+        return Err(cx.invalid(
+            &at(&base, "dns_refresh"),
+            format!(
+                "must be at least {} (it is {}): each refresh queries the resolver for every \
+                 node name",
+                show(BACKEND_MIN_DNS_REFRESH),
+                show(dns_refresh)
+            ),
+        ));
+    }
 
     let connect_timeout = positive(
         cx,
@@ -570,6 +590,7 @@ fn backend(cx: &Ctx<'_>, i: usize, raw: &RawBackend) -> Result<BackendConfig, Co
     Ok(BackendConfig {
         name,
         nodes,
+        dns_refresh,
         connect_timeout,
         timeout,
         total_timeout,
@@ -632,12 +653,12 @@ fn nodes(
     cx: &Ctx<'_>,
     base: &[Seg<'_>],
     raw: Option<&[String]>,
-) -> Result<Vec<SocketAddr>, ConfigError> {
+) -> Result<Vec<NodeAddr>, ConfigError> {
     let path = at(base, "nodes");
     let Some(raw) = raw else {
         return Err(cx.invalid(
             &path,
-            "is required: list the app nodes as \"ip:port\" strings, \
+            "is required: list the app nodes as \"ip:port\" or \"host:port\" strings, \
              e.g. nodes = [\"127.0.0.1:9001\"]",
         ));
     };
@@ -647,23 +668,64 @@ fn nodes(
             "must list at least one node, e.g. nodes = [\"127.0.0.1:9001\"]",
         ));
     }
-    let mut nodes: Vec<SocketAddr> = Vec::with_capacity(raw.len());
+    let mut nodes: Vec<NodeAddr> = Vec::with_capacity(raw.len());
     for (j, text) in raw.iter().enumerate() {
         let mut node_path = path.clone();
         node_path.push(Seg::Index(j));
-        let addr = socket_addr(cx, &node_path, text, "127.0.0.1:9001")?;
-        if let Some(first) = nodes.iter().position(|n| *n == addr) {
+        let node = node_addr(cx, &node_path, text)?;
+        if let Some(first) = nodes.iter().position(|n| *n == node) {
             return Err(cx.invalid(
                 &node_path,
                 format!(
-                    "node {addr} is listed twice (also nodes[{first}]); \
+                    "node {node} is listed twice (also nodes[{first}]); \
                      each node must appear once"
                 ),
             ));
         }
-        nodes.push(addr);
+        nodes.push(node);
     }
     Ok(nodes)
+}
+
+/// `ip:port`, or `host:port` with a DNS name: letters, digits, '-' and '_'
+/// in dot-separated labels, the last one not all digits (so a mistyped
+/// address is not taken for a name).
+fn node_addr(cx: &Ctx<'_>, path: &[Seg<'_>], text: &str) -> Result<NodeAddr, ConfigError> {
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Ok(NodeAddr::Ip(addr));
+    }
+    let bad = || {
+        cx.invalid(
+            path,
+            format!(
+                "\"{text}\" is not an ip:port or host:port address; write e.g. \
+                 \"127.0.0.1:9001\" or \"app.internal:9001\""
+            ),
+        )
+    };
+    let (host, port) = text.rsplit_once(':').ok_or_else(bad)?;
+    let port: u16 = port.parse().map_err(|_| bad())?;
+    let host = host.strip_suffix('.').unwrap_or(host);
+    let labels_ok = !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        });
+    let numeric_tld = host
+        .rsplit('.')
+        .next()
+        .is_some_and(|tld| tld.bytes().all(|b| b.is_ascii_digit()));
+    if !labels_ok || numeric_tld {
+        return Err(bad());
+    }
+    Ok(NodeAddr::Name {
+        host: host.to_ascii_lowercase(),
+        port,
+    })
 }
 
 fn route(

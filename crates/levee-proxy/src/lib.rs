@@ -40,6 +40,7 @@ pub mod balancer;
 pub mod body;
 pub mod classes;
 pub mod connection;
+pub mod dns;
 pub mod error;
 pub mod gate;
 pub mod headers;

@@ -29,6 +29,7 @@ use tracing::{debug, info, warn};
 use crate::balancer::{pick, LoadEstimate, Pool};
 use crate::body::RequestBody;
 use crate::classes::ClassTable;
+use crate::dns::Endpoint;
 use crate::node_io::NodeConnector;
 
 pub type NodeClient = Client<NodeConnector, RequestBody>;
@@ -156,6 +157,11 @@ impl Node {
     pub fn enter(&self) -> InFlightGuard {
         self.stats.enter()
     }
+
+    /// Whether this node serves `endpoint`: same address, same name.
+    pub fn is(&self, endpoint: &Endpoint) -> bool {
+        self.addr == endpoint.addr && self.stats.addr == endpoint.label
+    }
 }
 
 impl NodeView for Node {
@@ -237,12 +243,14 @@ pub struct NodeSet {
 }
 
 impl NodeSet {
-    /// Builds the node set of `cfg`, carrying over the state of every node
+    /// Builds the node set of `cfg`, one node per endpoint (its nodes'
+    /// addresses, names resolved), carrying over the state of every node
     /// that `previous` (the same backend in the config being replaced)
-    /// already had. New nodes of a backend that keeps some of its nodes
-    /// enter through slow start.
+    /// already had under the same label. New nodes of a backend that keeps
+    /// some of its nodes enter through slow start.
     pub fn build(
         cfg: &BackendConfig,
+        endpoints: &[Endpoint],
         classes: &ClassTable,
         workers: usize,
         previous: Option<&NodeSet>,
@@ -259,16 +267,12 @@ impl NodeSet {
             .as_ref()
             .map(|h| (h.unhealthy_after, h.healthy_after));
         let kept_policy = previous.filter(|p| p.breaker_policy == breaker_policy);
-        let keeps_any = previous.is_some_and(|p| {
-            cfg.nodes
-                .iter()
-                .any(|a| p.nodes.iter().any(|n| n.addr == *a))
-        });
-        let nodes = cfg
-            .nodes
+        let kept = |e: &Endpoint| previous.and_then(|p| p.nodes.iter().find(|n| n.is(e)));
+        let keeps_any = endpoints.iter().any(|e| kept(e).is_some());
+        let nodes = endpoints
             .iter()
-            .map(|addr| {
-                let old = previous.and_then(|p| p.nodes.iter().find(|n| n.addr == *addr));
+            .map(|endpoint| {
+                let old = kept(endpoint);
                 let breakers = classes
                     .names()
                     .iter()
@@ -319,12 +323,12 @@ impl NodeSet {
                     _ => Arc::new(Pools::new(settings.clone())),
                 };
                 let stats = old.map_or_else(
-                    || Arc::new(NodeStats::new(&cfg.name, &addr.to_string())),
+                    || Arc::new(NodeStats::new(&cfg.name, &endpoint.label)),
                     |n| Arc::clone(&n.stats),
                 );
                 Arc::new(Node {
-                    addr: *addr,
-                    authority: authority_of(*addr),
+                    addr: endpoint.addr,
+                    authority: authority_of(endpoint.addr),
                     stats,
                     breakers,
                     health,
@@ -648,6 +652,12 @@ mod tests {
         .unwrap()
     }
 
+    /// `cfg`'s node set, its nodes all `ip:port`.
+    fn build(cfg: &BackendConfig, classes: &ClassTable, previous: Option<&NodeSet>) -> NodeSet {
+        let endpoints = crate::dns::endpoints(cfg, &crate::dns::Resolved::default());
+        NodeSet::build(cfg, &endpoints, classes, 1, previous)
+    }
+
     fn fail_three_times(set: &NodeSet, index: usize) {
         for _ in 0..3 {
             let mut pick = Pick {
@@ -667,7 +677,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn consecutive_failures_open_the_node_breaker() {
         let cfg = config("\"127.0.0.1:1\", \"127.0.0.1:2\"", "");
-        let set = NodeSet::build(&cfg.backends[0], &ClassTable::new([]), 1, None);
+        let set = build(&cfg.backends[0], &ClassTable::new([]), None);
         fail_three_times(&set, 0);
         let br = set.nodes[0].breaker(ClassTable::SAFE).unwrap();
         assert_eq!(br.breaker.state(), BreakerState::Open);
@@ -686,10 +696,10 @@ mod tests {
     async fn a_rebuild_keeps_state_of_kept_nodes_and_ramps_new_ones() {
         let classes = ClassTable::new([]);
         let before = config("\"127.0.0.1:1\", \"127.0.0.1:2\"", "");
-        let old = NodeSet::build(&before.backends[0], &classes, 1, None);
+        let old = build(&before.backends[0], &classes, None);
         fail_three_times(&old, 0);
         let after = config("\"127.0.0.1:1\", \"127.0.0.1:3\"", "max_in_flight = 99");
-        let new = NodeSet::build(&after.backends[0], &classes, 1, Some(&old));
+        let new = build(&after.backends[0], &classes, Some(&old));
         let kept = &new.nodes[0];
         assert_eq!(
             kept.breaker(ClassTable::SAFE).unwrap().breaker.state(),
@@ -708,7 +718,7 @@ mod tests {
         let policy = config("\"127.0.0.1:1\"", "").backends[0].clone();
         let mut policy = policy;
         policy.breaker.consecutive_failures = 9;
-        let fresh = NodeSet::build(&policy, &classes, 1, Some(&new));
+        let fresh = build(&policy, &classes, Some(&new));
         assert_eq!(
             fresh.nodes[0]
                 .breaker(ClassTable::SAFE)
@@ -724,7 +734,7 @@ mod tests {
         let cfg = config("\"127.0.0.1:1\"", "");
         let mut cfg = cfg;
         cfg.backends[0].breaker.half_open_calls = 1;
-        let set = NodeSet::build(&cfg.backends[0], &ClassTable::new([]), 1, None);
+        let set = build(&cfg.backends[0], &ClassTable::new([]), None);
         fail_three_times(&set, 0);
         tokio::time::advance(Duration::from_secs(60)).await;
         let pick = set.pick(ClassTable::SAFE, &[], true, false).unwrap();

@@ -9,8 +9,10 @@ use arc_swap::ArcSwap;
 use levee_config::{Config, Priority, RouteConfig};
 use levee_resilience::Bulkhead;
 use levee_telemetry::{RouteStats, Telemetry, Topology};
+use tokio::sync::watch;
 
 use crate::classes::ClassTable;
+use crate::dns::Resolved;
 use crate::routing::{first_match, RouteMatch};
 use crate::upstream::Backend;
 
@@ -53,6 +55,10 @@ pub struct ProxyState {
     pub backends: Vec<Arc<Backend>>,
     pub classes: ClassTable,
     pub topology: Arc<Topology>,
+    /// The addresses the config's node names stood for when it was built.
+    pub resolved: Arc<Resolved>,
+    /// Data-plane workers (each node has a pool per worker).
+    pub workers: usize,
 }
 
 impl ProxyState {
@@ -61,8 +67,21 @@ impl ProxyState {
     /// reload), what belongs to a route, backend or node that stays is
     /// carried over: bulkheads (resized), counters, retry budgets, and each
     /// node's breakers, health, slow start, load estimate and idle
-    /// connections.
+    /// connections. Node names keep the addresses `previous` knew for them
+    /// (none, without one): see [`ProxyState::build_resolved`].
     pub fn build(config: Arc<Config>, workers: usize, previous: Option<&ProxyState>) -> Self {
+        let resolved = previous.map_or_else(Default::default, |p| Arc::clone(&p.resolved));
+        Self::build_resolved(config, workers, previous, resolved)
+    }
+
+    /// [`ProxyState::build`] with `resolved` as the addresses of the
+    /// config's node names.
+    pub fn build_resolved(
+        config: Arc<Config>,
+        workers: usize,
+        previous: Option<&ProxyState>,
+        resolved: Arc<Resolved>,
+    ) -> Self {
         let classes = ClassTable::new(
             config
                 .routes
@@ -74,7 +93,13 @@ impl ProxyState {
             .iter()
             .map(|b| {
                 let old = previous.and_then(|p| p.backends.iter().find(|o| o.name == b.name));
-                Arc::new(Backend::build(b, &classes, workers, old.map(|o| &**o)))
+                Arc::new(Backend::build(
+                    b,
+                    &resolved,
+                    &classes,
+                    workers,
+                    old.map(|o| &**o),
+                ))
             })
             .collect();
         let routes: Vec<Route> = config
@@ -97,6 +122,8 @@ impl ProxyState {
             backends,
             classes,
             topology: Arc::new(topology),
+            resolved,
+            workers,
         }
     }
 
@@ -173,6 +200,12 @@ fn route(
 pub struct Shared {
     state: ArcSwap<ProxyState>,
     pub telemetry: Arc<Telemetry>,
+    /// Held while a new state is built from the live one, so that a reload
+    /// and a DNS refresh never build from the same state and lose one
+    /// another's change. The request path never takes it.
+    building: tokio::sync::Mutex<()>,
+    /// Told of every swap (the control thread restarts its tasks on it).
+    swapped: watch::Sender<()>,
 }
 
 impl Shared {
@@ -181,7 +214,30 @@ impl Shared {
         Self {
             state: ArcSwap::new(state),
             telemetry,
+            building: tokio::sync::Mutex::new(()),
+            swapped: watch::channel(()).0,
         }
+    }
+
+    /// Builds the next state from the live one with `build` and swaps it
+    /// in, unless `build` returns `None`; true if it swapped.
+    pub async fn rebuild(
+        &self,
+        build: impl FnOnce(&Arc<ProxyState>) -> Option<ProxyState>,
+    ) -> bool {
+        let _building = self.building.lock().await;
+        match build(&self.current()) {
+            Some(next) => {
+                self.swap(Arc::new(next));
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Changes whenever a new state is swapped in.
+    pub fn subscribe(&self) -> watch::Receiver<()> {
+        self.swapped.subscribe()
     }
 
     pub fn state(&self) -> arc_swap::Guard<Arc<ProxyState>> {
@@ -194,9 +250,11 @@ impl Shared {
     }
 
     /// Publishes a new config version; requests in flight keep the one
-    /// they started with.
-    pub fn swap(&self, state: Arc<ProxyState>) {
+    /// they started with. Only through [`Shared::rebuild`], which orders
+    /// the builders.
+    fn swap(&self, state: Arc<ProxyState>) {
         self.telemetry.publish(Arc::clone(&state.topology));
         self.state.store(state);
+        self.swapped.send_replace(());
     }
 }

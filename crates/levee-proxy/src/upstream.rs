@@ -11,9 +11,10 @@ use std::time::Duration;
 
 use levee_config::{BackendConfig, RetryConfig, SheddingConfig, WhenAllDown};
 use levee_resilience::{Bulkhead, DriftConfig, DriftDetector, RetryBudget};
-use levee_telemetry::{BackendStats, BackendTopology, NodeTopology, NodeView};
+use levee_telemetry::{BackendStats, BackendTopology, NameTopology, NodeTopology, NodeView};
 
 use crate::classes::ClassTable;
+use crate::dns::{self, Resolved};
 use crate::nodes::NodeSet;
 
 /// A pool of nodes behind one bulkhead.
@@ -34,6 +35,9 @@ pub struct Backend {
     /// The drift watch's memory of each node, kept across a reload while
     /// the node list is the same (its alarms would otherwise never clear).
     pub drift: Arc<Mutex<DriftDetector>>,
+    /// Its node names and what they resolved to, for `/status`.
+    names: Vec<NameTopology>,
+    dns_refresh: Duration,
 }
 
 impl Backend {
@@ -42,6 +46,7 @@ impl Backend {
     /// retry budget and node state carry over.
     pub fn build(
         cfg: &BackendConfig,
+        resolved: &Resolved,
         classes: &ClassTable,
         workers: usize,
         previous: Option<&Backend>,
@@ -68,14 +73,32 @@ impl Backend {
                 cfg.retry.budget_min_per_sec,
             )),
         };
-        let nodes = NodeSet::build(cfg, classes, workers, previous.map(|b| &b.nodes));
+        let endpoints = dns::endpoints(cfg, resolved);
+        let nodes = NodeSet::build(
+            cfg,
+            &endpoints,
+            classes,
+            workers,
+            previous.map(|b| &b.nodes),
+        );
         let same_nodes = previous.is_some_and(|old| {
-            old.nodes
-                .nodes()
-                .iter()
-                .map(|n| n.addr)
-                .eq(cfg.nodes.iter().copied())
+            old.nodes.nodes().len() == endpoints.len()
+                && old
+                    .nodes
+                    .nodes()
+                    .iter()
+                    .zip(&endpoints)
+                    .all(|(n, e)| n.is(e))
         });
+        let names = cfg
+            .nodes
+            .iter()
+            .filter(|n| n.ip().is_none())
+            .map(|n| NameTopology {
+                name: n.to_string(),
+                addrs: resolved.addrs(n).iter().map(ToString::to_string).collect(),
+            })
+            .collect();
         let drift = match previous {
             Some(old) if same_nodes => Arc::clone(&old.drift),
             _ => {
@@ -102,6 +125,8 @@ impl Backend {
             retry_budget,
             shedding: cfg.shedding.clone(),
             drift,
+            names,
+            dns_refresh: cfg.dns_refresh,
         }
     }
 
@@ -122,6 +147,8 @@ impl Backend {
                     state: Arc::clone(n) as Arc<dyn NodeView>,
                 })
                 .collect(),
+            names: self.names.clone(),
+            dns_refresh: self.dns_refresh,
         }
     }
 }
@@ -137,7 +164,13 @@ mod tests {
             "t",
         )
         .unwrap();
-        Backend::build(&cfg.backends[0], &ClassTable::new([]), 1, previous)
+        Backend::build(
+            &cfg.backends[0],
+            &Resolved::default(),
+            &ClassTable::new([]),
+            1,
+            previous,
+        )
     }
 
     #[tokio::test]

@@ -228,6 +228,19 @@ impl Collector for TelemetryCollector {
             }
         }
 
+        let mut m = encoder.encode_descriptor(
+            "levee_dns_resolutions",
+            "Lookups of a backend's node names (host:port), by result: success, failure (the last known addresses stay).",
+            None,
+            MetricType::Counter,
+        )?;
+        for b in topo.backends.iter().map(|b| &b.stats) {
+            for (result, succeeded) in [("success", true), ("failure", false)] {
+                m.encode_family(&[("backend", b.name.as_str()), ("result", result)])?
+                    .encode_counter::<NoLabelSet, _, u64>(&b.dns.resolutions(succeeded), None)?;
+            }
+        }
+
         // Per node.
         let nodes = || {
             topo.backends

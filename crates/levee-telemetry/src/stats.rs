@@ -7,6 +7,8 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
+
 use levee_resilience::{BreakerState, Bulkhead, TransitionReason, WindowStats};
 
 /// Why levee answered (or cut) a request itself. The string is the value of
@@ -329,6 +331,8 @@ pub struct BackendStats {
     pub name: String,
     pub bulkhead: Arc<Bulkhead>,
     events: [AtomicU64; BackendEvent::ALL.len()],
+    /// Lookups of the backend's node names.
+    pub dns: DnsStats,
 }
 
 impl BackendStats {
@@ -337,6 +341,7 @@ impl BackendStats {
             name: name.to_owned(),
             bulkhead,
             events: Default::default(),
+            dns: DnsStats::default(),
         }
     }
 
@@ -346,6 +351,42 @@ impl BackendStats {
 
     pub fn events(&self, event: BackendEvent) -> u64 {
         self.events[event as usize].load(Ordering::Relaxed)
+    }
+}
+
+/// How a backend's node names resolve: lookups counted by result, and the
+/// names whose last lookup failed (they keep their last known addresses).
+#[derive(Debug, Default)]
+pub struct DnsStats {
+    succeeded: AtomicU64,
+    failed: AtomicU64,
+    /// (name, error) of each name whose latest lookup failed.
+    failing: ArcSwap<Vec<(String, String)>>,
+}
+
+impl DnsStats {
+    pub fn record_success(&self) {
+        self.succeeded.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Ends one round of lookups: `failing` lists the names that failed in it.
+    pub fn record_failures(&self, failing: Vec<(String, String)>) {
+        self.failed
+            .fetch_add(failing.len() as u64, Ordering::Relaxed);
+        self.failing.store(Arc::new(failing));
+    }
+
+    /// Lookups that succeeded (`true`) or failed (`false`).
+    pub fn resolutions(&self, succeeded: bool) -> u64 {
+        match succeeded {
+            true => self.succeeded.load(Ordering::Relaxed),
+            false => self.failed.load(Ordering::Relaxed),
+        }
+    }
+
+    /// (name, error) of each name whose latest lookup failed.
+    pub fn failing(&self) -> Arc<Vec<(String, String)>> {
+        self.failing.load_full()
     }
 }
 
@@ -464,6 +505,16 @@ pub struct Topology {
 pub struct BackendTopology {
     pub stats: Arc<BackendStats>,
     pub nodes: Vec<NodeTopology>,
+    /// The backend's node names (`host:port`) and what they resolved to.
+    pub names: Vec<NameTopology>,
+    pub dns_refresh: Duration,
+}
+
+/// A node name and the addresses it stands for in this config version.
+#[derive(Debug, Clone)]
+pub struct NameTopology {
+    pub name: String,
+    pub addrs: Vec<String>,
 }
 
 /// One node of a config version: its counters and a read-only view of the
