@@ -238,7 +238,7 @@ def check_compose(compose_yaml, toml_path, prom_path, dockerfile):
         e = svc.get("entrypoint") or []
         return e.split() if isinstance(e, str) else e
 
-    # The levee-node services, by their fixed address and --listen port.
+    # The levee-node services, by service name and --listen port.
     nodes = {}
     for name, svc in services.items():
         if entry(svc)[:1] != ["levee-node"]:
@@ -247,13 +247,8 @@ def check_compose(compose_yaml, toml_path, prom_path, dockerfile):
         listen = c[c.index("--listen") + 1] if "--listen" in c else "127.0.0.1:9001"
         if not listen.startswith("0.0.0.0:"):
             fail(f"{name}: --listen {listen} is not reachable from levee's container")
-        ip = next(iter(svc.get("networks", {}).values()), {}) or {}
-        ip = ip.get("ipv4_address")
-        if not ip:
-            fail(f"{name}: no fixed ipv4_address (levee needs ip:port node addresses)")
-            continue
-        nodes[f"{ip}:{port_of(listen)}"] = name
-        print(f"  {name}: {ip}:{port_of(listen)} mode {c[c.index('--mode') + 1] if '--mode' in c else 'healthy'}")
+        nodes[f"{name}:{port_of(listen)}"] = name
+        print(f"  {name}: {name}:{port_of(listen)} mode {c[c.index('--mode') + 1] if '--mode' in c else 'healthy'}")
     configured = [n for b in cfg["backend"] for n in b["nodes"]]
     if sorted(configured) != sorted(nodes):
         fail(f"{toml_path} nodes {sorted(configured)} != compose node services {sorted(nodes)}")

@@ -746,7 +746,7 @@ fn nodes_are_ip_port_or_host_port() {
                 port: 9001
             },
             NodeAddr::Name {
-                host: "web".into(),
+                host: "web.".into(),
                 port: 80
             },
             node("[::1]:9002"),

@@ -705,17 +705,18 @@ fn node_addr(cx: &Ctx<'_>, path: &[Seg<'_>], text: &str) -> Result<NodeAddr, Con
     };
     let (host, port) = text.rsplit_once(':').ok_or_else(bad)?;
     let port: u16 = port.parse().map_err(|_| bad())?;
-    let host = host.strip_suffix('.').unwrap_or(host);
-    let labels_ok = !host.is_empty()
-        && host.len() <= 253
-        && host.split('.').all(|label| {
+    // A trailing dot (an absolute name, no search domains) is kept for the resolver.
+    let labels = host.strip_suffix('.').unwrap_or(host);
+    let labels_ok = !labels.is_empty()
+        && labels.len() <= 253
+        && labels.split('.').all(|label| {
             !label.is_empty()
                 && label.len() <= 63
                 && label
                     .bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         });
-    let numeric_tld = host
+    let numeric_tld = labels
         .rsplit('.')
         .next()
         .is_some_and(|tld| tld.bytes().all(|b| b.is_ascii_digit()));
