@@ -277,3 +277,36 @@ async fn a_name_without_addresses_at_start_answers_503_until_it_resolves() {
     assert_eq!(got.status, StatusCode::OK);
     levee.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_reload_resolves_names_afresh_and_keeps_the_state_of_kept_nodes() {
+    let first = named("first", Behavior::Healthy { body_bytes: 2 }).await;
+    let second = named("second", Behavior::Healthy { body_bytes: 2 }).await;
+    let script = Arc::new(Script::default());
+    script.set("app.test", Ok(vec![first.addr()]));
+    // A refresh far away: only the reload can pick up the new answer.
+    let mut levee = start(&config("app.test:80", "dns_refresh = \"60s\""), &script).await;
+    for _ in 0..3 {
+        assert_eq!(
+            get(&client(), &url(&levee, "/")).await.status,
+            StatusCode::OK
+        );
+    }
+    script.set("app.test", Ok(vec![first.addr(), second.addr()]));
+    levee
+        .reload(test_config(
+            &config("app.test:80", "dns_refresh = \"60s\"\nmax_queue = 16"),
+            &[],
+        ))
+        .await
+        .unwrap();
+    let status = status_json(&client(), &levee).await;
+    assert!(status_node(&status, second.addr()).is_some(), "{status:#}");
+    let kept = status_node(&status, first.addr()).unwrap();
+    assert_eq!(
+        kept["responses"]["2xx"], 3,
+        "the kept node's counters continue"
+    );
+    assert_eq!(status["backends"][0]["dns"]["resolutions"]["success"], 2);
+    levee.shutdown().await;
+}

@@ -185,3 +185,53 @@ async fn a_reload_sets_total_timeout() {
     assert!(took < Duration::from_millis(1400), "{took:?}");
     levee.shutdown().await;
 }
+
+/// A node that answers every request with a chunked body of one-byte
+/// chunks, one every 150 ms, for 6 s.
+async fn chunked_dripper() -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let head = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n";
+                if s.write_all(head.as_bytes()).await.is_err() {
+                    return;
+                }
+                for _ in 0..40 {
+                    tokio::time::sleep(Duration::from_millis(150)).await;
+                    if s.write_all(b"1\r\nx\r\n").await.is_err() {
+                        return;
+                    }
+                }
+                let _ = s.write_all(b"0\r\n\r\n").await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_cut_chunked_body_ends_without_its_last_chunk() {
+    let node = chunked_dripper().await;
+    let levee = start_levee(&config(Some("1s")), &[&[node]]).await;
+    let (text, took) = raw_get(&levee).await;
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(
+        text.to_ascii_lowercase()
+            .contains("transfer-encoding: chunked"),
+        "{text}"
+    );
+    assert!(
+        text.contains("1\r\nx\r\n"),
+        "some chunks went through: {text}"
+    );
+    assert!(!text.ends_with("0\r\n\r\n"), "no final chunk: {text}");
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
+    levee.shutdown().await;
+}

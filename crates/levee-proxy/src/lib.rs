@@ -3,8 +3,8 @@
 //! It owns the client listener, the request path (a tower stack, [`stack`]),
 //! the backends and their node sets ([`nodes`]: breakers, health, slow
 //! start, load estimates and keep-alive pools, which a reload carries over),
-//! node selection, and the one place where failures become HTTP responses
-//! ([`error`]). It never blocks on anything but its own bulkheads and
+//! node selection, node names resolved off the data plane ([`dns`]), and
+//! the one place where failures become HTTP responses ([`error`]). It never blocks on anything but its own bulkheads and
 //! deadlines, and it publishes what it sees through `levee-telemetry`.
 //!
 //! A request's life (each line a layer of [`stack`], outermost first):
