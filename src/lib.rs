@@ -11,7 +11,7 @@
 //! levee-worker-N  one per worker: a current-thread runtime, its own SO_REUSEPORT
 //!                 listener and node pools, and a heartbeat; requests stay on one core
 //! levee-control   health checks, backend watches and DNS refreshes of the live config
-//!                 (restarted whenever a new state is swapped in)
+//!                 (a backend's are restarted when a new state changes that backend)
 //! levee-admin     /healthz /readyz /status /metrics, on its own runtime
 //! ```
 
@@ -26,8 +26,9 @@ use std::thread::JoinHandle;
 
 use anyhow::Context as _;
 use levee_admin::AdminHandle;
-use levee_config::Config;
+use levee_config::{BackendConfig, Config};
 use levee_proxy::dns::{self, Resolve, SystemResolver};
+use levee_proxy::upstream::Backend;
 use levee_proxy::{bind_workers, shutdown_channel, ProxyServer, ProxyState, ServerHandle, Shared};
 use levee_telemetry::{Telemetry, Topology};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -350,8 +351,9 @@ fn spawn_admin(config: &Config, telemetry: &Arc<Telemetry>) -> anyhow::Result<Ad
 }
 
 /// Runs the health checks, backend watches and DNS refreshes of the live
-/// state on their own thread, so a busy worker cannot delay them; each new
-/// state (a reload, changed addresses) replaces them.
+/// state on their own thread, so a busy worker cannot delay them. Each new
+/// state (a reload, changed addresses) restarts those of the backends it
+/// changed.
 fn spawn_control(shared: Arc<Shared>, resolver: Arc<dyn Resolve>) -> anyhow::Result<Control> {
     let (stop, mut stopped) = watch::channel(false);
     let mut states = shared.subscribe();
@@ -369,23 +371,31 @@ fn spawn_control(shared: Arc<Shared>, resolver: Arc<dyn Resolve>) -> anyhow::Res
                 }
             };
             rt.block_on(async move {
+                let mut running: Vec<BackendTasks> = Vec::new();
                 loop {
                     states.borrow_and_update();
                     let state = shared.current();
-                    let mut tasks = levee_proxy::health::spawn_background(
-                        &state.backends,
-                        &state.config.backends,
-                    );
-                    tasks.extend(dns::spawn_refresh(&shared, &state, &resolver));
+                    let mut next = Vec::with_capacity(state.backends.len());
+                    for (backend, cfg) in state.backends.iter().zip(&state.config.backends) {
+                        let key = BackendTasks::key(&state, backend, cfg);
+                        match running.iter().position(|t| t.key == key) {
+                            Some(i) => next.push(running.swap_remove(i)),
+                            None => next
+                                .push(BackendTasks::start(key, &shared, backend, cfg, &resolver)),
+                        }
+                    }
+                    for gone in std::mem::replace(&mut running, next) {
+                        gone.stop();
+                    }
                     drop(state);
                     let stopping = tokio::select! {
                         _ = stopped.wait_for(|s| *s) => true,
                         changed = states.changed() => changed.is_err(),
                     };
-                    for t in tasks {
-                        t.abort();
-                    }
                     if stopping {
+                        for t in running {
+                            t.stop();
+                        }
                         return;
                     }
                 }
@@ -393,6 +403,54 @@ fn spawn_control(shared: Arc<Shared>, resolver: Arc<dyn Resolve>) -> anyhow::Res
         })
         .context("cannot start the control thread")?;
     Ok(Control { thread, stop })
+}
+
+/// The background tasks of one backend (health checks, watch, DNS refresh)
+/// and what they were started for. A new state whose backend has the same
+/// config, nodes and traffic classes keeps them running: the node state
+/// they drive carries over unchanged, and an address change of one backend
+/// (several a minute, while an app rolls) does not restart every health
+/// check.
+struct BackendTasks {
+    key: (BackendConfig, Vec<String>, Vec<String>),
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl BackendTasks {
+    fn key(
+        state: &ProxyState,
+        backend: &Backend,
+        cfg: &BackendConfig,
+    ) -> (BackendConfig, Vec<String>, Vec<String>) {
+        let nodes = backend
+            .nodes
+            .nodes()
+            .iter()
+            .map(|n| n.stats.addr.clone())
+            .collect();
+        (cfg.clone(), nodes, state.classes.names().to_vec())
+    }
+
+    fn start(
+        key: (BackendConfig, Vec<String>, Vec<String>),
+        shared: &Arc<Shared>,
+        backend: &Arc<Backend>,
+        cfg: &BackendConfig,
+        resolver: &Arc<dyn Resolve>,
+    ) -> Self {
+        let mut tasks = levee_proxy::health::spawn_background(
+            std::slice::from_ref(backend),
+            std::slice::from_ref(cfg),
+        );
+        tasks.extend(dns::spawn_refresh(shared, cfg, resolver));
+        Self { key, tasks }
+    }
+
+    fn stop(self) {
+        for t in self.tasks {
+            t.abort();
+        }
+    }
 }
 
 /// Joins a thread without blocking the caller's runtime.

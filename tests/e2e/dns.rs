@@ -310,3 +310,78 @@ async fn a_reload_resolves_names_afresh_and_keeps_the_state_of_kept_nodes() {
     assert_eq!(status["backends"][0]["dns"]["resolutions"]["success"], 2);
     levee.shutdown().await;
 }
+
+/// Answers with `a` and `b` in turn: a name whose addresses change at every
+/// refresh.
+#[derive(Debug)]
+struct Flapping {
+    a: SocketAddr,
+    b: SocketAddr,
+    calls: Mutex<usize>,
+}
+
+impl Resolve for Flapping {
+    fn resolve<'a>(&'a self, _host: &'a str, _port: u16) -> ResolveFuture<'a> {
+        let mut calls = self.calls.lock().unwrap();
+        *calls += 1;
+        let addr = if calls.is_multiple_of(2) { self.b } else { self.a };
+        Box::pin(async move { Ok(vec![addr]) })
+    }
+}
+
+#[tokio::test]
+async fn address_changes_of_one_backend_do_not_interrupt_another_s_health_checks() {
+    // Every probe of this node times out after 500 ms; the other backend's
+    // addresses change every 100 ms. Were every backend's tasks restarted
+    // at each change, no probe would ever run to its timeout.
+    let hung = named("hung", Behavior::Stuck).await;
+    let a = named("a", Behavior::Healthy { body_bytes: 2 }).await;
+    let b = named("b", Behavior::Healthy { body_bytes: 2 }).await;
+    let toml = format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+
+[[backend]]
+name = "checked"
+nodes = ["{}"]
+[backend.health_check]
+path = "/probe"
+interval = "1s"
+timeout = "500ms"
+jitter = 0.0
+unhealthy_after = 2
+
+[[backend]]
+name = "flapping"
+nodes = ["flapping.test:80"]
+dns_refresh = "100ms"
+
+[[route]]
+path_prefix = "/"
+backend = "checked"
+"#,
+        hung.addr()
+    );
+    let resolver = Arc::new(Flapping {
+        a: a.addr(),
+        b: b.addr(),
+        calls: Mutex::new(0),
+    });
+    let levee = Levee::start_with(
+        test_config(&toml, &[]),
+        Arc::clone(&resolver) as Arc<dyn Resolve>,
+    )
+    .await
+    .unwrap();
+    let status = status_until(&levee, Duration::from_secs(6), |s| {
+        s["backends"][0]["nodes"][0]["healthy"] == false
+    })
+    .await;
+    let swaps = *resolver.calls.lock().unwrap();
+    assert!(
+        swaps >= 10,
+        "the other backend changed {swaps} times: {status:#}"
+    );
+    levee.shutdown().await;
+}

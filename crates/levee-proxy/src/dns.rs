@@ -219,31 +219,26 @@ pub fn record(state: &ProxyState, answers: &[Answer], backend: Option<&str>) {
     }
 }
 
-/// Starts one refresh task per backend of `state` that has node names.
+/// Starts the refresh task of backend `cfg`, if it has node names.
 pub fn spawn_refresh(
     shared: &Arc<Shared>,
-    state: &ProxyState,
+    cfg: &BackendConfig,
     resolver: &Arc<dyn Resolve>,
-) -> Vec<JoinHandle<()>> {
-    state
-        .config
-        .backends
-        .iter()
-        .filter(|b| b.nodes.iter().any(|n| n.ip().is_none()))
-        .map(|b| {
-            let shared = Arc::clone(shared);
-            let resolver = Arc::clone(resolver);
-            let names: Vec<NodeAddr> = b.nodes.clone();
-            let every = b.dns_refresh;
-            let backend = b.name.clone();
-            tokio::spawn(async move {
-                loop {
-                    tokio::time::sleep(every).await;
-                    refresh(&shared, &names, &*resolver, &backend).await;
-                }
-            })
-        })
-        .collect()
+) -> Option<JoinHandle<()>> {
+    if cfg.nodes.iter().all(|n| n.ip().is_some()) {
+        return None;
+    }
+    let shared = Arc::clone(shared);
+    let resolver = Arc::clone(resolver);
+    let names: Vec<NodeAddr> = cfg.nodes.clone();
+    let every = cfg.dns_refresh;
+    let backend = cfg.name.clone();
+    Some(tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(every).await;
+            refresh(&shared, &names, &*resolver, &backend).await;
+        }
+    }))
 }
 
 /// Resolves `names` once and publishes a rebuilt state if any answer

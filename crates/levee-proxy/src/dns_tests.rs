@@ -222,8 +222,8 @@ async fn the_refresh_task_looks_up_every_dns_refresh_and_publishes_changes() {
     let mut swapped = shared.subscribe();
     swapped.borrow_and_update();
     let resolver: Arc<dyn Resolve> = Arc::clone(&script) as Arc<dyn Resolve>;
-    let tasks = spawn_refresh(&shared, &shared.current(), &resolver);
-    assert_eq!(tasks.len(), 1);
+    let task = spawn_refresh(&shared, &shared.current().config.backends[0], &resolver)
+        .expect("a backend with a name has a refresh task");
     assert_eq!(script.lookups(), 1, "only the load's lookup so far");
 
     tokio::time::sleep(Duration::from_millis(4900)).await;
@@ -237,9 +237,9 @@ async fn the_refresh_task_looks_up_every_dns_refresh_and_publishes_changes() {
     assert_eq!(script.lookups(), 3);
     assert!(swapped.has_changed().unwrap(), "a change is published");
     assert_eq!(labels(&shared), ["app.test:80@127.0.0.1:2"]);
-    for t in tasks {
-        t.abort();
-    }
+    task.abort();
+    let addresses_only = config("\"127.0.0.1:1\"");
+    assert!(spawn_refresh(&shared, &addresses_only.backends[0], &resolver).is_none());
 }
 
 #[tokio::test]
