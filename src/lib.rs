@@ -37,6 +37,8 @@ use tracing::{info, warn};
 /// A running proxy: worker threads, a control thread and the admin thread.
 pub struct Levee {
     pub proxy_addr: SocketAddr,
+    /// The `[server.tls]` listener's address, if there is one.
+    pub tls_addr: Option<SocketAddr>,
     pub admin_addr: SocketAddr,
     pub telemetry: Arc<Telemetry>,
     shared: Arc<Shared>,
@@ -103,6 +105,15 @@ impl Levee {
             .map(std::net::TcpListener::local_addr)
             .transpose()?
             .unwrap_or(config.server.listen);
+        let mut tls_listeners = match &config.server.tls {
+            Some(tls) => bind_workers(tls.listen, workers)
+                .with_context(|| format!("cannot listen on {} (server.tls.listen)", tls.listen))?,
+            None => Vec::new(),
+        };
+        let tls_addr = tls_listeners
+            .first()
+            .map(std::net::TcpListener::local_addr)
+            .transpose()?;
         let telemetry = Telemetry::new(Topology::default(), workers);
         telemetry.config_loaded(&config.version, &config.origin, Vec::new());
         let answers = dns::resolve(dns::names(&config), &*resolver).await;
@@ -130,6 +141,7 @@ impl Levee {
             let server = WorkerStart {
                 index: i,
                 listener,
+                tls_listener: (i < tls_listeners.len()).then(|| tls_listeners.remove(0)),
                 shared: Arc::clone(&shared),
                 max_connections: share(i),
                 rebind: rebind_rx,
@@ -153,9 +165,10 @@ impl Levee {
         let admin = spawn_admin(&config, &telemetry)?;
         let admin_addr = admin.local_addr();
         telemetry.set_ready(true);
-        info!(%proxy_addr, %admin_addr, workers, version = %config.version, "levee is serving");
+        info!(%proxy_addr, ?tls_addr, %admin_addr, workers, version = %config.version, "levee is serving");
         Ok(Levee {
             proxy_addr,
+            tls_addr,
             admin_addr,
             telemetry,
             shared,
@@ -193,6 +206,14 @@ impl Levee {
         if config.server.max_connections != was.server.max_connections {
             restart_required.push("server.max_connections".to_owned());
             config.server.max_connections = was.server.max_connections;
+        }
+        // The TLS listener is bound at start; its certificates reload.
+        let tls_listen = |c: &Config| c.server.tls.as_ref().map(|t| t.listen);
+        if tls_listen(&config) != tls_listen(was) {
+            restart_required.push("server.tls.listen".to_owned());
+            if config.server.tls.is_none() {
+                config.server.tls = was.server.tls.clone();
+            }
         }
         let listeners = if config.server.listen != was.server.listen {
             match bind_workers(config.server.listen, workers) {
@@ -293,6 +314,7 @@ impl Levee {
 struct WorkerStart {
     index: usize,
     listener: std::net::TcpListener,
+    tls_listener: Option<std::net::TcpListener>,
     shared: Arc<Shared>,
     max_connections: usize,
     rebind: mpsc::UnboundedReceiver<std::net::TcpListener>,
@@ -318,13 +340,18 @@ fn run_worker(
     let i = start.index;
     rt.block_on(async move {
         let telemetry = Arc::clone(&start.shared.telemetry);
-        let server = match ProxyServer::new(
+        let server = ProxyServer::new(
             start.listener,
             start.shared,
             i,
             start.max_connections,
             start.rebind,
-        ) {
+        )
+        .and_then(|s| match start.tls_listener {
+            Some(l) => s.with_tls_listener(l),
+            None => Ok(s),
+        });
+        let server = match server {
             Ok(server) => server,
             Err(e) => {
                 let _ = ready.send(Err(e));

@@ -181,6 +181,22 @@ fn summary(c: &Config) -> String {
         "listener {} (max {} connections), admin {}\n",
         c.server.listen, c.server.max_connections, c.admin.listen
     );
+    if let Some(tls) = &c.server.tls {
+        let certs: Vec<String> = tls
+            .certificates
+            .iter()
+            .map(|t| match t.server_names.is_empty() {
+                true => t.cert.display().to_string(),
+                false => format!("{} ({})", t.cert.display(), t.server_names.join(", ")),
+            })
+            .collect();
+        out += &format!(
+            "tls listener {}: {} certificates [{}]\n",
+            tls.listen,
+            certs.len(),
+            certs.join("; ")
+        );
+    }
     for b in &c.backends {
         let nodes: Vec<String> = b.nodes.iter().map(ToString::to_string).collect();
         out += &format!(

@@ -18,6 +18,7 @@ mod error;
 mod locate;
 mod policy;
 mod raw;
+mod tls;
 mod validate;
 
 #[cfg(test)]
@@ -33,6 +34,9 @@ pub use error::{ConfigError, Location};
 pub use policy::{
     BreakerConfig, HealthCheckConfig, LoadBalancing, Priority, RetryConfig, SheddingConfig,
     WhenAllDown,
+};
+pub use tls::{
+    ServerTlsConfig, TlsCertificate, UpstreamProtocol, UpstreamTlsConfig, ALPN_H2, ALPN_HTTP1,
 };
 
 /// A fully validated configuration: every default applied, every cross-reference resolved.
@@ -87,6 +91,8 @@ pub struct ServerConfig {
     /// Data-plane worker threads, each with its own runtime and listener
     /// (default 0 = one per CPU core).
     pub workers: usize,
+    /// `[server.tls]`: a TLS listener beside the plain one; `None`: none.
+    pub tls: Option<ServerTlsConfig>,
     /// What one HTTP/2 client connection may ask of levee.
     pub h2: Http2Limits,
 }
@@ -175,6 +181,10 @@ pub struct BackendConfig {
     pub retry: RetryConfig,
     /// Priority shedding thresholds (`[backend.shedding]`).
     pub shedding: SheddingConfig,
+    /// HTTP/1.1 or HTTP/2 to the nodes (default HTTP/1.1).
+    pub protocol: UpstreamProtocol,
+    /// TLS to the nodes (`tls = true`); `None`: plain TCP.
+    pub tls: Option<UpstreamTlsConfig>,
 }
 
 /// A node as written in the config: an address, or a name that levee
@@ -261,6 +271,9 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
 }
 
 /// Validates `text`; `origin` names it in messages (a path, or `"<inline>"`).
+/// Relative certificate and key paths are resolved against `origin`'s
+/// directory (the working directory for `"<inline>"`), and every such file
+/// is read now.
 pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
     // toml_edit first: it rejects bad syntax and keeps the spans needed to
     // point later errors at a line.
@@ -273,7 +286,15 @@ pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
         message: e.message().to_owned(),
     })?;
     let raw: raw::RawConfig = toml::from_str(text).map_err(|e| shape_error(&e, &doc, origin))?;
-    let cx = validate::Ctx { origin, doc: &doc };
+    let dir = match origin {
+        "<inline>" => Path::new(""),
+        path => Path::new(path).parent().unwrap_or(Path::new("")),
+    };
+    let cx = validate::Ctx {
+        origin,
+        doc: &doc,
+        dir,
+    };
     validate::validate(raw, &cx, fingerprint(text))
 }
 

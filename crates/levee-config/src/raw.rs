@@ -38,6 +38,26 @@ pub(crate) struct RawServer {
     pub h2_max_local_error_reset_streams: Option<usize>,
     pub h2_keep_alive_interval: Option<DurationText>,
     pub h2_keep_alive_timeout: Option<DurationText>,
+    pub tls: Option<RawServerTls>,
+}
+
+/// `[server.tls]`: the TLS listener.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawServerTls {
+    pub listen: Option<String>,
+    pub handshake_timeout: Option<DurationText>,
+    #[serde(default)]
+    pub certificate: Vec<RawCertificate>,
+}
+
+/// One `[[server.tls.certificate]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawCertificate {
+    pub cert: Option<String>,
+    pub key: Option<String>,
+    pub server_names: Option<Vec<String>>,
 }
 
 /// `[admin]`: the operator listener.
@@ -75,6 +95,13 @@ pub(crate) struct RawBackend {
     pub health_check: Option<RawHealthCheck>,
     pub retry: Option<RawRetry>,
     pub shedding: Option<RawShedding>,
+    pub protocol: Option<String>,
+    pub tls: Option<bool>,
+    pub tls_ca: Option<String>,
+    pub tls_server_name: Option<String>,
+    pub tls_client_cert: Option<String>,
+    pub tls_client_key: Option<String>,
+    pub tls_insecure_skip_verify: Option<bool>,
 }
 
 // Status lists and percentages are read as `i64` so that any integer reaches

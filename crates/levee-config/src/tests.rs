@@ -6,6 +6,7 @@ use std::time::Duration;
 use super::*;
 
 mod policy;
+mod tls;
 
 /// A minimal valid config with room for extra keys in each table.
 fn config(server: &str, backend: &str, route: &str) -> String {

@@ -21,6 +21,7 @@ use crate::{
 };
 
 mod policy;
+mod tls;
 
 const SERVER_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 const SERVER_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -81,6 +82,8 @@ const STANDARD_METHODS: [&str; 9] = [
 pub(crate) struct Ctx<'a> {
     pub origin: &'a str,
     pub doc: &'a Document<&'a str>,
+    /// Relative file paths in the config are resolved against this.
+    pub dir: &'a std::path::Path,
 }
 
 impl Ctx<'_> {
@@ -116,6 +119,7 @@ pub(crate) fn validate(
     let server = server(cx, raw.server)?;
     let admin = admin(cx, raw.admin.as_ref())?;
     check_listeners_differ(cx, &server, &admin, raw.admin.as_ref())?;
+    check_tls_listener_differs(cx, &server, &admin)?;
 
     if raw.backend.is_empty() {
         return Err(cx.invalid(
@@ -220,6 +224,7 @@ fn server(cx: &Ctx<'_>, raw: Option<RawServer>) -> Result<ServerConfig, ConfigEr
             ))
         }
     };
+    let tls = tls::server_tls(cx, raw.tls.as_ref())?;
     let max_header_bytes = at_least(
         cx,
         &at(&base, "max_header_bytes"),
@@ -281,6 +286,7 @@ fn server(cx: &Ctx<'_>, raw: Option<RawServer>) -> Result<ServerConfig, ConfigEr
             SERVER_MAX_WORKERS,
             "each worker is an OS thread with its own runtime; use 0 for one per CPU core",
         )?,
+        tls,
         h2: h2_limits(cx, &base, &raw)?,
     })
 }
@@ -450,6 +456,34 @@ fn check_listeners_differ(
     }
 }
 
+/// The TLS listener needs an address of its own, like the admin listener.
+fn check_tls_listener_differs(
+    cx: &Ctx<'_>,
+    server: &ServerConfig,
+    admin: &AdminConfig,
+) -> Result<(), ConfigError> {
+    let Some(tls) = &server.tls else {
+        return Ok(());
+    };
+    if tls.listen.port() == 0 {
+        return Ok(());
+    }
+    let other = if tls.listen == server.listen {
+        "server.listen"
+    } else if tls.listen == admin.listen {
+        "admin.listen"
+    } else {
+        return Ok(());
+    };
+    Err(cx.invalid(
+        &[Seg::Key("server"), Seg::Key("tls"), Seg::Key("listen")],
+        format!(
+            "{} is also {other}; the TLS listener needs its own address (e.g. port 8443)",
+            tls.listen
+        ),
+    ))
+}
+
 fn backend(cx: &Ctx<'_>, i: usize, raw: &RawBackend) -> Result<BackendConfig, ConfigError> {
     let base = [Seg::Key("backend"), Seg::Index(i)];
     let name = match &raw.name {
@@ -586,6 +620,7 @@ fn backend(cx: &Ctx<'_>, i: usize, raw: &RawBackend) -> Result<BackendConfig, Co
     };
     let retry = policy::retry(cx, &base, raw.retry.as_ref(), timeout_side)?;
     let shedding = policy::shedding(cx, &base, raw.shedding.as_ref())?;
+    let (protocol, tls) = tls::upstream(cx, &base, raw)?;
 
     Ok(BackendConfig {
         name,
@@ -614,6 +649,8 @@ fn backend(cx: &Ctx<'_>, i: usize, raw: &RawBackend) -> Result<BackendConfig, Co
         health_check,
         retry,
         shedding,
+        protocol,
+        tls,
     })
 }
 

@@ -31,17 +31,20 @@ use tracing::trace;
 use crate::activity::{ActivityGuard, ConnActivity, Upgrading};
 use crate::body::ProxyBody;
 use crate::gate::Gate;
+use crate::headers::Scheme;
 use crate::stack;
 use crate::state::Shared;
 
 /// Serves one connection until it closes, idles out, or shutdown drains it.
 /// `stream` is any byte stream (plain TCP, or TLS after its handshake).
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn serve<I>(
     builder: Arc<auto::Builder<TokioExecutor>>,
     shared: Arc<Shared>,
     worker: usize,
     stream: I,
     peer: SocketAddr,
+    scheme: Scheme,
     idle_timeout: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) where
@@ -50,7 +53,7 @@ pub(crate) async fn serve<I>(
     let activity = Arc::new(ConnActivity::new());
     let gate = Gate::new(stream, Arc::clone(&shared), Arc::clone(&activity));
     let service = TowerToHyperService::new(TrackActivity {
-        inner: stack::stack(shared, worker, peer),
+        inner: stack::stack(shared, worker, peer, scheme),
         activity: Arc::clone(&activity),
     });
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(gate), service);

@@ -172,6 +172,8 @@ pub struct Endpoint {
     /// How `/status` and metrics name it: the address, or for a name
     /// `host:port@address`.
     pub label: String,
+    /// The name it was found by, if any: the default TLS server name.
+    pub host: Option<String>,
 }
 
 /// The addresses of `cfg`'s nodes, in config order; an address reached by
@@ -183,11 +185,15 @@ pub fn endpoints(cfg: &BackendConfig, resolved: &Resolved) -> Vec<Endpoint> {
             if out.iter().any(|e| e.addr == *addr) {
                 continue;
             }
-            let label = match node {
-                NodeAddr::Ip(addr) => addr.to_string(),
-                NodeAddr::Name { .. } => format!("{node}@{addr}"),
+            let (label, host) = match node {
+                NodeAddr::Ip(addr) => (addr.to_string(), None),
+                NodeAddr::Name { host, .. } => (format!("{node}@{addr}"), Some(host.clone())),
             };
-            out.push(Endpoint { addr: *addr, label });
+            out.push(Endpoint {
+                addr: *addr,
+                label,
+                host,
+            });
         }
     }
     out

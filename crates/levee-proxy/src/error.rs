@@ -53,7 +53,8 @@ pub fn status_of(reason: ErrorReason) -> StatusCode {
         ErrorReason::Deadline => StatusCode::GATEWAY_TIMEOUT,
         ErrorReason::UpstreamConnect
         | ErrorReason::UpstreamReset
-        | ErrorReason::UpstreamProtocol => StatusCode::BAD_GATEWAY,
+        | ErrorReason::UpstreamProtocol
+        | ErrorReason::UpstreamTls => StatusCode::BAD_GATEWAY,
         ErrorReason::BadRequest
         | ErrorReason::ClientBody
         | ErrorReason::BadHost
@@ -95,6 +96,7 @@ fn message_of(reason: ErrorReason) -> &'static str {
         ErrorReason::UnsupportedTransferEncoding => {
             "the request's transfer coding is not supported (only chunked is)"
         }
+        ErrorReason::UpstreamTls => "the TLS handshake with a backend node failed",
     }
 }
 

@@ -82,6 +82,23 @@ pub fn new_request_id() -> HeaderValue {
     HeaderValue::from_bytes(&buf).unwrap_or_else(|_| HeaderValue::from_static("0"))
 }
 
+/// How the client reached levee: the value of `X-Forwarded-Proto`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    Http,
+    /// Over the `[server.tls]` listener.
+    Https,
+}
+
+impl Scheme {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Scheme::Http => "http",
+            Scheme::Https => "https",
+        }
+    }
+}
+
 /// Sets the `X-Forwarded-*` headers: the peer is appended to `X-Forwarded-For`,
 /// the scheme and the original host are set (replacing any sent by the client).
 pub fn set_forwarded(

@@ -12,15 +12,15 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Request, Uri};
 use http_body_util::{BodyExt, Empty};
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use levee_config::HealthCheckConfig;
+use levee_config::{BackendConfig, HealthCheckConfig, UpstreamProtocol};
 use levee_resilience::{jittered, NodeSample};
 use levee_telemetry::{ErrorReason, StatusClass};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
+use crate::node_io::NodeConnector;
 use crate::nodes::Node;
 use crate::upstream::Backend;
 
@@ -35,41 +35,46 @@ pub fn spawn_background(
     let mut tasks = Vec::new();
     for (backend, cfg) in backends.iter().zip(configs) {
         if let Some(check) = &cfg.health_check {
-            tasks.extend(spawn_checks(backend, check));
+            tasks.extend(spawn_checks(backend, cfg, check));
         }
         tasks.push(spawn_watch(backend));
     }
     tasks
 }
 
-/// Starts one checking task per node of `backend`.
-pub fn spawn_checks(backend: &Arc<Backend>, cfg: &HealthCheckConfig) -> Vec<JoinHandle<()>> {
-    let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(cfg.timeout));
-    connector.set_nodelay(true);
-    let client: Client<HttpConnector, Empty<Bytes>> = Client::builder(TokioExecutor::new())
-        .pool_max_idle_per_host(1)
-        .build(connector);
+/// Starts one checking task per node of `backend`; checks speak the
+/// backend's protocol, over TLS when its nodes do.
+pub fn spawn_checks(
+    backend: &Arc<Backend>,
+    backend_cfg: &BackendConfig,
+    cfg: &HealthCheckConfig,
+) -> Vec<JoinHandle<()>> {
     backend
         .nodes
         .nodes()
         .iter()
         .map(|node| {
+            let connector = NodeConnector::new(
+                node.addr,
+                node.host.as_deref(),
+                cfg.timeout,
+                backend_cfg.tls.as_ref(),
+            );
+            let client: CheckClient = Client::builder(TokioExecutor::new())
+                .pool_max_idle_per_host(1)
+                .http2_only(backend_cfg.protocol == UpstreamProtocol::Http2)
+                .build(connector);
             let node = Arc::clone(node);
             let name = backend.name.clone();
             let cfg = cfg.clone();
-            let client = client.clone();
             tokio::spawn(async move { check_node(name, node, cfg, client).await })
         })
         .collect()
 }
 
-async fn check_node(
-    backend: String,
-    node: Arc<Node>,
-    cfg: HealthCheckConfig,
-    client: Client<HttpConnector, Empty<Bytes>>,
-) {
+type CheckClient = Client<NodeConnector, Empty<Bytes>>;
+
+async fn check_node(backend: String, node: Arc<Node>, cfg: HealthCheckConfig, client: CheckClient) {
     let uri: Option<Uri> = format!("http://{}{}", node.addr, cfg.path).parse().ok();
     let Some(uri) = uri else {
         warn!(%backend, node = %node.addr, path = %cfg.path, "health check path does not form a URI");
@@ -91,11 +96,7 @@ async fn check_node(
     }
 }
 
-async fn probe(
-    client: &Client<HttpConnector, Empty<Bytes>>,
-    uri: &Uri,
-    cfg: &HealthCheckConfig,
-) -> bool {
+async fn probe(client: &CheckClient, uri: &Uri, cfg: &HealthCheckConfig) -> bool {
     let Ok(req) = Request::get(uri.clone())
         .header(http::header::USER_AGENT, "levee-health-check")
         .body(Empty::new())

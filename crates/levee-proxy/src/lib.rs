@@ -9,7 +9,8 @@
 //!
 //! A request's life (each line a layer of [`stack`], outermost first):
 //! ```text
-//! client ──accept (max_connections)──▶ connection task (header read / idle timeouts)
+//! client ──accept (max_connections)──▶ [TLS handshake (handshake_timeout; h2 or http/1.1 by ALPN)]
+//!        ──▶ connection task (header read / idle timeouts)
 //!  gate (HTTP/1)    strict head syntax, limits and body framing on the raw bytes:
 //!                   400 / 414 / 431 / 501 with a reason, the connection closed
 //!  request id       keep a usable x-request-id or make one; echoed on every response
@@ -52,6 +53,7 @@ pub mod server;
 pub mod splice;
 pub mod stack;
 pub mod state;
+pub mod tls;
 pub mod upstream;
 
 pub use server::{bind_workers, shutdown_channel, ProxyServer, ServerHandle};

@@ -15,10 +15,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::uri::Authority;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use levee_config::{BackendConfig, BreakerConfig, LoadBalancing};
+use levee_config::{
+    BackendConfig, BreakerConfig, LoadBalancing, UpstreamProtocol, UpstreamTlsConfig,
+};
 use levee_resilience::{
     Admission, Breaker, BreakerPolicy, BreakerState, CallOutcome, EjectionBudget, HealthTracker,
     Recorded, SlowStart, Transition, TransitionReason,
@@ -84,6 +85,10 @@ struct PoolSettings {
     idle_timeout: Duration,
     max_idle: usize,
     workers: usize,
+    protocol: UpstreamProtocol,
+    /// Compared by the files' contents too: a renewed CA or client
+    /// certificate rebuilds the pools.
+    tls: Option<UpstreamTlsConfig>,
 }
 
 /// One keep-alive client per data-plane worker, so a request and its node
@@ -95,9 +100,9 @@ struct Pools {
 }
 
 impl Pools {
-    fn new(settings: PoolSettings) -> Self {
+    fn new(settings: PoolSettings, node: &Endpoint) -> Self {
         let clients = (0..settings.workers.max(1))
-            .map(|_| node_client(&settings))
+            .map(|_| node_client(&settings, node))
             .collect();
         Self { settings, clients }
     }
@@ -107,6 +112,8 @@ impl Pools {
 #[derive(Debug)]
 pub struct Node {
     pub addr: SocketAddr,
+    /// The name `addr` was found by, if the node was given by name.
+    pub host: Option<String>,
     /// `addr` as a URI authority, built once so each request only clones it.
     pub authority: Authority,
     /// Counters the admin listener reads.
@@ -261,6 +268,8 @@ impl NodeSet {
             idle_timeout: cfg.pool_idle_timeout,
             max_idle: cfg.pool_max_idle_per_node,
             workers,
+            protocol: cfg.protocol,
+            tls: cfg.tls.clone(),
         };
         let health_cfg = cfg
             .health_check
@@ -320,7 +329,7 @@ impl NodeSet {
                 };
                 let pools = match old {
                     Some(n) if n.pools.settings == settings => Arc::clone(&n.pools),
-                    _ => Arc::new(Pools::new(settings.clone())),
+                    _ => Arc::new(Pools::new(settings.clone(), endpoint)),
                 };
                 let stats = old.map_or_else(
                     || Arc::new(NodeStats::new(&cfg.name, &endpoint.label)),
@@ -328,6 +337,7 @@ impl NodeSet {
                 );
                 Arc::new(Node {
                     addr: endpoint.addr,
+                    host: endpoint.host.clone(),
                     authority: authority_of(endpoint.addr),
                     stats,
                     breakers,
@@ -514,7 +524,13 @@ impl NodeSet {
             }
             Outcome::Failed(reason) => {
                 node.stats.outcomes.record_error(reason);
-                (true, reason == ErrorReason::UpstreamConnect)
+                (
+                    true,
+                    matches!(
+                        reason,
+                        ErrorReason::UpstreamConnect | ErrorReason::UpstreamTls
+                    ),
+                )
             }
         };
         node.load.observe(pick.class, elapsed, failed);
@@ -624,19 +640,25 @@ fn authority_of(addr: SocketAddr) -> Authority {
         .unwrap_or_else(|_| Authority::from_static("invalid.invalid"))
 }
 
-fn node_client(s: &PoolSettings) -> NodeClient {
-    let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(s.connect_timeout));
-    connector.set_nodelay(true);
-    connector.enforce_http(true);
+/// With `protocol = "http2"` the client speaks HTTP/2 only (ALPN `h2` over
+/// TLS, prior knowledge over TCP) and multiplexes every request to the node
+/// over one connection, within the node's `SETTINGS_MAX_CONCURRENT_STREAMS`.
+fn node_client(s: &PoolSettings, node: &Endpoint) -> NodeClient {
+    let connector = NodeConnector::new(
+        node.addr,
+        node.host.as_deref(),
+        s.connect_timeout,
+        s.tls.as_ref(),
+    );
     Client::builder(TokioExecutor::new())
         .timer(TokioTimer::new())
         .pool_timer(TokioTimer::new())
         .pool_idle_timeout(s.idle_timeout)
         .pool_max_idle_per_host(s.max_idle)
+        .http2_only(s.protocol == UpstreamProtocol::Http2)
         // The client's Host header is forwarded as is.
         .set_host(false)
-        .build(NodeConnector(connector))
+        .build(connector)
 }
 
 #[cfg(test)]
@@ -726,6 +748,27 @@ mod tests {
                 .breaker
                 .state(),
             BreakerState::Closed
+        );
+    }
+
+    #[tokio::test]
+    async fn a_changed_protocol_or_tls_setting_rebuilds_the_pools() {
+        let classes = ClassTable::new([]);
+        let plain = config("\"127.0.0.1:1\"", "");
+        let old = build(&plain.backends[0], &classes, None);
+        let same = build(&plain.backends[0], &classes, Some(&old));
+        assert!(Arc::ptr_eq(&same.nodes[0].pools, &old.nodes[0].pools));
+
+        let h2 = config("\"127.0.0.1:1\"", "protocol = \"http2\"");
+        let h2 = build(&h2.backends[0], &classes, Some(&same));
+        assert!(!Arc::ptr_eq(&h2.nodes[0].pools, &same.nodes[0].pools));
+
+        let tls = config("\"127.0.0.1:1\"", "tls = true");
+        let tls = build(&tls.backends[0], &classes, Some(&same));
+        assert!(!Arc::ptr_eq(&tls.nodes[0].pools, &same.nodes[0].pools));
+        assert!(
+            Arc::ptr_eq(&tls.nodes[0].stats, &same.nodes[0].stats),
+            "the node's own state stays"
         );
     }
 

@@ -6,6 +6,11 @@
 //! to `shutdown_grace`. A reload that changes `server.listen` hands each
 //! worker a listener already bound on the new address; settings of new
 //! connections follow the live config.
+//!
+//! With `[server.tls]`, each worker also accepts on its own TLS listener
+//! (same `SO_REUSEPORT` scheme, same `max_connections` slots): a connection
+//! there is served after its handshake, with the certificates of the config
+//! live when it arrived.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -19,11 +24,15 @@ use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tracing::{info, warn};
 
 use crate::connection;
+use crate::headers::Scheme;
 use crate::state::Shared;
+use crate::tls;
 
 /// One worker's bound listener, ready to run.
 pub struct ProxyServer {
     listener: TcpListener,
+    /// The `[server.tls]` listener, if any.
+    tls_listener: Option<TcpListener>,
     shared: Arc<Shared>,
     worker: usize,
     max_connections: usize,
@@ -86,11 +95,18 @@ impl ProxyServer {
     ) -> std::io::Result<Self> {
         Ok(Self {
             listener: TcpListener::from_std(listener)?,
+            tls_listener: None,
             shared,
             worker,
             max_connections,
             rebind,
         })
+    }
+
+    /// Also accepts TLS clients on `listener` (bound by [`bind_workers`]).
+    pub fn with_tls_listener(mut self, listener: std::net::TcpListener) -> std::io::Result<Self> {
+        self.tls_listener = Some(TcpListener::from_std(listener)?);
+        Ok(self)
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -118,22 +134,25 @@ impl ProxyServer {
                 Some(l) = self.rebind.recv() => { self.switch(l, &mut conns); continue; }
                 _ = stop.changed() => break,
             };
-            let (stream, peer) = tokio::select! {
-                accepted = self.listener.accept() => match accepted {
-                    Ok(pair) => pair,
-                    Err(e) => {
-                        // EMFILE and friends: back off instead of spinning.
-                        warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
+            let (accepted, scheme) = tokio::select! {
+                accepted = self.listener.accept() => (accepted, Scheme::Http),
+                accepted = accept_tls(self.tls_listener.as_ref()) => (accepted, Scheme::Https),
                 Some(l) = self.rebind.recv() => { self.switch(l, &mut conns); continue; }
                 _ = stop.changed() => break,
             };
-            conns.serve(stream, peer, slot);
+            let (stream, peer) = match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            conns.serve(stream, peer, slot, scheme);
         }
         drop(self.listener);
+        drop(self.tls_listener);
         conns.settings.refresh(&self.shared);
         let grace = conns.settings.server.shutdown_grace;
         let slots = conns.slots;
@@ -178,7 +197,7 @@ impl ProxyServer {
                 .set_nonblocking(true)
                 .and_then(|()| TcpStream::from_std(stream))
             {
-                Ok(stream) => conns.serve(stream, peer, slot),
+                Ok(stream) => conns.serve(stream, peer, slot, Scheme::Http),
                 Err(e) => warn!(worker = self.worker, error = %e, "cannot serve a queued client"),
             }
         }
@@ -195,9 +214,16 @@ struct Conns {
 }
 
 impl Conns {
-    /// Serves one client connection on its own task; `slot` is its place
-    /// under `max_connections`.
-    fn serve(&mut self, stream: TcpStream, peer: SocketAddr, slot: OwnedSemaphorePermit) {
+    /// Serves one client connection on its own task (after its TLS
+    /// handshake, for `Scheme::Https`); `slot` is its place under
+    /// `max_connections`.
+    fn serve(
+        &mut self,
+        stream: TcpStream,
+        peer: SocketAddr,
+        slot: OwnedSemaphorePermit,
+        scheme: Scheme,
+    ) {
         let _ = stream.set_nodelay(true);
         let telemetry = Arc::clone(&self.shared.telemetry);
         telemetry.connection_opened();
@@ -207,11 +233,50 @@ impl Conns {
         let shutdown = self.shutdown.clone();
         let idle = self.settings.server.idle_timeout;
         let worker = self.worker;
+        let tls = match scheme {
+            Scheme::Http => None,
+            Scheme::Https => self
+                .shared
+                .state()
+                .config
+                .server
+                .tls
+                .as_ref()
+                .map(|t| (Arc::clone(&t.rustls), t.handshake_timeout)),
+        };
         tokio::spawn(async move {
-            connection::serve(builder, shared, worker, stream, peer, idle, shutdown).await;
+            match (scheme, tls) {
+                (Scheme::Http, _) => {
+                    connection::serve(
+                        builder, shared, worker, stream, peer, scheme, idle, shutdown,
+                    )
+                    .await;
+                }
+                (Scheme::Https, Some((config, timeout))) => {
+                    if let Some(stream) =
+                        tls::accept(config, stream, peer, timeout, &telemetry).await
+                    {
+                        connection::serve(
+                            builder, shared, worker, stream, peer, scheme, idle, shutdown,
+                        )
+                        .await;
+                    }
+                }
+                // The TLS listener outlives a config without [server.tls]
+                // only until the restart that reload asked for.
+                (Scheme::Https, None) => {}
+            }
             telemetry.connection_closed();
             drop(slot);
         });
+    }
+}
+
+/// Accepts on the TLS listener; never ready without one.
+async fn accept_tls(listener: Option<&TcpListener>) -> std::io::Result<(TcpStream, SocketAddr)> {
+    match listener {
+        Some(l) => l.accept().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -13,6 +13,8 @@ use levee_config::{BackendConfig, RetryConfig, SheddingConfig, WhenAllDown};
 use levee_resilience::{Bulkhead, DriftConfig, DriftDetector, RetryBudget};
 use levee_telemetry::{BackendStats, BackendTopology, NameTopology, NodeTopology, NodeView};
 
+use tracing::warn;
+
 use crate::classes::ClassTable;
 use crate::dns::{self, Resolved};
 use crate::nodes::NodeSet;
@@ -73,6 +75,13 @@ impl Backend {
                 cfg.retry.budget_min_per_sec,
             )),
         };
+        if cfg.tls.as_ref().is_some_and(|t| t.insecure_skip_verify) {
+            warn!(
+                backend = %cfg.name,
+                "tls_insecure_skip_verify = true: node certificates are NOT verified; \
+                 anyone on the path to the nodes can read and change this traffic"
+            );
+        }
         let endpoints = dns::endpoints(cfg, resolved);
         let nodes = NodeSet::build(
             cfg,

@@ -17,6 +17,7 @@ use crate::config_status::ReloadResult;
 use crate::stats::{
     BackendEvent, ErrorReason, LatencyHistogram, OutcomeCounters, StatusClass, TunnelClose,
 };
+use crate::tls::TlsHandshakeFailure;
 use crate::Telemetry;
 
 #[derive(Debug)]
@@ -94,6 +95,16 @@ impl Collector for TelemetryCollector {
             MetricType::Counter,
         )?;
         m.encode_counter::<NoLabelSet, _, u64>(&t.connections_total(), None)?;
+        let mut m = encoder.encode_descriptor(
+            "levee_tls_handshake_failures",
+            "Client TLS handshakes that failed, by reason.",
+            None,
+            MetricType::Counter,
+        )?;
+        for why in TlsHandshakeFailure::ALL {
+            m.encode_family(&[("reason", why.as_str())])?
+                .encode_counter::<NoLabelSet, _, u64>(&t.tls_handshake_failures(why), None)?;
+        }
 
         // Per route.
         let mut m = encoder.encode_descriptor(
@@ -262,7 +273,7 @@ impl Collector for TelemetryCollector {
         }
         let mut m = encoder.encode_descriptor(
             "levee_node_errors",
-            "Failed calls to a node by reason (connect, reset, protocol, deadline).",
+            "Failed calls to a node by reason (connect, tls, reset, protocol, deadline).",
             None,
             MetricType::Counter,
         )?;

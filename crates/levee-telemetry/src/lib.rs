@@ -14,6 +14,7 @@ mod collector;
 mod config_status;
 mod heartbeat;
 mod stats;
+mod tls;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -28,6 +29,7 @@ pub use stats::{
     LatencyHistogram, NameTopology, NodeStats, NodeTopology, NodeView, OutcomeCounters, RouteStats,
     StatusClass, Topology, TunnelClose, TunnelStats, LATENCY_BUCKETS,
 };
+pub use tls::TlsHandshakeFailure;
 
 /// Everything the admin listener may read, shared by `Arc`.
 #[derive(Debug)]
@@ -41,6 +43,7 @@ pub struct Telemetry {
     draining: AtomicBool,
     connections_open: AtomicU64,
     connections_total: AtomicU64,
+    tls_handshake_failures: [AtomicU64; TlsHandshakeFailure::ALL.len()],
 }
 
 impl Telemetry {
@@ -55,6 +58,7 @@ impl Telemetry {
             draining: AtomicBool::new(false),
             connections_open: AtomicU64::new(0),
             connections_total: AtomicU64::new(0),
+            tls_handshake_failures: Default::default(),
         })
     }
 
@@ -157,6 +161,14 @@ impl Telemetry {
 
     pub fn connections_total(&self) -> u64 {
         self.connections_total.load(Ordering::Relaxed)
+    }
+
+    pub fn tls_handshake_failed(&self, why: TlsHandshakeFailure) {
+        self.tls_handshake_failures[why as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn tls_handshake_failures(&self, why: TlsHandshakeFailure) -> u64 {
+        self.tls_handshake_failures[why as usize].load(Ordering::Relaxed)
     }
 
     /// A Prometheus registry whose one collector reads this telemetry at

@@ -43,10 +43,13 @@ pub enum ErrorReason {
     BadUpgrade,
     /// The request's Transfer-Encoding is anything but exactly `chunked`.
     UnsupportedTransferEncoding,
+    /// The TLS handshake with the node failed (its certificate did not
+    /// verify, or no protocol in common).
+    UpstreamTls,
 }
 
 impl ErrorReason {
-    pub const ALL: [ErrorReason; 19] = [
+    pub const ALL: [ErrorReason; 20] = [
         ErrorReason::NoRoute,
         ErrorReason::BulkheadFull,
         ErrorReason::Deadline,
@@ -66,6 +69,7 @@ impl ErrorReason {
         ErrorReason::TunnelLimit,
         ErrorReason::BadUpgrade,
         ErrorReason::UnsupportedTransferEncoding,
+        ErrorReason::UpstreamTls,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -89,6 +93,7 @@ impl ErrorReason {
             ErrorReason::TunnelLimit => "tunnel-limit",
             ErrorReason::BadUpgrade => "bad-upgrade",
             ErrorReason::UnsupportedTransferEncoding => "unsupported-transfer-encoding",
+            ErrorReason::UpstreamTls => "upstream-tls",
         }
     }
 
@@ -101,6 +106,7 @@ impl ErrorReason {
                 | ErrorReason::UpstreamConnect
                 | ErrorReason::UpstreamReset
                 | ErrorReason::UpstreamProtocol
+                | ErrorReason::UpstreamTls
         )
     }
 

@@ -7,7 +7,8 @@
 //!   [`Behavior`] can be switched at run time, from healthy to the ways
 //!   production app nodes fail: error statuses, hung writes, slow or
 //!   trickling answers, crashes mid-answer, a port that refuses connections;
-//!   or a WebSocket echo endpoint.
+//!   or a WebSocket echo endpoint. [`NodeOptions`] make it serve TLS (a
+//!   rustls config the test builds) and/or HTTP/2 instead.
 //! - [`RawNode`]: answers every request head with fixed bytes, for the
 //!   broken responses no HTTP library writes, and counts whether the client
 //!   closed or reused the connection after them.
@@ -57,6 +58,6 @@ mod stats;
 mod websocket;
 
 pub use behavior::{share_hits, Behavior, ParseBehaviorError, DEFAULT_BODY_BYTES};
-pub use node::{AppNode, NODE_HEADER};
+pub use node::{AppNode, NodeOptions, NODE_HEADER};
 pub use raw::{RawNode, RawStats};
 pub use stats::{NodeStats, RecordedRequest, RECORDED_CAPACITY};

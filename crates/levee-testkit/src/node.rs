@@ -13,7 +13,7 @@ use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
@@ -30,9 +30,29 @@ pub const NODE_HEADER: &str = "x-node";
 /// How long [`AppNode::shutdown`] waits for connection tasks before aborting them.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
+/// How a node speaks: TLS or plain, HTTP/1.1 or HTTP/2.
+#[derive(Clone, Default)]
+pub struct NodeOptions {
+    /// Serve TLS with this config (its certificate, its ALPN list); `None`:
+    /// plain TCP.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Serve HTTP/2 only (h2c prior knowledge without TLS) instead of HTTP/1.1.
+    pub http2: bool,
+}
+
+impl fmt::Debug for NodeOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NodeOptions")
+            .field("tls", &self.tls.is_some())
+            .field("http2", &self.http2)
+            .finish()
+    }
+}
+
 /// State shared by the node handle, its accept loop and its connections.
 struct Shared {
     name: String,
+    options: NodeOptions,
     node_header: HeaderValue,
     behavior: RwLock<Behavior>,
     counters: Arc<Counters>,
@@ -82,7 +102,7 @@ impl Listening {
     }
 }
 
-/// A programmable HTTP/1.1 app node (see the [crate docs](crate)).
+/// A programmable HTTP app node (see the [crate docs](crate)).
 ///
 /// Dropping it stops the node: the listener closes and its connection tasks
 /// are aborted. [`AppNode::shutdown`] does the same and waits for it.
@@ -116,6 +136,16 @@ impl AppNode {
         name: &str,
         behavior: Behavior,
     ) -> std::io::Result<AppNode> {
+        Self::start_with(addr, name, behavior, NodeOptions::default()).await
+    }
+
+    /// Like [`AppNode::start_on`], serving TLS and/or HTTP/2 as `options` say.
+    pub async fn start_with(
+        addr: SocketAddr,
+        name: &str,
+        behavior: Behavior,
+        options: NodeOptions,
+    ) -> std::io::Result<AppNode> {
         let node_header = HeaderValue::from_str(name).map_err(|_| {
             std::io::Error::new(
                 std::io::ErrorKind::InvalidInput,
@@ -127,6 +157,7 @@ impl AppNode {
         let refuse = matches!(behavior, Behavior::Refuse);
         let shared = Arc::new(Shared {
             name: name.to_owned(),
+            options,
             node_header,
             behavior: RwLock::new(behavior),
             counters: Arc::default(),
@@ -272,23 +303,57 @@ async fn serve_connection(
         tracing::trace!(error = %e, "could not set TCP_NODELAY");
     }
     let ctl = Arc::new(ConnCtl::default());
-    let io = TokioIo::new(NodeIo::new(stream, ctl.clone()));
+    let io = NodeIo::new(stream, ctl.clone());
+    let options = shared.options.clone();
     let tunnels = stopped.clone();
     let service =
         service_fn(move |request| handle(shared.clone(), ctl.clone(), tunnels.clone(), request));
-    let connection = hyper::server::conn::http1::Builder::new()
-        .keep_alive(true)
-        // No idle timeout: a test decides when a connection goes away.
-        .header_read_timeout(None)
-        .serve_connection(io, service)
-        .with_upgrades();
-    tokio::select! {
-        served = connection => {
-            if let Err(e) = served {
-                tracing::debug!(error = %e, "connection ended with an error");
+    match options.tls {
+        Some(config) => {
+            let handshake = tokio_rustls::TlsAcceptor::from(config).accept(io);
+            let tls = tokio::select! {
+                tls = handshake => tls,
+                _ = stopped.changed() => return,
+            };
+            match tls {
+                Ok(tls) => serve_http(TokioIo::new(tls), service, options.http2, stopped).await,
+                Err(e) => tracing::debug!(error = %e, "TLS handshake failed"),
             }
         }
-        _ = stopped.changed() => {}
+        None => serve_http(TokioIo::new(io), service, options.http2, stopped).await,
+    }
+}
+
+/// Serves HTTP/1.1 or HTTP/2 on one connection until it ends or the node stops.
+async fn serve_http<I, S>(io: I, service: S, http2: bool, mut stopped: watch::Receiver<bool>)
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: hyper::service::HttpService<Incoming, ResBody = NodeBody> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let served = if http2 {
+        let connection = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .serve_connection(io, service);
+        tokio::select! {
+            served = connection => served,
+            _ = stopped.changed() => return,
+        }
+    } else {
+        let connection = hyper::server::conn::http1::Builder::new()
+            .keep_alive(true)
+            // No idle timeout: a test decides when a connection goes away.
+            .header_read_timeout(None)
+            .serve_connection(io, service)
+            .with_upgrades();
+        tokio::select! {
+            served = connection => served,
+            _ = stopped.changed() => return,
+        }
+    };
+    if let Err(e) = served {
+        tracing::debug!(error = %e, "connection ended with an error");
     }
 }
 

@@ -23,7 +23,7 @@ use tracing::debug;
 use super::{tunnel, ProxyResult, Routed};
 use crate::body::ProxyBody;
 use crate::error::ProxyError;
-use crate::headers::{self, X_REQUEST_ID};
+use crate::headers::{self, Scheme, X_REQUEST_ID};
 use crate::state::Shared;
 
 /// Adds [`Edge`].
@@ -31,11 +31,16 @@ use crate::state::Shared;
 pub struct EdgeLayer {
     shared: Arc<Shared>,
     peer: SocketAddr,
+    scheme: Scheme,
 }
 
 impl EdgeLayer {
-    pub fn new(shared: Arc<Shared>, peer: SocketAddr) -> Self {
-        Self { shared, peer }
+    pub fn new(shared: Arc<Shared>, peer: SocketAddr, scheme: Scheme) -> Self {
+        Self {
+            shared,
+            peer,
+            scheme,
+        }
     }
 }
 
@@ -47,6 +52,7 @@ impl<S> Layer<S> for EdgeLayer {
             inner,
             shared: Arc::clone(&self.shared),
             peer: self.peer,
+            scheme: self.scheme,
         }
     }
 }
@@ -58,6 +64,7 @@ pub struct Edge<S> {
     inner: S,
     shared: Arc<Shared>,
     peer: SocketAddr,
+    scheme: Scheme,
 }
 
 impl<S> Service<Request<Incoming>> for Edge<S>
@@ -100,7 +107,7 @@ where
         let upgrade = websocket
             .then(|| parts.headers.get(UPGRADE).cloned())
             .flatten();
-        prepare_headers(&mut parts, self.peer);
+        prepare_headers(&mut parts, self.peer, self.scheme);
         if let Some(upgrade) = upgrade {
             tunnel::restore_handshake(&mut parts.headers, upgrade);
         }
@@ -329,7 +336,7 @@ fn check_body_length(req: &Request<Incoming>, limit: Option<u64>) -> Result<(), 
 /// Rewrites the client's headers for the node, once per request. The host
 /// the node gets is the one the request was routed on: the target's
 /// authority (absolute-form, or HTTP/2 `:authority`) replaces any Host.
-fn prepare_headers(parts: &mut http::request::Parts, peer: SocketAddr) {
+fn prepare_headers(parts: &mut http::request::Parts, peer: SocketAddr, scheme: Scheme) {
     let original_host = match parts.uri.authority() {
         Some(a) => HeaderValue::from_str(a.as_str()).ok(),
         None => parts.headers.get(HOST).cloned(),
@@ -338,7 +345,7 @@ fn prepare_headers(parts: &mut http::request::Parts, peer: SocketAddr) {
     headers::set_forwarded(
         &mut parts.headers,
         peer.ip(),
-        "http",
+        scheme.as_str(),
         original_host.as_ref(),
     );
     if let Some(h) = original_host {

@@ -58,6 +58,7 @@ use tower::{Layer, Service, ServiceBuilder};
 
 use crate::body::ProxyBody;
 use crate::error::ProxyError;
+use crate::headers::Scheme;
 use crate::state::{ProxyState, Route, Shared};
 use crate::upstream::Backend;
 
@@ -97,10 +98,10 @@ impl Routed {
 pub type ProxyResult = Result<Response<ProxyBody>, ProxyError>;
 
 /// The whole stack for one client connection of data-plane `worker`.
-pub fn stack(shared: Arc<Shared>, worker: usize, peer: SocketAddr) -> Stack {
+pub fn stack(shared: Arc<Shared>, worker: usize, peer: SocketAddr, scheme: Scheme) -> Stack {
     ServiceBuilder::new()
         .layer(request_id::RequestIdLayer)
-        .layer(edge::EdgeLayer::new(shared, peer))
+        .layer(edge::EdgeLayer::new(shared, peer, scheme))
         .layer(tunnel::TunnelLayer)
         .layer(bulkhead::BulkheadLayer::route())
         .layer(DecideLayer(backend::ChooseBackend))

@@ -20,7 +20,7 @@ use tower::Service;
 
 use crate::body::{ClientBodyError, RequestBody};
 use crate::error::ProxyError;
-use crate::node_io::DropSwitch;
+use crate::node_io::{ConnectError, DropSwitch};
 use crate::nodes::Node;
 
 /// A request for one node, its URI already pointing there.
@@ -117,6 +117,11 @@ fn check_framing(
 /// Maps a client error to its reason by walking its causes.
 fn classify(e: &hyper_util::client::legacy::Error) -> ProxyError {
     if e.is_connect() {
+        let tls = std::iter::successors(e.source(), |s| (*s).source())
+            .any(|s| matches!(s.downcast_ref(), Some(ConnectError::Tls(_))));
+        if tls {
+            return ProxyError::new(ErrorReason::UpstreamTls, chain(e));
+        }
         return ProxyError::new(
             ErrorReason::UpstreamConnect,
             format!("connect failed: {}", chain(e)),

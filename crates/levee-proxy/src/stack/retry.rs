@@ -341,7 +341,7 @@ where
                             // node, idempotent ones also after a reset or a
                             // bad response.
                             let safe = match error.reason {
-                                ErrorReason::UpstreamConnect => true,
+                                ErrorReason::UpstreamConnect | ErrorReason::UpstreamTls => true,
                                 ErrorReason::UpstreamReset | ErrorReason::UpstreamProtocol => {
                                     t.idempotent
                                 }

@@ -90,7 +90,12 @@ async fn run(
             async move { reply() }
         })
     };
-    let mut edge = EdgeLayer::new(Arc::clone(shared), PEER.parse().unwrap()).layer(inner);
+    let mut edge = EdgeLayer::new(
+        Arc::clone(shared),
+        PEER.parse().unwrap(),
+        crate::headers::Scheme::Http,
+    )
+    .layer(inner);
     let resp = edge.ready().await.unwrap().call(req).await.unwrap();
     let seen = std::mem::take(&mut *seen.lock().unwrap());
     (resp, seen)

@@ -1,0 +1,267 @@
+//! TLS and HTTP/2 to the nodes: verification on by default (trusted CA
+//! passes, an untrusted certificate is 502 upstream-tls), `tls_server_name`,
+//! client certificates, and HTTP/2 multiplexing many requests over few
+//! connections.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{StatusCode, Version};
+use levee::Levee;
+use levee_testkit::{AppNode, Behavior, NodeOptions};
+
+use crate::common::{client, get, metrics_text, url, TempDir};
+use crate::pki::Ca;
+
+/// levee with one backend `app` whose extra keys are `backend_keys`; files
+/// named there are relative to `dir`.
+async fn start(dir: &TempDir, node: SocketAddr, backend_keys: &str) -> Levee {
+    let file = dir.path("levee.toml");
+    let text = format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+workers = 1
+
+[admin]
+listen = "127.0.0.1:0"
+
+[[backend]]
+name = "app"
+nodes = ["{node}"]
+connect_timeout = "2s"
+timeout = "5s"
+max_in_flight = 64
+{backend_keys}
+
+[[route]]
+name = "all"
+path_prefix = "/"
+backend = "app"
+"#
+    );
+    std::fs::write(&file, text).unwrap();
+    let config = levee_config::load(&file).unwrap_or_else(|e| panic!("{e}"));
+    Levee::start(config).await.unwrap()
+}
+
+async fn tls_node(config: Arc<rustls::ServerConfig>, http2: bool) -> AppNode {
+    let options = NodeOptions {
+        tls: Some(config),
+        http2,
+    };
+    let addr = "127.0.0.1:0".parse().unwrap();
+    AppNode::start_with(
+        addr,
+        "tls-node",
+        Behavior::Healthy { body_bytes: 16 },
+        options,
+    )
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_node_with_a_certificate_from_the_configured_ca_is_served_and_others_are_502_upstream_tls(
+) {
+    let dir = TempDir::new("up-tls-ca");
+    let ca = Ca::new("node CA");
+    std::fs::write(dir.path("ca.pem"), ca.pem()).unwrap();
+    let stranger = Ca::new("someone else");
+    std::fs::write(dir.path("other-ca.pem"), stranger.pem()).unwrap();
+    // The default server name is the node's IP address.
+    let leaf = ca.issue(&["127.0.0.1"]);
+    let app = tls_node(leaf.server_config(&[b"http/1.1"]), false).await;
+
+    let levee = start(&dir, app.addr(), "tls = true\ntls_ca = \"ca.pem\"").await;
+    let ok = get(&client(), &url(&levee, "/x")).await;
+    assert_eq!(ok.status, StatusCode::OK);
+    assert_eq!(ok.body.len(), 16);
+    assert_eq!(app.stats().requests, 1);
+    levee.shutdown().await;
+
+    let levee = start(&dir, app.addr(), "tls = true\ntls_ca = \"other-ca.pem\"").await;
+    let refused = get(&client(), &url(&levee, "/x")).await;
+    assert_eq!(refused.status, StatusCode::BAD_GATEWAY);
+    assert_eq!(refused.reason(), Some("upstream-tls"));
+    assert_eq!(app.stats().requests, 1, "nothing reached the node");
+    // Counted against the node, like a failed connect.
+    let metrics = metrics_text(&client(), &levee).await;
+    let line = format!(
+        "levee_node_errors_total{{backend=\"app\",node=\"{}\",reason=\"upstream-tls\"}} 1",
+        app.addr()
+    );
+    assert!(metrics.contains(&line), "{line}\n{metrics}");
+    levee.shutdown().await;
+
+    // Without tls_ca the webpki roots apply, which do not know this CA.
+    let levee = start(&dir, app.addr(), "tls = true").await;
+    let refused = get(&client(), &url(&levee, "/x")).await;
+    assert_eq!(refused.reason(), Some("upstream-tls"));
+    levee.shutdown().await;
+}
+
+#[tokio::test]
+async fn tls_server_name_is_what_the_node_certificate_is_verified_against() {
+    let dir = TempDir::new("up-tls-name");
+    let ca = Ca::new("node CA");
+    std::fs::write(dir.path("ca.pem"), ca.pem()).unwrap();
+    let leaf = ca.issue(&["app.internal"]);
+    let app = tls_node(leaf.server_config(&[b"http/1.1"]), false).await;
+
+    // The node's IP is not in its certificate.
+    let levee = start(&dir, app.addr(), "tls = true\ntls_ca = \"ca.pem\"").await;
+    let refused = get(&client(), &url(&levee, "/x")).await;
+    assert_eq!(refused.reason(), Some("upstream-tls"));
+    levee.shutdown().await;
+
+    let levee = start(
+        &dir,
+        app.addr(),
+        "tls = true\ntls_ca = \"ca.pem\"\ntls_server_name = \"app.internal\"",
+    )
+    .await;
+    let ok = get(&client(), &url(&levee, "/x")).await;
+    assert_eq!(ok.status, StatusCode::OK);
+    levee.shutdown().await;
+
+    // Verification off: any certificate passes.
+    let levee = start(
+        &dir,
+        app.addr(),
+        "tls = true\ntls_insecure_skip_verify = true",
+    )
+    .await;
+    let ok = get(&client(), &url(&levee, "/x")).await;
+    assert_eq!(ok.status, StatusCode::OK);
+    levee.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_node_given_by_name_is_verified_against_that_name() {
+    let dir = TempDir::new("up-tls-dns");
+    let ca = Ca::new("node CA");
+    std::fs::write(dir.path("ca.pem"), ca.pem()).unwrap();
+    let leaf = ca.issue(&["localhost"]);
+    let app = tls_node(leaf.server_config(&[b"http/1.1"]), false).await;
+    let file = dir.path("levee.toml");
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+         [[backend]]\nname = \"app\"\nnodes = [\"localhost:{}\"]\ntls = true\ntls_ca = \"ca.pem\"\n\
+         [[route]]\npath_prefix = \"/\"\nbackend = \"app\"\n",
+        app.addr().port()
+    );
+    std::fs::write(&file, text).unwrap();
+    let levee = Levee::start(levee_config::load(&file).unwrap())
+        .await
+        .unwrap();
+    let ok = get(&client(), &url(&levee, "/x")).await;
+    assert_eq!(ok.status, StatusCode::OK, "{:?}", ok.reason());
+    levee.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_node_that_requires_a_client_certificate_gets_the_configured_one() {
+    let dir = TempDir::new("up-tls-mtls");
+    let ca = Ca::new("node CA");
+    std::fs::write(dir.path("ca.pem"), ca.pem()).unwrap();
+    let clients = Ca::new("client CA");
+    let leaf = ca.issue(&["127.0.0.1"]);
+    let app = tls_node(leaf.server_config_requiring_client(&clients), false).await;
+    clients.issue(&["levee.client"]).write(&dir, "client");
+
+    let levee = start(&dir, app.addr(), "tls = true\ntls_ca = \"ca.pem\"").await;
+    let refused = get(&client(), &url(&levee, "/x")).await;
+    assert_eq!(
+        refused.status,
+        StatusCode::BAD_GATEWAY,
+        "no client certificate"
+    );
+    levee.shutdown().await;
+
+    let levee = start(
+        &dir,
+        app.addr(),
+        "tls = true\ntls_ca = \"ca.pem\"\ntls_client_cert = \"client.pem\"\ntls_client_key = \"client.key\"",
+    )
+    .await;
+    let ok = get(&client(), &url(&levee, "/x")).await;
+    assert_eq!(ok.status, StatusCode::OK);
+    levee.shutdown().await;
+}
+
+/// Many concurrent requests over HTTP/2 reach the node over one or two
+/// connections (h2c here, ALPN h2 over TLS below).
+async fn assert_multiplexed(app: &AppNode, levee: &Levee) {
+    let http = client();
+    let calls = (0..24).map(|i| {
+        let http = http.clone();
+        let url = url(levee, &format!("/m/{i}"));
+        async move { get(&http, &url).await.status }
+    });
+    let statuses = tokio::time::timeout(
+        Duration::from_secs(20),
+        futures_util::future::join_all(calls),
+    )
+    .await
+    .unwrap();
+    assert!(
+        statuses.iter().all(|s| *s == StatusCode::OK),
+        "{statuses:?}"
+    );
+    let recorded = app.recorded();
+    assert!(recorded.len() >= 24);
+    assert!(recorded.iter().all(|r| r.version == Version::HTTP_2));
+    let connections = app.stats().connections;
+    assert!(
+        connections <= 2,
+        "24 concurrent requests took {connections} connections"
+    );
+}
+
+#[tokio::test]
+async fn http2_to_nodes_multiplexes_requests_over_few_connections() {
+    let dir = TempDir::new("up-h2");
+    let slow = Behavior::Slow {
+        delay: Duration::from_millis(300),
+        body_bytes: 16,
+    };
+    let h2c = AppNode::start_with(
+        "127.0.0.1:0".parse().unwrap(),
+        "h2c-node",
+        slow.clone(),
+        NodeOptions {
+            tls: None,
+            http2: true,
+        },
+    )
+    .await
+    .unwrap();
+    let levee = start(&dir, h2c.addr(), "protocol = \"http2\"").await;
+    assert_multiplexed(&h2c, &levee).await;
+    levee.shutdown().await;
+
+    let ca = Ca::new("node CA");
+    std::fs::write(dir.path("ca.pem"), ca.pem()).unwrap();
+    let leaf = ca.issue(&["127.0.0.1"]);
+    let h2 = AppNode::start_with(
+        "127.0.0.1:0".parse().unwrap(),
+        "h2-node",
+        slow,
+        NodeOptions {
+            tls: Some(leaf.server_config(&[b"h2"])),
+            http2: true,
+        },
+    )
+    .await
+    .unwrap();
+    let levee = start(
+        &dir,
+        h2.addr(),
+        "protocol = \"http2\"\ntls = true\ntls_ca = \"ca.pem\"",
+    )
+    .await;
+    assert_multiplexed(&h2, &levee).await;
+    levee.shutdown().await;
+}
