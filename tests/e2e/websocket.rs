@@ -391,3 +391,33 @@ async fn the_request_deadlines_bound_the_handshake_not_the_tunnel() {
     }
     assert_eq!(closed(&levee), 0);
 }
+
+#[tokio::test]
+async fn a_handshake_to_an_http2_backend_goes_on_as_an_ordinary_request() {
+    let app = levee_testkit::AppNode::start_with(
+        "127.0.0.1:0".parse().unwrap(),
+        "h2-node",
+        Behavior::WebSocketEcho,
+        levee_testkit::NodeOptions {
+            http2: true,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let cfg = config("").replace(
+        "max_queue = 0\n\n[[route]]",
+        "max_queue = 0\nprotocol = \"http2\"\n\n[[route]]",
+    );
+    assert!(cfg.contains("protocol = \"http2\""));
+    let levee = start_levee(&cfg, &[&[app.addr()]]).await;
+    match connect(&levee).await {
+        Err(WsError::Http(resp)) => assert_eq!(resp.status(), StatusCode::OK),
+        other => panic!("expected the node's plain 200, got {other:?}"),
+    }
+    let seen = app.recorded();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].version, http::Version::HTTP_2);
+    assert!(!seen[0].headers.contains_key("upgrade"));
+    assert_eq!(tunnels(&levee).tunnels.opened_total(), 0);
+}

@@ -97,7 +97,7 @@ where
         let websocket = match check_body_length(&req, r.max_request_body_bytes)
             .and_then(|()| tunnel::handshake_of(&req))
         {
-            Ok(websocket) => websocket,
+            Ok(websocket) => websocket && tunnel::carried_to(&state, r),
             Err(e) => {
                 log_error(&e, req.headers(), Some(&r.name));
                 return EdgeFuture::refused(&r.stats, started, e);

@@ -25,6 +25,7 @@ use http::header::{HeaderValue, CONNECTION, UPGRADE};
 use http::{HeaderMap, Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
+use levee_config::UpstreamProtocol;
 use levee_resilience::BulkheadPermit;
 use levee_telemetry::{ErrorReason, RouteStats};
 use tower::{Layer, Service};
@@ -34,6 +35,7 @@ use crate::activity::Upgrading;
 use crate::body::ProxyBody;
 use crate::error::ProxyError;
 use crate::splice;
+use crate::state::{ProxyState, Route};
 
 /// What the Upgrade header of a request asks of levee.
 ///
@@ -71,6 +73,19 @@ pub fn handshake_of(req: &Request<Incoming>) -> Result<bool, ProxyError> {
         return bad("a WebSocket handshake must be a GET");
     }
     Ok(true)
+}
+
+/// Whether the route's nodes can take a tunnel: an upgrade needs HTTP/1.1
+/// to the node. Over a `protocol = "http2"` backend a handshake goes on as
+/// an ordinary request, its Upgrade stripped, and the node's answer (not a
+/// 101) is passed back; WebSocket over HTTP/2 to nodes (RFC 8441) is not
+/// supported.
+pub fn carried_to(state: &ProxyState, route: &Route) -> bool {
+    state
+        .config
+        .backends
+        .get(route.backend_index)
+        .is_some_and(|b| b.protocol == UpstreamProtocol::Http1)
 }
 
 /// The comma-separated tokens of every line of header `name`, trimmed.
