@@ -61,7 +61,8 @@ async fn clients_dripping_their_headers_are_cut_off_and_others_are_served() {
             })
         })
         .collect();
-    // Meanwhile, another client's requests: each answered quickly.
+    // Meanwhile another client's requests are each answered in less
+    // than header_read_timeout: none waits behind a dripping client.
     let c = client();
     let mut answered = 0;
     let until = tokio::time::Instant::now() + Duration::from_millis(1500);
@@ -69,7 +70,7 @@ async fn clients_dripping_their_headers_are_cut_off_and_others_are_served() {
         let got = get(&c, &url(&levee, "/")).await;
         assert_eq!(got.status, StatusCode::OK);
         assert!(
-            got.elapsed < Duration::from_millis(500),
+            got.elapsed < Duration::from_millis(900),
             "not delayed: {:?}",
             got.elapsed
         );
