@@ -421,3 +421,64 @@ async fn a_handshake_to_an_http2_backend_goes_on_as_an_ordinary_request() {
     assert!(!seen[0].headers.contains_key("upgrade"));
     assert_eq!(tunnels(&levee).tunnels.opened_total(), 0);
 }
+
+#[tokio::test]
+async fn a_tunnel_runs_over_tls_on_both_sides() {
+    let dir = TempDir::new("wss");
+    let ca = crate::pki::Ca::new("wss CA");
+    std::fs::write(dir.path("ca.pem"), ca.pem()).unwrap();
+    ca.issue(&["chat.test"]).write(&dir, "front");
+    let node_leaf = ca.issue(&["127.0.0.1"]);
+    let app = levee_testkit::AppNode::start_with(
+        "127.0.0.1:0".parse().unwrap(),
+        "tls-node",
+        Behavior::WebSocketEcho,
+        levee_testkit::NodeOptions {
+            tls: Some(node_leaf.server_config(&[b"http/1.1"])),
+            http2: false,
+        },
+    )
+    .await
+    .unwrap();
+    let text = config("")
+        .replace(
+            "shutdown_grace = \"1s\"\n",
+            "shutdown_grace = \"1s\"\n\n[server.tls]\nlisten = \"127.0.0.1:0\"\n\n\
+             [[server.tls.certificate]]\ncert = \"front.pem\"\nkey = \"front.key\"\n",
+        )
+        .replace(
+            "max_queue = 0\n\n[[route]]",
+            "max_queue = 0\ntls = true\ntls_ca = \"ca.pem\"\n\n[[route]]",
+        )
+        .replace(
+            "nodes = [\"127.0.0.1:1\"]",
+            &format!("nodes = [\"{}\"]", app.addr()),
+        );
+    let file = dir.path("levee.toml");
+    std::fs::write(&file, text).unwrap();
+    let mut config = levee_config::load(&file).unwrap_or_else(|e| panic!("{e}"));
+    config.admin.listen = "127.0.0.1:0".parse().unwrap();
+    let levee = Levee::start(config).await.unwrap();
+
+    let connector =
+        tokio_rustls::TlsConnector::from(std::sync::Arc::new(ca.client_config(&[b"http/1.1"])));
+    let tcp = TcpStream::connect(levee.tls_addr.unwrap()).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("chat.test").unwrap();
+    let tls = connector.connect(name, tcp).await.unwrap();
+    let handshake = tokio_tungstenite::client_async("wss://chat.test/chat", tls);
+    let (mut ws, resp) = tokio::time::timeout(Duration::from_secs(10), handshake)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::SWITCHING_PROTOCOLS);
+    for i in 0..3 {
+        let message = Message::text(format!("over tls {i}"));
+        ws.send(message.clone()).await.unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .unwrap();
+        assert_eq!(got.unwrap().unwrap(), message);
+    }
+    assert_eq!(tunnels(&levee).tunnels.open(), 1);
+    ws.close(None).await.unwrap();
+}
