@@ -324,7 +324,11 @@ impl Resolve for Flapping {
     fn resolve<'a>(&'a self, _host: &'a str, _port: u16) -> ResolveFuture<'a> {
         let mut calls = self.calls.lock().unwrap();
         *calls += 1;
-        let addr = if calls.is_multiple_of(2) { self.b } else { self.a };
+        let addr = if calls.is_multiple_of(2) {
+            self.b
+        } else {
+            self.a
+        };
         Box::pin(async move { Ok(vec![addr]) })
     }
 }
