@@ -199,14 +199,20 @@ fn summary(c: &Config) -> String {
     }
     for b in &c.backends {
         let nodes: Vec<String> = b.nodes.iter().map(ToString::to_string).collect();
+        let tls = match &b.tls {
+            None => "",
+            Some(t) if t.insecure_skip_verify => ", tls WITHOUT certificate verification",
+            Some(_) => ", tls",
+        };
         out += &format!(
-            "backend {}: {} nodes [{}], timeout {:?}, max_in_flight {}, max_queue {}\n",
+            "backend {}: {} nodes [{}], timeout {:?}, max_in_flight {}, max_queue {}, {}{tls}\n",
             b.name,
             b.nodes.len(),
             nodes.join(", "),
             b.timeout,
             b.max_in_flight,
-            b.max_queue
+            b.max_queue,
+            b.protocol.as_str(),
         );
     }
     for r in &c.routes {

@@ -3,6 +3,10 @@
 # levee, nginx and HAProxy in front of it in turn, each driven by wrk.
 # Prints requests/s, latency, and the proxy's CPU time per proxied request
 # (utime+stime from /proc, so it counts the proxy only, not wrk or the node).
+# levee is measured twice in one process: over plain HTTP and over HTTPS on
+# its [server.tls] listener (TLS 1.3, a P-256 certificate made for the run;
+# wrk keeps its connections, so this is the per-request cost of encryption,
+# not of handshakes), and the TLS/plain ratio of CPU per request is printed.
 #
 # Usage: benches/load/compare.sh [DURATION_SECONDS] [CONNECTIONS]
 # LEVEE_BASELINE=path/to/another/levee adds a row for that binary in the same
@@ -15,7 +19,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 DURATION=${1:-10}
 CONNS=${2:-50}
-NODE_PORT=19101 LEVEE_PORT=18181 ADMIN_PORT=18191 NGINX_PORT=18182 HAPROXY_PORT=18183
+NODE_PORT=19101 LEVEE_PORT=18181 ADMIN_PORT=18191 NGINX_PORT=18182 HAPROXY_PORT=18183 TLS_PORT=18184
 WORK=$(mktemp -d)
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
@@ -35,7 +39,10 @@ if [ "$(nproc)" -ge 2 ]; then PROXY_CPU=(taskset -c 0); LOAD_CPU=(taskset -c 1);
 PIDS+=($!)
 
 . benches/load/levee_config.sh
-levee_config "$WORK/levee.toml" $LEVEE_PORT $ADMIN_PORT $NODE_PORT
+# The baseline may predate [server.tls]: it gets the plain config.
+levee_config "$WORK/levee-plain.toml" $LEVEE_PORT $ADMIN_PORT $NODE_PORT
+tls_pair "$WORK"
+levee_config "$WORK/levee.toml" $LEVEE_PORT $ADMIN_PORT $NODE_PORT $TLS_PORT
 
 cat > "$WORK/nginx.conf" <<CONF
 worker_processes 1;
@@ -79,11 +86,11 @@ wait_port() { for _ in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
 printf '%-10s %10s %10s %10s %14s\n' target "req/s" "p50" "p99" "cpu us/req"
-run() { # name port [pid]
-  local name=$1 port=$2 pid=${3:-} before after out reqs rps p50 p99 cpu="-"
-  "${LOAD_CPU[@]}" wrk -t1 -c"$CONNS" -d1s "http://127.0.0.1:$port/" >/dev/null 2>&1 || true   # warm-up
+run() { # name port [pid [scheme]]
+  local name=$1 port=$2 pid=${3:-} scheme=${4:-http} before after out reqs rps p50 p99 cpu="-"
+  "${LOAD_CPU[@]}" wrk -t1 -c"$CONNS" -d1s "$scheme://127.0.0.1:$port/" >/dev/null 2>&1 || true   # warm-up
   [ -n "$pid" ] && before=$(cpu_ticks "$pid")
-  out=$("${LOAD_CPU[@]}" wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "http://127.0.0.1:$port/")
+  out=$("${LOAD_CPU[@]}" wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "$scheme://127.0.0.1:$port/")
   [ -n "$pid" ] && after=$(cpu_ticks "$pid")
   reqs=$(echo "$out" | awk '/requests in/ {print $1}')
   rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
@@ -93,20 +100,27 @@ run() { # name port [pid]
     cpu=$(awk -v t=$((after - before)) -v hz="$(getconf CLK_TCK)" -v n="$reqs" 'BEGIN { printf "%.1f", t / hz * 1e6 / n }')
   fi
   printf '%-10s %10s %10s %10s %14s\n' "$name" "$rps" "$p50" "$p99" "$cpu"
+  LAST_CPU=$cpu
 }
 
 wait_port $NODE_PORT
 run direct $NODE_PORT
 
-run_levee() { # name binary
-  "${PROXY_CPU[@]}" "$2" run --config "$WORK/levee.toml" >"$WORK/levee.log" 2>&1 &
+run_levee() { # name binary config [tls]
+  "${PROXY_CPU[@]}" "$2" run --config "$3" >"$WORK/levee.log" 2>&1 &
   LEVEE_PID=$!; PIDS+=($LEVEE_PID)
   wait_port $LEVEE_PORT
   run "$1" $LEVEE_PORT $LEVEE_PID
+  if [ -n "${4:-}" ]; then
+    local plain=$LAST_CPU
+    wait_port $TLS_PORT
+    run "$1-tls" $TLS_PORT $LEVEE_PID https
+    TLS_RATIO=$(awk -v t="$LAST_CPU" -v p="$plain" 'BEGIN { printf "%.2f", t / p }')
+  fi
   kill $LEVEE_PID; wait $LEVEE_PID 2>/dev/null || true
 }
-[ -n "${LEVEE_BASELINE:-}" ] && run_levee levee-base "$LEVEE_BASELINE"
-run_levee levee target/release/levee
+[ -n "${LEVEE_BASELINE:-}" ] && run_levee levee-base "$LEVEE_BASELINE" "$WORK/levee-plain.toml"
+run_levee levee target/release/levee "$WORK/levee.toml" tls
 
 "${PROXY_CPU[@]}" nginx -c "$WORK/nginx.conf" -g 'daemon off;' &
 NGINX_MASTER=$!; PIDS+=($NGINX_MASTER)
@@ -119,4 +133,5 @@ kill $NGINX_MASTER; wait $NGINX_MASTER 2>/dev/null || true
 HAPROXY_PID=$!; PIDS+=($HAPROXY_PID)
 wait_port $HAPROXY_PORT
 run haproxy $HAPROXY_PORT $HAPROXY_PID
+echo "levee CPU per request, TLS / plain: $TLS_RATIO"
 echo "($DURATION s per target, $CONNS connections, wrk -t1, 64-byte responses, one run on this machine)"

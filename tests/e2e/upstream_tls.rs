@@ -126,7 +126,7 @@ async fn tls_server_name_is_what_the_node_certificate_is_verified_against() {
     assert_eq!(ok.status, StatusCode::OK);
     levee.shutdown().await;
 
-    // Verification off: any certificate passes.
+    // Verification off: any certificate passes, and `levee check` says so.
     let levee = start(
         &dir,
         app.addr(),
@@ -136,6 +136,16 @@ async fn tls_server_name_is_what_the_node_certificate_is_verified_against() {
     let ok = get(&client(), &url(&levee, "/x")).await;
     assert_eq!(ok.status, StatusCode::OK);
     levee.shutdown().await;
+    let check = std::process::Command::new(env!("CARGO_BIN_EXE_levee"))
+        .args(["check", "--config"])
+        .arg(dir.path("levee.toml"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&check.stdout);
+    assert!(
+        stdout.contains("http1, tls WITHOUT certificate verification"),
+        "{stdout}"
+    );
 }
 
 #[tokio::test]
