@@ -11,13 +11,16 @@ if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
   exit 0
 fi
 
-mkdir -p corpus/config corpus/headers
+mkdir -p corpus/config corpus/headers corpus/gate_head corpus/gate_chunked
 cp ../config/*.toml corpus/config/ 2>/dev/null || true
 
 status=0
-for target in config headers; do
+for target in config headers gate_head gate_chunked; do
   extra=()
-  if [ "$target" = config ]; then extra=(-dict=dict/config.dict); fi
+  case "$target" in
+    config) extra=(-dict=dict/config.dict) ;;
+    gate_*) extra=(-dict=dict/http.dict) ;;
+  esac
   echo "== fuzz $target for ${secs}s"
   if ! cargo +nightly fuzz run "$target" "corpus/$target" -- \
     -max_total_time="$secs" "${extra[@]}"; then

@@ -74,11 +74,15 @@ impl HeadScan {
             let Some(lf) = rest.iter().position(|&b| b == b'\n') else {
                 return self.incomplete(buf.len(), rest, limits).map(|()| None);
             };
+            // First the checks an unfinished line gets, so that the verdict
+            // never depends on how the bytes arrived.
+            let line = &rest[..lf];
+            self.incomplete(self.scanned + lf, line, limits)?;
             let end = self.scanned + lf + 1;
             if end > limits.max_head_bytes {
-                return Err(self.too_large(rest, limits));
+                return Err(self.too_large(line, limits));
             }
-            let Some(line) = rest[..lf].strip_suffix(b"\r") else {
+            let Some(line) = line.strip_suffix(b"\r") else {
                 return Err(Violation::BareLf);
             };
             self.scanned = end;
@@ -94,13 +98,14 @@ impl HeadScan {
         }
     }
 
-    /// No line end yet: only the limits can be decided.
-    fn incomplete(&mut self, len: usize, rest: &[u8], limits: &Limits) -> Result<(), Violation> {
-        if self.phase == Phase::Start && target_so_far(rest) > limits.max_uri_bytes {
+    /// The limits, on a head of `len` bytes so far whose last line (not
+    /// ended yet) is `line`.
+    fn incomplete(&self, len: usize, line: &[u8], limits: &Limits) -> Result<(), Violation> {
+        if self.phase == Phase::Start && target_so_far(line) > limits.max_uri_bytes {
             return Err(Violation::UriTooLong);
         }
         if len > limits.max_head_bytes {
-            return Err(self.too_large(rest, limits));
+            return Err(self.too_large(line, limits));
         }
         Ok(())
     }
@@ -261,7 +266,14 @@ fn valid_target(target: &[u8]) -> bool {
     match target.first() {
         None => false,
         Some(b'/') => valid_path_query(target),
-        Some(_) => http::Uri::try_from(target).is_ok(),
+        // Visible ASCII only and no fragment, as httparse wants; the `http`
+        // crate alone would take some raw bytes after a `#`.
+        Some(_) => {
+            target
+                .iter()
+                .all(|&b| (0x21..=0x7E).contains(&b) && b != b'#')
+                && http::Uri::try_from(target).is_ok()
+        }
     }
 }
 

@@ -219,3 +219,39 @@ proptest! {
         prop_assert_eq!(scan(&head), scan_split(&head, &cuts));
     }
 }
+
+/// Found by the `gate_head` fuzz target (fuzz/): an absolute-form target
+/// with raw bytes after a `#` passed (the `http` crate takes it), but
+/// httparse, hyper's parser, refuses it: hyper would have answered a bare
+/// 400.
+#[test]
+fn an_absolute_target_with_a_fragment_and_raw_bytes_is_refused() {
+    let head = b"PO htrp://a.#\xff\xff\xffSg'x?5=Content-LZe HTTP/1.0\r\n\r\n";
+    assert_eq!(scan(head), Err(Violation::BadTarget));
+    assert_eq!(
+        scan(b"GET http://a.example/x#frag HTTP/1.1\r\n\r\n"),
+        Err(Violation::BadTarget)
+    );
+    assert!(scan(b"GET http://a.example/x?q HTTP/1.1\r\n\r\n")
+        .unwrap()
+        .is_some());
+}
+
+/// Found by the `gate_head` fuzz target: a request line with a target over
+/// the limit and a bare LF was `BareLf` when it arrived whole but
+/// `UriTooLong` when it arrived in pieces. The limits are now checked on a
+/// finished line first, as on an unfinished one.
+#[test]
+fn a_long_target_ending_in_a_bare_lf_gets_one_verdict() {
+    let head = format!("GET /{}\nHost: x\n\n", "\x0b".repeat(1100));
+    let whole = scan(head.as_bytes());
+    assert_eq!(whole, Err(Violation::UriTooLong));
+    assert_eq!(scan_split(head.as_bytes(), &[600, 1200]), whole);
+    // Over the head limit, a bare LF after it.
+    let head = format!("GET / HTTP/1.1\r\nA: {}\n\n", "v".repeat(4100));
+    assert_eq!(scan(head.as_bytes()), Err(Violation::HeadTooLarge));
+    assert_eq!(
+        scan_split(head.as_bytes(), &[3000]),
+        Err(Violation::HeadTooLarge)
+    );
+}

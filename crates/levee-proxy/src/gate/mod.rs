@@ -162,6 +162,18 @@ struct Refusal {
     drained: usize,
 }
 
+impl Refusal {
+    fn new(answer: Vec<u8>) -> Box<Self> {
+        Box::new(Self {
+            answer,
+            written: 0,
+            shut: false,
+            linger: None,
+            drained: 0,
+        })
+    }
+}
+
 /// How long, and how many bytes, a refused client is drained after its
 /// answer.
 const LINGER: Duration = Duration::from_secs(2);
@@ -341,13 +353,7 @@ impl<IO> Gate<IO> {
         unrouted.record_status(status_of(reason).as_u16());
         tracing::debug!(reason = reason.as_str(), detail = %v, "request refused by the gate");
         let id = crate::headers::new_request_id();
-        self.state = State::Refusing(Box::new(Refusal {
-            answer: raw_error_response(reason, &id),
-            written: 0,
-            shut: false,
-            linger: None,
-            drained: 0,
-        }));
+        self.state = State::Refusing(Refusal::new(raw_error_response(reason, &id)));
         self.held = Vec::new();
         self.start = 0;
         self.ready = 0;
@@ -552,9 +558,14 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Gate<IO> {
     }
 
     /// hyper shuts down after its last response: a refused head's answer
-    /// goes out first.
+    /// goes out first; after a refusal or a bad body, the client's unread
+    /// bytes are drained for a while (see [`Refusal`]).
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if let State::Failed(_) = this.state {
+            // Nothing more to say, but the client may still be sending.
+            this.state = State::Refusing(Refusal::new(Vec::new()));
+        }
         let State::Refusing(r) = &mut this.state else {
             return Pin::new(&mut this.io).poll_shutdown(cx);
         };
