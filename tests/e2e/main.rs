@@ -16,6 +16,7 @@ mod h2_limits;
 mod hygiene;
 mod node_responses;
 mod pki;
+mod rate_limits;
 mod reload;
 mod resilience;
 mod shutdown;

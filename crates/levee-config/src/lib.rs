@@ -32,8 +32,8 @@ use toml_edit::Document;
 
 pub use error::{ConfigError, Location};
 pub use policy::{
-    BreakerConfig, HealthCheckConfig, LoadBalancing, Priority, RetryConfig, SheddingConfig,
-    WhenAllDown,
+    BreakerConfig, DriftConfig, HealthCheckConfig, LoadBalancing, Priority, RateLimitConfig,
+    RateLimitKey, RetryConfig, SheddingConfig, WhenAllDown,
 };
 pub use tls::{
     ServerTlsConfig, TlsCertificate, UpstreamProtocol, UpstreamTlsConfig, ALPN_H2, ALPN_HTTP1,
@@ -185,6 +185,8 @@ pub struct BackendConfig {
     pub protocol: UpstreamProtocol,
     /// TLS to the nodes (`tls = true`); `None`: plain TCP.
     pub tls: Option<UpstreamTlsConfig>,
+    /// Drift alarm thresholds (`[backend.drift]`).
+    pub drift: DriftConfig,
 }
 
 /// A node as written in the config: an address, or a name that levee
@@ -258,6 +260,8 @@ pub struct RouteConfig {
     /// Circuit-breaker traffic class; `None` means the proxy picks `"safe"`
     /// for GET/HEAD/OPTIONS and `"unsafe"` otherwise.
     pub breaker_class: Option<String>,
+    /// Token buckets (`[route.rate_limit]`); `None`: no rate limit.
+    pub rate_limit: Option<RateLimitConfig>,
 }
 
 /// Reads and validates the file at `path`; errors name the path as given.

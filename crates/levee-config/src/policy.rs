@@ -1,5 +1,6 @@
 //! Typed resilience policy of a backend or route: load balancing, failover,
-//! circuit breaking, active health checks, retries and priority shedding.
+//! circuit breaking, active health checks, retries, priority shedding, drift
+//! alarms and route rate limits.
 //!
 //! `config/levee.toml` documents every key, its default and its rule; the
 //! `Default` impls here carry the same defaults.
@@ -219,6 +220,79 @@ impl Default for SheddingConfig {
         Self {
             sheddable: 0.5,
             normal: 0.8,
+        }
+    }
+}
+
+/// `[backend.drift]`: when a node counts as standing apart from its peers
+/// (the drift alarm). A node is judged on a sliding `window` against the
+/// median of its peers, and flagged once it has stood apart for `sustain`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DriftConfig {
+    /// The error rate must exceed the peers' median by more than this (default 0.05, 0..=1)...
+    pub error_rate_margin: f64,
+    /// ...and be more than this many times the peers' median (default 3.0, >= 1).
+    pub error_rate_factor: f64,
+    /// Mean latency more than this many times the peers' median, and at
+    /// least 1 ms more, stands apart (default 3.0, >= 1).
+    pub latency_factor: f64,
+    /// How long a node must stand apart to be flagged, and be back among
+    /// its peers to be unflagged (default 10s, > 0).
+    pub sustain: Duration,
+    /// Requests a node needs in the window to be judged or to count as a peer (default 20, >= 1).
+    pub min_requests: u64,
+    /// The sliding window the rates and means are taken over (default 10s, >= 1s).
+    pub window: Duration,
+}
+
+impl Default for DriftConfig {
+    /// The defaults documented in `config/levee.toml`.
+    fn default() -> Self {
+        Self {
+            error_rate_margin: 0.05,
+            error_rate_factor: 3.0,
+            latency_factor: 3.0,
+            sustain: Duration::from_secs(10),
+            min_requests: 20,
+            window: Duration::from_secs(10),
+        }
+    }
+}
+
+/// `[route.rate_limit]`: token buckets that bound how fast requests may
+/// arrive on a route; a request over the limit gets 429 `rate-limited`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateLimitConfig {
+    /// Time to earn one token: the inverse of `requests_per_second`.
+    pub per_token: Duration,
+    /// Tokens a full bucket holds: the burst allowed after a quiet spell
+    /// (default `requests_per_second` rounded up, >= 1).
+    pub burst: u32,
+    /// Whose bucket a request draws from (default [`RateLimitKey::Route`]).
+    pub key: RateLimitKey,
+    /// Per-key buckets tracked at most; past it new keys share one
+    /// overflow bucket (default 100000, >= 1; keyed limits only).
+    pub max_keys: usize,
+}
+
+/// `key` of `[route.rate_limit]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RateLimitKey {
+    /// `"route"`: one bucket for every request of the route.
+    Route,
+    /// `"client"`: a bucket per client IP address.
+    Client,
+    /// `"header:NAME"`: a bucket per value of this request header (an API
+    /// key, say); requests without it share one bucket.
+    Header(http::HeaderName),
+}
+
+impl fmt::Display for RateLimitKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Route => f.write_str("route"),
+            Self::Client => f.write_str("client"),
+            Self::Header(name) => write!(f, "header:{name}"),
         }
     }
 }

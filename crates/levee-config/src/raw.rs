@@ -102,6 +102,7 @@ pub(crate) struct RawBackend {
     pub tls_client_cert: Option<String>,
     pub tls_client_key: Option<String>,
     pub tls_insecure_skip_verify: Option<bool>,
+    pub drift: Option<RawDrift>,
 }
 
 // Status lists and percentages are read as `i64` so that any integer reaches
@@ -158,6 +159,28 @@ pub(crate) struct RawShedding {
     pub normal: Option<f64>,
 }
 
+/// `[backend.drift]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawDrift {
+    pub error_rate_margin: Option<f64>,
+    pub error_rate_factor: Option<f64>,
+    pub latency_factor: Option<f64>,
+    pub sustain: Option<DurationText>,
+    pub min_requests: Option<u64>,
+    pub window: Option<DurationText>,
+}
+
+/// `[route.rate_limit]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRateLimit {
+    pub requests_per_second: Option<f64>,
+    pub burst: Option<i64>,
+    pub key: Option<String>,
+    pub max_keys: Option<usize>,
+}
+
 /// One `[[route]]`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -177,4 +200,5 @@ pub(crate) struct RawRoute {
     pub max_request_body_bytes: Option<u64>,
     pub tunnel_idle_timeout: Option<DurationText>,
     pub max_tunnels: Option<usize>,
+    pub rate_limit: Option<RawRateLimit>,
 }

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use super::*;
 
+mod limits;
 mod policy;
 mod tls;
 

@@ -621,6 +621,7 @@ fn backend(cx: &Ctx<'_>, i: usize, raw: &RawBackend) -> Result<BackendConfig, Co
     let retry = policy::retry(cx, &base, raw.retry.as_ref(), timeout_side)?;
     let shedding = policy::shedding(cx, &base, raw.shedding.as_ref())?;
     let (protocol, tls) = tls::upstream(cx, &base, raw)?;
+    let drift = policy::drift(cx, &base, raw.drift.as_ref())?;
 
     Ok(BackendConfig {
         name,
@@ -651,6 +652,7 @@ fn backend(cx: &Ctx<'_>, i: usize, raw: &RawBackend) -> Result<BackendConfig, Co
         shedding,
         protocol,
         tls,
+        drift,
     })
 }
 
@@ -917,6 +919,10 @@ fn route(
         }
         None => None,
     };
+    let rate_limit = match &raw.rate_limit {
+        Some(rl) => Some(policy::rate_limit(cx, &base, rl)?),
+        None => None,
+    };
 
     Ok(RouteConfig {
         name,
@@ -937,6 +943,7 @@ fn route(
             .map_or(server_body_limit, body_limit),
         tunnel_idle_timeout,
         max_tunnels,
+        rate_limit,
     })
 }
 

@@ -2,7 +2,7 @@
 //!
 //! Mechanisms return small typed causes; [`ProxyError::into_response`] maps
 //! each reason, exhaustively, to a status, an `x-levee-error` header, a short
-//! plain-text body and, for 503, `Retry-After`.
+//! plain-text body and, for 503 and 429, `Retry-After`.
 
 use std::borrow::Cow;
 
@@ -21,6 +21,8 @@ pub const X_LEVEE_ERROR: &str = "x-levee-error";
 pub struct ProxyError {
     pub reason: ErrorReason,
     pub detail: Cow<'static, str>,
+    /// `Retry-After` in seconds when the cause knows it (else 1 for 503 and 429).
+    pub retry_after: Option<u64>,
 }
 
 impl ProxyError {
@@ -28,7 +30,14 @@ impl ProxyError {
         Self {
             reason,
             detail: detail.into(),
+            retry_after: None,
         }
+    }
+
+    /// Tells the client to retry after `secs` seconds.
+    pub fn retry_after(mut self, secs: u64) -> Self {
+        self.retry_after = Some(secs);
+        self
     }
 
     pub fn status(&self) -> StatusCode {
@@ -38,7 +47,12 @@ impl ProxyError {
     /// The response the client gets. The body says what happened in one line
     /// but never names nodes or internal addresses.
     pub fn into_response(self) -> Response<ProxyBody> {
-        error_response(self.reason)
+        let mut resp = error_response(self.reason);
+        if let Some(secs) = self.retry_after {
+            resp.headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from(secs));
+        }
+        resp
     }
 }
 
@@ -66,6 +80,7 @@ pub fn status_of(reason: ErrorReason) -> StatusCode {
         ErrorReason::UriTooLong => StatusCode::URI_TOO_LONG,
         ErrorReason::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         ErrorReason::UnsupportedTransferEncoding => StatusCode::NOT_IMPLEMENTED,
+        ErrorReason::RateLimited => StatusCode::TOO_MANY_REQUESTS,
     }
 }
 
@@ -97,6 +112,7 @@ fn message_of(reason: ErrorReason) -> &'static str {
             "the request's transfer coding is not supported (only chunked is)"
         }
         ErrorReason::UpstreamTls => "the TLS handshake with a backend node failed",
+        ErrorReason::RateLimited => "too many requests on this route; retry later",
     }
 }
 
@@ -111,7 +127,7 @@ pub fn error_response(reason: ErrorReason) -> Response<ProxyBody> {
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     h.insert(X_LEVEE_ERROR, HeaderValue::from_static(reason.as_str()));
-    if status == StatusCode::SERVICE_UNAVAILABLE {
+    if status == StatusCode::SERVICE_UNAVAILABLE || status == StatusCode::TOO_MANY_REQUESTS {
         h.insert(RETRY_AFTER, HeaderValue::from_static("1"));
     }
     resp
@@ -160,14 +176,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_reason_has_a_status_header_and_retry_after_for_503() {
+    fn every_reason_has_a_status_header_and_retry_after_for_503_and_429() {
         for reason in ErrorReason::ALL {
             let resp = error_response(reason);
             assert_eq!(resp.status(), status_of(reason));
             assert_eq!(resp.headers()[X_LEVEE_ERROR], reason.as_str());
-            let is_503 = resp.status() == StatusCode::SERVICE_UNAVAILABLE;
-            assert_eq!(resp.headers().contains_key(RETRY_AFTER), is_503);
+            let retry = matches!(
+                resp.status(),
+                StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS
+            );
+            assert_eq!(resp.headers().contains_key(RETRY_AFTER), retry);
             assert!(resp.status().is_client_error() || resp.status().is_server_error());
         }
+    }
+
+    #[test]
+    fn a_known_wait_becomes_the_retry_after() {
+        let e = ProxyError::new(ErrorReason::RateLimited, "over").retry_after(7);
+        let resp = e.into_response();
+        assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(resp.headers()[RETRY_AFTER], "7");
+        assert_eq!(resp.headers()[X_LEVEE_ERROR], "rate-limited");
     }
 }

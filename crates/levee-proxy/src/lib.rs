@@ -18,6 +18,7 @@
 //!                   head > max_header_bytes 431 · bad target form 400 · Host rules 400 bad-host ·
 //!                   no route 404 · Content-Length > route's body limit 413 · header hygiene
 //!                   deadline starts (route timeout, else backend timeout; total_timeout)
+//!  rate limit       route's or client's token bucket empty ─▶ 429 rate-limited + Retry-After
 //!  tunnel           WebSocket handshake: route's max_tunnels ─full─▶ 503 tunnel-limit;
 //!                   node's 101 ─▶ a tunnel task splices both sockets (splice.rs), no slot held
 //!  route bulkhead   ─┐ wait ≤ queue_timeout ──full──▶ 503 bulkhead-full + Retry-After

@@ -14,6 +14,7 @@ use tokio::sync::watch;
 use crate::classes::ClassTable;
 use crate::dns::Resolved;
 use crate::routing::{first_match, RouteMatch};
+use crate::stack::rate_limit::RouteRateLimit;
 use crate::upstream::Backend;
 
 /// A route with its own bulkhead and deadline.
@@ -36,6 +37,8 @@ pub struct Route {
     pub max_request_body_bytes: Option<u64>,
     /// Idle bound of the tunnels this route opens from now on.
     pub tunnel_idle_timeout: Duration,
+    /// `None`: no rate limit.
+    pub rate_limit: Option<RouteRateLimit>,
     /// Holds the route's tunnel cap.
     pub stats: Arc<RouteStats>,
 }
@@ -140,7 +143,8 @@ impl ProxyState {
 
 /// Builds a route; `old` is the route of the same name being replaced,
 /// whose bulkhead and tunnel cap (resized) and counters carry over while it keeps its
-/// backend and keeps having a bulkhead.
+/// backend and keeps having a bulkhead, and whose rate limit buckets carry
+/// over while their config is the same.
 fn route(
     cfg: &RouteConfig,
     backends: &[Arc<Backend>],
@@ -191,6 +195,10 @@ fn route(
         class: cfg.breaker_class.as_deref().and_then(|c| classes.index(c)),
         max_request_body_bytes: cfg.max_request_body_bytes,
         tunnel_idle_timeout: cfg.tunnel_idle_timeout,
+        rate_limit: cfg
+            .rate_limit
+            .as_ref()
+            .map(|rl| RouteRateLimit::build(rl, old.and_then(|o| o.rate_limit.as_ref()))),
         stats,
     })
 }

@@ -35,7 +35,8 @@ pub struct Backend {
     pub retry_budget: Arc<RetryBudget>,
     pub shedding: SheddingConfig,
     /// The drift watch's memory of each node, kept across a reload while
-    /// the node list is the same (its alarms would otherwise never clear).
+    /// the node list is the same (its alarms would otherwise never clear);
+    /// new thresholds apply to it in place.
     pub drift: Arc<Mutex<DriftDetector>>,
     /// Its node names and what they resolved to, for `/status`.
     names: Vec<NameTopology>,
@@ -108,17 +109,25 @@ impl Backend {
                 addrs: resolved.addrs(n).iter().map(ToString::to_string).collect(),
             })
             .collect();
+        let drift_config = drift_config(&cfg.drift);
         let drift = match previous {
-            Some(old) if same_nodes => Arc::clone(&old.drift),
+            Some(old) if same_nodes => {
+                let mut detector = old
+                    .drift
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                if *detector.config() != drift_config {
+                    detector.set_config(drift_config);
+                }
+                drop(detector);
+                Arc::clone(&old.drift)
+            }
             _ => {
                 // A new watch judges every node afresh.
                 for n in nodes.nodes() {
                     n.stats.set_anomalous(false);
                 }
-                Arc::new(Mutex::new(DriftDetector::new(
-                    DriftConfig::default(),
-                    nodes.len(),
-                )))
+                Arc::new(Mutex::new(DriftDetector::new(drift_config, nodes.len())))
             }
         };
         Self {
@@ -162,14 +171,36 @@ impl Backend {
     }
 }
 
+/// The detector's thresholds from `[backend.drift]`.
+fn drift_config(cfg: &levee_config::DriftConfig) -> DriftConfig {
+    DriftConfig {
+        error_rate_margin: cfg.error_rate_margin,
+        error_rate_factor: cfg.error_rate_factor,
+        latency_factor: cfg.latency_factor,
+        sustain: cfg.sustain,
+        min_requests: cfg.min_requests,
+        window: cfg.window,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
 
     fn backend(nodes: &str, timeout: &str, previous: Option<&Backend>) -> Backend {
+        backend_with(nodes, timeout, "", previous)
+    }
+
+    /// `extra` goes at the end of the backend table (e.g. a `[backend.drift]`).
+    fn backend_with(
+        nodes: &str,
+        timeout: &str,
+        extra: &str,
+        previous: Option<&Backend>,
+    ) -> Backend {
         let cfg = levee_config::parse(
-            &format!("[server]\nlisten = \"127.0.0.1:0\"\n[[backend]]\nname = \"app\"\nnodes = [{nodes}]\ntimeout = \"{timeout}\"\nmax_in_flight = 4\n[[route]]\npath_prefix = \"/\"\nbackend = \"app\"\n"),
+            &format!("[server]\nlisten = \"127.0.0.1:0\"\n[[backend]]\nname = \"app\"\nnodes = [{nodes}]\ntimeout = \"{timeout}\"\nmax_in_flight = 4\n{extra}\n[[route]]\npath_prefix = \"/\"\nbackend = \"app\"\n"),
             "t",
         )
         .unwrap();
@@ -205,5 +236,59 @@ mod tests {
             !grown.nodes.nodes()[1].stats.is_anomalous(),
             "a new watch judges every node afresh"
         );
+    }
+
+    #[test]
+    fn drift_thresholds_map_field_by_field_with_the_same_defaults() {
+        assert_eq!(
+            drift_config(&levee_config::DriftConfig::default()),
+            DriftConfig::default()
+        );
+        let cfg = levee_config::DriftConfig {
+            error_rate_margin: 0.1,
+            error_rate_factor: 2.0,
+            latency_factor: 4.0,
+            sustain: Duration::from_secs(3),
+            min_requests: 7,
+            window: Duration::from_secs(5),
+        };
+        assert_eq!(
+            drift_config(&cfg),
+            DriftConfig {
+                error_rate_margin: 0.1,
+                error_rate_factor: 2.0,
+                latency_factor: 4.0,
+                sustain: Duration::from_secs(3),
+                min_requests: 7,
+                window: Duration::from_secs(5),
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn a_reload_applies_new_drift_thresholds_to_the_kept_watch() {
+        let nodes = "\"127.0.0.1:1\", \"127.0.0.1:2\"";
+        let first = backend(nodes, "5s", None);
+        first.nodes.nodes()[1].stats.set_anomalous(true);
+        let tuned = backend_with(
+            nodes,
+            "5s",
+            "[backend.drift]\nerror_rate_margin = 0.3\nsustain = \"2s\"",
+            Some(&first),
+        );
+        assert!(Arc::ptr_eq(&tuned.drift, &first.drift), "same memory");
+        assert!(tuned.nodes.nodes()[1].stats.is_anomalous(), "alarm kept");
+        let detector = tuned.drift.lock().unwrap();
+        assert_eq!(detector.config().error_rate_margin, 0.3);
+        assert_eq!(detector.config().sustain, Duration::from_secs(2));
+        drop(detector);
+
+        let fresh = backend_with(
+            "\"127.0.0.1:3\"",
+            "5s",
+            "[backend.drift]\nmin_requests = 5",
+            Some(&tuned),
+        );
+        assert_eq!(fresh.drift.lock().unwrap().config().min_requests, 5);
     }
 }

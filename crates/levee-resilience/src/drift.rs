@@ -159,6 +159,13 @@ impl DriftDetector {
         &self.config
     }
 
+    /// Judges by `config` from the next tick on, keeping the samples and
+    /// the current flags (a flagged node stays flagged until it has not
+    /// stood apart, by the new thresholds, for the new `sustain`).
+    pub fn set_config(&mut self, config: DriftConfig) {
+        self.config = config;
+    }
+
     /// Starts over for a pool of `nodes`: history and flags are dropped.
     pub fn reset(&mut self, nodes: usize) {
         self.history.clear();

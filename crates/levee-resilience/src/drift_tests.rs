@@ -303,3 +303,26 @@ fn reasons_have_stable_names() {
     assert_eq!(DriftReason::Latency.to_string(), "latency");
     assert_eq!(DriftReason::Recovered.as_str(), "recovered");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_changed_threshold_changes_the_verdict_and_keeps_the_memory() {
+    let mut sim = Sim::new(6);
+    let loads = six_with(5, load(100, 17, 10_000));
+    let changes = sim.run(12, &loads).await;
+    assert_eq!(changes, vec![(11, flagged(5, DriftReason::ErrorRate))]);
+
+    // 17% is within a 20-point margin of the peers' 0%: no longer apart, so
+    // the flag clears after `sustain` of calm, judged from the next tick.
+    sim.detector.set_config(DriftConfig {
+        error_rate_margin: 0.2,
+        ..DriftConfig::default()
+    });
+    assert!(sim.detector.is_anomalous(5), "the flag is kept");
+    let changes = sim.run(20, &loads).await;
+    assert_eq!(changes, vec![(23, recovered(5))]);
+
+    // And the default margin flags it again.
+    sim.detector.set_config(DriftConfig::default());
+    let changes = sim.run(12, &loads).await;
+    assert_eq!(changes, vec![(43, flagged(5, DriftReason::ErrorRate))]);
+}

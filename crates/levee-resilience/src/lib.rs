@@ -2,8 +2,8 @@
 //!
 //! Bulkheads (bounded concurrency with a bounded, timed queue, resizable on
 //! reload), deadlines, circuit breakers with their ejection budget, health
-//! thresholds, slow start and pool admission, the retry budget, and the
-//! drift detector. It never knows about HTTP (no hyper, no headers, no
+//! thresholds, slow start and pool admission, the retry budget, route rate
+//! limits (token buckets), and the drift detector. It never knows about HTTP (no hyper, no headers, no
 //! status codes) and holds no per-node registry: the data plane owns the
 //! instances. Time comes only from `tokio::time`, so every mechanism is
 //! unit-tested in microseconds with `start_paused`.
@@ -21,10 +21,12 @@ pub use deadline::{Deadline, DeadlineExceeded, Phase};
 
 pub mod drift;
 pub mod health;
+pub mod rate_limit;
 pub mod retry_budget;
 pub mod slow_start;
 
 pub use drift::{DriftChange, DriftConfig, DriftDetector, DriftFigures, DriftReason, NodeSample};
 pub use health::{jittered, HealthTracker, HealthTransition};
+pub use rate_limit::{ClientKey, RateLimit, RateLimited};
 pub use retry_budget::{RetryBudget, RetryBudgetStats};
 pub use slow_start::{admit_share, pool_admission, SlowStart};

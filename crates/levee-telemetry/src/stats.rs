@@ -46,10 +46,12 @@ pub enum ErrorReason {
     /// The TLS handshake with the node failed (its certificate did not
     /// verify, or no protocol in common).
     UpstreamTls,
+    /// The route's `[route.rate_limit]` bucket (or the client's) is empty.
+    RateLimited,
 }
 
 impl ErrorReason {
-    pub const ALL: [ErrorReason; 20] = [
+    pub const ALL: [ErrorReason; 21] = [
         ErrorReason::NoRoute,
         ErrorReason::BulkheadFull,
         ErrorReason::Deadline,
@@ -70,6 +72,7 @@ impl ErrorReason {
         ErrorReason::BadUpgrade,
         ErrorReason::UnsupportedTransferEncoding,
         ErrorReason::UpstreamTls,
+        ErrorReason::RateLimited,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -94,6 +97,7 @@ impl ErrorReason {
             ErrorReason::BadUpgrade => "bad-upgrade",
             ErrorReason::UnsupportedTransferEncoding => "unsupported-transfer-encoding",
             ErrorReason::UpstreamTls => "upstream-tls",
+            ErrorReason::RateLimited => "rate-limited",
         }
     }
 

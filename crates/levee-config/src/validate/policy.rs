@@ -1,6 +1,7 @@
 //! Rules of a backend's resilience tables: `[backend.breaker]`,
-//! `[backend.health_check]`, `[backend.retry]`, `[backend.shedding]`, and of
-//! `failover` across backends.
+//! `[backend.health_check]`, `[backend.retry]`, `[backend.shedding]`,
+//! `[backend.drift]`, of `failover` across backends, and of a route's
+//! `[route.rate_limit]`.
 
 use std::collections::HashMap;
 use std::ops::RangeInclusive;
@@ -8,8 +9,11 @@ use std::time::Duration;
 
 use crate::error::ConfigError;
 use crate::locate::Seg;
-use crate::raw::{RawBreaker, RawHealthCheck, RawRetry, RawShedding};
-use crate::{BackendConfig, BreakerConfig, HealthCheckConfig, RetryConfig, SheddingConfig};
+use crate::raw::{RawBreaker, RawDrift, RawHealthCheck, RawRateLimit, RawRetry, RawShedding};
+use crate::{
+    BackendConfig, BreakerConfig, DriftConfig, HealthCheckConfig, RateLimitConfig, RateLimitKey,
+    RetryConfig, SheddingConfig,
+};
 
 use super::{at, at_least, names_of, ordered, positive, show, Bound, Ctx, Order, Side};
 
@@ -21,6 +25,13 @@ const HEALTH_HEALTHY_AFTER: u32 = 2;
 const HEALTH_EXPECT_STATUSES: RangeInclusive<u16> = 200..=299;
 
 const BREAKER_MAX_WINDOW_SECS: u64 = 60;
+
+/// The drift watch ticks once a second, so a shorter window spans nothing.
+const DRIFT_MIN_WINDOW: Duration = Duration::from_secs(1);
+
+const RATE_LIMIT_MAX_KEYS: usize = 100_000;
+/// A token every nanosecond: governor's finest period.
+const RATE_LIMIT_MAX_PER_SECOND: f64 = 1e9;
 
 /// Which values a share (a fraction of 1) may take.
 #[derive(Clone, Copy)]
@@ -518,6 +529,174 @@ pub(super) fn shedding(
         });
     }
     Ok(SheddingConfig { sheddable, normal })
+}
+
+/// `[backend.drift]`.
+pub(super) fn drift(
+    cx: &Ctx<'_>,
+    backend: &[Seg<'_>],
+    raw: Option<&RawDrift>,
+) -> Result<DriftConfig, ConfigError> {
+    let d = DriftConfig::default();
+    let Some(raw) = raw else { return Ok(d) };
+    let base = at(backend, "drift");
+    let error_rate_margin = share(
+        cx,
+        &at(&base, "error_rate_margin"),
+        raw.error_rate_margin,
+        d.error_rate_margin,
+        Share::Any,
+        "it is how far above its peers' median a node's error rate must be",
+    )?;
+    let factor = |key: &'static str, value: Option<f64>, default: f64| {
+        let Some(x) = value else { return Ok(default) };
+        // Written so that NaN fails.
+        if x >= 1.0 && x.is_finite() {
+            Ok(x)
+        } else {
+            Err(cx.invalid(
+                &at(&base, key),
+                format!(
+                    "must be a finite number of at least 1 (it is {x}): a node is compared \
+                     with this many times its peers' median; write e.g. 3.0"
+                ),
+            ))
+        }
+    };
+    let error_rate_factor = factor(
+        "error_rate_factor",
+        raw.error_rate_factor,
+        d.error_rate_factor,
+    )?;
+    let latency_factor = factor("latency_factor", raw.latency_factor, d.latency_factor)?;
+    let sustain = positive(cx, &at(&base, "sustain"), raw.sustain, d.sustain)?;
+    let min_requests = at_least(
+        cx,
+        &at(&base, "min_requests"),
+        raw.min_requests.unwrap_or(d.min_requests),
+        1,
+        "a node is judged only with this many requests in the window",
+    )?;
+    let window_path = at(&base, "window");
+    let window = positive(cx, &window_path, raw.window, d.window)?;
+    if window < DRIFT_MIN_WINDOW {
+        return Err(cx.invalid(
+            &window_path,
+            format!(
+                "must be at least 1s (it is {}): the drift watch samples once a second; \
+                 write e.g. \"10s\"",
+                show(window)
+            ),
+        ));
+    }
+    Ok(DriftConfig {
+        error_rate_margin,
+        error_rate_factor,
+        latency_factor,
+        sustain,
+        min_requests,
+        window,
+    })
+}
+
+/// `[route.rate_limit]`, when the table is present.
+pub(super) fn rate_limit(
+    cx: &Ctx<'_>,
+    route: &[Seg<'_>],
+    raw: &RawRateLimit,
+) -> Result<RateLimitConfig, ConfigError> {
+    let base = at(route, "rate_limit");
+    let rate_path = at(&base, "requests_per_second");
+    let Some(rate) = raw.requests_per_second else {
+        return Err(cx.invalid(
+            &rate_path,
+            "is required in [route.rate_limit]: the sustained rate, e.g. \
+             requests_per_second = 100 (remove the table for no limit)",
+        ));
+    };
+    let per_token = (rate > 0.0 && rate <= RATE_LIMIT_MAX_PER_SECOND)
+        .then(|| Duration::try_from_secs_f64(1.0 / rate).ok())
+        .flatten()
+        .filter(|d| !d.is_zero());
+    let Some(per_token) = per_token else {
+        return Err(cx.invalid(
+            &rate_path,
+            format!(
+                "must be greater than 0 and at most {RATE_LIMIT_MAX_PER_SECOND} (it is {rate}); \
+                 write e.g. 100, or 0.5 for one request every two seconds"
+            ),
+        ));
+    };
+    let burst = match raw.burst {
+        Some(n) => match u32::try_from(n) {
+            Ok(b) if b >= 1 => b,
+            _ => {
+                return Err(cx.invalid(
+                    &at(&base, "burst"),
+                    format!(
+                        "must be from 1 to {} (it is {n}): it is how many requests a full \
+                         bucket lets through at once",
+                        u32::MAX
+                    ),
+                ))
+            }
+        },
+        // Saturating cast: a rate over u32::MAX per second gets the largest bucket.
+        None => (rate.ceil() as u32).max(1),
+    };
+    let key_path = at(&base, "key");
+    let key = match raw.key.as_deref() {
+        None | Some("route") => RateLimitKey::Route,
+        Some("client") => RateLimitKey::Client,
+        Some(text) => match text.strip_prefix("header:") {
+            Some(name) => match http::HeaderName::from_bytes(name.trim().as_bytes()) {
+                Ok(name) => RateLimitKey::Header(name),
+                Err(_) => {
+                    return Err(cx.invalid(
+                        &key_path,
+                        format!(
+                            "\"{name}\" is not a valid header name; write e.g. \
+                             key = \"header:x-api-key\""
+                        ),
+                    ))
+                }
+            },
+            None => {
+                return Err(cx.invalid(
+                    &key_path,
+                    format!(
+                        "\"{text}\" is not a rate limit key; write \"route\" (one bucket), \
+                         \"client\" (a bucket per client address) or \"header:NAME\" \
+                         (a bucket per value of that header)"
+                    ),
+                ))
+            }
+        },
+    };
+    let max_keys_path = at(&base, "max_keys");
+    let max_keys = match raw.max_keys {
+        Some(_) if key == RateLimitKey::Route => {
+            return Err(cx.invalid(
+                &max_keys_path,
+                "only applies to a keyed limit (key = \"client\" or \"header:NAME\"); \
+                 remove it, or set key",
+            ))
+        }
+        Some(n) => at_least(
+            cx,
+            &max_keys_path,
+            n,
+            1,
+            "it caps the per-key buckets kept in memory",
+        )?,
+        None => RATE_LIMIT_MAX_KEYS,
+    };
+    Ok(RateLimitConfig {
+        per_token,
+        burst,
+        key,
+        max_keys,
+    })
 }
 
 /// Resolves every `failover` to an index, then rejects self-references and loops.

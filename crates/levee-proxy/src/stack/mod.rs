@@ -17,6 +17,8 @@
 //!                     GET for websocket alone ─▶ 400 bad-upgrade; header hygiene (the target's
 //!                     authority becomes Host); deadline starts (headers by the earlier of
 //!                     timeout and total_timeout); every error becomes a response
+//! RateLimit           the route's token bucket, or the client's (address or header
+//!                     value) ─▶ 429 rate-limited with Retry-After
 //! Tunnel              WebSocket handshake: route's max_tunnels ─▶ 503 tunnel-limit; node's 101
 //!                     ─▶ tunnel task splices both sockets (tunnel idle timeout), no bulkhead slot
 //! Bulkhead(route)     wait ≤ queue_timeout ─▶ 503 bulkhead-full
@@ -36,6 +38,7 @@ pub mod balance;
 pub mod bulkhead;
 pub mod edge;
 pub mod node;
+pub mod rate_limit;
 pub mod request_id;
 pub mod retry;
 pub mod tunnel;
@@ -102,6 +105,7 @@ pub fn stack(shared: Arc<Shared>, worker: usize, peer: SocketAddr, scheme: Schem
     ServiceBuilder::new()
         .layer(request_id::RequestIdLayer)
         .layer(edge::EdgeLayer::new(shared, peer, scheme))
+        .layer(DecideLayer(rate_limit::RateLimitDecision))
         .layer(tunnel::TunnelLayer)
         .layer(bulkhead::BulkheadLayer::route())
         .layer(DecideLayer(backend::ChooseBackend))
@@ -115,16 +119,19 @@ pub fn stack(shared: Arc<Shared>, worker: usize, peer: SocketAddr, scheme: Schem
 /// The concrete type of [`stack`].
 pub type Stack = request_id::RequestId<
     edge::Edge<
-        tunnel::Tunnel<
-            bulkhead::Bulkhead<
-                Decide<
+        Decide<
+            tunnel::Tunnel<
+                bulkhead::Bulkhead<
                     Decide<
-                        bulkhead::Bulkhead<retry::Retry<balance::Balance<node::NodeCall>>>,
-                        backend::Shed,
+                        Decide<
+                            bulkhead::Bulkhead<retry::Retry<balance::Balance<node::NodeCall>>>,
+                            backend::Shed,
+                        >,
+                        backend::ChooseBackend,
                     >,
-                    backend::ChooseBackend,
                 >,
             >,
+            rate_limit::RateLimitDecision,
         >,
     >,
 >;
