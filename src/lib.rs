@@ -27,6 +27,7 @@ use std::thread::JoinHandle;
 use anyhow::Context as _;
 use levee_admin::AdminHandle;
 use levee_config::{BackendConfig, Config};
+use levee_proxy::access_log::AccessLog;
 use levee_proxy::dns::{self, Resolve, SystemResolver};
 use levee_proxy::upstream::Backend;
 use levee_proxy::{bind_workers, shutdown_channel, ProxyServer, ProxyState, ServerHandle, Shared};
@@ -118,12 +119,19 @@ impl Levee {
         telemetry.config_loaded(&config.version, &config.origin, Vec::new());
         let answers = dns::resolve(dns::names(&config), &*resolver).await;
         let resolved = dns::Resolved::default().updated(&answers, &config);
-        let state = Arc::new(ProxyState::build_resolved(
-            Arc::clone(&config),
-            workers,
-            None,
-            Arc::new(resolved),
-        ));
+        let mut state =
+            ProxyState::build_resolved(Arc::clone(&config), workers, None, Arc::new(resolved));
+        state.access_log = AccessLog::open(
+            &config.log.access,
+            Arc::clone(&state.topology.access_log_dropped),
+        )
+        .with_context(|| {
+            format!(
+                "cannot open the access log (log.access = {:?})",
+                config.log.access
+            )
+        })?;
+        let state = Arc::new(state);
         dns::record(&state, &answers, None);
         let shared = Arc::new(Shared::new(state, Arc::clone(&telemetry)));
         let control = spawn_control(Arc::clone(&shared), Arc::clone(&resolver))?;
@@ -237,6 +245,25 @@ impl Levee {
             None
         };
 
+        // A new access log target is opened before anything changes; the
+        // same target keeps its writer (and its open file).
+        let access_log = if config.log.access == was.log.access {
+            None
+        } else {
+            match AccessLog::open(
+                &config.log.access,
+                Arc::clone(&old.topology.access_log_dropped),
+            ) {
+                Ok(log) => Some(log),
+                Err(e) => {
+                    return Err(self.refused(format!(
+                        "{}: log.access: cannot open {:?}: {e}",
+                        config.origin, config.log.access
+                    )))
+                }
+            }
+        };
+
         let config = Arc::new(config);
         // Names are resolved afresh; one that fails keeps what the live
         // state knew for it. The state is built from the live one at swap
@@ -245,12 +272,16 @@ impl Levee {
         self.shared
             .rebuild(|live| {
                 let resolved = live.resolved.updated(&answers, &config);
-                Some(ProxyState::build_resolved(
+                let mut next = ProxyState::build_resolved(
                     Arc::clone(&config),
                     workers,
                     Some(live),
                     Arc::new(resolved),
-                ))
+                );
+                if let Some(log) = &access_log {
+                    next.access_log.clone_from(log);
+                }
+                Some(next)
             })
             .await;
         dns::record(&self.shared.current(), &answers, None);
@@ -294,6 +325,15 @@ impl Levee {
 
     /// Stops accepting, lets in-flight requests finish up to `shutdown_grace`,
     /// and returns how many connections were still open at the end.
+    /// Reopens the access log file at its path (after log rotation renamed
+    /// it); lines already queued go to the old file first.
+    pub fn reopen_access_log(&self) {
+        if let Some(log) = &self.shared.state().access_log {
+            info!(target = ?log.target(), "reopening the access log");
+            log.reopen();
+        }
+    }
+
     pub async fn shutdown(self) -> usize {
         self.telemetry.set_draining();
         self.handle.shutdown();

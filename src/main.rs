@@ -259,6 +259,7 @@ fn run(path: PathBuf) -> anyhow::Result<()> {
     signals.block_on(async {
         // Before anything else: SIGHUP's default action is to terminate.
         let mut triggers = triggers::watch(&path, RELOAD_DEBOUNCE)?;
+        let mut rotate = Rotation::listen()?;
         let mut levee = Levee::start(config).await?;
         let stop = wait_for_signal();
         tokio::pin!(stop);
@@ -271,6 +272,7 @@ fn run(path: PathBuf) -> anyhow::Result<()> {
                     // /status by `reload_file`; levee keeps serving.
                     let _ = levee.reload_file(&path).await;
                 }
+                () = rotate.next() => levee.reopen_access_log(),
             }
         }
         info!("shutting down: no new connections, in-flight requests may finish");
@@ -287,6 +289,31 @@ fn run(path: PathBuf) -> anyhow::Result<()> {
 
 /// How long the config file must stay quiet before a change is reloaded.
 const RELOAD_DEBOUNCE: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// `SIGUSR1` asks for the access log file to be reopened (log rotation).
+struct Rotation {
+    #[cfg(unix)]
+    signal: tokio::signal::unix::Signal,
+}
+
+impl Rotation {
+    /// Listens from now on: `SIGUSR1`'s default action is to terminate.
+    fn listen() -> anyhow::Result<Self> {
+        Ok(Self {
+            #[cfg(unix)]
+            signal: tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())
+                .context("cannot listen for SIGUSR1")?,
+        })
+    }
+
+    async fn next(&mut self) {
+        #[cfg(unix)]
+        if self.signal.recv().await.is_some() {
+            return;
+        }
+        std::future::pending::<()>().await;
+    }
+}
 
 async fn wait_for_signal() {
     #[cfg(unix)]

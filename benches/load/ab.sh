@@ -5,6 +5,8 @@
 # machine single runs move by ±20%; compare medians over the rounds.
 #
 # Usage: benches/load/ab.sh LEVEE_A LEVEE_B [ROUNDS] [SECONDS] [CONNECTIONS]
+# B_ACCESS_LOG=1 runs B with the access log on (to a file), A with it off:
+# give the same binary twice to measure the log's cost.
 # The proxy runs one worker pinned to CPU 0; the node and wrk share CPU 1.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -14,14 +16,17 @@ command -v wrk >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteract
 cargo build --release --locked -q -p levee-testkit --bin levee-node
 WORK=$(mktemp -d)
 . benches/load/levee_config.sh
-levee_config "$WORK/levee.toml" $LEVEE_PORT $ADMIN_PORT $NODE_PORT
+levee_config "$WORK/a.toml" $LEVEE_PORT $ADMIN_PORT $NODE_PORT
+LEVEE_ACCESS_LOG=${B_ACCESS_LOG:+$WORK/access.log} \
+  levee_config "$WORK/b.toml" $LEVEE_PORT $ADMIN_PORT $NODE_PORT
 taskset -c 1 target/release/levee-node --listen 127.0.0.1:$NODE_PORT --mode healthy:64 >/dev/null 2>&1 &
 NODE=$!
 trap 'kill $NODE 2>/dev/null || true; rm -rf "$WORK"' EXIT
 sleep 0.5
 stat_of() { awk -v f="$2" '{print $f}' "/proc/$1/stat"; }
-one() { # binary -> "total (u user s system)" µs per request
-  taskset -c 0 "$1" run --config "$WORK/levee.toml" >/dev/null 2>&1 &
+one() { # binary config -> "total (u user s system)" µs per request
+  rm -f "$WORK/access.log"
+  taskset -c 0 "$1" run --config "$2" >/dev/null 2>&1 &
   local p=$! bu bs au as out n
   sleep 0.4
   taskset -c 1 wrk -t1 -c"$CONNS" -d1s "http://127.0.0.1:$LEVEE_PORT/" >/dev/null
@@ -29,11 +34,15 @@ one() { # binary -> "total (u user s system)" µs per request
   out=$(taskset -c 1 wrk -t1 -c"$CONNS" -d"${DUR}s" "http://127.0.0.1:$LEVEE_PORT/")
   au=$(stat_of $p 14); as=$(stat_of $p 15)
   n=$(echo "$out" | awk '/requests in/ {print $1}')
+  dropped=$(curl -s "http://127.0.0.1:$ADMIN_PORT/metrics" | awk '/^levee_access_log_dropped_total/ {print $2}')
   kill $p; wait $p 2>/dev/null || true
   awk -v u=$((au - bu)) -v s=$((as - bs)) -v n="$n" -v hz="$(getconf CLK_TCK)" \
     'BEGIN { printf "%.1f (u %.1f s %.1f)", (u + s) / hz * 1e6 / n, u / hz * 1e6 / n, s / hz * 1e6 / n }'
+  if [ -f "$WORK/access.log" ]; then
+    printf " [%s req, %s log lines, %s dropped]" "$n" "$(wc -l < "$WORK/access.log")" "$dropped"
+  fi
 }
-echo "cpu us/request, A=$A B=$B, ${DUR}s per run, $CONNS connections"
+echo "cpu us/request, A=$A B=$B${B_ACCESS_LOG:+ (B with the access log on)}, ${DUR}s per run, $CONNS connections"
 for r in $(seq 1 "$ROUNDS"); do
-  echo "round $r: A $(one "$A")  B $(one "$B")"
+  echo "round $r: A $(one "$A" "$WORK/a.toml")  B $(one "$B" "$WORK/b.toml")"
 done

@@ -3,6 +3,7 @@
 # worker, one node, bulkheads wide enough never to refuse the benchmark's
 # load. With TLS_PORT, a TLS listener too, serving tls.pem/tls.key from
 # FILE's directory (see tls_pair).
+# With LEVEE_ACCESS_LOG set, it also writes the access log to that path.
 levee_config() {
   cat > "$1" <<TOML
 [server]
@@ -30,6 +31,9 @@ max_queue = 1024
 path_prefix = "/"
 backend = "app"
 TOML
+  if [ -n "${LEVEE_ACCESS_LOG:-}" ]; then
+    printf '[log]\naccess = "%s"\n' "$LEVEE_ACCESS_LOG" >> "$1"
+  fi
 }
 
 # tls_pair DIR: a throwaway self-signed P-256 certificate for 127.0.0.1 in

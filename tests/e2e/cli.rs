@@ -383,3 +383,68 @@ fn sighup_and_file_changes_reload_the_running_binary() {
     drop(levee);
     drop((first, second));
 }
+
+/// The real binary: SIGUSR1 reopens the access log, so a rotated (renamed)
+/// file keeps what was written and new lines go to a new file at the path.
+#[test]
+fn sigusr1_reopens_the_access_log_after_rotation() {
+    use std::time::Duration;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let node = rt
+        .block_on(levee_testkit::AppNode::start(
+            "app",
+            levee_testkit::Behavior::Healthy { body_bytes: 4 },
+        ))
+        .unwrap();
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+    };
+    let (listen, admin) = (free(), free());
+    let dir = crate::common::TempDir::new("sigusr1");
+    let (file, access, rotated) = (
+        dir.path("levee.toml"),
+        dir.path("access.log"),
+        dir.path("access.log.1"),
+    );
+    std::fs::write(
+        &file,
+        format!(
+            "[server]\nlisten = \"{listen}\"\n[admin]\nlisten = \"{admin}\"\n[log]\naccess = \"{}\"\n[[backend]]\nname = \"app\"\nnodes = [\"{}\"]\n[[route]]\npath_prefix = \"/\"\nbackend = \"app\"\n",
+            access.display(),
+            node.addr()
+        ),
+    )
+    .unwrap();
+    let levee = Running::start(&file, dir.path("levee.log"));
+    let count =
+        |path: &std::path::Path| std::fs::read_to_string(path).map_or(0, |t| t.lines().count());
+    assert!(
+        within(Duration::from_secs(10), || http_get(listen, "/before")
+            .is_some_and(|(c, _)| c == 200)),
+        "levee answers"
+    );
+    assert!(
+        within(Duration::from_secs(5), || count(&access) >= 1),
+        "the first line is written"
+    );
+    std::fs::rename(&access, &rotated).unwrap();
+    levee.signal("USR1");
+    // The reopen happens within the writer's flush period; lines sent until
+    // then may still go to the renamed file, so poll until one lands anew.
+    let landed = within(Duration::from_secs(10), || {
+        let _ = http_get(listen, "/after");
+        count(&access) >= 1
+    });
+    assert!(landed, "a new file at the path after SIGUSR1");
+    let new = std::fs::read_to_string(&access).unwrap();
+    assert!(
+        new.lines().all(|l| l.contains("\"path\":\"/after\"")),
+        "{new}"
+    );
+    let old = std::fs::read_to_string(&rotated).unwrap();
+    assert!(old.contains("\"path\":\"/before\""), "{old}");
+    drop(levee);
+}

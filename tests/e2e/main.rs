@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
 
 mod abuse;
+mod access_log;
 mod admin;
 mod bulkheads;
 mod cli;

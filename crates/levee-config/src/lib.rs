@@ -48,6 +48,8 @@ pub struct Config {
     pub server: ServerConfig,
     /// `[admin]`: the operator listener (`/status`, `/healthz`, `/metrics`).
     pub admin: AdminConfig,
+    /// `[log]`: the access log.
+    pub log: LogConfig,
     /// `[[backend]]` tables, in file order.
     pub backends: Vec<BackendConfig>,
     /// `[[route]]` tables, in file order (which is also match order).
@@ -125,6 +127,22 @@ pub struct AdminConfig {
     pub listen: SocketAddr,
     /// `/healthz` says 503 when the data-plane heartbeat is older than this (default 2s, >= 200ms).
     pub heartbeat_stale_after: Duration,
+}
+
+/// `[log]`: where the access log goes (one JSON line per request).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LogConfig {
+    pub access: AccessTarget,
+}
+
+/// `log.access`: `"off"` (the default), `"stdout"`, or a file path.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum AccessTarget {
+    #[default]
+    Off,
+    Stdout,
+    /// Appended to; reopened at the same path on SIGUSR1 (log rotation).
+    File(std::path::PathBuf),
 }
 
 /// One `[[backend]]`: a pool of app nodes and the limits that protect it.

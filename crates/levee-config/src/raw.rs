@@ -13,6 +13,7 @@ use crate::duration::DurationText;
 pub(crate) struct RawConfig {
     pub server: Option<RawServer>,
     pub admin: Option<RawAdmin>,
+    pub log: Option<RawLog>,
     #[serde(default)]
     pub backend: Vec<RawBackend>,
     #[serde(default)]
@@ -66,6 +67,14 @@ pub(crate) struct RawCertificate {
 pub(crate) struct RawAdmin {
     pub listen: Option<String>,
     pub heartbeat_stale_after: Option<DurationText>,
+}
+
+/// `[log]`: the access log.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawLog {
+    pub access: Option<String>,
+    pub format: Option<String>,
 }
 
 /// One `[[backend]]`.

@@ -649,6 +649,27 @@ fn heartbeat_stale_after_at_least_200ms() {
 }
 
 #[test]
+fn log_access_targets() {
+    let base = config("", "", "");
+    assert_eq!(ok(&base).log.access, AccessTarget::Off, "off by default");
+    let c = ok(&format!(
+        "{base}\n[log]\naccess = \"stdout\"\nformat = \"json\"\n"
+    ));
+    assert_eq!(c.log.access, AccessTarget::Stdout);
+    let c = ok(&format!(
+        "{base}\n[log]\naccess = \"/var/log/levee/access.log\"\n"
+    ));
+    assert_eq!(
+        c.log.access,
+        AccessTarget::File("/var/log/levee/access.log".into())
+    );
+    let text = format!("{base}\n[log]\nformat = \"text\"\n");
+    expect(&text, "log.format", line_with(&text, "text"), "\"json\"");
+    let text = format!("{base}\n[log]\naccess = \"\"\n");
+    expect(&text, "log.access", line_with(&text, "access"), "stdout");
+}
+
+#[test]
 fn admin_listen_must_differ_from_server_listen() {
     let text = format!(
         "{}\n[admin]\nlisten = \"127.0.0.1:8080\"\n",

@@ -14,10 +14,10 @@ use toml_edit::Document;
 use crate::duration::{show, DurationText};
 use crate::error::{ConfigError, Location};
 use crate::locate::{line_of, render, Seg};
-use crate::raw::{RawAdmin, RawBackend, RawConfig, RawRoute, RawServer};
+use crate::raw::{RawAdmin, RawBackend, RawConfig, RawLog, RawRoute, RawServer};
 use crate::{
-    AdminConfig, BackendConfig, Config, Http2Limits, LoadBalancing, NodeAddr, Priority,
-    RouteConfig, ServerConfig, WhenAllDown,
+    AccessTarget, AdminConfig, BackendConfig, Config, Http2Limits, LoadBalancing, LogConfig,
+    NodeAddr, Priority, RouteConfig, ServerConfig, WhenAllDown,
 };
 
 mod policy;
@@ -120,6 +120,7 @@ pub(crate) fn validate(
     let admin = admin(cx, raw.admin.as_ref())?;
     check_listeners_differ(cx, &server, &admin, raw.admin.as_ref())?;
     check_tls_listener_differs(cx, &server, &admin)?;
+    let log = log(cx, raw.log.as_ref())?;
 
     if raw.backend.is_empty() {
         return Err(cx.invalid(
@@ -191,6 +192,7 @@ pub(crate) fn validate(
     Ok(Config {
         server,
         admin,
+        log,
         backends,
         routes,
         version,
@@ -422,6 +424,30 @@ fn admin(cx: &Ctx<'_>, raw: Option<&RawAdmin>) -> Result<AdminConfig, ConfigErro
         listen,
         heartbeat_stale_after: stale,
     })
+}
+
+fn log(cx: &Ctx<'_>, raw: Option<&RawLog>) -> Result<LogConfig, ConfigError> {
+    let base = [Seg::Key("log")];
+    if let Some(format) = raw.and_then(|r| r.format.as_deref()) {
+        if format != "json" {
+            return Err(cx.invalid(
+                &at(&base, "format"),
+                format!("unknown access log format \"{format}\"; the one format is \"json\""),
+            ));
+        }
+    }
+    let access = match raw.and_then(|r| r.access.as_deref()) {
+        None | Some("off") => AccessTarget::Off,
+        Some("stdout") => AccessTarget::Stdout,
+        Some("") => {
+            return Err(cx.invalid(
+                &at(&base, "access"),
+                "empty; say \"off\", \"stdout\" or a file path",
+            ))
+        }
+        Some(path) => AccessTarget::File(path.into()),
+    };
+    Ok(LogConfig { access })
 }
 
 /// Two listeners on one address cannot both bind. Port 0 ("pick any free

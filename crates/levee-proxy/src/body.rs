@@ -19,6 +19,7 @@ use levee_resilience::BulkheadPermit;
 use levee_telemetry::{ErrorReason, NodeStats, RouteStats};
 use tokio::time::{Instant, Sleep};
 
+use crate::access_log::{AccessEntry, UpstreamInfo};
 use crate::activity::ActivityGuard;
 use crate::gate::Violation;
 
@@ -60,6 +61,16 @@ pub enum UpstreamBodyError {
     Idle(Duration),
     #[error("the response was not through within total_timeout ({0:?})")]
     Total(Duration),
+}
+
+impl UpstreamBodyError {
+    /// The reason the access log gives for the cut.
+    pub fn reason(&self) -> ErrorReason {
+        match self {
+            UpstreamBodyError::Read(_) => ErrorReason::UpstreamReset,
+            UpstreamBodyError::Idle(_) | UpstreamBodyError::Total(_) => ErrorReason::Deadline,
+        }
+    }
 }
 
 /// An idle bound, allocated on the first wait only: a body that is always
@@ -383,11 +394,22 @@ enum Kind {
 }
 
 /// What the client receives: a node's streamed body or levee's own short
-/// answer. It also marks its connection busy until it ends.
+/// answer. It also marks its connection busy until it ends, and writes the
+/// request's access log line when it ends or is dropped.
 #[derive(Debug)]
 pub struct ProxyBody {
     kind: Kind,
     activity: Option<ActivityGuard>,
+    /// The node that answered (set only while the access log is on).
+    upstream: Option<UpstreamInfo>,
+    log: Option<Logged>,
+}
+
+/// A request's access log entry and the bytes sent so far.
+#[derive(Debug)]
+struct Logged {
+    entry: AccessEntry,
+    bytes_out: u64,
 }
 
 impl ProxyBody {
@@ -395,19 +417,43 @@ impl ProxyBody {
         Self {
             kind: Kind::Local(Some(data)),
             activity: None,
+            upstream: None,
+            log: None,
         }
     }
 
-    pub fn upstream(body: UpstreamBody) -> Self {
+    pub fn upstream(body: UpstreamBody, upstream: Option<UpstreamInfo>) -> Self {
         Self {
             kind: Kind::Upstream(body),
             activity: None,
+            upstream,
+            log: None,
         }
     }
 
     pub fn with_activity(mut self, guard: ActivityGuard) -> Self {
         self.activity = Some(guard);
         self
+    }
+
+    /// The line for `entry` is written when this body ends. `upstream`:
+    /// the node that failed the request, when levee answers for it.
+    pub fn logged(mut self, entry: AccessEntry, upstream: Option<UpstreamInfo>) -> Self {
+        if upstream.is_some() {
+            self.upstream = upstream;
+        }
+        self.log = Some(Logged {
+            entry,
+            bytes_out: 0,
+        });
+        self
+    }
+
+    fn write_log(&mut self, complete: bool) {
+        if let Some(log) = self.log.take() {
+            log.entry
+                .write(self.upstream.as_ref(), log.bytes_out, complete);
+        }
     }
 }
 
@@ -425,12 +471,26 @@ impl Body for ProxyBody {
         let this = self.get_mut();
         let out = match &mut this.kind {
             Kind::Local(data) => data.take().map(|d| Ok(Frame::data(d))),
-            Kind::Upstream(body) => {
-                ready!(Pin::new(body).poll_frame(cx)).map(|r| r.map_err(Into::into))
-            }
+            Kind::Upstream(body) => ready!(Pin::new(body).poll_frame(cx)).map(|r| {
+                r.map_err(|e| {
+                    if let Some(log) = &mut this.log {
+                        log.entry.reason.get_or_insert(e.reason());
+                    }
+                    e.into()
+                })
+            }),
         };
-        if out.is_none() {
-            this.activity.take();
+        match &out {
+            None => {
+                this.activity.take();
+                this.write_log(true);
+            }
+            Some(Ok(frame)) => {
+                if let (Some(log), Some(data)) = (&mut this.log, frame.data_ref()) {
+                    log.bytes_out += data.len() as u64;
+                }
+            }
+            Some(Err(_)) => this.write_log(false),
         }
         Poll::Ready(out)
     }
@@ -446,6 +506,17 @@ impl Body for ProxyBody {
         match &self.kind {
             Kind::Local(data) => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
             Kind::Upstream(body) => body.size_hint(),
+        }
+    }
+}
+
+impl Drop for ProxyBody {
+    /// A body hyper never polled to its end: empty (HEAD, 204, 304, 101),
+    /// or the client went away mid-body.
+    fn drop(&mut self) {
+        if self.log.is_some() {
+            let complete = self.is_end_stream();
+            self.write_log(complete);
         }
     }
 }

@@ -11,6 +11,7 @@ use http::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER};
 use http::{Response, StatusCode};
 use levee_telemetry::ErrorReason;
 
+use crate::access_log::UpstreamInfo;
 use crate::body::ProxyBody;
 
 pub const X_LEVEE_ERROR: &str = "x-levee-error";
@@ -23,6 +24,8 @@ pub struct ProxyError {
     pub detail: Cow<'static, str>,
     /// `Retry-After` in seconds when the cause knows it (else 1 for 503 and 429).
     pub retry_after: Option<u64>,
+    /// The node last tried, for the access log (set only while it is on).
+    pub upstream: Option<Box<UpstreamInfo>>,
 }
 
 impl ProxyError {
@@ -31,6 +34,7 @@ impl ProxyError {
             reason,
             detail: detail.into(),
             retry_after: None,
+            upstream: None,
         }
     }
 

@@ -37,6 +37,7 @@
 //!   slots, in-flight gauges and the connection's activity are released when it ends
 //! ```
 
+pub mod access_log;
 pub mod activity;
 pub mod balancer;
 pub mod body;

@@ -11,6 +11,7 @@ use levee_resilience::Bulkhead;
 use levee_telemetry::{RouteStats, Telemetry, Topology};
 use tokio::sync::watch;
 
+use crate::access_log::AccessLog;
 use crate::classes::ClassTable;
 use crate::dns::Resolved;
 use crate::routing::{first_match, RouteMatch};
@@ -62,6 +63,10 @@ pub struct ProxyState {
     pub resolved: Arc<Resolved>,
     /// Data-plane workers (each node has a pool per worker).
     pub workers: usize,
+    /// The access log, when `log.access` is not `off`: carried over from
+    /// the previous state while its target stays; a new target is opened by
+    /// whoever builds the state ([`AccessLog::open`]) and set here.
+    pub access_log: Option<Arc<AccessLog>>,
 }
 
 impl ProxyState {
@@ -118,7 +123,14 @@ impl ProxyState {
             routes: routes.iter().map(|r| Arc::clone(&r.stats)).collect(),
             backends: backends.iter().map(|b| b.topology()).collect(),
             unrouted: previous.map_or_else(Default::default, |p| Arc::clone(&p.topology.unrouted)),
+            access_log_dropped: previous.map_or_else(Default::default, |p| {
+                Arc::clone(&p.topology.access_log_dropped)
+            }),
         };
+        let access_log = previous
+            .and_then(|p| p.access_log.as_ref())
+            .filter(|log| *log.target() == config.log.access)
+            .cloned();
         Self {
             config,
             routes,
@@ -127,6 +139,7 @@ impl ProxyState {
             topology: Arc::new(topology),
             resolved,
             workers,
+            access_log,
         }
     }
 

@@ -68,6 +68,18 @@ impl Collector for TelemetryCollector {
         )?;
         m.encode_gauge(&loaded)?;
 
+        let mut m = encoder.encode_descriptor(
+            "levee_access_log_dropped",
+            "Access log lines dropped rather than block the data plane (the writer fell behind or cannot write).",
+            None,
+            MetricType::Counter,
+        )?;
+        m.encode_counter::<NoLabelSet, _, u64>(
+            &topo
+                .access_log_dropped
+                .load(std::sync::atomic::Ordering::Relaxed),
+            None,
+        )?;
         gauge(
             &mut encoder,
             "levee_ready",

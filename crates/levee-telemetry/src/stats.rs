@@ -508,6 +508,9 @@ pub struct Topology {
     pub backends: Vec<BackendTopology>,
     /// Requests that matched no route (they have no route to count them).
     pub unrouted: Arc<OutcomeCounters>,
+    /// Access log lines dropped because the writer fell behind (or its
+    /// file could not be opened); it carries over reloads.
+    pub access_log_dropped: Arc<AtomicU64>,
 }
 
 /// One backend of a config version: its counters and its nodes.

@@ -6,6 +6,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
+use std::time::Duration;
 
 use http::uri::{Authority, PathAndQuery};
 use http::{Request, Response, Uri};
@@ -86,6 +87,8 @@ pub struct Answer {
     pub node: Arc<Node>,
     /// Held until the response body ends.
     pub in_flight: InFlightGuard,
+    /// From sending the request to the response headers.
+    pub elapsed: Duration,
 }
 
 /// A try that got no answer.
@@ -232,6 +235,7 @@ where
                             index,
                             node: Arc::clone(&pick.node),
                             in_flight,
+                            elapsed,
                         })
                     }
                     Err(error) => {

@@ -21,6 +21,7 @@ use tower::{Layer, Service};
 use tracing::debug;
 
 use super::{tunnel, ProxyResult, Routed};
+use crate::access_log::AccessEntry;
 use crate::body::ProxyBody;
 use crate::error::ProxyError;
 use crate::headers::{self, Scheme, X_REQUEST_ID};
@@ -84,23 +85,29 @@ where
     fn call(&mut self, req: Request<Incoming>) -> Self::Future {
         let started = Instant::now();
         let state = self.shared.current();
+        let mut log = AccessEntry::new(&state, &req, self.peer, started);
         if let Err(e) = check_request(&req, &state.config.server) {
             log_error(&e, req.headers(), None);
-            return EdgeFuture::unrouted(&state.topology.unrouted, e);
+            return EdgeFuture::unrouted(&state.topology.unrouted, e, log);
         }
         let host = headers::request_host(req.headers(), req.uri());
         let Some(route) = state.route_index(host, req.method(), req.uri().path()) else {
             let e = ProxyError::new(ErrorReason::NoRoute, "no route matched");
-            return EdgeFuture::unrouted(&state.topology.unrouted, e);
+            return EdgeFuture::unrouted(&state.topology.unrouted, e, log);
         };
         let r = &state.routes[route];
+        let class = r.class_of(req.method());
+        if let Some(log) = &mut log {
+            log.route = Some(route);
+            log.class = Some(class);
+        }
         let websocket = match check_body_length(&req, r.max_request_body_bytes)
             .and_then(|()| tunnel::handshake_of(&req))
         {
             Ok(websocket) => websocket && tunnel::carried_to(&state, r),
             Err(e) => {
                 log_error(&e, req.headers(), Some(&r.name));
-                return EdgeFuture::refused(&r.stats, started, e);
+                return EdgeFuture::refused(&r.stats, started, e, log);
             }
         };
         let (mut parts, body) = req.into_parts();
@@ -112,7 +119,7 @@ where
             tunnel::restore_handshake(&mut parts.headers, upgrade);
         }
         let routed = Routed {
-            class: r.class_of(&parts.method),
+            class,
             deadline: Deadline::within(r.timeout, r.total_timeout),
             backend: r.backend_index,
             route,
@@ -130,6 +137,7 @@ where
             fut: self.inner.call(routed),
             stats: Some(stats),
             started,
+            log,
         }
     }
 }
@@ -139,27 +147,58 @@ pin_project_lite::pin_project! {
     /// counting either on the route.
     #[project = EdgeProj]
     pub enum EdgeFuture<F> {
-        Routed { #[pin] fut: F, stats: Option<Arc<RouteStats>>, started: Instant },
+        Routed {
+            #[pin] fut: F,
+            stats: Option<Arc<RouteStats>>,
+            started: Instant,
+            log: Option<AccessEntry>,
+        },
         Unrouted { response: Option<Response<ProxyBody>> },
     }
 }
 
 impl<F> EdgeFuture<F> {
-    fn unrouted(counters: &OutcomeCounters, e: ProxyError) -> Self {
+    fn unrouted(counters: &OutcomeCounters, e: ProxyError, log: Option<AccessEntry>) -> Self {
         counters.record_error(e.reason);
         counters.record_status(e.status().as_u16());
         EdgeFuture::Unrouted {
-            response: Some(e.into_response()),
+            response: Some(answer(Err(e), log)),
         }
     }
 
     /// Refused by the edge once routed: counted on the route.
-    fn refused(stats: &RouteStats, started: Instant, e: ProxyError) -> Self {
+    fn refused(
+        stats: &RouteStats,
+        started: Instant,
+        e: ProxyError,
+        log: Option<AccessEntry>,
+    ) -> Self {
         stats.outcomes.record_error(e.reason);
         stats.outcomes.record_status(e.status().as_u16());
         stats.latency.observe(started.elapsed());
         EdgeFuture::Unrouted {
-            response: Some(e.into_response()),
+            response: Some(answer(Err(e), log)),
+        }
+    }
+}
+
+/// The response for `result`; with the access log on, its body carries the
+/// request's entry, written when the body ends.
+fn answer(result: ProxyResult, log: Option<AccessEntry>) -> Response<ProxyBody> {
+    let (resp, reason, upstream) = match result {
+        Ok(resp) => (resp, None, None),
+        Err(mut e) => {
+            let upstream = e.upstream.take();
+            let reason = e.reason;
+            (e.into_response(), Some(reason), upstream)
+        }
+    };
+    match log {
+        None => resp,
+        Some(mut entry) => {
+            entry.status = resp.status().as_u16();
+            entry.reason = reason;
+            resp.map(|body| body.logged(entry, upstream.map(|u| *u)))
         }
     }
 }
@@ -179,6 +218,7 @@ where
                 fut,
                 stats,
                 started,
+                log,
             } => {
                 let result = ready!(fut.poll(cx));
                 let Some(stats) = stats.take() else {
@@ -186,14 +226,11 @@ where
                         ProxyError::new(ErrorReason::BadRequest, "").into_response()
                     ));
                 };
-                let resp = match result {
-                    Ok(resp) => resp,
-                    Err(e) => {
-                        stats.outcomes.record_error(e.reason);
-                        debug!(reason = e.reason.as_str(), detail = %e.detail, route = %stats.name, "request failed");
-                        e.into_response()
-                    }
-                };
+                if let Err(e) = &result {
+                    stats.outcomes.record_error(e.reason);
+                    debug!(reason = e.reason.as_str(), detail = %e.detail, route = %stats.name, "request failed");
+                }
+                let resp = answer(result, log.take());
                 stats.outcomes.record_status(resp.status().as_u16());
                 stats.latency.observe(started.elapsed());
                 Poll::Ready(Ok(resp))

@@ -14,18 +14,20 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, Version};
 use http_body::Body as _;
 use hyper::body::Incoming;
 use levee_resilience::{BulkheadPermit, Deadline, Phase};
-use levee_telemetry::{BackendEvent, ErrorReason};
+use levee_telemetry::{BackendEvent, ErrorReason, NodeStats};
 use tokio::time::Sleep;
 use tower::{Layer, Service};
 
 use super::balance::{Answer, Attempt, Tried, TryFailed, MAX_TRIES};
 use super::{ProxyResult, Routed};
+use crate::access_log::UpstreamInfo;
 use crate::body::{ClientBodyFailure, ProxyBody, RequestBody, RequestScope, UpstreamBody};
 use crate::error::ProxyError;
 use crate::headers;
@@ -98,6 +100,7 @@ where
             backend_slot,
             state,
             route,
+            attempts: 0,
         };
         let mut inner = self.inner.clone();
         let mut tries = tries;
@@ -127,6 +130,8 @@ struct Tries {
     body_limit: Option<u64>,
     /// Set when the streamed body fails on the client's side.
     client_body: Option<ClientBodyFailure>,
+    /// Tries started so far.
+    attempts: u8,
 }
 
 /// The request body as levee sends it: kept whole when small enough to be
@@ -240,6 +245,7 @@ where
     } else {
         t.parts.headers.clone()
     };
+    t.attempts = t.attempts.saturating_add(1);
     let attempt = Attempt {
         backend: Arc::clone(&t.backend),
         class: t.class,
@@ -268,7 +274,34 @@ fn finish(t: &mut Tries, answer: Answer) -> Response<ProxyBody> {
     };
     let end = t.deadline.end().zip(t.deadline.total_budget());
     let body = UpstreamBody::new(body, t.backend.body_idle_timeout, end, scope);
-    Response::from_parts(parts, ProxyBody::upstream(body))
+    let upstream = logged(t, &answer.node.stats, Some(answer.elapsed));
+    Response::from_parts(parts, ProxyBody::upstream(body, upstream))
+}
+
+/// What the access log says of the node tried last, when the log is on.
+fn logged(
+    t: &Tries,
+    node: &Arc<NodeStats>,
+    headers_after: Option<Duration>,
+) -> Option<UpstreamInfo> {
+    t.state.access_log.as_ref()?;
+    Some(UpstreamInfo {
+        node: Arc::clone(node),
+        attempts: t.attempts,
+        headers_after,
+        kept_body: match &t.body {
+            Outgoing::Kept(data) => Some(data.len() as u64),
+            Outgoing::Stream(_) => None,
+        },
+    })
+}
+
+/// The request's final error, with the node that failed it for the log.
+fn failed(t: &Tries, mut error: ProxyError, index: usize) -> ProxyError {
+    if let Some(node) = t.backend.nodes.nodes().get(index) {
+        error.upstream = logged(t, &node.stats, None).map(Box::new);
+    }
+    error
 }
 
 /// The backoff before a retry after a try on node `index`, if one may
@@ -347,6 +380,7 @@ where
                                 }
                                 _ => false,
                             };
+                            let error = failed(t, error, index);
                             match safe.then(|| retry_after(t, index)).flatten() {
                                 Some(backoff) => {
                                     t.last_error = Some(error);

@@ -196,5 +196,6 @@ pub async fn answer(
         index,
         in_flight: node.enter(),
         node,
+        elapsed: std::time::Duration::ZERO,
     }
 }
