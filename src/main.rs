@@ -38,7 +38,8 @@ enum Command {
         config: PathBuf,
     },
     /// Start built-in app nodes (healthy, failing, stuck) behind levee, send
-    /// traffic and print what clients saw.
+    /// traffic, print what clients saw each second and a verdict measured
+    /// against stated thresholds; exits 1 if a fault was not contained.
     #[cfg(feature = "demo")]
     Demo {
         /// How long each scene sends traffic, e.g. "3s".

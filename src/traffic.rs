@@ -2,6 +2,7 @@
 //! workers send requests back to back and tally what they got back.
 
 use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -127,6 +128,27 @@ impl Tally {
     }
 }
 
+/// Outcomes as they arrive, shared between the clients and a reader that
+/// takes them out at intervals (the demo's per-second table).
+#[derive(Debug, Clone, Default)]
+pub struct Live(Arc<Mutex<Tally>>);
+
+impl Live {
+    pub fn record(&self, o: &Outcome) {
+        if let Ok(mut t) = self.0.lock() {
+            t.add(o.clone());
+        }
+    }
+
+    /// What arrived since the last call.
+    pub fn take(&self) -> Tally {
+        self.0
+            .lock()
+            .map(|mut t| std::mem::take(&mut *t))
+            .unwrap_or_default()
+    }
+}
+
 /// `workers` loops sending `method url` until `duration` has passed.
 pub async fn drive(
     client: &HttpClient,
@@ -135,6 +157,18 @@ pub async fn drive(
     workers: usize,
     duration: Duration,
 ) -> Tally {
+    drive_live(client, method, url, workers, duration, &Live::default()).await
+}
+
+/// Like [`drive`], also recording each outcome in `live` as it arrives.
+pub async fn drive_live(
+    client: &HttpClient,
+    method: Method,
+    url: impl Into<String>,
+    workers: usize,
+    duration: Duration,
+    live: &Live,
+) -> Tally {
     let url: String = url.into();
     let until = Instant::now() + duration;
     let mut tasks = Vec::with_capacity(workers);
@@ -142,6 +176,7 @@ pub async fn drive(
         let client = client.clone();
         let method = method.clone();
         let url = url.clone();
+        let live = live.clone();
         tasks.push(tokio::spawn(async move {
             let mut tally = Tally::default();
             let body: &'static [u8] = if method == Method::GET {
@@ -150,7 +185,9 @@ pub async fn drive(
                 b"{\"order\":1}"
             };
             while Instant::now() < until {
-                tally.add(send(&client, method.clone(), &url, body, Duration::from_secs(5)).await);
+                let o = send(&client, method.clone(), &url, body, Duration::from_secs(5)).await;
+                live.record(&o);
+                tally.add(o);
             }
             tally
         }));

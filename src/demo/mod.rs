@@ -1,9 +1,14 @@
 //! `levee demo`: built-in app nodes misbehave behind levee while clients send
-//! traffic; each scene replays one kind of incident and prints what the
-//! clients saw and how levee contained it.
+//! traffic; each scene replays one kind of incident, prints a per-second
+//! table of what the clients saw, and closes with a verdict computed from
+//! the measurements: if the fault was not contained, the demo says so and
+//! fails.
 
+mod live_table;
 mod scenes;
+mod verdict;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::Method;
@@ -12,8 +17,10 @@ use levee_telemetry::{ErrorReason, StatusClass, Topology};
 use levee_testkit::{AppNode, Behavior};
 use tokio::time::Instant;
 
-use crate::traffic::{self, HttpClient, Tally};
+use crate::traffic::{self, HttpClient, Live, Tally};
 use crate::Levee;
+use live_table::LiveTable;
+pub use verdict::Verdict;
 
 /// The demo's first scene runs `config/demo.toml`; node and listener
 /// addresses are replaced by the demo's own.
@@ -75,7 +82,8 @@ pub fn scene_names() -> Vec<&'static str> {
     SCENES.iter().map(|s| s.name).collect()
 }
 
-/// Runs every scene (or only `only`), each sending traffic for `duration`.
+/// Runs every scene (or only `only`), each sending traffic for `duration`,
+/// and fails naming the scenes whose fault was not contained.
 pub async fn run(duration: Duration, only: Option<&str>) -> anyhow::Result<()> {
     if let Some(name) = only {
         if !SCENES.iter().any(|s| s.name == name) {
@@ -85,11 +93,54 @@ pub async fn run(duration: Duration, only: Option<&str>) -> anyhow::Result<()> {
             );
         }
     }
+    let mut not_contained = Vec::new();
     for scene in SCENES.iter().filter(|s| only.is_none_or(|n| n == s.name)) {
         println!("\n=== {} ({})", scene.title, scene.name);
-        (scene.run)(duration).await?;
+        let verdict = (scene.run)(duration).await?;
+        verdict.print();
+        if !verdict.contained() {
+            not_contained.push(scene.name);
+        }
     }
-    Ok(())
+    match not_contained.is_empty() {
+        true => Ok(()),
+        false => anyhow::bail!(
+            "the fault was not contained in: {} (see the failed checks above)",
+            not_contained.join(", ")
+        ),
+    }
+}
+
+/// A scene's clients: one keep-alive client whose outcomes are also
+/// recorded live, for the per-second table.
+struct Clients {
+    client: HttpClient,
+    live: Live,
+}
+
+impl Clients {
+    fn new() -> Self {
+        Self {
+            client: traffic::client(),
+            live: Live::default(),
+        }
+    }
+
+    /// `workers` clients sending `method url` back to back for `duration`.
+    async fn drive(
+        &self,
+        method: Method,
+        url: String,
+        workers: usize,
+        duration: Duration,
+    ) -> Tally {
+        traffic::drive_live(&self.client, method, url, workers, duration, &self.live).await
+    }
+
+    /// Starts the per-second table over these clients and `levee`'s nodes.
+    fn table(&self, levee: &Levee) -> LiveTable {
+        LiveTable::start(self.live.clone(), Arc::clone(&levee.telemetry))
+    }
 }
 
 /// App nodes with the given behaviours, on loopback ports chosen by the kernel.
@@ -226,6 +277,15 @@ fn outcomes(t: &Tally) -> String {
         .map(|(k, v)| format!("{k}: {v}"))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// Share of `t`'s requests that did not get a 2xx, in percent.
+fn failed_percent(t: &Tally) -> f64 {
+    percent(t.total() - t.successes(), t.total())
+}
+
+fn millis(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
 }
 
 fn percent(part: u64, whole: u64) -> f64 {

@@ -13,7 +13,7 @@ use tokio::time::Instant;
 
 use super::*;
 
-pub type SceneFuture = Pin<Box<dyn Future<Output = anyhow::Result<()>>>>;
+pub type SceneFuture = Pin<Box<dyn Future<Output = anyhow::Result<Verdict>>>>;
 
 /// Breakers that act within a second, and retries on 5xx for idempotent requests.
 const SIX_NODES: &str = r#"
@@ -136,7 +136,7 @@ fn watch_ejection(
     })
 }
 
-pub async fn stuck_writes(duration: Duration) -> anyhow::Result<()> {
+pub async fn stuck_writes(duration: Duration) -> anyhow::Result<Verdict> {
     let nodes = start_nodes(&[
         Behavior::Healthy { body_bytes: 64 },
         internal_500(None),
@@ -146,65 +146,122 @@ pub async fn stuck_writes(duration: Duration) -> anyhow::Result<()> {
     let levee = Levee::start(config(DEMO_CONFIG, "config/demo.toml", &[&nodes])?).await?;
     println!("config/demo.toml: backend app = 3 nodes; route writes (POST, PUT, PATCH, DELETE; deadline 500ms; its own bulkhead of 8), route reads (deadline 1s)");
     println!("  {}  healthy\n  {}  answers 500 to everything\n  {}  stuck: accepts and reads, never answers", nodes[0].addr(), nodes[1].addr(), nodes[2].addr());
-    let client = traffic::client();
+    let clients = Clients::new();
     let b = base(&levee);
+    let table = clients.table(&levee);
     let (reads, writes, health) = tokio::join!(
-        traffic::drive(&client, Method::GET, format!("{b}/items"), 8, duration),
-        traffic::drive(
-            &client,
-            Method::POST,
-            format!("{b}/api/orders"),
-            8,
-            duration
-        ),
+        clients.drive(Method::GET, format!("{b}/items"), 8, duration),
+        clients.drive(Method::POST, format!("{b}/api/orders"), 8, duration),
         probe_health(
-            &client,
+            &clients.client,
             format!("http://{}/healthz", levee.admin_addr),
             duration
         ),
     );
+    table.stop().await;
     route_header();
     route_row("8 readers GET", &reads);
     route_row("8 writers POST", &writes);
-    node_table(&levee.telemetry.topology());
+    let topo = levee.telemetry.topology();
+    node_table(&topo);
     println!(
         "  /healthz on the isolated admin listener: {} probes, {} answered 200, slowest {}",
         health.total(),
         health.count("200"),
         ms(health.quantile(1.0))
     );
-    println!("  Deadlines bound every request, the writes bulkhead keeps hung writes from taking the reads' slots,\n  and the breakers eject the failing and the stuck node after a few calls; reads are retried elsewhere.");
+
+    let mut v = Verdict::default();
+    v.enough_requests("readers", reads.total(), 20);
+    v.enough_requests("writers", writes.total(), 20);
+    v.at_most(
+        "slowest read, deadline 1s (+1s margin)",
+        millis(reads.quantile(1.0)),
+        2000.0,
+        "ms",
+    );
+    v.at_most(
+        "slowest write, deadline 500ms (+1s margin)",
+        millis(writes.quantile(1.0)),
+        1500.0,
+        "ms",
+    );
+    v.at_most(
+        "reads that failed (hung writes took no read slots)",
+        failed_percent(&reads),
+        5.0,
+        "%",
+    );
+    v.at_least(
+        "/healthz probes answered 200",
+        percent(health.count("200"), health.total()),
+        100.0,
+        "%",
+    );
+    v.at_most(
+        "slowest /healthz probe",
+        millis(health.quantile(1.0)),
+        500.0,
+        "ms",
+    );
+    for (node, what) in [(1, "failing"), (2, "stuck")] {
+        let opened = topo.backends[0].nodes.get(node).map_or(0, |n| {
+            n.state.breakers().iter().map(|b| b.opened_total).sum()
+        });
+        v.observed(
+            opened > 0,
+            &format!("the {what} node {} was ejected", nodes[node].addr()),
+            &format!("its breakers opened {opened}x"),
+        );
+    }
     shutdown(levee, vec![nodes]).await;
-    Ok(())
+    Ok(v)
 }
 
-pub async fn bad_node(duration: Duration) -> anyhow::Result<()> {
+pub async fn bad_node(duration: Duration) -> anyhow::Result<Verdict> {
     let mut behaviors = vec![Behavior::Healthy { body_bytes: 64 }; 5];
     behaviors.push(internal_500(None));
     let nodes = start_nodes(&behaviors).await?;
     let bad = nodes[5].addr();
     let levee = Levee::start(config(SIX_NODES, "demo:bad-node", &[&nodes])?).await?;
-    let client = traffic::client();
+    let clients = Clients::new();
     let b = base(&levee);
     let bad_node = levee.telemetry.topology().backends[0].nodes[5].clone();
     println!(
         "6 nodes; {bad} answers 500 to every request. Clients: 6 readers GET, 2 writers POST."
     );
     let eject = watch_ejection(bad_node, 0, duration);
+    let table = clients.table(&levee);
     let (reads, writes) = tokio::join!(
-        traffic::drive(&client, Method::GET, format!("{b}/items"), 6, duration),
-        traffic::drive(&client, Method::POST, format!("{b}/orders"), 2, duration),
+        clients.drive(Method::GET, format!("{b}/items"), 6, duration),
+        clients.drive(Method::POST, format!("{b}/orders"), 2, duration),
     );
+    table.stop().await;
     route_header();
     route_row("6 readers GET", &reads);
     route_row("2 writers POST", &writes);
     let all = reads.total() + writes.total();
+    let errors = reads.server_errors() + writes.server_errors();
+    let ejected = eject.await?;
     println!(
-        "  client-visible 5xx: {} of {} ({:.3}%); reads' breaker on {bad} opened after {}",
-        reads.server_errors() + writes.server_errors(),
-        all,
-        percent(reads.server_errors() + writes.server_errors(), all),
-        eject.await?.map_or("(not within the run)".to_owned(), ms)
+        "  client-visible 5xx: {errors} of {all} ({:.3}%); reads' breaker on {bad} opened after {}",
+        percent(errors, all),
+        ejected.map_or("(not within the run)".to_owned(), ms)
+    );
+    let mut v = Verdict::default();
+    v.enough_requests("all clients", all, 40);
+    v.at_most(
+        "requests answered 5xx while one node of six fails everything",
+        percent(errors, all),
+        2.0,
+        "%",
+    );
+    v.observed(
+        ejected.is_some(),
+        &format!("reads' breaker on {bad} opened"),
+        &ejected.map_or("not within the run".to_owned(), |d| {
+            format!("after {}", ms(d))
+        }),
     );
 
     // The shape the incident really had: 500 to writes only.
@@ -221,41 +278,77 @@ pub async fn bad_node(duration: Duration) -> anyhow::Result<()> {
     let b = base(&levee);
     let bad_node = levee.telemetry.topology().backends[0].nodes[5].clone();
     let bad_stats = Arc::clone(&bad_node.stats);
+    let bad_state = Arc::clone(&bad_node.state);
     let before = nodes[5].stats().requests;
     let eject = watch_ejection(bad_node, 1, duration);
+    let table = clients.table(&levee);
     let (writes, reads) = tokio::join!(
-        traffic::drive(&client, Method::POST, format!("{b}/orders"), 6, duration),
-        traffic::drive(&client, Method::GET, format!("{b}/items"), 2, duration),
+        clients.drive(Method::POST, format!("{b}/orders"), 6, duration),
+        clients.drive(Method::GET, format!("{b}/items"), 2, duration),
     );
+    table.stop().await;
     route_header();
     route_row("6 writers POST", &writes);
     route_row("2 readers GET", &reads);
+    let kept_serving = (nodes[5].stats().requests - before).saturating_sub(
+        bad_stats
+            .outcomes
+            .class(levee_telemetry::StatusClass::ServerError),
+    );
+    let ejected = eject.await?;
     println!(
-        "  POST 5xx: {} of {} ({:.3}%); writes' breaker on {bad} opened after {}; it kept serving {} requests (reads, health checks)",
+        "  POST 5xx: {} of {} ({:.3}%); writes' breaker on {bad} opened after {}; it kept serving {kept_serving} requests (reads, health checks)",
         writes.server_errors(),
         writes.total(),
         percent(writes.server_errors(), writes.total()),
-        eject.await?.map_or("(not within the run)".to_owned(), ms),
-        nodes[5].stats().requests - before - bad_stats.outcomes.class(levee_telemetry::StatusClass::ServerError),
+        ejected.map_or("(not within the run)".to_owned(), ms),
     );
     node_table(&levee.telemetry.topology());
+    v.enough_requests("writers", writes.total(), 40);
+    v.at_most(
+        "writes answered 5xx while one node of six fails writes",
+        percent(writes.server_errors(), writes.total()),
+        2.0,
+        "%",
+    );
+    v.observed(
+        ejected.is_some(),
+        &format!("writes' breaker on {bad} opened"),
+        &ejected.map_or("not within the run".to_owned(), |d| {
+            format!("after {}", ms(d))
+        }),
+    );
+    let reads_breaker = bad_state
+        .breakers()
+        .first()
+        .map(|b| (b.state, b.opened_total));
+    v.observed(
+        reads_breaker == Some((BreakerState::Closed, 0)) && kept_serving > 0,
+        &format!("{bad} stayed in for reads"),
+        &format!(
+            "reads' breaker {}, {kept_serving} reads and health checks served",
+            reads_breaker.map_or("missing".to_owned(), |(s, n)| format!("{s} (opened {n}x)"))
+        ),
+    );
     shutdown(levee, vec![nodes]).await;
-    Ok(())
+    Ok(v)
 }
 
-pub async fn pool_lost(duration: Duration) -> anyhow::Result<()> {
+pub async fn pool_lost(duration: Duration) -> anyhow::Result<Verdict> {
     let primary = start_nodes(&[Behavior::Refuse, Behavior::Refuse, Behavior::Refuse]).await?;
     let secondary = start_nodes(&[Behavior::Healthy { body_bytes: 64 }]).await?;
     let cfg = FAILOVER.replace("SECONDARY_SLOTS", "64");
     let levee = Levee::start(config(&cfg, "demo:pool-lost", &[&primary, &secondary])?).await?;
-    let client = traffic::client();
+    let clients = Clients::new();
     let b = base(&levee);
     println!(
         "primary: 3 nodes, all refusing connections; secondary: 1 node. Clients: 4 on /checkout."
     );
-    let lost = traffic::drive(&client, Method::GET, format!("{b}/checkout"), 4, duration).await;
-    route_header();
-    route_row("pool lost", &lost);
+    let table = clients.table(&levee);
+    let lost = clients
+        .drive(Method::GET, format!("{b}/checkout"), 4, duration)
+        .await;
+    table.stop().await;
     println!("  The primary's nodes come back.");
     for n in &primary {
         n.set_behavior(Behavior::Healthy { body_bytes: 64 }).await?;
@@ -265,7 +358,13 @@ pub async fn pool_lost(duration: Duration) -> anyhow::Result<()> {
         .chain(&secondary)
         .map(|n| n.stats().requests)
         .collect();
-    let back = traffic::drive(&client, Method::GET, format!("{b}/checkout"), 4, duration).await;
+    let table = clients.table(&levee);
+    let back = clients
+        .drive(Method::GET, format!("{b}/checkout"), 4, duration)
+        .await;
+    table.stop().await;
+    route_header();
+    route_row("pool lost", &lost);
     route_row("pool back", &back);
     let after: Vec<u64> = primary
         .iter()
@@ -278,18 +377,38 @@ pub async fn pool_lost(duration: Duration) -> anyhow::Result<()> {
         .map(|(a, b)| a - b)
         .sum();
     let to_secondary = after[3] - before[3];
+    let failovers = levee.telemetry.topology().backends[0]
+        .stats
+        .events(BackendEvent::FailedOver);
     println!(
-        "  after the return: {to_primary} requests to the primary, {to_secondary} still to the secondary while the primary ramped up (slow start 3s); failovers: {}",
-        levee.telemetry.topology().backends[0]
-            .stats
-            .events(BackendEvent::FailedOver)
+        "  after the return: {to_primary} requests to the primary, {to_secondary} to the secondary while the primary ramped up (slow start 3s); failovers: {failovers}"
     );
     node_table(&levee.telemetry.topology());
+    let mut v = Verdict::default();
+    v.enough_requests("pool lost", lost.total(), 20);
+    v.enough_requests("pool back", back.total(), 20);
+    v.at_least(
+        "requests answered 2xx with the whole primary pool lost",
+        percent(lost.successes(), lost.total()),
+        98.0,
+        "%",
+    );
+    v.at_least(
+        "requests answered 2xx after the pool's return",
+        percent(back.successes(), back.total()),
+        99.0,
+        "%",
+    );
+    v.observed(
+        to_primary > 0,
+        "the returning primary got traffic back",
+        &format!("{to_primary} requests"),
+    );
     shutdown(levee, vec![primary, secondary]).await;
-    Ok(())
+    Ok(v)
 }
 
-pub async fn weak_failover(duration: Duration) -> anyhow::Result<()> {
+pub async fn weak_failover(duration: Duration) -> anyhow::Result<Verdict> {
     let primary = start_nodes(&[Behavior::Refuse, Behavior::Refuse]).await?;
     let secondary = start_nodes(&[Behavior::Slow {
         delay: Duration::from_millis(30),
@@ -298,36 +417,52 @@ pub async fn weak_failover(duration: Duration) -> anyhow::Result<()> {
     .await?;
     let cfg = FAILOVER.replace("SECONDARY_SLOTS", "8");
     let levee = Levee::start(config(&cfg, "demo:weak-failover", &[&primary, &secondary])?).await?;
-    let client = traffic::client();
+    let clients = Clients::new();
     let b = base(&levee);
     println!("primary down; secondary: 1 node answering in 30ms behind a bulkhead of 8 (sheddable admitted below 50%, critical up to 100% + queue).");
     let _warm = traffic::drive(
-        &client,
+        &clients.client,
         Method::GET,
         format!("{b}/checkout"),
         1,
         Duration::from_millis(300),
     )
     .await;
+    let table = clients.table(&levee);
     let (critical, sheddable) = tokio::join!(
-        traffic::drive(&client, Method::GET, format!("{b}/checkout"), 8, duration),
-        traffic::drive(
-            &client,
-            Method::GET,
-            format!("{b}/recommendations"),
-            8,
-            duration
-        ),
+        clients.drive(Method::GET, format!("{b}/checkout"), 8, duration),
+        clients.drive(Method::GET, format!("{b}/recommendations"), 8, duration),
     );
+    table.stop().await;
     route_header();
     route_row("critical", &critical);
     route_row("sheddable", &sheddable);
-    println!("  The weak region serves what matters: critical requests keep succeeding, sheddable ones get 503 shed at once.");
+    let mut v = Verdict::default();
+    v.enough_requests("critical", critical.total(), 20);
+    v.enough_requests("sheddable", sheddable.total(), 20);
+    v.at_least(
+        "critical requests answered 2xx",
+        percent(critical.successes(), critical.total()),
+        99.0,
+        "%",
+    );
+    v.at_least(
+        "sheddable requests shed (503 shed) to keep room for critical ones",
+        percent(sheddable.count("503 shed"), sheddable.total()),
+        50.0,
+        "%",
+    );
+    v.at_most(
+        "critical requests shed",
+        critical.count("503 shed") as f64,
+        0.0,
+        "",
+    );
     shutdown(levee, vec![primary, secondary]).await;
-    Ok(())
+    Ok(v)
 }
 
-pub async fn flapping(duration: Duration) -> anyhow::Result<()> {
+pub async fn flapping(duration: Duration) -> anyhow::Result<Verdict> {
     let nodes = Arc::new(start_nodes(&vec![Behavior::Healthy { body_bytes: 64 }; 4]).await?);
     let flapper = nodes[3].addr();
     let cfg = SIX_NODES
@@ -338,7 +473,7 @@ pub async fn flapping(duration: Duration) -> anyhow::Result<()> {
         .replace("open_for = \"2s\"", "open_for = \"500ms\"")
         .replace("jitter = 0.1", "jitter = 0.0");
     let levee = Levee::start(config(&cfg, "demo:flapping", &[&nodes])?).await?;
-    let client = traffic::client();
+    let clients = Clients::new();
     let b = base(&levee);
     let run_for = duration * 2;
     println!("4 nodes; {flapper} alternates 500s and health every 500ms for {run_for:?}.");
@@ -381,20 +516,48 @@ pub async fn flapping(duration: Duration) -> anyhow::Result<()> {
             periods
         })
     };
-    let tally = traffic::drive(&client, Method::GET, format!("{b}/items"), 6, run_for).await;
+    let table = clients.table(&levee);
+    let tally = clients
+        .drive(Method::GET, format!("{b}/items"), 6, run_for)
+        .await;
+    table.stop().await;
     flap.await?;
     route_header();
     route_row("6 readers GET", &tally);
-    let periods: Vec<String> = periods.await?.into_iter().map(ms).collect();
+    let periods = periods.await?;
+    let shown: Vec<String> = periods.iter().copied().map(ms).collect();
     println!(
         "  open periods of {flapper}'s breaker, in order: {}",
-        periods.join(", ")
+        shown.join(", ")
+    );
+    let mut v = Verdict::default();
+    v.enough_requests("readers", tally.total(), 20);
+    v.at_least(
+        "reads answered 2xx",
+        percent(tally.successes(), tally.total()),
+        99.0,
+        "%",
+    );
+    v.at_least(
+        "times the flapping node's breaker opened",
+        periods.len() as f64,
+        2.0,
+        "",
+    );
+    // The period is read shortly after it starts, so allow 10% for that.
+    let grows = periods
+        .windows(2)
+        .all(|w| w[1].as_secs_f64() >= w[0].as_secs_f64() * 0.9);
+    v.observed(
+        grows && periods.len() >= 2,
+        "each reopening keeps it out longer (backoff)",
+        &shown.join(" -> "),
     );
     shutdown(levee, vec![Arc::try_unwrap(nodes).unwrap_or_default()]).await;
-    Ok(())
+    Ok(v)
 }
 
-pub async fn balancing(duration: Duration) -> anyhow::Result<()> {
+pub async fn balancing(duration: Duration) -> anyhow::Result<Verdict> {
     // Breakers off and no retries: this scene isolates what the balancer does.
     let cfg = SIX_NODES
         .replace("jitter = 0.1", "jitter = 0.1\nenabled = false")
@@ -406,9 +569,10 @@ pub async fn balancing(duration: Duration) -> anyhow::Result<()> {
     let each = (duration / 2).max(Duration::from_millis(500));
     println!("5 nodes, one misbehaving; breakers off and no retries, so only the balancer acts. 8 clients, {each:?} per row.");
     println!(
-        "  {:<28} {:<14} {:>8} {:>8} {:>8} {:>8}",
-        "condition", "policy", "requests", "ok", "p50", "p99"
+        "  {:<28} {:<14} {:>8} {:>8} {:>8} {:>8} {:>9}",
+        "condition", "policy", "requests", "ok", "p50", "p99", "odd node"
     );
+    let mut v = Verdict::default();
     for (condition, odd) in [
         (
             "one node 100ms slower",
@@ -419,6 +583,8 @@ pub async fn balancing(duration: Duration) -> anyhow::Result<()> {
         ),
         ("one node fails fast (500)", internal_500(None)),
     ] {
+        // Per policy: the odd node's share of requests, and the failed share.
+        let mut shares = Vec::new();
         for policy in ["round_robin", "least_request", "p2c_ewma"] {
             let mut behaviors = vec![Behavior::Healthy { body_bytes: 64 }; 4];
             behaviors.push(odd.clone());
@@ -432,21 +598,38 @@ pub async fn balancing(duration: Duration) -> anyhow::Result<()> {
             let client = traffic::client();
             let t =
                 traffic::drive(&client, Method::GET, format!("{}/b", base(&levee)), 8, each).await;
-            let ok = t.successes();
+            let to_odd = percent(nodes[4].stats().requests, t.total());
             println!(
-                "  {:<28} {:<14} {:>8} {:>7.2}% {:>8} {:>8}",
+                "  {:<28} {:<14} {:>8} {:>7.2}% {:>8} {:>8} {:>8.1}%",
                 condition,
                 policy,
                 t.total(),
-                percent(ok, t.total()),
+                percent(t.successes(), t.total()),
                 ms(t.quantile(0.5)),
-                ms(t.quantile(0.99))
+                ms(t.quantile(0.99)),
+                to_odd,
             );
+            v.enough_requests(&format!("{condition}, {policy}"), t.total(), 20);
+            shares.push((policy, to_odd, failed_percent(&t)));
             shutdown(levee, vec![nodes]).await;
         }
+        if let (Some(rr), Some(p2c)) = (shares.first(), shares.last()) {
+            let (what, p2c_figure, rr_figure) = match odd {
+                Behavior::Slow { .. } => ("share of requests sent to the slow node", p2c.1, rr.1),
+                _ => ("share of requests failed", p2c.2, rr.2),
+            };
+            v.at_most(
+                &format!(
+                    "{condition}: p2c_ewma's {what}, at most half of round_robin's {}%",
+                    (rr_figure * 100.0).round() / 100.0
+                ),
+                p2c_figure,
+                rr_figure / 2.0,
+                "%",
+            );
+        }
     }
-    println!("  p2c_ewma (the default) steers around both: latency-aware for the slow node, failure-aware for the fast-failing one.");
-    Ok(())
+    Ok(v)
 }
 
 /// The reload scene's config file: backends blue and green, the route on
@@ -528,7 +711,7 @@ async fn push(
     }
 }
 
-pub async fn reload(duration: Duration) -> anyhow::Result<()> {
+pub async fn reload(duration: Duration) -> anyhow::Result<Verdict> {
     let blue = start_nodes(&vec![Behavior::Healthy { body_bytes: 64 }; 2]).await?;
     let green = start_nodes(&vec![Behavior::Healthy { body_bytes: 64 }; 2]).await?;
     let dir =
@@ -540,7 +723,7 @@ pub async fn reload(duration: Duration) -> anyhow::Result<()> {
     let config = levee_config::load(&file).map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut levee = Levee::start(config).await?;
     let first_hash = levee.telemetry.config_status().hash.clone();
-    let client = traffic::client();
+    let clients = Clients::new();
     println!(
         "{}: route / -> backend blue (2 nodes); backend green (2 nodes) idle. 8 clients GET for {duration:?}.",
         file.display()
@@ -548,6 +731,7 @@ pub async fn reload(duration: Duration) -> anyhow::Result<()> {
     println!("At 1/3 of the run a truncated copy of the file is pushed, at 2/3 the file moves the route to green.");
 
     let items = format!("{}/items", base(&levee));
+    let table = clients.table(&levee);
     let started = Instant::now();
     let pushes = async {
         tokio::time::sleep_until(started + duration / 3).await;
@@ -562,10 +746,8 @@ pub async fn reload(duration: Duration) -> anyhow::Result<()> {
         let taken = push(&mut levee, &file, started, (&blue, &green)).await;
         anyhow::Ok((bad, taken))
     };
-    let (tally, pushed) = tokio::join!(
-        traffic::drive(&client, Method::GET, items, 8, duration),
-        pushes
-    );
+    let (tally, pushed) = tokio::join!(clients.drive(Method::GET, items, 8, duration), pushes);
+    table.stop().await;
     let (bad, taken) = pushed?;
     let at_end = (received(&blue), received(&green));
 
@@ -646,6 +828,41 @@ pub async fn reload(duration: Duration) -> anyhow::Result<()> {
         status.origin,
     );
     node_table(&t.topology());
+    let mut v = Verdict::default();
+    v.enough_requests("readers", tally.total(), 20);
+    v.observed(
+        bad.result.is_err(),
+        "the truncated file was refused",
+        if bad.result.is_err() {
+            "refused"
+        } else {
+            "taken"
+        },
+    );
+    v.observed(
+        taken.result.is_ok(),
+        "the good file was taken",
+        if taken.result.is_ok() {
+            "taken"
+        } else {
+            "refused"
+        },
+    );
+    v.at_most("requests failed across both pushes", failed as f64, 0.0, "");
+    v.at_least(
+        "requests to green after the good push",
+        (at_end.1 - taken.before.1) as f64,
+        1.0,
+        "",
+    );
+    // Requests already on their way to blue when the route moved may
+    // arrive after it: at most one per client.
+    v.at_most(
+        "requests to blue after the good push (in flight at the swap)",
+        (at_end.0 - taken.before.0) as f64,
+        8.0,
+        "",
+    );
     shutdown(levee, vec![blue, green]).await;
-    Ok(())
+    Ok(v)
 }

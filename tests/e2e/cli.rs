@@ -1,4 +1,4 @@
-//! The `levee` binary: `check` on good and broken configs, and SIGTERM.
+//! The `levee` binary: `check` on good and broken configs, SIGTERM, and `demo`.
 
 use std::io::Write;
 use std::process::Command;
@@ -447,4 +447,85 @@ fn sigusr1_reopens_the_access_log_after_rotation() {
     let old = std::fs::read_to_string(&rotated).unwrap();
     assert!(old.contains("\"path\":\"/before\""), "{old}");
     drop(levee);
+}
+
+#[test]
+fn demo_list_prints_every_scene() {
+    let out = levee().args(["demo", "--list"]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for name in levee::demo::scene_names() {
+        assert!(
+            stdout.lines().any(|l| l.starts_with(name)),
+            "{name} missing: {stdout}"
+        );
+    }
+}
+
+/// A scene whose checks hold: a per-second table, a verdict, exit 0, no
+/// colour codes into a pipe and levee's own log in a file, not on stdout.
+#[test]
+fn demo_scene_prints_a_live_table_and_a_verdict_and_succeeds() {
+    let out = levee()
+        .args(["demo", "--scene", "reload", "--duration", "1500ms"])
+        .env("RUST_LOG", "info")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("levee's own log for this demo: "),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("not ok, by status and reason") && stdout.contains("   1.0s "),
+        "a per-second table: {stdout}"
+    );
+    assert!(stdout.contains("verdict: contained"), "{stdout}");
+    assert!(
+        !stdout.contains('\x1b'),
+        "no ANSI codes into a pipe: {stdout}"
+    );
+    assert!(
+        !stdout.contains("config reloaded"),
+        "levee's own log stays out of the story: {stdout}"
+    );
+    let log = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("levee's own log for this demo: "))
+        .unwrap();
+    let logged = std::fs::read_to_string(log).unwrap();
+    assert!(logged.contains("config reloaded"), "{logged}");
+    assert!(!logged.contains('\x1b'), "no ANSI codes in the log file");
+    let _ = std::fs::remove_file(log);
+}
+
+/// With no time to send traffic nothing is shown, and the demo says so:
+/// the verdict fails and the exit status is not zero.
+#[test]
+fn demo_fails_when_the_scene_shows_nothing() {
+    let out = levee()
+        .args(["demo", "--scene", "bad-node", "--duration", "0s"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+    assert!(stdout.contains("verdict: NOT contained"), "{stdout}");
+    assert!(
+        stdout.contains("FAIL all clients: requests measured: 0 (needs >= 40)"),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains("the fault was not contained in: bad-node"),
+        "{stderr}"
+    );
 }
