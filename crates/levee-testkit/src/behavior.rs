@@ -6,7 +6,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 /// Size of the body a node sends when a behaviour does not say otherwise
-/// (`healthy`, `slow:250ms`, and the non-failing answers of `status`).
+/// (`healthy`, `slow:250ms`, `loaded`, and the non-failing answers of `status`).
 pub const DEFAULT_BODY_BYTES: usize = 2;
 
 /// How an [`AppNode`](crate::AppNode) answers. Each variant models one way a
@@ -59,6 +59,20 @@ pub enum Behavior {
     /// Models a node that is overloaded or doing a slow query: it answers,
     /// but late (the case timeouts and hedging exist for).
     Slow { delay: Duration, body_bytes: usize },
+    /// Answers like `Healthy { body_bytes }` after `base + per_in_flight × n`,
+    /// where `n` is the number of other requests the node was answering when
+    /// this one arrived (see [`NodeStats::in_flight`](crate::NodeStats::in_flight)).
+    ///
+    /// Models a node that slows down under load (a shared CPU, a database
+    /// connection pool, lock contention): alone it answers in `base`, and
+    /// every request sent on top of what it already handles makes the next
+    /// one later, so a caller that keeps adding concurrency only adds
+    /// latency. The case adaptive concurrency limits exist for.
+    Loaded {
+        base: Duration,
+        per_in_flight: Duration,
+        body_bytes: usize,
+    },
     /// Sends headers at once, then `chunks` chunks of `chunk_bytes` bytes,
     /// waiting `interval` before each.
     ///
@@ -135,7 +149,7 @@ pub fn share_hits(share: f64) -> bool {
 /// Why a `--mode` string is not a [`Behavior`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ParseBehaviorError {
-    #[error("unknown mode `{0}` (expected healthy, echo, websocket, status, stuck, slow, drip, reset-headers, reset-body or refuse)")]
+    #[error("unknown mode `{0}` (expected healthy, echo, websocket, status, stuck, slow, loaded, drip, reset-headers, reset-body or refuse)")]
     UnknownMode(String),
     #[error("mode `{mode}`: expected `{usage}`")]
     Arity {
@@ -166,6 +180,7 @@ pub enum ParseBehaviorError {
 /// | `status:CODE[:SHARE[:METHODS]]` | [`Behavior::Status`], SHARE default 1.0, METHODS comma-separated (`POST,PUT`) or `*` for all |
 /// | `stuck[:METHODS]` | [`Behavior::Stuck`], or [`Behavior::StuckOn`] with METHODS (`POST,PUT`) |
 /// | `slow:DURATION[:BYTES]` | [`Behavior::Slow`] |
+/// | `loaded:BASE:PER_INFLIGHT[:BYTES]` | [`Behavior::Loaded`]: `BASE` + `PER_INFLIGHT` per request already in flight |
 /// | `drip:CHUNKS:BYTES:INTERVAL` | [`Behavior::Drip`] |
 /// | `reset-headers` | [`Behavior::ResetMidHeaders`] |
 /// | `reset-body:TOTAL:AFTER` | [`Behavior::ResetMidBody`] (AFTER < TOTAL) |
@@ -242,6 +257,18 @@ impl FromStr for Behavior {
                 };
                 Ok(Behavior::Slow { delay, body_bytes })
             }
+            "loaded" => {
+                arity("loaded", "loaded:BASE:PER_INFLIGHT[:BYTES]", 2, 3)?;
+                let body_bytes = match args.get(2) {
+                    Some(bytes) => parse_size(bytes)?,
+                    None => DEFAULT_BODY_BYTES,
+                };
+                Ok(Behavior::Loaded {
+                    base: parse_duration(args[0])?,
+                    per_in_flight: parse_duration(args[1])?,
+                    body_bytes,
+                })
+            }
             "drip" => {
                 arity("drip", "drip:CHUNKS:BYTES:INTERVAL", 3, 3)?;
                 Ok(Behavior::Drip {
@@ -313,6 +340,16 @@ impl fmt::Display for Behavior {
             Behavior::Slow { delay, body_bytes } => {
                 write!(f, "slow:{}:{body_bytes}", DisplayDuration(*delay))
             }
+            Behavior::Loaded {
+                base,
+                per_in_flight,
+                body_bytes,
+            } => write!(
+                f,
+                "loaded:{}:{}:{body_bytes}",
+                DisplayDuration(*base),
+                DisplayDuration(*per_in_flight)
+            ),
             Behavior::Drip {
                 chunks,
                 chunk_bytes,

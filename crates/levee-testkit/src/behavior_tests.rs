@@ -81,6 +81,22 @@ fn parses_every_mode() {
         }
     );
     assert_eq!(
+        parse("loaded:20ms:5ms"),
+        Behavior::Loaded {
+            base: Duration::from_millis(20),
+            per_in_flight: Duration::from_millis(5),
+            body_bytes: 2
+        }
+    );
+    assert_eq!(
+        parse("Loaded:1s:500us:1k"),
+        Behavior::Loaded {
+            base: Duration::from_secs(1),
+            per_in_flight: Duration::from_micros(500),
+            body_bytes: 1024
+        }
+    );
+    assert_eq!(
         parse("drip:5:100:200ms"),
         Behavior::Drip {
             chunks: 5,
@@ -124,6 +140,9 @@ fn rejects_bad_modes() {
         ("status:500:1:PO ST", "invalid method"),
         ("slow", "expected `slow:DURATION"),
         ("slow:250", "invalid duration"),
+        ("loaded:20ms", "expected `loaded:BASE:PER_INFLIGHT"),
+        ("loaded:20ms:5", "invalid duration"),
+        ("loaded:20ms:5ms:x", "invalid size"),
         ("drip:1:2", "expected `drip:CHUNKS"),
         ("reset-body:10:10", "must be smaller"),
         ("reset-body:10", "expected `reset-body"),
@@ -162,6 +181,16 @@ fn display_round_trips() {
         Behavior::Slow {
             delay: Duration::from_micros(1500),
             body_bytes: 3,
+        },
+        Behavior::Loaded {
+            base: Duration::from_millis(20),
+            per_in_flight: Duration::from_micros(250),
+            body_bytes: 7,
+        },
+        Behavior::Loaded {
+            base: Duration::ZERO,
+            per_in_flight: Duration::from_secs(1),
+            body_bytes: 0,
         },
         Behavior::Drip {
             chunks: 4,

@@ -6,7 +6,8 @@
 //! - [`AppNode`]: a small HTTP/1.1 server (hyper 1, keep-alive on) whose
 //!   [`Behavior`] can be switched at run time, from healthy to the ways
 //!   production app nodes fail: error statuses, hung writes, slow or
-//!   trickling answers, crashes mid-answer, a port that refuses connections;
+//!   trickling answers, answers that slow down with every request
+//!   already in flight, crashes mid-answer, a port that refuses connections;
 //!   or a WebSocket echo endpoint. [`NodeOptions`] make it serve TLS (a
 //!   rustls config the test builds) and/or HTTP/2 instead.
 //! - [`RawNode`]: answers every request head with fixed bytes, for the

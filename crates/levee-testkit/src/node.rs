@@ -379,7 +379,9 @@ async fn handle(
         // A request that raced the switch to Refuse: close like a dead process.
         return Err(Dropped::Refused);
     }
-    shared.counters.request();
+    // Held until this function returns (or its future is dropped): the
+    // response head is then handed over, and the request is no longer in flight.
+    let (_in_flight, others_in_flight) = shared.counters.request();
     let (mut parts, body) = request.into_parts();
     let accept = match behavior {
         Behavior::WebSocketEcho => websocket::accept_key(&parts.method, &parts.headers),
@@ -459,6 +461,15 @@ async fn handle(
         }
         Behavior::Slow { delay, body_bytes } => {
             tokio::time::sleep(delay).await;
+            healthy(&shared, body_bytes)
+        }
+        Behavior::Loaded {
+            base,
+            per_in_flight,
+            body_bytes,
+        } => {
+            let others = u32::try_from(others_in_flight).unwrap_or(u32::MAX);
+            tokio::time::sleep(base.saturating_add(per_in_flight.saturating_mul(others))).await;
             healthy(&shared, body_bytes)
         }
         Behavior::Drip {

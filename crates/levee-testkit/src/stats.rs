@@ -2,7 +2,7 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 
 /// How many request heads [`AppNode::recorded`](crate::AppNode::recorded) keeps.
 pub const RECORDED_CAPACITY: usize = 256;
@@ -23,6 +23,12 @@ pub struct NodeStats {
     pub connections: u64,
     /// TCP connections currently open.
     pub open_connections: u64,
+    /// Requests being answered now: head received, response head not yet
+    /// handed to the connection (a stuck request stays in flight).
+    pub in_flight: u64,
+    /// The most requests that were ever in flight at once: what a proxy's
+    /// concurrency limit let through to this node.
+    pub peak_in_flight: u64,
 }
 
 /// The head of a request a node received.
@@ -42,6 +48,8 @@ pub(crate) struct Counters {
     body_bytes_sent: AtomicU64,
     connections: AtomicU64,
     open_connections: AtomicU64,
+    in_flight: AtomicU64,
+    peak_in_flight: AtomicU64,
 }
 
 impl Counters {
@@ -53,11 +61,18 @@ impl Counters {
             body_bytes_sent: self.body_bytes_sent.load(Ordering::Relaxed),
             connections: self.connections.load(Ordering::Relaxed),
             open_connections: self.open_connections.load(Ordering::Relaxed),
+            in_flight: self.in_flight.load(Ordering::Relaxed),
+            peak_in_flight: self.peak_in_flight.load(Ordering::Relaxed),
         }
     }
 
-    pub(crate) fn request(&self) {
+    /// Counts a request received and in flight until the guard is dropped;
+    /// also returns how many others were in flight when it arrived.
+    pub(crate) fn request(self: &Arc<Self>) -> (InFlight, u64) {
         self.requests.fetch_add(1, Ordering::Relaxed);
+        let others = self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.peak_in_flight.fetch_max(others + 1, Ordering::Relaxed);
+        (InFlight(self.clone()), others)
     }
 
     pub(crate) fn completed(&self) {
@@ -81,6 +96,16 @@ impl Counters {
 
     pub(crate) fn connection_closed(&self) {
         self.open_connections.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A request in flight: counted in [`NodeStats::in_flight`] until dropped
+/// (when its response head is handed over, or its task is dropped).
+pub(crate) struct InFlight(Arc<Counters>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

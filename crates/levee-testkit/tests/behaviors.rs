@@ -354,6 +354,73 @@ async fn slow_answers_after_the_delay() {
 }
 
 #[tokio::test]
+async fn loaded_answers_later_the_more_requests_are_in_flight() {
+    let base = Duration::from_millis(50);
+    let per_in_flight = Duration::from_millis(100);
+    let node = AppNode::start(
+        "loaded",
+        Behavior::Loaded {
+            base,
+            per_in_flight,
+            body_bytes: 10,
+        },
+    )
+    .await
+    .unwrap();
+
+    // Alone: the base latency, and the peak shows one request.
+    let started = Instant::now();
+    let (status, body) = fetch(node.addr(), Method::GET, empty()).await;
+    let alone = started.elapsed();
+    assert_eq!((status, body.len()), (StatusCode::OK, 10));
+    assert!(alone >= base, "{alone:?}");
+    assert_eq!(node.stats().peak_in_flight, 1);
+
+    // Three requests held in flight (stuck), then one more, which must
+    // wait base + 3 × per_in_flight.
+    let loaded = node.behavior();
+    node.set_behavior(Behavior::Stuck).await.unwrap();
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let mut sender = connect(node.addr()).await;
+        held.push(tokio::spawn(async move {
+            sender
+                .send_request(request(Method::GET, "/", empty()))
+                .await
+        }));
+    }
+    stats_until(&node, "three in flight", |s| s.in_flight == 3).await;
+    node.set_behavior(loaded).await.unwrap();
+    let started = Instant::now();
+    let (status, _) = fetch(node.addr(), Method::GET, empty()).await;
+    let waited = started.elapsed();
+    assert_eq!(status, StatusCode::OK);
+    assert!(waited >= base + 3 * per_in_flight, "{waited:?}");
+    assert_eq!(node.stats().peak_in_flight, 4);
+
+    for request in held {
+        request.abort();
+    }
+    let stats = stats_until(&node, "none in flight", |s| s.in_flight == 0).await;
+    assert_eq!(stats.requests, 5);
+}
+
+#[tokio::test]
+async fn stuck_requests_stay_in_flight_until_the_client_leaves() {
+    let node = AppNode::start("stuck", Behavior::Stuck).await.unwrap();
+    let mut sender = connect(node.addr()).await;
+    let pending = tokio::spawn(async move {
+        sender
+            .send_request(request(Method::GET, "/", empty()))
+            .await
+    });
+    stats_until(&node, "one in flight", |s| s.in_flight == 1).await;
+    pending.abort();
+    let stats = stats_until(&node, "none in flight", |s| s.in_flight == 0).await;
+    assert_eq!(stats.peak_in_flight, 1);
+}
+
+#[tokio::test]
 async fn drip_sends_headers_then_spaced_chunks() {
     let interval = Duration::from_millis(150);
     let node = AppNode::start(
@@ -569,6 +636,8 @@ async fn stats_count_requests_bytes_and_connections() {
             body_bytes_sent: 3 * 64,
             connections: 2,
             open_connections: 2,
+            in_flight: 0,
+            peak_in_flight: 1,
         }
     );
 

@@ -32,7 +32,8 @@ struct Args {
         long,
         default_value = "healthy",
         help = "Behaviour: healthy[:BYTES], echo, status:CODE[:SHARE[:METHODS]], stuck, \
-                slow:DURATION[:BYTES], drip:CHUNKS:BYTES:INTERVAL, reset-headers, \
+                slow:DURATION[:BYTES], loaded:BASE:PER_INFLIGHT[:BYTES], \
+                drip:CHUNKS:BYTES:INTERVAL, reset-headers, \
                 reset-body:TOTAL:AFTER or refuse"
     )]
     mode: Behavior,
