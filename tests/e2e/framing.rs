@@ -332,8 +332,7 @@ async fn small_invalid_chunked_bodies_are_400_and_never_reach_the_node() {
     let levee = start_levee(ONE_ROUTE, &[&[app.addr()]]).await;
     for (what, body) in BAD_BODIES {
         let got = exchange(&levee, &[CHUNKED_HEAD, body].concat()).await;
-        assert_refused(&got, 400, "bad-request", what);
-        assert!(got.closed, "{what}: the connection closes: {got:?}");
+        assert_refused_and_closed(&got, 400, "bad-request", what);
     }
     assert_nothing_forwarded(&app, "invalid chunked bodies");
     let route = &levee.telemetry.topology().routes[0];
@@ -374,8 +373,7 @@ async fn a_large_chunked_body_turning_invalid_aborts_the_node_connection() {
     req.extend_from_slice(&[b'x'; 601]); // data past its size
     req.extend_from_slice(b"\r\n0\r\n\r\n");
     let got = exchange(&levee, &req).await;
-    assert_refused(&got, 400, "bad-request", "invalid after 1800 bytes");
-    assert!(got.closed, "the connection closes: {got:?}");
+    assert_refused_and_closed(&got, 400, "bad-request", "invalid after 1800 bytes");
     // The node got at most the head and part of the body, never its end.
     assert!(
         eventually(Duration::from_secs(3), || app.stats().open_connections == 0).await,

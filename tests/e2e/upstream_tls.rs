@@ -50,6 +50,7 @@ async fn tls_node(config: Arc<rustls::ServerConfig>, http2: bool) -> AppNode {
     let options = NodeOptions {
         tls: Some(config),
         http2,
+        ..Default::default()
     };
     let addr = "127.0.0.1:0".parse().unwrap();
     AppNode::start_with(
@@ -188,6 +189,8 @@ async fn a_node_that_requires_a_client_certificate_gets_the_configured_one() {
         StatusCode::BAD_GATEWAY,
         "no client certificate"
     );
+    // TLS 1.3: the node's refusal arrives as an alert after the handshake.
+    assert_eq!(refused.reason(), Some("upstream-tls"));
     levee.shutdown().await;
 
     let levee = start(
@@ -242,8 +245,8 @@ async fn http2_to_nodes_multiplexes_requests_over_few_connections() {
         "h2c-node",
         slow.clone(),
         NodeOptions {
-            tls: None,
             http2: true,
+            ..Default::default()
         },
     )
     .await
@@ -262,6 +265,7 @@ async fn http2_to_nodes_multiplexes_requests_over_few_connections() {
         NodeOptions {
             tls: Some(leaf.server_config(&[b"h2"])),
             http2: true,
+            ..Default::default()
         },
     )
     .await
@@ -273,5 +277,69 @@ async fn http2_to_nodes_multiplexes_requests_over_few_connections() {
     )
     .await;
     assert_multiplexed(&h2, &levee).await;
+    levee.shutdown().await;
+}
+
+/// A node that allows 2 concurrent streams per connection: levee queues the
+/// rest instead of opening streams the node would refuse, so every request
+/// succeeds and the whole set takes at least as long as the limit allows.
+#[tokio::test]
+async fn http2_to_nodes_respects_the_node_stream_limit() {
+    const STREAMS: u32 = 2;
+    const REQUESTS: u32 = 12;
+    let delay = Duration::from_millis(200);
+    let dir = TempDir::new("up-h2-streams");
+    let app = AppNode::start_with(
+        "127.0.0.1:0".parse().unwrap(),
+        "h2c-limited",
+        Behavior::Slow {
+            delay,
+            body_bytes: 16,
+        },
+        NodeOptions {
+            http2: true,
+            max_concurrent_streams: Some(STREAMS),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let levee = start(&dir, app.addr(), "protocol = \"http2\"").await;
+    // One request first, so the node's SETTINGS are known before the burst.
+    assert_eq!(
+        get(&client(), &url(&levee, "/warm")).await.status,
+        StatusCode::OK
+    );
+
+    let http = client();
+    let started = tokio::time::Instant::now();
+    let calls = (0..REQUESTS).map(|i| {
+        let http = http.clone();
+        let url = url(&levee, &format!("/s/{i}"));
+        async move {
+            let got = get(&http, &url).await;
+            (got.status, got.reason().map(str::to_owned))
+        }
+    });
+    let answers = tokio::time::timeout(
+        Duration::from_secs(30),
+        futures_util::future::join_all(calls),
+    )
+    .await
+    .unwrap();
+    let elapsed = started.elapsed();
+    assert!(
+        answers.iter().all(|(s, _)| *s == StatusCode::OK),
+        "{answers:?}"
+    );
+    assert_eq!(app.stats().requests, u64::from(REQUESTS) + 1);
+    // With c connections at most 2c requests run at once.
+    let connections = u32::try_from(app.stats().connections).unwrap();
+    let rounds = REQUESTS.div_ceil(STREAMS * connections);
+    assert!(
+        elapsed >= delay * rounds,
+        "{REQUESTS} requests over {connections} connection(s) took {elapsed:?}, \
+         less than {rounds} rounds of {delay:?}: the stream limit was not respected"
+    );
     levee.shutdown().await;
 }

@@ -435,7 +435,7 @@ async fn a_tunnel_runs_over_tls_on_both_sides() {
         Behavior::WebSocketEcho,
         levee_testkit::NodeOptions {
             tls: Some(node_leaf.server_config(&[b"http/1.1"])),
-            http2: false,
+            ..Default::default()
         },
     )
     .await

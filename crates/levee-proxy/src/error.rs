@@ -7,12 +7,12 @@
 use std::borrow::Cow;
 
 use bytes::Bytes;
-use http::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER};
+use http::header::{HeaderValue, CONNECTION, CONTENT_TYPE, RETRY_AFTER};
 use http::{Response, StatusCode};
 use levee_telemetry::ErrorReason;
 
 use crate::access_log::UpstreamInfo;
-use crate::body::ProxyBody;
+use crate::body::{ClientBodyError, ProxyBody};
 
 pub const X_LEVEE_ERROR: &str = "x-levee-error";
 
@@ -26,6 +26,10 @@ pub struct ProxyError {
     pub retry_after: Option<u64>,
     /// The node last tried, for the access log (set only while it is on).
     pub upstream: Option<Box<UpstreamInfo>>,
+    /// The client's request body failed part-way: its framing is lost, so
+    /// an HTTP/1 connection cannot carry another request and the answer
+    /// says `Connection: close`.
+    pub closes: bool,
 }
 
 impl ProxyError {
@@ -35,6 +39,15 @@ impl ProxyError {
             detail: detail.into(),
             retry_after: None,
             upstream: None,
+            closes: false,
+        }
+    }
+
+    /// The client's request body failed ([`ClientBodyError`]).
+    pub fn client_body(e: &ClientBodyError) -> Self {
+        Self {
+            closes: true,
+            ..Self::new(e.reason(), e.to_string())
         }
     }
 
@@ -55,6 +68,10 @@ impl ProxyError {
         if let Some(secs) = self.retry_after {
             resp.headers_mut()
                 .insert(RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if self.closes {
+            resp.headers_mut()
+                .insert(CONNECTION, HeaderValue::from_static("close"));
         }
         resp
     }

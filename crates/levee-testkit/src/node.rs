@@ -38,6 +38,9 @@ pub struct NodeOptions {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// Serve HTTP/2 only (h2c prior knowledge without TLS) instead of HTTP/1.1.
     pub http2: bool,
+    /// HTTP/2: SETTINGS_MAX_CONCURRENT_STREAMS, to check that a client
+    /// queues its requests instead of opening streams the node refuses.
+    pub max_concurrent_streams: Option<u32>,
 }
 
 impl fmt::Debug for NodeOptions {
@@ -45,6 +48,7 @@ impl fmt::Debug for NodeOptions {
         f.debug_struct("NodeOptions")
             .field("tls", &self.tls.is_some())
             .field("http2", &self.http2)
+            .field("max_concurrent_streams", &self.max_concurrent_streams)
             .finish()
     }
 }
@@ -308,7 +312,7 @@ async fn serve_connection(
     let tunnels = stopped.clone();
     let service =
         service_fn(move |request| handle(shared.clone(), ctl.clone(), tunnels.clone(), request));
-    match options.tls {
+    match options.tls.clone() {
         Some(config) => {
             let handshake = tokio_rustls::TlsAcceptor::from(config).accept(io);
             let tls = tokio::select! {
@@ -316,25 +320,30 @@ async fn serve_connection(
                 _ = stopped.changed() => return,
             };
             match tls {
-                Ok(tls) => serve_http(TokioIo::new(tls), service, options.http2, stopped).await,
+                Ok(tls) => serve_http(TokioIo::new(tls), service, &options, stopped).await,
                 Err(e) => tracing::debug!(error = %e, "TLS handshake failed"),
             }
         }
-        None => serve_http(TokioIo::new(io), service, options.http2, stopped).await,
+        None => serve_http(TokioIo::new(io), service, &options, stopped).await,
     }
 }
 
 /// Serves HTTP/1.1 or HTTP/2 on one connection until it ends or the node stops.
-async fn serve_http<I, S>(io: I, service: S, http2: bool, mut stopped: watch::Receiver<bool>)
-where
+async fn serve_http<I, S>(
+    io: I,
+    service: S,
+    options: &NodeOptions,
+    mut stopped: watch::Receiver<bool>,
+) where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
     S: hyper::service::HttpService<Incoming, ResBody = NodeBody> + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let served = if http2 {
+    let served = if options.http2 {
         let connection = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
+            .max_concurrent_streams(options.max_concurrent_streams)
             .serve_connection(io, service);
         tokio::select! {
             served = connection => served,

@@ -110,6 +110,7 @@ where
                 return EdgeFuture::refused(&r.stats, started, e, log);
             }
         };
+        let http2 = req.version() >= Version::HTTP_2;
         let (mut parts, body) = req.into_parts();
         let upgrade = websocket
             .then(|| parts.headers.get(UPGRADE).cloned())
@@ -138,6 +139,7 @@ where
             stats: Some(stats),
             started,
             log,
+            http2,
         }
     }
 }
@@ -152,6 +154,9 @@ pin_project_lite::pin_project! {
             stats: Option<Arc<RouteStats>>,
             started: Instant,
             log: Option<AccessEntry>,
+            // HTTP/2 has no `Connection` header: a failed request body ends
+            // only its stream.
+            http2: bool,
         },
         Unrouted { response: Option<Response<ProxyBody>> },
     }
@@ -219,14 +224,16 @@ where
                 stats,
                 started,
                 log,
+                http2,
             } => {
-                let result = ready!(fut.poll(cx));
+                let mut result = ready!(fut.poll(cx));
                 let Some(stats) = stats.take() else {
                     return Poll::Ready(Ok(
                         ProxyError::new(ErrorReason::BadRequest, "").into_response()
                     ));
                 };
-                if let Err(e) = &result {
+                if let Err(e) = &mut result {
+                    e.closes &= !*http2;
                     stats.outcomes.record_error(e.reason);
                     debug!(reason = e.reason.as_str(), detail = %e.detail, route = %stats.name, "request failed");
                 }

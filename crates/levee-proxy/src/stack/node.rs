@@ -129,8 +129,11 @@ fn classify(e: &hyper_util::client::legacy::Error) -> ProxyError {
     }
     let mut source: Option<&(dyn StdError + 'static)> = e.source();
     while let Some(err) = source {
+        if tls_alert(err) {
+            return ProxyError::new(ErrorReason::UpstreamTls, chain(e));
+        }
         if let Some(body) = err.downcast_ref::<ClientBodyError>() {
-            return ProxyError::new(body.reason(), body.to_string());
+            return ProxyError::client_body(body);
         }
         if let Some(h) = err.downcast_ref::<hyper::Error>() {
             if h.is_parse() || h.is_parse_status() || h.is_parse_too_large() {
@@ -140,6 +143,16 @@ fn classify(e: &hyper_util::client::legacy::Error) -> ProxyError {
         source = err.source();
     }
     ProxyError::new(ErrorReason::UpstreamReset, chain(e))
+}
+
+/// A TLS error after the handshake: with TLS 1.3 a node that refuses levee's
+/// client certificate (or its lack of one) says so with an alert on the
+/// first read, once the connection already counts as connected.
+fn tls_alert(err: &(dyn StdError + 'static)) -> bool {
+    // `io::Error::source` skips the error it wraps, so look inside.
+    err.downcast_ref::<std::io::Error>()
+        .and_then(|io| io.get_ref())
+        .is_some_and(|inner| inner.is::<rustls::Error>())
 }
 
 /// An error and its causes on one line, for logs.

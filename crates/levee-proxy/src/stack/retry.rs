@@ -202,7 +202,7 @@ where
         read: Box::pin(async move {
             match deadline.run(Phase::BodyIdle, body.read_up_to(max)).await {
                 Ok(Ok(body)) => Ok(body),
-                Ok(Err(e)) => Err(ProxyError::new(e.reason(), e.to_string())),
+                Ok(Err(e)) => Err(ProxyError::client_body(&e)),
                 Err(_) => Err(ProxyError::new(
                     ErrorReason::ClientBody,
                     "the client did not send its request body before the deadline",
