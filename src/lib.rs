@@ -17,6 +17,7 @@
 
 #[cfg(feature = "demo")]
 pub mod demo;
+pub mod logging;
 pub mod traffic;
 
 use std::net::SocketAddr;
@@ -49,6 +50,8 @@ pub struct Levee {
     admin: AdminHandle,
     /// Turns node names into addresses, at every load and refresh.
     resolver: Arc<dyn Resolve>,
+    /// levee's own log filter, when levee installed the subscriber.
+    log_level: Option<logging::LogLevel>,
 }
 
 /// One data-plane worker thread and how to learn it has stopped.
@@ -185,7 +188,13 @@ impl Levee {
             control,
             admin,
             resolver,
+            log_level: None,
         })
+    }
+
+    /// Lets reloads change the level of the log [`logging::init`] set up.
+    pub fn control_log_level(&mut self, level: logging::LogLevel) {
+        self.log_level = Some(level);
     }
 
     /// Reads, validates and applies the config file at `path`; a failure
@@ -222,6 +231,11 @@ impl Levee {
             if config.server.tls.is_none() {
                 config.server.tls = was.server.tls.clone();
             }
+        }
+        // The log's writer is installed once, at start; its filter reloads.
+        if config.log.format != was.log.format {
+            restart_required.push("log.format".to_owned());
+            config.log.format = was.log.format;
         }
         let listeners = if config.server.listen != was.server.listen {
             match bind_workers(config.server.listen, workers) {
@@ -301,6 +315,11 @@ impl Levee {
         } else {
             self.admin
                 .set_heartbeat_stale_after(config.admin.heartbeat_stale_after);
+        }
+        if let Some(level) = self.log_level.as_ref() {
+            if config.log.level != was.log.level {
+                level.set(&config.log.level);
+            }
         }
         self.telemetry
             .config_loaded(&config.version, &config.origin, restart_required.clone());

@@ -69,13 +69,20 @@ fn main() -> ExitCode {
         }
         return ExitCode::SUCCESS;
     }
-    #[cfg(feature = "demo")]
-    let demo = matches!(cli.command, Some(Command::Demo { .. }));
-    #[cfg(not(feature = "demo"))]
-    let demo = false;
-    if let Err(e) = init_logging(demo) {
-        eprintln!("levee: cannot set up logging: {e:#}");
-        return ExitCode::FAILURE;
+    // `run` sets up its log from the config it loads.
+    let run_config = match (&cli.command, &cli.config) {
+        (Some(Command::Run { config }), _) | (None, Some(config)) => Some(config.clone()),
+        _ => None,
+    };
+    if run_config.is_none() {
+        #[cfg(feature = "demo")]
+        let demo = matches!(cli.command, Some(Command::Demo { .. }));
+        #[cfg(not(feature = "demo"))]
+        let demo = false;
+        if let Err(e) = init_logging(demo) {
+            eprintln!("levee: cannot set up logging: {e:#}");
+            return ExitCode::FAILURE;
+        }
     }
     let result = match (cli.command, cli.config) {
         (Some(Command::Run { config }), _) | (None, Some(config)) => run(config),
@@ -101,9 +108,9 @@ fn main() -> ExitCode {
     }
 }
 
-/// levee's own log: to stderr, with colours only on a terminal; for the
-/// demo, to a file (its path printed) so the story on the terminal stays
-/// readable.
+/// levee's own log outside `run` (which follows `[log]`): to stderr, with
+/// colours only on a terminal; for the demo, to a file (its path printed)
+/// so the story on the terminal stays readable.
 fn init_logging(demo: bool) -> anyhow::Result<()> {
     use std::io::IsTerminal as _;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -251,6 +258,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 fn run(path: PathBuf) -> anyhow::Result<()> {
     // A config error is printed as is: it already names file, line and key.
     let config = levee_config::load(&path).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let log_level = levee::logging::init(&config.log).context("cannot set up logging")?;
     // The data plane runs on its own worker threads; this runtime only
     // starts levee, waits for signals and file changes, and reloads.
     let signals = tokio::runtime::Builder::new_current_thread()
@@ -262,6 +270,7 @@ fn run(path: PathBuf) -> anyhow::Result<()> {
         let mut triggers = triggers::watch(&path, RELOAD_DEBOUNCE)?;
         let mut rotate = Rotation::listen()?;
         let mut levee = Levee::start(config).await?;
+        levee.control_log_level(log_level);
         let stop = wait_for_signal();
         tokio::pin!(stop);
         loop {

@@ -193,9 +193,11 @@ struct Running {
 }
 
 impl Running {
+    /// Without `RUST_LOG`, which would override the config's `log.level`.
     fn start(config: &std::path::Path, log: std::path::PathBuf) -> Self {
         let child = levee()
             .args(["run", "--config", config.to_str().unwrap()])
+            .env_remove("RUST_LOG")
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
@@ -528,4 +530,89 @@ fn demo_fails_when_the_scene_shows_nothing() {
         stderr.contains("the fault was not contained in: bad-node"),
         "{stderr}"
     );
+}
+
+/// The real binary with `[log] format = "json"`: levee's own log is one JSON
+/// object per line on stderr, without escape codes, and its operational
+/// events carry their figures as fields (a breaker's move with its window).
+/// A reload applies a new `level` at once and reports a new `format` as
+/// needing a restart.
+#[test]
+fn json_log_format_writes_structured_events_to_stderr() {
+    use std::time::Duration;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let node = rt
+        .block_on(levee_testkit::AppNode::start(
+            "failing",
+            "status:500".parse().unwrap(),
+        ))
+        .unwrap();
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+    };
+    let (listen, admin) = (free(), free());
+    let dir = crate::common::TempDir::new("json-log");
+    let (file, stderr) = (dir.path("levee.toml"), dir.path("stderr.log"));
+    let config = |level: &str, format: &str| {
+        format!(
+            "[server]\nlisten = \"{listen}\"\n[admin]\nlisten = \"{admin}\"\n\
+             [log]\nlevel = \"{level}\"\nformat = \"{format}\"\n\
+             [[backend]]\nname = \"app\"\nnodes = [\"{}\"]\nmax_ejected_percent = 100\n\
+             [backend.breaker]\nconsecutive_failures = 3\nopen_for = \"30s\"\n\
+             [[route]]\npath_prefix = \"/\"\nbackend = \"app\"\n",
+            node.addr()
+        )
+    };
+    std::fs::write(&file, config("warn", "json")).unwrap();
+    let levee = Running::start(&file, stderr.clone());
+    let lines = || -> Vec<serde_json::Value> {
+        let text = std::fs::read(&stderr).unwrap();
+        assert!(!text.contains(&0x1b), "no escape codes in the log");
+        String::from_utf8(text)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .collect()
+    };
+    let event = |message: &str| lines().into_iter().find(|l| l["message"] == message);
+    // Failing answers until the breaker opens (3 in a row), bounded.
+    let opened = within(Duration::from_secs(20), || {
+        let _ = http_get(listen, "/");
+        event("breaker moved").is_some()
+    });
+    assert!(opened, "a breaker move is logged: {:?}", lines());
+    let moved = event("breaker moved").unwrap();
+    assert_eq!(moved["level"], "WARN");
+    assert_eq!(moved["backend"], "app");
+    assert_eq!(moved["node"], node.addr().to_string());
+    assert_eq!(moved["from"], "closed");
+    assert_eq!(moved["to"], "open");
+    assert!(moved["consecutive"].as_u64() >= Some(3), "{moved}");
+    assert!(moved["failures"].as_u64() >= Some(3), "{moved}");
+    assert!(moved["timestamp"].is_string(), "{moved}");
+    assert!(
+        event("levee is serving").is_none(),
+        "info events are below level = \"warn\""
+    );
+
+    // Reload: the new level applies at once; the new format needs a restart.
+    std::fs::write(&file, config("info", "pretty")).unwrap();
+    let reloaded = within(Duration::from_secs(10), || {
+        event("config reloaded").is_some()
+    });
+    assert!(reloaded, "info events pass after the reload: {:?}", lines());
+    let status = status_of(admin).unwrap();
+    assert_eq!(
+        status["config"]["restart_required"],
+        serde_json::json!(["log.format"])
+    );
+    assert!(
+        lines().iter().all(|l| l.is_object()),
+        "still JSON until a restart"
+    );
+    drop(levee);
+    drop(node);
 }

@@ -48,7 +48,7 @@ pub struct Config {
     pub server: ServerConfig,
     /// `[admin]`: the operator listener (`/status`, `/healthz`, `/metrics`).
     pub admin: AdminConfig,
-    /// `[log]`: the access log.
+    /// `[log]`: the access log and levee's own log.
     pub log: LogConfig,
     /// `[[backend]]` tables, in file order.
     pub backends: Vec<BackendConfig>,
@@ -129,10 +129,46 @@ pub struct AdminConfig {
     pub heartbeat_stale_after: Duration,
 }
 
-/// `[log]`: where the access log goes (one JSON line per request).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// `[log]`: where the access log goes (one JSON line per request), and
+/// what levee's own log (operational events, on stderr) lets through and
+/// how it is written.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogConfig {
     pub access: AccessTarget,
+    /// A `tracing` filter: a level, or `target=level` directives separated
+    /// by commas (default `"info"`). Checked here so that building the
+    /// filter at start or on reload cannot fail.
+    pub level: String,
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            access: AccessTarget::Off,
+            level: "info".to_owned(),
+            format: LogFormat::Pretty,
+        }
+    }
+}
+
+/// `log.format`: how levee's own log is written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum LogFormat {
+    /// One readable line per event; colours only on a terminal.
+    #[default]
+    Pretty,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+impl LogFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogFormat::Pretty => "pretty",
+            LogFormat::Json => "json",
+        }
+    }
 }
 
 /// `log.access`: `"off"` (the default), `"stdout"`, or a file path.

@@ -69,11 +69,12 @@ pub(crate) struct RawAdmin {
     pub heartbeat_stale_after: Option<DurationText>,
 }
 
-/// `[log]`: the access log.
+/// `[log]`: the access log and levee's own log.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawLog {
     pub access: Option<String>,
+    pub level: Option<String>,
     pub format: Option<String>,
 }
 

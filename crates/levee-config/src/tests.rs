@@ -663,10 +663,49 @@ fn log_access_targets() {
         c.log.access,
         AccessTarget::File("/var/log/levee/access.log".into())
     );
-    let text = format!("{base}\n[log]\nformat = \"text\"\n");
-    expect(&text, "log.format", line_with(&text, "text"), "\"json\"");
     let text = format!("{base}\n[log]\naccess = \"\"\n");
     expect(&text, "log.access", line_with(&text, "access"), "stdout");
+}
+
+#[test]
+fn log_level_and_format_of_levees_own_log() {
+    let base = config("", "", "");
+    let c = ok(&base);
+    assert_eq!(c.log.level, "info", "level defaults to info");
+    assert_eq!(c.log.format, LogFormat::Pretty, "format defaults to pretty");
+    let c = ok(&format!(
+        "{base}\n[log]\nlevel = \"warn,levee_proxy::nodes=debug\"\nformat = \"json\"\n"
+    ));
+    assert_eq!(c.log.level, "warn,levee_proxy::nodes=debug");
+    assert_eq!(c.log.format, LogFormat::Json);
+    assert_eq!(
+        ok(&format!("{base}\n[log]\nlevel = \"OFF\"\n")).log.level,
+        "OFF"
+    );
+
+    let text = format!("{base}\n[log]\nformat = \"text\"\n");
+    expect(
+        &text,
+        "log.format",
+        line_with(&text, "text"),
+        "\"pretty\" or \"json\"",
+    );
+    for bad in [
+        "",
+        "loud",
+        "levee_proxy=",
+        "=debug",
+        "info,,debug",
+        "a b=info",
+    ] {
+        let text = format!("{base}\n[log]\nlevel = \"{bad}\"\n");
+        expect(
+            &text,
+            "log.level",
+            line_with(&text, "level ="),
+            "target=level",
+        );
+    }
 }
 
 #[test]

@@ -17,7 +17,7 @@ use crate::locate::{line_of, render, Seg};
 use crate::raw::{RawAdmin, RawBackend, RawConfig, RawLog, RawRoute, RawServer};
 use crate::{
     AccessTarget, AdminConfig, BackendConfig, Config, Http2Limits, LoadBalancing, LogConfig,
-    NodeAddr, Priority, RouteConfig, ServerConfig, WhenAllDown,
+    LogFormat, NodeAddr, Priority, RouteConfig, ServerConfig, WhenAllDown,
 };
 
 mod policy;
@@ -428,13 +428,28 @@ fn admin(cx: &Ctx<'_>, raw: Option<&RawAdmin>) -> Result<AdminConfig, ConfigErro
 
 fn log(cx: &Ctx<'_>, raw: Option<&RawLog>) -> Result<LogConfig, ConfigError> {
     let base = [Seg::Key("log")];
-    if let Some(format) = raw.and_then(|r| r.format.as_deref()) {
-        if format != "json" {
+    let format = match raw.and_then(|r| r.format.as_deref()) {
+        None | Some("pretty") => LogFormat::Pretty,
+        Some("json") => LogFormat::Json,
+        Some(other) => {
             return Err(cx.invalid(
                 &at(&base, "format"),
-                format!("unknown access log format \"{format}\"; the one format is \"json\""),
-            ));
+                format!("unknown log format \"{other}\"; say \"pretty\" or \"json\""),
+            ))
         }
+    };
+    let level = raw
+        .and_then(|r| r.level.as_deref())
+        .unwrap_or("info")
+        .to_owned();
+    if let Err(why) = check_log_filter(&level) {
+        return Err(cx.invalid(
+            &at(&base, "level"),
+            format!(
+                "{why}; say a level (off, error, warn, info, debug, trace) or \
+                 target=level directives separated by commas, e.g. \"info,levee_proxy=debug\""
+            ),
+        ));
     }
     let access = match raw.and_then(|r| r.access.as_deref()) {
         None | Some("off") => AccessTarget::Off,
@@ -447,7 +462,41 @@ fn log(cx: &Ctx<'_>, raw: Option<&RawLog>) -> Result<LogConfig, ConfigError> {
         }
         Some(path) => AccessTarget::File(path.into()),
     };
-    Ok(LogConfig { access })
+    Ok(LogConfig {
+        access,
+        level,
+        format,
+    })
+}
+
+/// `log.level`: the part of `tracing`'s filter syntax that names levels and
+/// targets (`info`, `warn,levee_proxy=debug`), so that the filter built
+/// from it at start or on reload cannot fail.
+fn check_log_filter(filter: &str) -> Result<(), String> {
+    const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+    let is_level = |l: &str| LEVELS.iter().any(|k| k.eq_ignore_ascii_case(l));
+    if filter.trim().is_empty() {
+        return Err("empty".to_owned());
+    }
+    for directive in filter.split(',').map(str::trim) {
+        let level = match directive.split_once('=') {
+            Some((target, level)) => {
+                let target_ok = !target.is_empty()
+                    && target
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | ':' | '-'));
+                if !target_ok {
+                    return Err(format!("\"{directive}\" does not name a module target"));
+                }
+                level
+            }
+            None => directive,
+        };
+        if !is_level(level) {
+            return Err(format!("\"{directive}\" has no level"));
+        }
+    }
+    Ok(())
 }
 
 /// Two listeners on one address cannot both bind. Port 0 ("pick any free

@@ -11,6 +11,7 @@
 
 use levee_config::{Priority, WhenAllDown};
 use levee_telemetry::{BackendEvent, ErrorReason};
+use tracing::debug;
 
 use super::{Decision, Routed};
 use crate::error::ProxyError;
@@ -53,6 +54,13 @@ fn choose(req: &Routed) -> Result<(usize, bool), ProxyError> {
             return Ok((fb, false));
         }
         primary.stats.count(BackendEvent::Shed);
+        // Per request, so at debug: the rate is in levee_backend_events_total.
+        debug!(
+            backend = %primary.name,
+            class = req.state.classes.names().get(class).map_or("", String::as_str),
+            admitted_share = share,
+            "shed: the pool is ramping back up"
+        );
         return Err(ProxyError::new(
             ErrorReason::Shed,
             format!(
@@ -106,6 +114,15 @@ impl Decision for Shed {
             return Ok(());
         }
         backend.stats.count(BackendEvent::Shed);
+        let bulkhead = backend.bulkhead();
+        debug!(
+            backend = %backend.name,
+            priority = %priority,
+            class = req.state.classes.names().get(req.class).map_or("", String::as_str),
+            in_flight = bulkhead.in_flight(),
+            max_in_flight = bulkhead.max_in_flight(),
+            "shed: the backend is past this priority's share"
+        );
         Err(ProxyError::new(
             ErrorReason::Shed,
             format!(
