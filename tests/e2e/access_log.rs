@@ -18,7 +18,6 @@ listen = "127.0.0.1:0"
 
 [log]
 access = "{}"
-format = "json"
 
 [[backend]]
 name = "app"
@@ -172,5 +171,107 @@ async fn an_unwritable_access_log_refuses_the_reload() {
             == 1)
         .await,
         "the old log stays live"
+    );
+}
+
+/// Sends `head` on a connection of its own and reads levee's answer to the
+/// end (the gate closes after a refusal), bounded in time.
+async fn raw_answer(levee: &levee::Levee, head: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut s = tokio::net::TcpStream::connect(levee.proxy_addr)
+        .await
+        .unwrap();
+    s.write_all(head).await.unwrap();
+    let mut out = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
+    assert!(read.is_ok(), "levee answers and closes");
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Requests the HTTP/1 gate refuses before hyper parses them get a line
+/// too: status, reason, client, what could be read of the request line,
+/// and the answer's body bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_the_gate_refuses_get_a_line() {
+    let dir = TempDir::new("access-log-gate");
+    let log = dir.path("access.log");
+    let ok = node(Behavior::Healthy { body_bytes: 2 }).await;
+    let levee = start_levee(&config(&log), &[&[ok.addr()], &[ok.addr()]]).await;
+
+    let folded = raw_answer(
+        &levee,
+        b"POST /ok/form?token=secret HTTP/1.1\r\nHost: a\r\nX-A: 1\r\n folded\r\n\r\n",
+    )
+    .await;
+    assert!(folded.starts_with("HTTP/1.1 400 "), "{folded}");
+    let long_target = format!("GET /{} HTTP/1.1\r\nHost: a\r\n\r\n", "a".repeat(9000));
+    let long = raw_answer(&levee, long_target.as_bytes()).await;
+    assert!(long.starts_with("HTTP/1.1 414 "), "{long}");
+    let gzip = raw_answer(
+        &levee,
+        b"PUT http://a/ok/x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n",
+    )
+    .await;
+    assert!(gzip.starts_with("HTTP/1.1 501 "), "{gzip}");
+    let garbage = raw_answer(&levee, b"\x01\x02 nonsense\r\n\r\n").await;
+    assert!(garbage.starts_with("HTTP/1.1 400 "), "{garbage}");
+
+    assert!(
+        eventually(Duration::from_secs(10), || lines(&log).len() >= 4).await,
+        "four lines: {:?}",
+        lines(&log)
+    );
+    let all = lines(&log);
+    assert_eq!(all.len(), 4, "{all:?}");
+    let body_len = |answer: &str| answer.split_once("\r\n\r\n").unwrap().1.len();
+    let id = |answer: &str| {
+        answer
+            .lines()
+            .find_map(|l| l.strip_prefix("x-request-id: "))
+            .unwrap()
+            .to_owned()
+    };
+    for (line, answer) in all.iter().zip([&folded, &long, &gzip, &garbage]) {
+        assert!(
+            line["client"].as_str().unwrap().starts_with("127.0.0.1:"),
+            "{line}"
+        );
+        assert_eq!(line["request_id"], id(answer).as_str(), "{line}");
+        assert_eq!(line["bytes_out"], body_len(answer), "{line}");
+        assert_eq!(line["complete"], true, "{line}");
+        assert_eq!(line["attempts"], 0, "{line}");
+        assert!(line["route"].is_null() && line["node"].is_null(), "{line}");
+        assert!(
+            line["host"].is_null() && line["duration_ms"].is_null(),
+            "{line}"
+        );
+        assert!(line["bytes_in"].is_null(), "{line}");
+    }
+    let line = &all[0];
+    assert_eq!(
+        (&line["status"], &line["error"]),
+        (&Value::from(400), &Value::from("bad-request"))
+    );
+    assert_eq!(line["method"], "POST");
+    assert_eq!(line["path"], "/ok/form", "without its query");
+    assert_eq!(line["version"], "HTTP/1.1");
+    let line = &all[1];
+    assert_eq!(line["status"], 414);
+    assert_eq!(line["error"], "uri-too-long");
+    assert_eq!(line["method"], "GET");
+    assert!(
+        line["path"].is_null(),
+        "a target over max_uri_bytes is not logged: {line}"
+    );
+    let line = &all[2];
+    assert_eq!(line["status"], 501);
+    assert_eq!(line["error"], "unsupported-transfer-encoding");
+    assert_eq!(line["method"], "PUT");
+    assert_eq!(line["path"], "/ok/x", "an absolute-form target's path");
+    let line = &all[3];
+    assert_eq!(line["status"], 400);
+    assert!(
+        line["method"].is_null() && line["path"].is_null() && line["version"].is_null(),
+        "{line}"
     );
 }

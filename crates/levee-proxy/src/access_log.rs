@@ -250,10 +250,10 @@ impl AccessEntry {
                 .as_ref()
                 .map_or(&b""[..], HeaderValue::as_bytes),
             client: self.peer,
-            method: self.method.as_str(),
-            host,
-            path: self.uri.path(),
-            version: self.version,
+            method: Some(self.method.as_str()),
+            host: Some(host),
+            path: Some(self.uri.path()),
+            version: Some(self.version),
             status: self.status,
             route: route.map(|r| r.name.as_str()),
             backend: upstream
@@ -268,14 +268,141 @@ impl AccessEntry {
                 .map(String::as_str),
             bytes_in: self.declared_body.or(upstream.and_then(|u| u.kept_body)),
             bytes_out,
-            duration: self.started.elapsed(),
+            duration: Some(self.started.elapsed()),
             upstream: upstream.and_then(|u| u.headers_after),
             complete,
         };
-        let mut out = Vec::with_capacity(320 + line.path.len());
+        let mut out = Vec::with_capacity(320 + line.path.map_or(0, str::len));
         line.write(&mut out);
         log.send(out);
     }
+}
+
+/// A request the HTTP/1 gate refused before hyper parsed it (bad framing,
+/// an oversized head): what is known of it, kept until levee's answer has
+/// gone out or the connection ended, then logged. Built only with the log
+/// on, and only for a refusal.
+#[derive(Debug)]
+pub struct RefusedHead {
+    log: Arc<AccessLog>,
+    at: SystemTime,
+    request_id: HeaderValue,
+    client: SocketAddr,
+    method: Option<String>,
+    path: Option<String>,
+    version: Option<Version>,
+    reason: ErrorReason,
+}
+
+impl RefusedHead {
+    /// The entry for a refused `head` (its bytes as far as they arrived),
+    /// if `state` has an access log. Method and path are taken from a
+    /// request line that arrived whole, when they are well-formed and the
+    /// target is within `max_uri_bytes`.
+    pub fn new(
+        state: &ProxyState,
+        head: &[u8],
+        client: SocketAddr,
+        request_id: &HeaderValue,
+        reason: ErrorReason,
+    ) -> Option<Self> {
+        let log = Arc::clone(state.access_log.as_ref()?);
+        let (method, path, version) = request_line(head, state.config.server.max_uri_bytes);
+        Some(Self {
+            log,
+            at: SystemTime::now(),
+            request_id: request_id.clone(),
+            client,
+            method: method.map(str::to_owned),
+            path: path.map(str::to_owned),
+            version,
+            reason,
+        })
+    }
+
+    /// Logs it: `bytes_out` of the answer's body went out, all of it or not.
+    pub fn write(&self, bytes_out: u64, complete: bool) {
+        let line = Line {
+            at: self.at,
+            request_id: self.request_id.as_bytes(),
+            client: self.client,
+            method: self.method.as_deref(),
+            host: None,
+            path: self.path.as_deref(),
+            version: self.version,
+            status: crate::error::status_of(self.reason).as_u16(),
+            route: None,
+            backend: None,
+            node: None,
+            attempts: 0,
+            error: Some(self.reason.as_str()),
+            class: None,
+            bytes_in: None,
+            bytes_out,
+            duration: None,
+            upstream: None,
+            complete,
+        };
+        let mut out = Vec::with_capacity(320 + line.path.map_or(0, str::len));
+        line.write(&mut out);
+        self.log.send(out);
+    }
+}
+
+/// Method, path (without the query) and version of a head's request line,
+/// each when it is well-formed and arrived whole (the method once a space
+/// followed it; path and version with the line's end).
+fn request_line(
+    head: &[u8],
+    max_uri_bytes: usize,
+) -> (Option<&str>, Option<&str>, Option<Version>) {
+    let start = head
+        .iter()
+        .position(|b| !matches!(b, b'\r' | b'\n'))
+        .unwrap_or(head.len());
+    let head = &head[start..];
+    let (line, whole) = match head.iter().position(|&b| b == b'\n') {
+        Some(end) => (
+            head[..end].strip_suffix(b"\r").unwrap_or(&head[..end]),
+            true,
+        ),
+        None => (head, false),
+    };
+    let mut parts = line.splitn(3, |&b| b == b' ');
+    let method = parts
+        .next()
+        .filter(|m| m.len() < line.len() && !m.is_empty() && m.iter().all(|&b| is_tchar(b)))
+        .and_then(|m| std::str::from_utf8(m).ok());
+    if !whole {
+        return (method, None, None);
+    }
+    let path = parts
+        .next()
+        .filter(|t| t.len() <= max_uri_bytes && t.iter().all(|&b| b.is_ascii_graphic()))
+        .and_then(|t| std::str::from_utf8(t).ok())
+        .and_then(target_path);
+    let version = match parts.next() {
+        Some(b"HTTP/1.1") => Some(Version::HTTP_11),
+        Some(b"HTTP/1.0") => Some(Version::HTTP_10),
+        _ => None,
+    };
+    (method, path, version)
+}
+
+/// The path of an origin-form (`/a?b`) or absolute-form
+/// (`http://host/a?b`) target, without its query.
+fn target_path(target: &str) -> Option<&str> {
+    let path = match target.split_once("://") {
+        Some((_, rest)) => &rest[rest.find('/')?..],
+        None if target.starts_with('/') => target,
+        None => return None,
+    };
+    Some(path.split_once('?').map_or(path, |(p, _)| p))
+}
+
+/// RFC 9110 token characters.
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 /// One access log line's fields, borrowed.
@@ -284,10 +411,12 @@ pub struct Line<'a> {
     pub at: SystemTime,
     pub request_id: &'a [u8],
     pub client: SocketAddr,
-    pub method: &'a str,
-    pub host: &'a [u8],
-    pub path: &'a str,
-    pub version: Version,
+    /// `None` (null) only for a head the gate refused: what it could not
+    /// read of its request line, and its host.
+    pub method: Option<&'a str>,
+    pub host: Option<&'a [u8]>,
+    pub path: Option<&'a str>,
+    pub version: Option<Version>,
     pub status: u16,
     pub route: Option<&'a str>,
     pub backend: Option<&'a str>,
@@ -297,7 +426,8 @@ pub struct Line<'a> {
     pub class: Option<&'a str>,
     pub bytes_in: Option<u64>,
     pub bytes_out: u64,
-    pub duration: Duration,
+    /// `None` for a refused head: its arrival is not timed.
+    pub duration: Option<Duration>,
     pub upstream: Option<Duration>,
     pub complete: bool,
 }
@@ -313,14 +443,17 @@ impl Line<'_> {
         // An address has no character JSON must escape.
         let _ = write!(out, "{}", self.client);
         out.extend_from_slice(b"\",\"method\":");
-        string(self.method.as_bytes(), out);
+        optional(self.method, out);
         out.extend_from_slice(b",\"host\":");
-        string(self.host, out);
+        match self.host {
+            Some(host) => string(host, out),
+            None => out.extend_from_slice(b"null"),
+        }
         out.extend_from_slice(b",\"path\":");
-        string(self.path.as_bytes(), out);
-        out.extend_from_slice(b",\"version\":\"");
-        out.extend_from_slice(version(self.version).as_bytes());
-        let _ = write!(out, "\",\"status\":{},\"route\":", self.status);
+        optional(self.path, out);
+        out.extend_from_slice(b",\"version\":");
+        optional(self.version.map(version), out);
+        let _ = write!(out, ",\"status\":{},\"route\":", self.status);
         optional(self.route, out);
         out.extend_from_slice(b",\"backend\":");
         optional(self.backend, out);
@@ -338,7 +471,10 @@ impl Line<'_> {
             None => out.extend_from_slice(b"null"),
         }
         let _ = write!(out, ",\"bytes_out\":{},\"duration_ms\":", self.bytes_out);
-        millis(self.duration, out);
+        match self.duration {
+            Some(d) => millis(d, out),
+            None => out.extend_from_slice(b"null"),
+        }
         out.extend_from_slice(b",\"upstream_ms\":");
         match self.upstream {
             Some(d) => millis(d, out),

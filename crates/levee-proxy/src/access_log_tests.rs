@@ -12,10 +12,10 @@ fn line() -> Line<'static> {
         at: UNIX_EPOCH + Duration::from_millis(1_764_586_423_123),
         request_id: b"id-\"1\"",
         client: "127.0.0.1:5555".parse().unwrap(),
-        method: "GET",
-        host: b"ex\"ample\\.com\x01\xff",
-        path: "/a\"b\\c\u{1}\u{7f}\n/é",
-        version: Version::HTTP_11,
+        method: Some("GET"),
+        host: Some(b"ex\"ample\\.com\x01\xff"),
+        path: Some("/a\"b\\c\u{1}\u{7f}\n/é"),
+        version: Some(Version::HTTP_11),
         status: 502,
         route: Some("api"),
         backend: Some("app"),
@@ -25,7 +25,7 @@ fn line() -> Line<'static> {
         class: Some("safe"),
         bytes_in: Some(12),
         bytes_out: 345,
-        duration: Duration::from_micros(12_345),
+        duration: Some(Duration::from_micros(12_345)),
         upstream: Some(Duration::from_micros(7)),
         complete: true,
     }
@@ -75,7 +75,7 @@ fn absent_fields_are_null() {
         bytes_in: None,
         upstream: None,
         complete: false,
-        version: Version::HTTP_2,
+        version: Some(Version::HTTP_2),
         ..line()
     });
     for key in [
@@ -213,4 +213,37 @@ fn a_full_queue_drops_and_counts_without_waiting() {
     drop(release);
     out.wait_for(2);
     assert_eq!(dropped.load(Ordering::Relaxed), 5);
+}
+
+#[test]
+fn a_refused_heads_request_line_gives_what_is_well_formed_and_whole() {
+    let v11 = Some(Version::HTTP_11);
+    let cases: [(&[u8], _); 9] = [
+        (
+            b"GET /a?b=1 HTTP/1.1\r\nHost: x\r\n",
+            (Some("GET"), Some("/a"), v11),
+        ),
+        (
+            b"\r\nPOST http://h:1/p/q?x HTTP/1.0\r\n",
+            (Some("POST"), Some("/p/q"), Some(Version::HTTP_10)),
+        ),
+        (b"CONNECT h:443 HTTP/1.1\r\n", (Some("CONNECT"), None, v11)),
+        (b"GET http://h HTTP/1.1\r\n", (Some("GET"), None, v11)),
+        (
+            b"GET /0123456789abcdef HTTP/1.1\r\n",
+            (Some("GET"), None, v11),
+        ),
+        (b"GET /a HTTP/2\r\n", (Some("GET"), Some("/a"), None)),
+        (b"GET /still-arriving", (Some("GET"), None, None)),
+        (b"GET", (None, None, None)),
+        (b"G(T /a HTTP/1.1\r\n", (None, Some("/a"), v11)),
+    ];
+    for (head, want) in cases {
+        assert_eq!(
+            request_line(head, 16),
+            want,
+            "{:?}",
+            String::from_utf8_lossy(head)
+        );
+    }
 }

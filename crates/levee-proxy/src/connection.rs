@@ -51,7 +51,7 @@ pub(crate) async fn serve<I>(
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let activity = Arc::new(ConnActivity::new());
-    let gate = Gate::new(stream, Arc::clone(&shared), Arc::clone(&activity));
+    let gate = Gate::new(stream, Arc::clone(&shared), Arc::clone(&activity), peer);
     let service = TowerToHyperService::new(TrackActivity {
         inner: stack::stack(shared, worker, peer, scheme),
         activity: Arc::clone(&activity),

@@ -18,7 +18,12 @@ fn new_gate() -> (Gate<DuplexStream>, DuplexStream, Arc<ConnActivity>) {
     let (client, server) = duplex(64 * 1024);
     let activity = Arc::new(ConnActivity::new());
     (
-        Gate::new(server, shared(), Arc::clone(&activity)),
+        Gate::new(
+            server,
+            shared(),
+            Arc::clone(&activity),
+            "127.0.0.1:40000".parse().unwrap(),
+        ),
         client,
         activity,
     )

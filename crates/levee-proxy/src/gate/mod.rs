@@ -25,6 +25,7 @@ mod head;
 
 use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
@@ -37,6 +38,7 @@ use tokio::time::Sleep;
 pub use chunked::ChunkedScan;
 pub use head::{Framing, Head, HeadScan, Limits};
 
+use crate::access_log::RefusedHead;
 use crate::activity::ConnActivity;
 use crate::error::{raw_error_response, status_of};
 use crate::state::Shared;
@@ -154,6 +156,11 @@ enum State {
 struct Refusal {
     answer: Vec<u8>,
     written: usize,
+    /// Where the answer's body starts, for the log's `bytes_out`.
+    body_at: usize,
+    /// Its access log line, written when the refusal ends (answered, or the
+    /// connection gone): only then is it known how much went out.
+    log: Option<RefusedHead>,
     shut: bool,
     /// Unread client bytes are drained for a while after the answer, so
     /// that closing does not reset the connection before the client has
@@ -163,14 +170,29 @@ struct Refusal {
 }
 
 impl Refusal {
-    fn new(answer: Vec<u8>) -> Box<Self> {
+    fn new(answer: Vec<u8>, log: Option<RefusedHead>) -> Box<Self> {
+        let body_at = answer
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .map_or(answer.len(), |i| i + 4);
         Box::new(Self {
             answer,
             written: 0,
+            body_at,
+            log,
             shut: false,
             linger: None,
             drained: 0,
         })
+    }
+}
+
+impl Drop for Refusal {
+    fn drop(&mut self) {
+        if let Some(log) = &self.log {
+            let sent = self.written.saturating_sub(self.body_at);
+            log.write(sent as u64, self.written == self.answer.len());
+        }
     }
 }
 
@@ -189,6 +211,8 @@ pub struct Gate<IO> {
     io: IO,
     shared: Arc<Shared>,
     activity: Arc<ConnActivity>,
+    /// The client, for the access log line of a refused head.
+    peer: SocketAddr,
     state: State,
     /// Bytes read from the client and not yet given to hyper, from `start`;
     /// allocated only while a head arrives in pieces, freed when empty.
@@ -212,12 +236,13 @@ pub struct Gate<IO> {
 }
 
 impl<IO> Gate<IO> {
-    pub fn new(io: IO, shared: Arc<Shared>, activity: Arc<ConnActivity>) -> Self {
+    pub fn new(io: IO, shared: Arc<Shared>, activity: Arc<ConnActivity>, peer: SocketAddr) -> Self {
         let head_timeout = shared.state().config.server.header_read_timeout;
         Self {
             io,
             shared,
             activity,
+            peer,
             state: State::Sniff,
             held: Vec::new(),
             start: 0,
@@ -344,7 +369,8 @@ impl<IO> Gate<IO> {
     }
 
     /// Refuses the connection's next request: counted, hyper reads the end
-    /// of the stream, and the answer waits for hyper's shutdown.
+    /// of the stream, and the answer waits for hyper's shutdown. The held
+    /// bytes start with the refused head (as far as it arrived).
     fn refuse(&mut self, v: Violation) {
         let reason = v.reason();
         let state = self.shared.state();
@@ -353,7 +379,8 @@ impl<IO> Gate<IO> {
         unrouted.record_status(status_of(reason).as_u16());
         tracing::debug!(reason = reason.as_str(), detail = %v, "request refused by the gate");
         let id = crate::headers::new_request_id();
-        self.state = State::Refusing(Refusal::new(raw_error_response(reason, &id)));
+        let log = RefusedHead::new(&state, &self.held[self.start..], self.peer, &id, reason);
+        self.state = State::Refusing(Refusal::new(raw_error_response(reason, &id), log));
         self.held = Vec::new();
         self.start = 0;
         self.ready = 0;
@@ -564,7 +591,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Gate<IO> {
         let this = self.get_mut();
         if let State::Failed(_) = this.state {
             // Nothing more to say, but the client may still be sending.
-            this.state = State::Refusing(Refusal::new(Vec::new()));
+            this.state = State::Refusing(Refusal::new(Vec::new(), None));
         }
         let State::Refusing(r) = &mut this.state else {
             return Pin::new(&mut this.io).poll_shutdown(cx);
