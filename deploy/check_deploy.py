@@ -248,6 +248,16 @@ def check_compose(compose_yaml, toml_path, prom_path, dockerfile):
         if not listen.startswith("0.0.0.0:"):
             fail(f"{name}: --listen {listen} is not reachable from levee's container")
         nodes[f"{name}:{port_of(listen)}"] = name
+        if "--control" in c:
+            control = c[c.index("--control") + 1]
+            if port_of(control) == port_of(listen):
+                fail(f"{name}: --control {control} shares the node's port: levee's traffic would reach it")
+            published = [int(p["target"]) if isinstance(p, dict)
+                         else int(str(p).rsplit(":", 1)[-1].split("/")[0])
+                         for p in svc.get("ports", [])]
+            if port_of(control) not in published:
+                fail(f"{name}: --control port {port_of(control)} is not published (ports {published})")
+            print(f"  {name}: control interface on {port_of(control)}, published")
         print(f"  {name}: {name}:{port_of(listen)} mode {c[c.index('--mode') + 1] if '--mode' in c else 'healthy'}")
     configured = [n for b in cfg["backend"] for n in b["nodes"]]
     if sorted(configured) != sorted(nodes):

@@ -16,7 +16,9 @@
 //! - What a node received, so tests can assert what reached it: atomic
 //!   counters ([`NodeStats`]) and the last request heads ([`RecordedRequest`]).
 //! - The `--mode` grammar ([`Behavior`]'s `FromStr`/`Display`) and the
-//!   `levee-node` binary that serves one node until Ctrl-C (or SIGTERM).
+//!   `levee-node` binary that serves one node until Ctrl-C (or SIGTERM),
+//!   its mode switchable while it runs through a [`ControlServer`] on a
+//!   port of its own.
 //!
 //! # What it must never do
 //!
@@ -52,6 +54,7 @@
 
 mod behavior;
 mod body;
+mod control;
 mod io;
 mod node;
 mod raw;
@@ -59,6 +62,7 @@ mod stats;
 mod websocket;
 
 pub use behavior::{share_hits, Behavior, ParseBehaviorError, DEFAULT_BODY_BYTES};
+pub use control::ControlServer;
 pub use node::{AppNode, NodeOptions, NODE_HEADER};
 pub use raw::{RawNode, RawStats};
 pub use stats::{NodeStats, RecordedRequest, RECORDED_CAPACITY};

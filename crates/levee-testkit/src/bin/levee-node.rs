@@ -2,16 +2,21 @@
 //!
 //! ```text
 //! levee-node --listen 127.0.0.1:9001 --name n1 --mode healthy
-//! levee-node --name n2 --mode status:500:1.0:POST,PUT
+//! levee-node --name n2 --mode status:500:1.0:POST,PUT --control 127.0.0.1:9102
+//! curl -X PUT --data stuck 127.0.0.1:9102/mode     # switch n2 while it runs
 //! ```
 //!
 //! Runs until Ctrl-C (or SIGTERM). Logs with `RUST_LOG` (default `info`).
+//! `--control` serves `GET /mode` and `PUT /mode` (the body a `--mode`
+//! value) on a port of its own, out of reach of the traffic a proxy sends
+//! the node (see [`ControlServer`]).
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::Parser;
-use levee_testkit::{AppNode, Behavior};
+use levee_testkit::{AppNode, Behavior, ControlServer};
 use tracing_subscriber::EnvFilter;
 
 /// A programmable HTTP/1.1 app node for trying levee.
@@ -37,6 +42,11 @@ struct Args {
                 reset-body:TOTAL:AFTER or refuse"
     )]
     mode: Behavior,
+
+    /// Serve the control interface here (GET /mode, PUT /mode with a mode
+    /// as the body): a port of its own, never the node's.
+    #[arg(long)]
+    control: Option<SocketAddr>,
 }
 
 #[tokio::main]
@@ -48,8 +58,15 @@ async fn main() -> ExitCode {
         )
         .init();
 
+    if args
+        .control
+        .is_some_and(|c| c.port() == args.listen.port() && c.port() != 0)
+    {
+        tracing::error!(listen = %args.listen, "--control must be another port than --listen");
+        return ExitCode::FAILURE;
+    }
     let node = match AppNode::start_on(args.listen, &args.name, args.mode.clone()).await {
-        Ok(node) => node,
+        Ok(node) => Arc::new(node),
         Err(e) => {
             tracing::error!(listen = %args.listen, error = %e, "could not start the node");
             return ExitCode::FAILURE;
@@ -62,14 +79,40 @@ async fn main() -> ExitCode {
         "levee-node listening"
     );
 
+    let control = match args.control {
+        Some(addr) => match ControlServer::start(addr, Arc::clone(&node)).await {
+            Ok(control) => {
+                tracing::info!(addr = %control.addr(), "control interface: GET/PUT /mode");
+                Some(control)
+            }
+            Err(e) => {
+                tracing::error!(control = %addr, error = %e, "could not start the control interface");
+                stop(node, None).await;
+                return ExitCode::FAILURE;
+            }
+        },
+        None => None,
+    };
+
     if let Err(e) = shutdown_signal().await {
         tracing::error!(error = %e, "could not wait for a shutdown signal");
-        node.shutdown().await;
+        stop(node, control).await;
         return ExitCode::FAILURE;
     }
     tracing::info!(stats = ?node.stats(), "levee-node stopping");
-    node.shutdown().await;
+    stop(node, control).await;
     ExitCode::SUCCESS
+}
+
+/// Stops the control interface, then the node (waiting for its
+/// connections when nothing else holds it any more).
+async fn stop(node: Arc<AppNode>, control: Option<ControlServer>) {
+    if let Some(control) = control {
+        control.stop().await;
+    }
+    if let Ok(node) = Arc::try_unwrap(node) {
+        node.shutdown().await;
+    }
 }
 
 /// Resolves on Ctrl-C, or on SIGTERM (what `docker stop` sends) on Unix.
