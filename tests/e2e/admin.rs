@@ -96,3 +96,90 @@ async fn readyz_says_draining_once_shutdown_begins() {
     assert_eq!(inflight.await.unwrap().status, StatusCode::OK);
     stopping.await.unwrap();
 }
+
+/// Two nodes, one failing: breakers that open after 3 failures in a row
+/// and stay open for the test.
+const ONE_FAILING: &str = r#"
+[server]
+listen = "127.0.0.1:0"
+
+[[backend]]
+name = "app"
+nodes = ["127.0.0.1:1", "127.0.0.1:2"]
+connect_timeout = "100ms"
+timeout = "2s"
+max_ejected_percent = 50
+load_balancing = "round_robin"
+
+[backend.breaker]
+consecutive_failures = 3
+open_for = "60s"
+jitter = 0.0
+
+[backend.retry]
+max_retries = 0
+
+[[route]]
+name = "all"
+path_prefix = "/"
+backend = "app"
+"#;
+
+/// `/` is the status page (HTML, no external assets), and `/status` says
+/// why a node is out: its breaker's last move with the figures it saw.
+#[tokio::test]
+async fn the_status_page_is_served_and_status_explains_an_ejected_node() {
+    let good = node(Behavior::Healthy { body_bytes: 1 }).await;
+    let bad = node(Behavior::Status {
+        code: 500,
+        share: 1.0,
+        methods: None,
+    })
+    .await;
+    let levee = start_levee(ONE_FAILING, &[&[good.addr(), bad.addr()]]).await;
+    let client = client();
+
+    let page = get(&client, &admin_url(&levee, "/")).await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert_eq!(
+        page.headers["content-type"], "text/html; charset=utf-8",
+        "{:?}",
+        page.headers
+    );
+    let html = String::from_utf8_lossy(&page.body);
+    assert!(html.contains("<title>levee status</title>"), "{html}");
+    assert!(html.contains("fetch(\"status\""), "it polls /status");
+    assert!(
+        !html.contains("http://") && !html.contains("https://") && !html.contains("src="),
+        "no external assets"
+    );
+
+    for _ in 0..12 {
+        get(&client, &url(&levee, "/x")).await;
+    }
+    let v = status_json(&client, &levee).await;
+    assert!(v["heartbeat_stale_after_ms"].as_u64().unwrap() > 0, "{v}");
+    let nodes = v["backends"][0]["nodes"].as_array().unwrap();
+    let out = nodes
+        .iter()
+        .find(|n| n["addr"] == bad.addr().to_string())
+        .unwrap();
+    assert_eq!(out["state"], "partly-ejected", "{out}");
+    let safe = &out["breakers"][0];
+    assert_eq!(safe["state"], "open", "{out}");
+    let last = &safe["last_move"];
+    assert_eq!(last["from"], "closed", "{last}");
+    assert_eq!(last["to"], "open", "{last}");
+    assert_eq!(last["reason"], "consecutive-failures", "{last}");
+    assert_eq!(last["consecutive_failures"], 3, "{last}");
+    assert!(last["window"]["failures"].as_u64().unwrap() >= 3, "{last}");
+    assert_eq!(last["open_for_ms"], 60_000, "{last}");
+    assert!(last["ago_ms"].as_u64().unwrap() < 10_000, "{last}");
+    let kept = nodes
+        .iter()
+        .find(|n| n["addr"] == good.addr().to_string())
+        .unwrap();
+    assert_eq!(kept["state"], "active", "{kept}");
+    assert_eq!(kept["breakers"][0]["last_move"], serde_json::Value::Null);
+    levee.shutdown().await;
+}

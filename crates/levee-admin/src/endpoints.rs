@@ -8,10 +8,10 @@ use bytes::Bytes;
 use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
-use levee_resilience::{BreakerState, TransitionReason};
+use levee_resilience::{BreakerState, TransitionReason, WindowStats};
 use levee_telemetry::{
-    BackendEvent, BackendTopology, BreakerView, ErrorReason, NodeStats, NodeView, OutcomeCounters,
-    ReloadResult, StatusClass, Telemetry, TunnelClose, TunnelStats,
+    BackendEvent, BackendTopology, BreakerMove, BreakerView, ErrorReason, NodeStats, NodeView,
+    OutcomeCounters, ReloadResult, StatusClass, Telemetry, TunnelClose, TunnelStats,
 };
 use prometheus_client::registry::Registry;
 use serde_json::{json, Map, Value};
@@ -53,13 +53,14 @@ impl Endpoints {
             );
         }
         match req.uri().path() {
+            "/" => page(),
             "/healthz" => self.healthz(),
             "/readyz" => self.readyz(),
             "/status" => self.status(),
             "/metrics" => self.metrics(),
             _ => text(
                 StatusCode::NOT_FOUND,
-                "not found; try /healthz /readyz /status /metrics\n".into(),
+                "not found; try / /healthz /readyz /status /metrics\n".into(),
             ),
         }
     }
@@ -206,6 +207,7 @@ impl Endpoints {
             "ready": t.is_ready() && !t.is_draining(),
             "draining": t.is_draining(),
             "heartbeat_age_ms": t.heartbeat_age().map(|a| a.as_millis() as u64),
+            "heartbeat_stale_after_ms": millis(self.stale_after()),
             "connections_open": t.connections_open(),
             "connections_total": t.connections_total(),
             "unrouted": { "responses": by_class(&topo.unrouted), "errors": by_reason(&topo.unrouted, |_| true) },
@@ -232,6 +234,16 @@ impl Endpoints {
         );
         resp
     }
+}
+
+/// The live status page: one self-contained file (no external assets)
+/// that polls `/status` every second.
+const STATUS_PAGE: &str = include_str!("status.html");
+
+fn page() -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from_static(STATUS_PAGE.as_bytes())));
+    set_type(&mut resp, "text/html; charset=utf-8");
+    resp
 }
 
 /// One word for a node: what an operator wants to know first.
@@ -278,13 +290,32 @@ fn breaker_json(b: &BreakerView) -> Value {
         "class": b.class,
         "state": b.state.as_str(),
         "open_remaining_ms": b.open_remaining.map(|d| d.as_millis() as u64),
-        "window": { "calls": w.calls, "failures": w.failures, "slow": w.slow,
-                    "failure_rate": w.failure_rate(), "slow_rate": w.slow_rate() },
+        "window": window_json(w),
         "consecutive_failures": b.consecutive_failures,
         "opened_total": b.opened_total,
         "ejections_refused": b.ejections_refused,
         "transitions": transitions,
+        "last_move": b.last_move.as_ref().map(move_json),
     })
+}
+
+/// Why a breaker last moved, with the figures its policy saw then.
+fn move_json(m: &BreakerMove) -> Value {
+    let t = &m.transition;
+    json!({
+        "from": t.from.as_str(),
+        "to": t.to.as_str(),
+        "reason": t.reason.as_str(),
+        "ago_ms": millis(m.ago),
+        "window": window_json(&t.window),
+        "consecutive_failures": t.consecutive_failures,
+        "open_for_ms": t.open_for.map(millis),
+    })
+}
+
+fn window_json(w: &WindowStats) -> Value {
+    json!({ "calls": w.calls, "failures": w.failures, "slow": w.slow,
+            "failure_rate": w.failure_rate(), "slow_rate": w.slow_rate() })
 }
 
 fn rfc3339(t: std::time::SystemTime) -> String {

@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwapOption;
 use http::uri::Authority;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -24,7 +25,8 @@ use levee_resilience::{
     Admission, Breaker, BreakerPolicy, BreakerState, CallOutcome, EjectionBudget, HealthTracker,
     Recorded, SlowStart, Transition, TransitionReason,
 };
-use levee_telemetry::{BreakerView, ErrorReason, InFlightGuard, NodeStats, NodeView};
+use levee_telemetry::{BreakerMove, BreakerView, ErrorReason, InFlightGuard, NodeStats, NodeView};
+use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::balancer::{pick, LoadEstimate, Pool};
@@ -45,6 +47,9 @@ pub struct ClassBreaker {
     pub breaker: Breaker,
     transitions: [AtomicU64; TransitionReason::ALL.len()],
     ejections_refused: AtomicU64,
+    /// The latest move and when it happened, so `/status` can say why a
+    /// node is out. Written on a move only, never on a plain call.
+    last_move: ArcSwapOption<(Transition, Instant)>,
 }
 
 impl ClassBreaker {
@@ -54,6 +59,7 @@ impl ClassBreaker {
             breaker: Breaker::new(policy),
             transitions: Default::default(),
             ejections_refused: AtomicU64::new(0),
+            last_move: ArcSwapOption::empty(),
         }
     }
 
@@ -61,6 +67,8 @@ impl ClassBreaker {
         if let Some(i) = TransitionReason::ALL.iter().position(|r| *r == t.reason) {
             self.transitions[i].fetch_add(1, Ordering::Relaxed);
         }
+        self.last_move
+            .store(Some(Arc::new((t.clone(), Instant::now()))));
     }
 
     fn view(&self) -> BreakerView {
@@ -73,6 +81,10 @@ impl ClassBreaker {
             opened_total: self.breaker.opened_total(),
             ejections_refused: self.ejections_refused.load(Ordering::Relaxed),
             transitions: std::array::from_fn(|i| self.transitions[i].load(Ordering::Relaxed)),
+            last_move: self.last_move.load().as_deref().map(|(t, at)| BreakerMove {
+                transition: t.clone(),
+                ago: at.elapsed(),
+            }),
         }
     }
 }

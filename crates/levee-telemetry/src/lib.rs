@@ -25,9 +25,9 @@ use arc_swap::ArcSwap;
 pub use config_status::{ConfigStatus, ReloadFailure, ReloadResult};
 pub use heartbeat::Heartbeat;
 pub use stats::{
-    BackendEvent, BackendStats, BackendTopology, BreakerView, DnsStats, ErrorReason, InFlightGuard,
-    LatencyHistogram, NameTopology, NodeStats, NodeTopology, NodeView, OutcomeCounters, RouteStats,
-    StatusClass, Topology, TunnelClose, TunnelStats, LATENCY_BUCKETS,
+    BackendEvent, BackendStats, BackendTopology, BreakerMove, BreakerView, DnsStats, ErrorReason,
+    InFlightGuard, LatencyHistogram, NameTopology, NodeStats, NodeTopology, NodeView,
+    OutcomeCounters, RouteStats, StatusClass, Topology, TunnelClose, TunnelStats, LATENCY_BUCKETS,
 };
 pub use tls::TlsHandshakeFailure;
 

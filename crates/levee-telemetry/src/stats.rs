@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
-use levee_resilience::{BreakerState, Bulkhead, TransitionReason, WindowStats};
+use levee_resilience::{BreakerState, Bulkhead, Transition, TransitionReason, WindowStats};
 
 /// Why levee answered (or cut) a request itself. The string is the value of
 /// the `x-levee-error` header and of the `reason` metric label.
@@ -566,6 +566,15 @@ pub struct BreakerView {
     pub ejections_refused: u64,
     /// Moves by reason, indexed like [`TransitionReason::ALL`].
     pub transitions: [u64; TransitionReason::ALL.len()],
+    /// The latest move, if it ever moved: why, with the figures it saw.
+    pub last_move: Option<BreakerMove>,
+}
+
+/// A breaker's move and how long ago it was made.
+#[derive(Debug, Clone)]
+pub struct BreakerMove {
+    pub transition: Transition,
+    pub ago: Duration,
 }
 
 impl BreakerView {
