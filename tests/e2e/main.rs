@@ -11,6 +11,7 @@ mod common;
 mod defaults;
 mod dns;
 mod errors;
+mod failover;
 mod forwarding;
 mod framing;
 mod h2_limits;

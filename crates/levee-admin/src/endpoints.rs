@@ -172,6 +172,10 @@ impl Endpoints {
                     })
                     .collect();
                 let dns = dns_json(b);
+                let failover_budget = json!({
+                    "max_share": b.failover_max_share,
+                    "max_in_flight": b.stats.failover_budget(b.failover_max_share),
+                });
                 let b = &b.stats;
                 let events: Map<String, Value> = BackendEvent::ALL
                     .iter()
@@ -184,6 +188,7 @@ impl Endpoints {
                     "queued": b.bulkhead.queued(),
                     "max_in_flight": b.bulkhead.max_in_flight(),
                     "max_queue": b.bulkhead.max_queue(),
+                    "failover_budget": failover_budget,
                     "nodes": nodes,
                     "dns": dns,
                 })

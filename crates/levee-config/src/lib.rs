@@ -222,6 +222,10 @@ pub struct BackendConfig {
     pub failover: Option<String>,
     /// Index of [`BackendConfig::failover`] in [`Config::backends`].
     pub failover_index: Option<usize>,
+    /// Share (`0 < x <= 1`, default 1.0) of this backend's concurrency limit
+    /// that requests failed over to it from other backends may fill: its
+    /// failover budget. Past their priority's part of it they are shed.
+    pub failover_max_share: f64,
     /// What to do when no node is available (default `Failover` when
     /// `failover` is set, else `Fail`); `Failover` implies `failover` is set.
     pub when_all_down: WhenAllDown,

@@ -98,6 +98,7 @@ pub(crate) struct RawBackend {
     pub load_balancing: Option<String>,
     pub slow_start: Option<DurationText>,
     pub failover: Option<String>,
+    pub failover_max_share: Option<f64>,
     pub when_all_down: Option<String>,
     /// Signed so that a negative value gets the range message, not serde's.
     pub max_ejected_percent: Option<i64>,

@@ -678,6 +678,8 @@ fn backend(cx: &Ctx<'_>, i: usize, raw: &RawBackend) -> Result<BackendConfig, Co
     // Unlike other durations, "0s" is allowed here: it turns slow start off.
     let slow_start = raw.slow_start.map_or(BACKEND_SLOW_START, |d| d.0);
     let failover = raw.failover.clone();
+    let failover_max_share =
+        policy::failover_max_share(cx, &at(&base, "failover_max_share"), raw.failover_max_share)?;
     let when_all_down = when_all_down(cx, &base, raw)?;
     let max_ejected_percent = match raw.max_ejected_percent {
         Some(n) => policy::percent(
@@ -719,6 +721,7 @@ fn backend(cx: &Ctx<'_>, i: usize, raw: &RawBackend) -> Result<BackendConfig, Co
         failover,
         // Resolved once every backend is known.
         failover_index: None,
+        failover_max_share,
         when_all_down,
         max_ejected_percent,
         breaker,

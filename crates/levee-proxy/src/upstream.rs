@@ -30,6 +30,9 @@ pub struct Backend {
     pub queue_timeout: Duration,
     pub body_idle_timeout: Duration,
     pub failover: Option<usize>,
+    /// The share of this backend's limit that requests failed over to it
+    /// may fill ([`Backend::failover_budget`]).
+    pub failover_max_share: f64,
     pub when_all_down: WhenAllDown,
     pub retry: RetryConfig,
     pub retry_budget: Arc<RetryBudget>,
@@ -138,6 +141,7 @@ impl Backend {
             queue_timeout: cfg.queue_timeout,
             body_idle_timeout: cfg.body_idle_timeout,
             failover: cfg.failover_index,
+            failover_max_share: cfg.failover_max_share,
             when_all_down: cfg.when_all_down,
             retry: cfg.retry.clone(),
             retry_budget,
@@ -150,6 +154,11 @@ impl Backend {
 
     pub fn bulkhead(&self) -> &Bulkhead {
         &self.stats.bulkhead
+    }
+
+    /// How many requests failed over to this backend may be in flight.
+    pub fn failover_budget(&self) -> usize {
+        self.stats.failover_budget(self.failover_max_share)
     }
 
     /// What the admin listener sees of this backend in this config version.
@@ -167,6 +176,7 @@ impl Backend {
                 .collect(),
             names: self.names.clone(),
             dns_refresh: self.dns_refresh,
+            failover_max_share: self.failover_max_share,
         }
     }
 }

@@ -362,6 +362,13 @@ impl BackendStats {
     pub fn events(&self, event: BackendEvent) -> u64 {
         self.events[event as usize].load(Ordering::Relaxed)
     }
+
+    /// How many requests failed over to this backend may be in flight at
+    /// most: `max_share` (its `failover_max_share`) of its current limit,
+    /// at least one. It follows the limit as it moves.
+    pub fn failover_budget(&self, max_share: f64) -> usize {
+        ((self.bulkhead.max_in_flight() as f64 * max_share).ceil() as usize).max(1)
+    }
 }
 
 /// How a backend's node names resolve: lookups counted by result, and the
@@ -521,6 +528,8 @@ pub struct BackendTopology {
     /// The backend's node names (`host:port`) and what they resolved to.
     pub names: Vec<NameTopology>,
     pub dns_refresh: Duration,
+    /// Its `failover_max_share` ([`BackendStats::failover_budget`]).
+    pub failover_max_share: f64,
 }
 
 /// A node name and the addresses it stands for in this config version.

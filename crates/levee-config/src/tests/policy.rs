@@ -29,6 +29,7 @@ fn new_keys_take_their_defaults() {
     assert_eq!(b.slow_start, secs(30));
     assert_eq!(b.failover, None);
     assert_eq!(b.failover_index, None);
+    assert_eq!(b.failover_max_share, 1.0);
     assert_eq!(b.when_all_down, WhenAllDown::Fail);
     assert_eq!(b.max_ejected_percent, 50);
     assert_eq!(b.health_check, None);
@@ -777,6 +778,21 @@ fn negative_counts_in_new_tables_name_the_key() {
 }
 
 // ----------------------------------------------------------- shedding
+
+#[test]
+fn failover_max_share_is_a_positive_share() {
+    let c = ok(&backend_table("failover_max_share = 0.25"));
+    assert_eq!(c.backends[0].failover_max_share, 0.25);
+    for bad in ["0", "1.5", "-0.5", "nan"] {
+        let text = backend_table(&format!("failover_max_share = {bad}"));
+        expect(
+            &text,
+            "backend[0].failover_max_share",
+            line_with(&text, "failover_max_share"),
+            "must be greater than 0 and at most 1",
+        );
+    }
+}
 
 #[test]
 fn shedding_shares_are_positive() {

@@ -479,6 +479,24 @@ pub(super) fn retry(
 }
 
 /// `[backend.shedding]`: `0 < sheddable <= normal <= 1`.
+/// A backend's failover budget: the share of its limit that requests failed
+/// over to it may fill.
+pub(super) fn failover_max_share(
+    cx: &Ctx<'_>,
+    path: &[Seg<'_>],
+    raw: Option<f64>,
+) -> Result<f64, ConfigError> {
+    share(
+        cx,
+        path,
+        raw,
+        1.0,
+        Share::Positive,
+        "it is the share of this backend's max_in_flight that requests failed over \
+         from other backends may fill",
+    )
+}
+
 pub(super) fn shedding(
     cx: &Ctx<'_>,
     backend: &[Seg<'_>],

@@ -3,7 +3,10 @@
 //! [`ChooseBackend`]: the route's own backend while it has a usable node and
 //! its pool is not ramping back; else what `when_all_down` says (fail,
 //! failover, try every node). A pool ramping back after an outage admits a
-//! growing share; the rest goes to the failover backend, or is shed.
+//! growing share; the rest goes to the failover backend, or is shed. A
+//! failover backend takes failed-over normal and sheddable requests within
+//! their shedding share of its failover budget (`failover_max_share` of its
+//! limit); past it they are shed at once, never queued on it.
 //! [`Shed`]: `sheddable` requests are refused while the chosen backend's
 //! bulkhead is past their share, and `normal` ones too while the backend is
 //! in trouble (a node out, slow or failing), so `critical` ones keep a slot;
@@ -35,11 +38,9 @@ fn choose(req: &Routed) -> Result<(usize, bool), ProxyError> {
     let primary = req.backend();
     let class = req.class;
     let failover = || {
-        primary.failover.filter(|i| {
-            req.state
-                .backends
-                .get(*i)
-                .is_some_and(|fb| fb.nodes.any_usable(class))
+        primary.failover.and_then(|i| {
+            let fb = req.state.backends.get(i)?;
+            fb.nodes.any_usable(class).then_some((i, fb))
         })
     };
     if primary.nodes.any_usable(class) {
@@ -49,9 +50,8 @@ fn choose(req: &Routed) -> Result<(usize, bool), ProxyError> {
         }
         // The whole pool is ramping back: the rest goes to the failover pool
         // if there is one, else it is shed, so the pool is not knocked over.
-        if let Some(fb) = failover() {
-            primary.stats.count(BackendEvent::FailedOver);
-            return Ok((fb, false));
+        if let Some((i, fb)) = failover() {
+            return fail_over(req, i, fb);
         }
         primary.stats.count(BackendEvent::Shed);
         // Per request, so at debug: the rate is in levee_backend_events_total.
@@ -76,10 +76,7 @@ fn choose(req: &Routed) -> Result<(usize, bool), ProxyError> {
             Err(no_healthy_node(primary))
         }
         WhenAllDown::Failover => match failover() {
-            Some(fb) => {
-                primary.stats.count(BackendEvent::FailedOver);
-                Ok((fb, false))
-            }
+            Some((i, fb)) => fail_over(req, i, fb),
             None => {
                 primary.stats.count(BackendEvent::AllDownFail);
                 Err(no_healthy_node(primary))
@@ -90,6 +87,52 @@ fn choose(req: &Routed) -> Result<(usize, bool), ProxyError> {
             Ok((req.backend, true))
         }
     }
+}
+
+/// Sends the request on to failover backend `fb` (index `i`) if it fits
+/// that backend's failover budget; past it, sheds it at once.
+fn fail_over(req: &Routed, i: usize, fb: &Backend) -> Result<(usize, bool), ProxyError> {
+    let priority = req.route().priority;
+    if !within_failover_budget(fb, priority) {
+        fb.stats.count(BackendEvent::Shed);
+        debug!(
+            backend = %fb.name,
+            from = %req.backend().name,
+            priority = %priority,
+            in_flight = fb.bulkhead().in_flight(),
+            failover_budget = fb.failover_budget(),
+            "shed: the failover backend is past this priority's part of its failover budget"
+        );
+        return Err(ProxyError::new(
+            ErrorReason::Shed,
+            format!(
+                "failover backend {} sheds {} requests at {} in flight (failover budget {})",
+                fb.name,
+                priority,
+                fb.bulkhead().in_flight(),
+                fb.failover_budget()
+            ),
+        ));
+    }
+    req.backend().stats.count(BackendEvent::FailedOver);
+    Ok((i, false))
+}
+
+/// Whether a request of `priority` failed over to `backend` fits the part
+/// of its failover budget that priority may fill: its shedding share.
+/// Unlike [`admits`], a healthy backend makes no exception for normal
+/// requests, and nothing waits for the budget: the failover region takes
+/// what it can, the rest is shed fast instead of queuing on it. Critical
+/// requests are not held to it: they keep every slot the others leave, and
+/// the backend's queue, as on any backend.
+fn within_failover_budget(backend: &Backend, priority: Priority) -> bool {
+    let share = match priority {
+        Priority::Critical => return true,
+        Priority::Normal => backend.shedding.normal,
+        Priority::Sheddable => backend.shedding.sheddable,
+    };
+    let limit = (backend.failover_budget() as f64 * share).ceil() as usize;
+    backend.bulkhead().in_flight() < limit.max(1)
 }
 
 fn no_healthy_node(backend: &Backend) -> ProxyError {

@@ -1,5 +1,6 @@
-//! `ChooseBackend` (what `when_all_down` does when every node is out) and
-//! `Shed` (lower priorities refused first as the backend fills up).
+//! `ChooseBackend` (what `when_all_down` does when every node is out, and a
+//! failover backend's budget) and `Shed` (lower priorities refused first as
+//! the backend fills up).
 
 use std::sync::{Arc, Mutex};
 
@@ -340,4 +341,134 @@ async fn shedding_judges_the_chosen_backend_not_the_route_backend() {
     );
     assert_eq!(state.backends[1].stats.events(BackendEvent::Shed), 1);
     assert_eq!(state.backends[0].stats.events(BackendEvent::Shed), 0);
+}
+
+// --- Failover budget ---------------------------------------------------------
+
+/// `app` fails over to `standby`, whose eight slots give failed-over
+/// requests a budget of four: sheddable ones two, normal ones three;
+/// critical ones are not held to it.
+const BUDGET: &str = r#"
+[[backend]]
+name = "app"
+nodes = ["127.0.0.1:9001"]
+failover = "standby"
+[backend.breaker]
+consecutive_failures = 1
+[[backend]]
+name = "standby"
+nodes = ["127.0.0.1:9101"]
+max_in_flight = 8
+failover_max_share = 0.5
+[backend.shedding]
+sheddable = 0.5
+normal = 0.75
+[[route]]
+name = "critical"
+path_prefix = "/critical"
+backend = "app"
+priority = "critical"
+[[route]]
+name = "normal"
+path_prefix = "/normal"
+backend = "app"
+priority = "normal"
+[[route]]
+name = "bulk"
+path_prefix = "/bulk"
+backend = "app"
+priority = "sheddable"
+"#;
+
+/// `ChooseBackend` for a GET to `path`: the backend it chose, or its error.
+async fn choose_for(state: &Arc<ProxyState>, path: &str) -> Result<usize, ProxyError> {
+    let record = Record::default();
+    let mut svc = DecideLayer(ChooseBackend).layer(answering(&record));
+    let req = routed(state, Method::GET, path).await;
+    svc.ready().await?.call(req).await?;
+    let seen = record.take();
+    assert_eq!(seen.len(), 1);
+    Ok(seen[0].0)
+}
+
+fn failed_over_state(toml: &str) -> Arc<ProxyState> {
+    let state = testing::state(toml);
+    testing::open_every_node(&state.backends[0], ClassTable::SAFE);
+    state
+}
+
+#[tokio::test(start_paused = true)]
+async fn failed_over_requests_are_shed_by_priority_past_the_failover_budget() {
+    let state = failed_over_state(BUDGET);
+    let (app, standby) = (&state.backends[0], &state.backends[1]);
+    assert_eq!(standby.failover_budget(), 4);
+    for path in ["/critical", "/normal", "/bulk"] {
+        assert_eq!(choose_for(&state, path).await.unwrap(), 1);
+    }
+    assert_eq!(app.stats.events(BackendEvent::FailedOver), 3);
+
+    let mut held = hold(standby, 2);
+    let err = choose_for(&state, "/bulk").await.unwrap_err();
+    assert_eq!(err.reason, ErrorReason::Shed);
+    assert!(err.detail.contains("failover budget 4"), "{}", err.detail);
+    assert_eq!(choose_for(&state, "/normal").await.unwrap(), 1);
+
+    // Three in flight: a healthy standby still sheds normal failed-over
+    // requests (no queuing on the failover region), not critical ones.
+    held.extend(hold_one_more(standby));
+    assert_eq!(
+        choose_for(&state, "/normal").await.unwrap_err().reason,
+        ErrorReason::Shed
+    );
+    assert_eq!(choose_for(&state, "/critical").await.unwrap(), 1);
+
+    // Every slot taken: critical ones still go on, to the standby's queue.
+    held.extend((0..5).filter_map(|_| hold_one_more(standby)));
+    assert_eq!(standby.bulkhead().in_flight(), 8);
+    assert_eq!(choose_for(&state, "/critical").await.unwrap(), 1);
+    assert_eq!(standby.stats.events(BackendEvent::Shed), 2);
+    assert_eq!(app.stats.events(BackendEvent::FailedOver), 6);
+    assert_eq!(app.stats.events(BackendEvent::Shed), 0);
+    drop(held);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reload_applies_a_new_failover_budget() {
+    let state = failed_over_state(BUDGET);
+    let _held = hold(&state.backends[1], 3);
+    assert!(choose_for(&state, "/normal").await.is_err());
+
+    // A reload to the whole of standby's limit: normal passes again, and
+    // the in-flight requests of the old version count in the new one.
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n{}",
+        BUDGET.replace("failover_max_share = 0.5", "failover_max_share = 1.0")
+    );
+    let config = levee_config::parse(&text, "test.toml").unwrap();
+    let reloaded = Arc::new(ProxyState::build(Arc::new(config), 1, Some(&state)));
+    assert_eq!(reloaded.backends[1].failover_budget(), 8);
+    assert_eq!(reloaded.backends[1].bulkhead().in_flight(), 3);
+    assert_eq!(choose_for(&reloaded, "/normal").await.unwrap(), 1);
+    let _more = hold_one_more(&reloaded.backends[1]);
+    assert_eq!(
+        choose_for(&reloaded, "/bulk").await.unwrap_err().reason,
+        ErrorReason::Shed,
+        "four in flight is sheddable's half of eight"
+    );
+}
+
+#[test]
+fn the_budget_is_a_share_of_the_limit_rounded_up_and_at_least_one() {
+    let state =
+        testing::state(&BUDGET.replace("failover_max_share = 0.5", "failover_max_share = 0.01"));
+    assert_eq!(state.backends[1].failover_budget(), 1);
+    let state =
+        testing::state(&BUDGET.replace("failover_max_share = 0.5", "failover_max_share = 0.3"));
+    assert_eq!(
+        state.backends[1].failover_budget(),
+        3,
+        "0.3 of 8, rounded up"
+    );
+    let state = testing::state(&BUDGET.replace("failover_max_share = 0.5\n", ""));
+    assert_eq!(state.backends[1].failover_budget(), 8, "default: all of it");
 }
