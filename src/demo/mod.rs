@@ -5,6 +5,7 @@
 //! fails.
 
 mod live_table;
+mod pool_return;
 mod scenes;
 mod verdict;
 
@@ -33,7 +34,7 @@ struct Scene {
     run: fn(Duration) -> scenes::SceneFuture,
 }
 
-const SCENES: [Scene; 7] = [
+const SCENES: [Scene; 8] = [
     Scene {
         name: "stuck-writes",
         title: "1. Stuck writes: a node hangs every write, another fails everything",
@@ -69,6 +70,11 @@ const SCENES: [Scene; 7] = [
         title:
             "7. Hot reload under traffic: a broken config is refused, a good one moves the route",
         run: |d| Box::pin(scenes::reload(d)),
+    },
+    Scene {
+        name: "pool-return",
+        title: "8. A pool returning, with and without failover: the share it takes each second",
+        run: |d| Box::pin(pool_return::pool_return(d)),
     },
 ];
 

@@ -681,7 +681,7 @@ impl Drop for TempDir {
 }
 
 /// Requests each pool's nodes have received so far.
-fn received(nodes: &[AppNode]) -> u64 {
+pub(super) fn received(nodes: &[AppNode]) -> u64 {
     nodes.iter().map(|n| n.stats().requests).sum()
 }
 
