@@ -15,7 +15,9 @@
 //! A bad head is held back until the connection has no request in flight
 //! (earlier pipelined requests get their responses), then hyper reads an
 //! end of stream, and when it shuts the connection down the gate writes
-//! levee's own error response and closes. A bad chunked body fails hyper's
+//! levee's own error response and closes. hyper never sees that request, so
+//! the gate also gives it its access log line ([`RefusedHead`]), written
+//! once the answer is out or the connection is gone. A bad chunked body fails hyper's
 //! read with a [`Violation`] inside the `io::Error`: the request body fails,
 //! the node connection is aborted, and the client gets 400 `bad-request` if
 //! no response started.
