@@ -176,7 +176,7 @@ impl Levee {
         let admin = spawn_admin(&config, &telemetry)?;
         let admin_addr = admin.local_addr();
         telemetry.set_ready(true);
-        info!(%proxy_addr, ?tls_addr, %admin_addr, workers, version = %config.version, "levee is serving");
+        info!(%proxy_addr, tls_addr = tls_addr.map(tracing::field::display), %admin_addr, workers, version = %config.version, "levee is serving");
         Ok(Levee {
             proxy_addr,
             tls_addr,
