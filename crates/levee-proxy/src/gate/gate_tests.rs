@@ -193,3 +193,60 @@ async fn a_head_in_pieces_is_cut_at_header_read_timeout() {
     assert_eq!(err.kind(), io::ErrorKind::TimedOut);
     assert_eq!(started.elapsed(), timeout);
 }
+
+/// A client gone before levee's answer to its refused head still gets its
+/// access log line, marked incomplete, with no body bytes sent.
+#[tokio::test]
+async fn a_refused_head_is_logged_even_when_its_answer_never_went_out() {
+    let dir = std::env::temp_dir().join(format!("levee-gate-log-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("access.log");
+    let config = levee_config::parse(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[[backend]]\nname = \"app\"\nnodes = [\"127.0.0.1:1\"]\n[[route]]\npath_prefix = \"/\"\nbackend = \"app\"\n",
+        "test.toml",
+    )
+    .unwrap();
+    let mut state = crate::ProxyState::build(Arc::new(config), 1, None);
+    state.access_log = crate::access_log::AccessLog::open(
+        &levee_config::AccessTarget::File(path.clone()),
+        Arc::default(),
+    )
+    .unwrap();
+    let shared = Arc::new(Shared::new(
+        Arc::new(state),
+        Telemetry::new(Topology::default(), 1),
+    ));
+    let (mut client, server) = duplex(64 * 1024);
+    let mut gate = Gate::new(
+        server,
+        shared,
+        Arc::new(ConnActivity::new()),
+        "127.0.0.1:40000".parse().unwrap(),
+    );
+    client
+        .write_all(b"DELETE /x?y HTTP/1.1\r\nBad Name: 1\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 64];
+    assert_eq!(gate.read(&mut buf).await.unwrap(), 0, "refused");
+    // The connection ends without hyper's shutdown: nothing was answered.
+    drop(gate);
+
+    let mut text = String::new();
+    for _ in 0..100 {
+        text = std::fs::read_to_string(&path).unwrap_or_default();
+        if !text.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    let line: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
+    assert_eq!(line["status"], 400, "{line}");
+    assert_eq!(line["error"], "bad-request");
+    assert_eq!(line["client"], "127.0.0.1:40000");
+    assert_eq!(line["method"], "DELETE");
+    assert_eq!(line["path"], "/x");
+    assert_eq!(line["bytes_out"], 0);
+    assert_eq!(line["complete"], false);
+}
