@@ -1,14 +1,14 @@
-//! Micro-costs levee pays on every request: a bulkhead slot, route matching,
-//! header hygiene, request ids and outcome recording.
+//! Micro-costs levee pays on every request: a bulkhead slot, a breaker,
+//! header hygiene, request ids and outcome recording (route matching and
+//! node selection are in the `scale` bench).
 
 use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use futures_util::FutureExt;
-use http::{HeaderMap, HeaderValue, Method};
+use http::{HeaderMap, HeaderValue};
 use levee_proxy::headers;
-use levee_proxy::routing::{first_match, RouteMatch};
 use levee_resilience::{Breaker, BreakerPolicy, Bulkhead, CallOutcome, EjectionBudget};
 use levee_telemetry::{LatencyHistogram, OutcomeCounters};
 
@@ -36,31 +36,6 @@ fn breaker(c: &mut Criterion) {
             let (admission, _) = b.admit();
             black_box(admission);
             black_box(b.record(false, ok, &budget))
-        })
-    });
-}
-
-fn routing(c: &mut Criterion) {
-    let mut routes: Vec<RouteMatch> = (0..9)
-        .map(|i| RouteMatch {
-            path_prefix: format!("/service-{i}/"),
-            methods: Some(vec![Method::POST, Method::PUT]),
-            host: Some(format!("svc{i}.example.com")),
-        })
-        .collect();
-    routes.push(RouteMatch {
-        path_prefix: "/".into(),
-        methods: None,
-        host: None,
-    });
-    c.bench_function("route match, 10 routes, last wins", |bench| {
-        bench.iter(|| {
-            first_match(
-                black_box(&routes),
-                Some("www.example.com:443"),
-                &Method::GET,
-                black_box("/products/42"),
-            )
         })
     });
 }
@@ -106,12 +81,5 @@ fn recording(c: &mut Criterion) {
     });
 }
 
-criterion_group!(
-    benches,
-    bulkhead,
-    breaker,
-    routing,
-    header_hygiene,
-    recording
-);
+criterion_group!(benches, bulkhead, breaker, header_hygiene, recording);
 criterion_main!(benches);

@@ -139,18 +139,28 @@ pub trait Pool {
     fn weight(&self, i: usize) -> f64;
 }
 
-/// Picks a node index, or `None` when none is usable.
+/// Random draws a pick makes before it falls back to counting the usable
+/// nodes: enough that a backend with most of its nodes usable never counts.
+const DRAWS: usize = 8;
+
+/// Picks a node index, or `None` when none is usable. While most nodes are
+/// usable this costs the same for 3 nodes as for 1,000: random candidates
+/// are drawn from the whole list and the unusable ones drawn again, which
+/// picks uniformly among the usable nodes as counting them would, without
+/// a cache of the usable set to keep in step with breakers and health
+/// (whose state old and new config versions share).
 pub fn pick(policy: LoadBalancing, pool: &impl Pool, cursor: &AtomicUsize) -> Option<usize> {
-    let usable = (0..pool.size()).filter(|i| pool.usable(*i)).count();
-    if usable == 0 {
-        return None;
-    }
     match policy {
-        LoadBalancing::RoundRobin => round_robin(pool, cursor),
-        LoadBalancing::LeastRequest => two_choices(pool, usable, |i| {
+        LoadBalancing::RoundRobin => {
+            if !(0..pool.size()).any(|i| pool.usable(i)) {
+                return None;
+            }
+            round_robin(pool, cursor)
+        }
+        LoadBalancing::LeastRequest => two_choices(pool, |i| {
             (pool.in_flight(i).max(0) as f64 + 1.0) * pool.penalty(i) / pool.weight(i)
         }),
-        LoadBalancing::P2cEwma => two_choices(pool, usable, |i| {
+        LoadBalancing::P2cEwma => two_choices(pool, |i| {
             let latency = pool.latency(i).as_micros().max(1) as f64;
             latency * (pool.in_flight(i).max(0) as f64 + 1.0) * pool.penalty(i) / pool.weight(i)
         }),
@@ -177,8 +187,46 @@ fn round_robin(pool: &impl Pool, cursor: &AtomicUsize) -> Option<usize> {
     first_usable
 }
 
-/// Power of two choices: two distinct usable nodes at random, the lower cost wins.
-fn two_choices(pool: &impl Pool, usable: usize, cost: impl Fn(usize) -> f64) -> Option<usize> {
+/// Power of two choices: two distinct usable nodes at random, the lower
+/// cost wins. Each is drawn at random from the whole list until a usable
+/// one comes up; whether both come up within [`DRAWS`] does not depend on
+/// which node came first, so the pair is as uniform as a counted one.
+fn two_choices(pool: &impl Pool, cost: impl Fn(usize) -> f64) -> Option<usize> {
+    let Some(a) = draw_usable(pool, None) else {
+        return two_choices_counted(pool, cost);
+    };
+    if fastrand::f64() < EXPLORE {
+        return Some(a);
+    }
+    let Some(b) = draw_usable(pool, Some(a)) else {
+        return two_choices_counted(pool, cost);
+    };
+    if cost(b) < cost(a) {
+        Some(b)
+    } else {
+        Some(a)
+    }
+}
+
+/// A node drawn uniformly from the usable ones other than `other`, if one
+/// comes up within [`DRAWS`] draws.
+fn draw_usable(pool: &impl Pool, other: Option<usize>) -> Option<usize> {
+    let n = pool.size();
+    if n == 0 {
+        return None;
+    }
+    (0..DRAWS)
+        .map(|_| fastrand::usize(..n))
+        .find(|i| Some(*i) != other && pool.usable(*i))
+}
+
+/// [`two_choices`] by counting the usable nodes: for a backend with few of
+/// them left.
+fn two_choices_counted(pool: &impl Pool, cost: impl Fn(usize) -> f64) -> Option<usize> {
+    let usable = (0..pool.size()).filter(|i| pool.usable(*i)).count();
+    if usable == 0 {
+        return None;
+    }
     if usable == 1 {
         return (0..pool.size()).find(|i| pool.usable(*i));
     }
@@ -270,6 +318,41 @@ mod tests {
                 n.usable = false;
             }
             assert_eq!(pick(policy, &nodes, &AtomicUsize::new(0)), None);
+        }
+    }
+
+    #[test]
+    fn two_choices_spread_evenly_over_the_usable_nodes() {
+        for policy in [LoadBalancing::LeastRequest, LoadBalancing::P2cEwma] {
+            let mut nodes: Vec<Fake> = (0..10).map(|_| fake()).collect();
+            for i in [0, 4, 5] {
+                nodes[i].usable = false;
+            }
+            let counts = shares(policy, &nodes, 7000);
+            for (i, count) in counts.iter().enumerate() {
+                if nodes[i].usable {
+                    assert!((800..1200).contains(count), "{policy:?} {counts:?}");
+                } else {
+                    assert_eq!(*count, 0, "{policy:?} {counts:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_mostly_unusable_pool_still_finds_its_usable_nodes() {
+        for policy in [LoadBalancing::LeastRequest, LoadBalancing::P2cEwma] {
+            let mut nodes: Vec<Fake> = (0..1000).map(|_| fake()).collect();
+            for n in &mut nodes {
+                n.usable = false;
+            }
+            nodes[7].usable = true;
+            nodes[500].usable = true;
+            let counts = shares(policy, &nodes, 400);
+            assert_eq!(counts[7] + counts[500], 400, "{policy:?}");
+            assert!(counts[7] > 100 && counts[500] > 100, "{policy:?}");
+            nodes[500].usable = false;
+            assert_eq!(shares(policy, &nodes, 50)[7], 50, "{policy:?}");
         }
     }
 

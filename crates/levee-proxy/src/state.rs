@@ -2,6 +2,7 @@
 //! as one `ArcSwap` snapshot, so a reload is validate-then-swap and every
 //! request sees one consistent version.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,7 +15,7 @@ use tokio::sync::watch;
 use crate::access_log::AccessLog;
 use crate::classes::ClassTable;
 use crate::dns::Resolved;
-use crate::routing::{first_match, RouteMatch};
+use crate::routing::{RouteMatch, RouteTable};
 use crate::stack::rate_limit::RouteRateLimit;
 use crate::upstream::Backend;
 
@@ -56,6 +57,8 @@ impl Route {
 pub struct ProxyState {
     pub config: Arc<Config>,
     pub routes: Vec<Route>,
+    /// `routes` indexed for matching.
+    route_table: RouteTable,
     pub backends: Vec<Arc<Backend>>,
     pub classes: ClassTable,
     pub topology: Arc<Topology>,
@@ -110,14 +113,18 @@ impl ProxyState {
                 ))
             })
             .collect();
+        let old_routes: HashMap<&str, &Route> = previous
+            .map(|p| p.routes.iter().map(|r| (r.name.as_str(), r)).collect())
+            .unwrap_or_default();
         let routes: Vec<Route> = config
             .routes
             .iter()
             .filter_map(|r| {
-                let old = previous.and_then(|p| p.routes.iter().find(|o| o.name == r.name));
+                let old = old_routes.get(r.name.as_str()).copied();
                 route(r, &backends, &classes, old)
             })
             .collect();
+        let route_table = RouteTable::new(routes.iter().map(|r| &r.matcher));
         let topology = Topology {
             version: config.version.clone(),
             routes: routes.iter().map(|r| Arc::clone(&r.stats)).collect(),
@@ -134,6 +141,7 @@ impl ProxyState {
         Self {
             config,
             routes,
+            route_table,
             backends,
             classes,
             topology: Arc::new(topology),
@@ -150,7 +158,7 @@ impl ProxyState {
         method: &http::Method,
         path: &str,
     ) -> Option<usize> {
-        first_match(self.routes.iter().map(|r| &r.matcher), host, method, path)
+        self.route_table.first_match(host, method, path)
     }
 }
 

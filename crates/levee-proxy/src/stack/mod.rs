@@ -102,6 +102,17 @@ pub type ProxyResult = Result<Response<ProxyBody>, ProxyError>;
 
 /// The whole stack for one client connection of data-plane `worker`.
 pub fn stack(shared: Arc<Shared>, worker: usize, peer: SocketAddr, scheme: Scheme) -> Stack {
+    stack_over(shared, peer, scheme, node::NodeCall::new(worker))
+}
+
+/// The stack with `node` as its bottom, the call to one node; benches put
+/// an in-memory node there to measure everything above it.
+pub fn stack_over<N>(
+    shared: Arc<Shared>,
+    peer: SocketAddr,
+    scheme: Scheme,
+    node: N,
+) -> StackOver<N> {
     ServiceBuilder::new()
         .layer(request_id::RequestIdLayer)
         .layer(edge::EdgeLayer::new(shared, peer, scheme))
@@ -113,18 +124,21 @@ pub fn stack(shared: Arc<Shared>, worker: usize, peer: SocketAddr, scheme: Schem
         .layer(bulkhead::BulkheadLayer::backend())
         .layer(retry::RetryLayer)
         .layer(balance::BalanceLayer)
-        .service(node::NodeCall::new(worker))
+        .service(node)
 }
 
 /// The concrete type of [`stack`].
-pub type Stack = request_id::RequestId<
+pub type Stack = StackOver<node::NodeCall>;
+
+/// The concrete type of [`stack_over`].
+pub type StackOver<N> = request_id::RequestId<
     edge::Edge<
         Decide<
             tunnel::Tunnel<
                 bulkhead::Bulkhead<
                     Decide<
                         Decide<
-                            bulkhead::Bulkhead<retry::Retry<balance::Balance<node::NodeCall>>>,
+                            bulkhead::Bulkhead<retry::Retry<balance::Balance<N>>>,
                             backend::Shed,
                         >,
                         backend::ChooseBackend,

@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# Whether a request costs more in a large config: CPU per request of one
+# levee build with 1 route and 2 nodes (base), with 10,000 routes before the
+# one that matches (routes), and with 1,000 nodes in the backend (nodes),
+# round by round in one run, then each median and its ratio to base's.
+#
+# Usage: benches/load/scale.sh LEVEE [ROUNDS] [SECONDS] [CONNECTIONS]
+# The nodes are one levee-node on 0.0.0.0, reached at 127.0.x.y addresses.
+# The proxy runs one worker pinned to CPU 0; the node and wrk share CPU 1.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+LEVEE=$1 ROUNDS=${2:-5} DUR=${3:-5} CONNS=${4:-64}
+NODE_PORT=19401 LEVEE_PORT=18481 ADMIN_PORT=18491
+command -v wrk >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
+cargo build --release --locked -q -p levee-testkit --bin levee-node
+WORK=$(mktemp -d)
+taskset -c 1 target/release/levee-node --listen 0.0.0.0:$NODE_PORT --mode healthy:64 >/dev/null 2>&1 &
+NODE=$!
+trap 'kill $NODE 2>/dev/null || true; rm -rf "$WORK"' EXIT
+
+config() { # FILE ROUTES NODES
+  {
+    printf '[server]\nlisten = "127.0.0.1:%s"\nworkers = 1\n' $LEVEE_PORT
+    printf '[admin]\nlisten = "127.0.0.1:%s"\n' $ADMIN_PORT
+    printf '[[backend]]\nname = "app"\nmax_in_flight = 4096\nmax_queue = 1024\nnodes = [\n'
+    for i in $(seq 0 $(($3 - 1))); do
+      printf '"127.0.%d.%d:%s",\n' $((i / 250)) $((i % 250 + 1)) $NODE_PORT
+    done
+    printf ']\n'
+    # Every other route is passed over by wrk's GET / with its own Host.
+    for i in $(seq 0 $(($2 - 2))); do
+      printf '[[route]]\npath_prefix = "/service-%d/"\nbackend = "app"\n' "$i"
+      case $((i % 3)) in
+        0) printf 'host = "svc%d.example.com"\n' "$i" ;;
+        1) printf 'methods = ["POST", "PUT"]\n' ;;
+      esac
+    done
+    printf '[[route]]\npath_prefix = "/"\nbackend = "app"\n'
+  } > "$1"
+}
+config "$WORK/base.toml" 1 2
+config "$WORK/routes.toml" 10000 2
+config "$WORK/nodes.toml" 1 1000
+
+stat_of() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+one() { # config -> CPU µs per request
+  taskset -c 0 "$LEVEE" run --config "$1" >/dev/null 2>&1 &
+  local p=$! before after out n
+  sleep 1
+  # Warm-up: every node's pool gets its connections.
+  taskset -c 1 wrk -t1 -c"$CONNS" -d2s "http://127.0.0.1:$LEVEE_PORT/" >/dev/null
+  before=$(stat_of $p)
+  out=$(taskset -c 1 wrk -t1 -c"$CONNS" -d"${DUR}s" "http://127.0.0.1:$LEVEE_PORT/")
+  after=$(stat_of $p)
+  n=$(echo "$out" | awk '/requests in/ {print $1}')
+  kill $p; wait $p 2>/dev/null || true
+  awk -v t=$((after - before)) -v n="$n" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.2f", t / hz * 1e6 / n }'
+}
+median() { tr ' ' '\n' | grep . | sort -n | awk '{ a[NR] = $1 } END { print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
+
+echo "cpu us/request of $LEVEE, ${DUR}s per run, $CONNS connections"
+declare -A runs
+for r in $(seq 1 "$ROUNDS"); do
+  line="round $r:"
+  for c in base routes nodes; do
+    v=$(one "$WORK/$c.toml")
+    runs[$c]+=" $v"
+    line+=" $c $v"
+  done
+  echo "$line"
+done
+b=$(echo "${runs[base]}" | median)
+for c in base routes nodes; do
+  m=$(echo "${runs[$c]}" | median)
+  awk -v c="$c" -v m="$m" -v b="$b" 'BEGIN { printf "%-7s median %6.2f us  ratio to base %.3f\n", c, m, m / b }'
+done
