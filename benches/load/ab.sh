@@ -12,7 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 A=$1 B=$2 ROUNDS=${3:-6} DUR=${4:-5} CONNS=${5:-64}
 NODE_PORT=19301 LEVEE_PORT=18381 ADMIN_PORT=18391
-command -v wrk >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
+bash benches/load/install.sh >/dev/null
 cargo build --release --locked -q -p levee-testkit --bin levee-node
 WORK=$(mktemp -d)
 . benches/load/levee_config.sh

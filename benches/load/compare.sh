@@ -13,7 +13,9 @@
 # run (e.g. the build before a change), so before/after is one measurement.
 # Every proxy runs one worker, pinned to CPU 0; the node and wrk share CPU 1
 # (when the machine has two or more), so the proxies are measured alike.
-# Installs wrk, nginx-light and haproxy with apt-get if they are missing.
+# Installs wrk, nginx-light and haproxy (benches/load/install.sh) if missing.
+# levee-bench covers the plain rows with more scenarios; this script stays
+# for the TLS row and LEVEE_BASELINE.
 # Traffic goes to 127.0.0.1 only; every process is stopped on exit.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -25,13 +27,7 @@ PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
 trap cleanup EXIT
 
-need=()
-command -v wrk >/dev/null || need+=(wrk)
-command -v nginx >/dev/null || need+=(nginx-light)
-command -v haproxy >/dev/null || need+=(haproxy)
-if [ ${#need[@]} -gt 0 ]; then
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
-fi
+bash benches/load/install.sh >/dev/null
 
 cargo build --release --locked -q --bin levee -p levee --bin levee-node -p levee-testkit
 if [ "$(nproc)" -ge 2 ]; then PROXY_CPU=(taskset -c 0); LOAD_CPU=(taskset -c 1); else PROXY_CPU=(); LOAD_CPU=(); fi
