@@ -5,7 +5,6 @@
 mod abuse;
 mod access_log;
 mod admin;
-mod bench_smoke;
 mod bulkheads;
 mod cli;
 mod common;

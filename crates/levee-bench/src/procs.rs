@@ -192,10 +192,11 @@ impl Drop for Proc {
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {
             if self.exited().is_some() {
-                break;
+                return;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+        // Still running after 5 s: kill it and the workers it started.
         for pid in tree {
             let _ = Command::new("kill")
                 .args(["-KILL".to_owned(), pid.to_string()])

@@ -710,6 +710,13 @@ impl Bench {
     }
 }
 
+impl Drop for Bench {
+    /// Configs, pid files and proxy logs are only needed while it runs.
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 /// Opens up to `n` connections, each sending one GET and reading its whole
 /// answer, and returns those that stayed open.
 async fn open_idle(addr: SocketAddr, n: usize) -> Vec<TcpStream> {

@@ -2,6 +2,11 @@
 //! tiny durations: each runs, produces its table and its raw figures, and
 //! the figures levee vouches for hold (no failed request across reloads,
 //! every idle connection kept open).
+//!
+//! A test binary of its own, not a module of tests/e2e: its closed loops
+//! keep both CPUs busy for some seconds, and cargo runs test binaries one
+//! after the other, so it never starves the timing-sensitive e2e tests.
+#![allow(clippy::expect_used)]
 
 use std::path::PathBuf;
 use std::time::Duration;
