@@ -5,6 +5,7 @@
 mod abuse;
 mod access_log;
 mod admin;
+mod admission;
 mod bulkheads;
 mod cli;
 mod common;

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
-use levee_resilience::{BreakerState, TransitionReason, WindowStats};
+use levee_resilience::{AdaptiveLimit, BreakerState, TransitionReason, WindowStats};
 use levee_telemetry::{
     BackendEvent, BackendTopology, BreakerMove, BreakerView, ErrorReason, NodeStats, NodeView,
     OutcomeCounters, ReloadResult, StatusClass, Telemetry, TunnelClose, TunnelStats,
@@ -189,6 +189,7 @@ impl Endpoints {
                     "max_in_flight": b.bulkhead.max_in_flight(),
                     "max_queue": b.bulkhead.max_queue(),
                     "failover_budget": failover_budget,
+                    "admission": admission_json(&b.admission),
                     "nodes": nodes,
                     "dns": dns,
                 })
@@ -268,6 +269,24 @@ fn node_state(n: &NodeStats, state: &dyn NodeView, breakers: &[BreakerView]) -> 
     } else {
         "active"
     }
+}
+
+/// Why a backend admits what it does: its limit's phase (steady, ramping
+/// back, out), the limit against its floor and ceiling, and the latencies
+/// it follows.
+fn admission_json(a: &AdaptiveLimit) -> Value {
+    let p = a.policy();
+    let ms = |d: Option<Duration>| d.map(|d| d.as_secs_f64() * 1e3);
+    json!({
+        "phase": a.phase().as_str(),
+        "adaptive": p.gradient,
+        "limit": a.limit(),
+        "floor": p.floor,
+        "ceiling": p.ceiling,
+        "under_pressure": a.under_pressure(),
+        "min_rtt_ms": ms(a.min_rtt()),
+        "sampled_rtt_ms": ms(a.sampled_rtt()),
+    })
 }
 
 /// A backend's node names: what each stands for now, how lookups went,

@@ -32,8 +32,8 @@ use toml_edit::Document;
 
 pub use error::{ConfigError, Location};
 pub use policy::{
-    BreakerConfig, DriftConfig, HealthCheckConfig, LoadBalancing, Priority, RateLimitConfig,
-    RateLimitKey, RetryConfig, SheddingConfig, WhenAllDown,
+    AdaptiveConfig, BreakerConfig, DriftConfig, HealthCheckConfig, LoadBalancing, Priority,
+    RateLimitConfig, RateLimitKey, RetryConfig, SheddingConfig, WhenAllDown,
 };
 pub use tls::{
     ServerTlsConfig, TlsCertificate, UpstreamProtocol, UpstreamTlsConfig, ALPN_H2, ALPN_HTTP1,
@@ -245,6 +245,8 @@ pub struct BackendConfig {
     pub tls: Option<UpstreamTlsConfig>,
     /// Drift alarm thresholds (`[backend.drift]`).
     pub drift: DriftConfig,
+    /// Adaptive concurrency and the return ramp's shape (`[backend.adaptive]`).
+    pub adaptive: AdaptiveConfig,
 }
 
 /// A node as written in the config: an address, or a name that levee

@@ -259,6 +259,41 @@ impl Default for DriftConfig {
     }
 }
 
+/// `[backend.adaptive]`: the backend's concurrency limit as it adapts to
+/// node latency. Its floor, tolerance and window also shape the return
+/// ramp of a pool or a node, which runs whether or not `enabled` is set.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdaptiveConfig {
+    /// Follow the latency gradient between `min_in_flight` and
+    /// `max_in_flight` (default false: `max_in_flight` is fixed).
+    pub enabled: bool,
+    /// The floor: where a returning pool's ramp starts and the least the
+    /// limit may be (default 4, or `max_in_flight` if smaller; >= 1).
+    pub min_in_flight: usize,
+    /// Latency up to this many times the minimum RTT (plus 2 ms) counts as
+    /// near the no-load baseline (default 2.0, >= 1).
+    pub tolerance: f64,
+    /// Shortest sample window; the limit moves at most once a window
+    /// (default 100ms, > 0).
+    pub window: Duration,
+    /// How often the minimum RTT is measured afresh (default 30s, > 0).
+    pub min_rtt_interval: Duration,
+}
+
+impl AdaptiveConfig {
+    /// The defaults documented in `config/levee.toml`, for a backend of
+    /// `max_in_flight`.
+    pub fn defaults(max_in_flight: usize) -> Self {
+        Self {
+            enabled: false,
+            min_in_flight: 4.min(max_in_flight),
+            tolerance: 2.0,
+            window: Duration::from_millis(100),
+            min_rtt_interval: Duration::from_secs(30),
+        }
+    }
+}
+
 /// `[route.rate_limit]`: token buckets that bound how fast requests may
 /// arrive on a route; a request over the limit gets 429 `rate-limited`.
 #[derive(Debug, Clone, PartialEq, Eq)]

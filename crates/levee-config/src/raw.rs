@@ -114,6 +114,7 @@ pub(crate) struct RawBackend {
     pub tls_client_key: Option<String>,
     pub tls_insecure_skip_verify: Option<bool>,
     pub drift: Option<RawDrift>,
+    pub adaptive: Option<RawAdaptive>,
 }
 
 // Status lists and percentages are read as `i64` so that any integer reaches
@@ -180,6 +181,17 @@ pub(crate) struct RawDrift {
     pub sustain: Option<DurationText>,
     pub min_requests: Option<u64>,
     pub window: Option<DurationText>,
+}
+
+/// `[backend.adaptive]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawAdaptive {
+    pub enabled: Option<bool>,
+    pub min_in_flight: Option<usize>,
+    pub tolerance: Option<f64>,
+    pub window: Option<DurationText>,
+    pub min_rtt_interval: Option<DurationText>,
 }
 
 /// `[route.rate_limit]`.

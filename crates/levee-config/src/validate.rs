@@ -699,6 +699,7 @@ fn backend(cx: &Ctx<'_>, i: usize, raw: &RawBackend) -> Result<BackendConfig, Co
     let shedding = policy::shedding(cx, &base, raw.shedding.as_ref())?;
     let (protocol, tls) = tls::upstream(cx, &base, raw)?;
     let drift = policy::drift(cx, &base, raw.drift.as_ref())?;
+    let adaptive = policy::adaptive(cx, &base, raw.adaptive.as_ref(), max_in_flight)?;
 
     Ok(BackendConfig {
         name,
@@ -731,6 +732,7 @@ fn backend(cx: &Ctx<'_>, i: usize, raw: &RawBackend) -> Result<BackendConfig, Co
         protocol,
         tls,
         drift,
+        adaptive,
     })
 }
 

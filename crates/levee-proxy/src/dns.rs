@@ -10,8 +10,8 @@
 //!
 //! An address change is applied like a reload of the same config: a new
 //! state is built from the live one, so nodes that stay keep their
-//! breakers, health, slow start and pools; new addresses enter through slow
-//! start; requests in flight to a removed address finish on the state they
+//! breakers, health, return ramps and pools; new addresses ramp in;
+//! requests in flight to a removed address finish on the state they
 //! started with. A failed lookup keeps the last known addresses.
 
 use std::collections::BTreeMap;

@@ -126,7 +126,7 @@ async fn a_changed_answer_adds_removes_and_keeps_nodes() {
     let before = shared.current();
     let kept = Arc::clone(&before.backends[0].nodes.nodes()[1]);
     let removed = Arc::clone(&before.backends[0].nodes.nodes()[2]);
-    assert!(!kept.slow_start().is_ramping(), "startup nodes do not ramp");
+    assert!(!kept.ramp().is_ramping(), "startup nodes do not ramp");
     // Open the kept node's breaker, and hold a request on the one to go.
     let mut pick = before.backends[0]
         .nodes
@@ -164,8 +164,8 @@ async fn a_changed_answer_adds_removes_and_keeps_nodes() {
         BreakerState::Open,
         "its open breaker stays open"
     );
-    assert!(nodes[2].slow_start().is_ramping(), "the new node ramps in");
-    assert!(!nodes[0].slow_start().is_ramping());
+    assert!(nodes[2].ramp().is_ramping(), "the new node ramps in");
+    assert!(!nodes[0].ramp().is_ramping());
     // The removed node lives on in the old state until its request ends.
     assert_eq!(removed.stats.in_flight(), 1);
     drop(in_flight);

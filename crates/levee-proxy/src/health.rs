@@ -4,7 +4,7 @@
 //! connections, so a saturated backend cannot hide a dead node and a check
 //! cannot take a slot a request needs. A node failing `unhealthy_after`
 //! checks in a row is out of rotation until it passes `healthy_after` in a
-//! row; it then ramps back through slow start.
+//! row; it then ramps back in on observed health.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -65,19 +65,25 @@ pub fn spawn_checks(
                 .http2_only(backend_cfg.protocol == UpstreamProtocol::Http2)
                 .build(connector);
             let node = Arc::clone(node);
-            let name = backend.name.clone();
+            let backend = Arc::clone(backend);
             let cfg = cfg.clone();
-            tokio::spawn(async move { check_node(name, node, cfg, client).await })
+            tokio::spawn(async move { check_node(backend, node, cfg, client).await })
         })
         .collect()
 }
 
 type CheckClient = Client<NodeConnector, Empty<Bytes>>;
 
-async fn check_node(backend: String, node: Arc<Node>, cfg: HealthCheckConfig, client: CheckClient) {
+async fn check_node(
+    backend: Arc<Backend>,
+    node: Arc<Node>,
+    cfg: HealthCheckConfig,
+    client: CheckClient,
+) {
+    let name = &backend.name;
     let uri: Option<Uri> = format!("http://{}{}", node.addr, cfg.path).parse().ok();
     let Some(uri) = uri else {
-        warn!(%backend, node = %node.addr, path = %cfg.path, "health check path does not form a URI");
+        warn!(backend = %name, node = %node.addr, path = %cfg.path, "health check path does not form a URI");
         return;
     };
     // Spread the first checks so a large pool is not probed all at once.
@@ -86,10 +92,14 @@ async fn check_node(backend: String, node: Arc<Node>, cfg: HealthCheckConfig, cl
         let ok = probe(&client, &uri, &cfg).await;
         if let Some(t) = node.health().record(ok) {
             if t.healthy {
-                node.slow_start().begin();
-                info!(%backend, node = %node.addr, passed = t.after, "node passes its health checks again; ramping back in");
+                backend.nodes.ramp_in(&node);
+                info!(backend = %name, node = %node.addr, passed = t.after, "node passes its health checks again; ramping back in");
             } else {
-                warn!(%backend, node = %node.addr, failed = t.after, "node failed its health checks; out of rotation");
+                warn!(backend = %name, node = %node.addr, failed = t.after, "node failed its health checks; out of rotation");
+                if backend.nodes.all_out() {
+                    // The pool's next request after a return starts its ramp.
+                    backend.stats.admission.mark_out();
+                }
             }
         }
         tokio::time::sleep(jittered(cfg.interval, cfg.jitter)).await;

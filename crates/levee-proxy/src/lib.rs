@@ -1,8 +1,8 @@
 //! levee-proxy: the data plane.
 //!
 //! It owns the client listener, the request path (a tower stack, [`stack`]),
-//! the backends and their node sets ([`nodes`]: breakers, health, slow
-//! start, load estimates and keep-alive pools, which a reload carries over),
+//! the backends and their node sets ([`nodes`]: breakers, health, return
+//! ramps, load estimates and keep-alive pools, which a reload carries over),
 //! node selection, node names resolved off the data plane ([`dns`]), and
 //! the one place where failures become HTTP responses ([`error`]). It never blocks on anything but its own bulkheads and
 //! deadlines, and it publishes what it sees through `levee-telemetry`.
@@ -23,8 +23,8 @@
 //!                   node's 101 ─▶ a tunnel task splices both sockets (splice.rs), no slot held
 //!  route bulkhead   ─┐ wait ≤ queue_timeout ──full──▶ 503 bulkhead-full + Retry-After
 //!  choose backend    │ all nodes out ─▶ when_all_down: 503 no-healthy-node / failover / try_all
-//!                    │ pool ramping back ─▶ failover, or 503 shed
-//!  shed              │ normal/sheddable past their share ─▶ 503 shed
+//!                    │ returning pool's ramp full ─▶ failover, or wait in its queue
+//!  shed              │ normal/sheddable past their share of the current limit ─▶ 503 shed
 //!  backend bulkhead ─┘
 //!  retry            small bodies kept; another node when safe, within deadline and budget;
 //!                   a streamed body past the route's limit aborts the node call ─▶ 413

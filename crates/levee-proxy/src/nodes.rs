@@ -1,5 +1,5 @@
 //! A backend's nodes and the state the data plane keeps for each of them:
-//! a breaker per traffic class, health, slow start, a load estimate and a
+//! a breaker per traffic class, health, its return ramp, a load estimate and a
 //! keep-alive connection pool per worker.
 //!
 //! Selection asks one question, [`NodeSet::pick`] ("which node may take this
@@ -22,8 +22,8 @@ use levee_config::{
     BackendConfig, BreakerConfig, LoadBalancing, UpstreamProtocol, UpstreamTlsConfig,
 };
 use levee_resilience::{
-    Admission, Breaker, BreakerPolicy, BreakerState, CallOutcome, EjectionBudget, HealthTracker,
-    Recorded, SlowStart, Transition, TransitionReason,
+    AdaptiveLimit, Admission, Breaker, BreakerPolicy, BreakerState, CallOutcome, EjectionBudget,
+    HealthTracker, LimitPhase, LimitPolicy, Recorded, Transition, TransitionReason,
 };
 use levee_telemetry::{BreakerMove, BreakerView, ErrorReason, InFlightGuard, NodeStats, NodeView};
 use tokio::time::Instant;
@@ -39,6 +39,9 @@ pub type NodeClient = Client<NodeConnector, RequestBody>;
 
 /// A node whose decaying failure score is at least this is failing.
 const STRAINED_FAILURE_SCORE: f64 = 0.1;
+/// The weight a returning node starts from, so it sees traffic at once
+/// (the calls that show it is fine).
+pub const MIN_WEIGHT: f64 = 0.1;
 
 /// One node's breaker for one traffic class, with counts that explain it.
 #[derive(Debug)]
@@ -134,7 +137,9 @@ pub struct Node {
     breakers: Box<[Arc<ClassBreaker>]>,
     health: Arc<HealthTracker>,
     health_checked: bool,
-    slow_start: Arc<SlowStart>,
+    /// Its share of traffic: ramps back in on observed health after it
+    /// returns (weight `MIN_WEIGHT..=1`).
+    ramp: Arc<AdaptiveLimit>,
     load: Arc<LoadEstimate>,
     pools: Arc<Pools>,
 }
@@ -150,8 +155,8 @@ impl Node {
         &self.health
     }
 
-    pub fn slow_start(&self) -> &SlowStart {
-        &self.slow_start
+    pub fn ramp(&self) -> &AdaptiveLimit {
+        &self.ramp
     }
 
     pub fn breaker(&self, class: usize) -> Option<&ClassBreaker> {
@@ -193,11 +198,11 @@ impl NodeView for Node {
     }
 
     fn weight(&self) -> f64 {
-        self.slow_start.weight()
+        self.ramp.limit()
     }
 
     fn ramping(&self) -> bool {
-        self.slow_start.is_ramping()
+        self.ramp.is_ramping()
     }
 
     fn usable(&self, class: usize) -> bool {
@@ -258,6 +263,10 @@ pub struct NodeSet {
     classes: Box<[String]>,
     /// Per traffic class: how many nodes error rates may eject at once.
     budgets: Box<[EjectionBudget]>,
+    /// The backend's admitted concurrency. While the whole pool ramps back
+    /// (or is out), that ramp paces every node alike: a node back a moment
+    /// before its peers must not get more than its share.
+    pool: Arc<AdaptiveLimit>,
     cursor: AtomicUsize,
 }
 
@@ -266,13 +275,14 @@ impl NodeSet {
     /// addresses, names resolved), carrying over the state of every node
     /// that `previous` (the same backend in the config being replaced)
     /// already had under the same label. New nodes of a backend that keeps
-    /// some of its nodes enter through slow start.
+    /// some of its nodes ramp in. `pool` is the backend's admission limit.
     pub fn build(
         cfg: &BackendConfig,
         endpoints: &[Endpoint],
         classes: &ClassTable,
         workers: usize,
         previous: Option<&NodeSet>,
+        pool: &Arc<AdaptiveLimit>,
     ) -> Self {
         let breaker_policy = breaker_policy(&cfg.breaker);
         let settings = PoolSettings {
@@ -322,17 +332,17 @@ impl NodeSet {
                     }
                     _ => Arc::new(HealthTracker::new(unhealthy_after, healthy_after)),
                 };
-                let slow_start = match old {
-                    Some(n) if n.slow_start.duration() == cfg.slow_start => {
-                        Arc::clone(&n.slow_start)
+                let ramp = match old {
+                    Some(n) => {
+                        n.ramp.set_policy(node_ramp_policy(cfg));
+                        Arc::clone(&n.ramp)
                     }
-                    Some(n) => Arc::new(n.slow_start.with_duration(cfg.slow_start)),
                     None => {
-                        let s = SlowStart::new(cfg.slow_start);
-                        if keeps_any {
-                            s.begin();
+                        let r = AdaptiveLimit::new(node_ramp_policy(cfg));
+                        if keeps_any && pool.phase() == LimitPhase::Steady {
+                            r.begin_ramp();
                         }
-                        Arc::new(s)
+                        Arc::new(r)
                     }
                 };
                 let load = match old {
@@ -355,7 +365,7 @@ impl NodeSet {
                     breakers,
                     health,
                     health_checked: health_cfg.is_some(),
-                    slow_start,
+                    ramp,
                     load,
                     pools,
                 })
@@ -378,6 +388,7 @@ impl NodeSet {
             failure_statuses: cfg.breaker.failure_statuses.clone(),
             classes: classes.names().into(),
             budgets,
+            pool: Arc::clone(pool),
             cursor: AtomicUsize::new(0),
         }
     }
@@ -430,17 +441,19 @@ impl NodeSet {
         })
     }
 
-    /// Admission share for the pool: below 1.0 while every usable node is
-    /// ramping back through slow start.
-    pub fn pool_admission(&self, class: usize) -> f64 {
-        // The usual case, no node ramping, costs no clock reads.
-        let usable = || self.nodes.iter().filter(|n| n.usable(class));
-        if usable().any(|n| !n.slow_start.is_ramping()) {
-            return 1.0;
+    /// A node is back (breaker closed, health passes): its share ramps on
+    /// observed health, unless the whole pool is ramping back (or still
+    /// out): then the pool's ramp paces it with its peers.
+    pub fn ramp_in(&self, node: &Node) {
+        if self.pool.phase() == LimitPhase::Steady {
+            node.ramp.begin_ramp();
         }
-        levee_resilience::pool_admission(
-            usable().map(|n| (n.slow_start.weight(), n.slow_start.is_ramping())),
-        )
+    }
+
+    /// Whether no node is usable for any traffic class: the whole pool is
+    /// out (one class's breakers open is not an outage of the pool).
+    pub fn all_out(&self) -> bool {
+        (0..self.classes.len().max(1)).all(|class| !self.any_usable(class))
     }
 
     /// Which node may take a request of `class` now, skipping `tried`.
@@ -546,6 +559,7 @@ impl NodeSet {
             }
         };
         node.load.observe(pick.class, elapsed, failed);
+        node.ramp.record(elapsed, failed);
         let probe = std::mem::take(&mut pick.probe);
         if !self.breakers_enabled {
             return failed;
@@ -568,7 +582,7 @@ impl NodeSet {
             Recorded::Moved(t) => {
                 b.count_transition(&t);
                 if t.to == BreakerState::Closed {
-                    node.slow_start.begin();
+                    self.ramp_in(node);
                 }
                 warn!(
                     backend = %self.backend,
@@ -626,7 +640,22 @@ impl Pool for PoolView<'_> {
     }
 
     fn weight(&self, i: usize) -> f64 {
-        self.set.nodes[i].slow_start.weight()
+        self.set.nodes[i].ramp.limit()
+    }
+}
+
+/// A node's traffic weight: steady at 1, ramping back in from
+/// [`MIN_WEIGHT`] on observed health within `slow_start`, with the
+/// backend's `[backend.adaptive]` tolerance and window.
+fn node_ramp_policy(cfg: &BackendConfig) -> LimitPolicy {
+    LimitPolicy {
+        floor: MIN_WEIGHT,
+        ceiling: 1.0,
+        ramp_max: cfg.slow_start,
+        tolerance: cfg.adaptive.tolerance,
+        window: cfg.adaptive.window,
+        gradient: false,
+        min_rtt_interval: cfg.adaptive.min_rtt_interval,
     }
 }
 
@@ -689,7 +718,22 @@ mod tests {
     /// `cfg`'s node set, its nodes all `ip:port`.
     fn build(cfg: &BackendConfig, classes: &ClassTable, previous: Option<&NodeSet>) -> NodeSet {
         let endpoints = crate::dns::endpoints(cfg, &crate::dns::Resolved::default());
-        NodeSet::build(cfg, &endpoints, classes, 1, previous)
+        NodeSet::build(
+            cfg,
+            &endpoints,
+            classes,
+            1,
+            previous,
+            &Arc::new(AdaptiveLimit::new(LimitPolicy {
+                floor: 1.0,
+                ceiling: 8.0,
+                ramp_max: cfg.slow_start,
+                tolerance: 2.0,
+                window: Duration::from_millis(100),
+                gradient: false,
+                min_rtt_interval: Duration::from_secs(30),
+            })),
+        )
     }
 
     fn fail_three_times(set: &NodeSet, index: usize) {
@@ -720,10 +764,7 @@ mod tests {
             set.nodes[0].usable(ClassTable::UNSAFE),
             "other class unaffected"
         );
-        assert!(
-            !set.nodes[0].slow_start.is_ramping(),
-            "startup nodes do not ramp"
-        );
+        assert!(!set.nodes[0].ramp.is_ramping(), "startup nodes do not ramp");
     }
 
     #[tokio::test(start_paused = true)]
@@ -745,8 +786,8 @@ mod tests {
             Arc::ptr_eq(&kept.pools, &old.nodes[0].pools),
             "idle connections kept"
         );
-        assert!(new.nodes[1].slow_start.is_ramping(), "a new node ramps in");
-        assert!(!kept.slow_start.is_ramping());
+        assert!(new.nodes[1].ramp.is_ramping(), "a new node ramps in");
+        assert!(!kept.ramp.is_ramping());
 
         // A changed breaker policy starts fresh breakers.
         let policy = config("\"127.0.0.1:1\"", "").backends[0].clone();

@@ -77,7 +77,7 @@ impl ProxyState {
     /// data-plane workers. With `previous` (the state being replaced by a
     /// reload), what belongs to a route, backend or node that stays is
     /// carried over: bulkheads (resized), counters, retry budgets, and each
-    /// node's breakers, health, slow start, load estimate and idle
+    /// node's breakers, health, return ramp, load estimate and idle
     /// connections. Node names keep the addresses `previous` knew for them
     /// (none, without one): see [`ProxyState::build_resolved`].
     pub fn build(config: Arc<Config>, workers: usize, previous: Option<&ProxyState>) -> Self {

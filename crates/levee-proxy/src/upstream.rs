@@ -10,7 +10,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use levee_config::{BackendConfig, RetryConfig, SheddingConfig, WhenAllDown};
-use levee_resilience::{Bulkhead, DriftConfig, DriftDetector, RetryBudget};
+use levee_resilience::{
+    AdaptiveLimit, Bulkhead, DriftConfig, DriftDetector, LimitPolicy, RetryBudget,
+};
 use levee_telemetry::{BackendStats, BackendTopology, NameTopology, NodeTopology, NodeView};
 
 use tracing::warn;
@@ -48,8 +50,9 @@ pub struct Backend {
 
 impl Backend {
     /// Builds the backend of `cfg`; `previous` is the backend of the same
-    /// name in the config being replaced, whose bulkhead (resized), counters,
-    /// retry budget and node state carry over.
+    /// name in the config being replaced, whose bulkhead (resized), admission
+    /// limit (its state kept, its policy new), counters, retry budget and
+    /// node state carry over.
     pub fn build(
         cfg: &BackendConfig,
         resolved: &Resolved,
@@ -59,12 +62,16 @@ impl Backend {
     ) -> Self {
         let stats = match previous {
             Some(old) => {
-                old.stats.bulkhead.resize(cfg.max_in_flight, cfg.max_queue);
+                old.stats.admission.set_policy(admission_policy(cfg));
+                old.stats
+                    .bulkhead
+                    .resize(slots(old.stats.admission.limit()), cfg.max_queue);
                 Arc::clone(&old.stats)
             }
             None => Arc::new(BackendStats::new(
                 &cfg.name,
                 Arc::new(Bulkhead::new(cfg.max_in_flight, cfg.max_queue)),
+                Arc::new(AdaptiveLimit::new(admission_policy(cfg))),
             )),
         };
         let retry_budget = match previous {
@@ -93,6 +100,7 @@ impl Backend {
             classes,
             workers,
             previous.map(|b| &b.nodes),
+            &stats.admission,
         );
         let same_nodes = previous.is_some_and(|old| {
             old.nodes.nodes().len() == endpoints.len()
@@ -161,6 +169,26 @@ impl Backend {
         self.stats.failover_budget(self.failover_max_share)
     }
 
+    /// The pool's admitted concurrency: its return ramp and adaptive limit.
+    pub fn admission(&self) -> &AdaptiveLimit {
+        &self.stats.admission
+    }
+
+    /// Feeds one call to the admission limit; a limit that moved resizes
+    /// the bulkhead (at most once a sample window).
+    pub fn record(&self, rtt: Duration, failed: bool) {
+        if self.admission().record(rtt, failed).is_some() {
+            self.apply_limit();
+        }
+    }
+
+    /// The bulkhead admits what the limit says now; waiters take the
+    /// slots a growth frees.
+    pub fn apply_limit(&self) {
+        self.bulkhead()
+            .set_max_in_flight(slots(self.admission().limit()));
+    }
+
     /// What the admin listener sees of this backend in this config version.
     pub fn topology(&self) -> BackendTopology {
         BackendTopology {
@@ -179,6 +207,27 @@ impl Backend {
             failover_max_share: self.failover_max_share,
         }
     }
+}
+
+/// The pool's admitted concurrency: between `[backend.adaptive]
+/// min_in_flight` and `max_in_flight`, ramping back within `slow_start`,
+/// following the latency gradient when adaptive is on.
+fn admission_policy(cfg: &BackendConfig) -> LimitPolicy {
+    let a = &cfg.adaptive;
+    LimitPolicy {
+        floor: a.min_in_flight as f64,
+        ceiling: cfg.max_in_flight as f64,
+        ramp_max: cfg.slow_start,
+        tolerance: a.tolerance,
+        window: a.window,
+        gradient: a.enabled,
+        min_rtt_interval: a.min_rtt_interval,
+    }
+}
+
+/// Bulkhead slots for a limit: rounded, at least one.
+fn slots(limit: f64) -> usize {
+    (limit.round() as usize).max(1)
 }
 
 /// The detector's thresholds from `[backend.drift]`.

@@ -167,8 +167,15 @@ impl Bulkhead {
     /// against the new limit: after a shrink, new requests wait until the
     /// in-flight count is below it.
     pub fn resize(&self, max_in_flight: usize, max_queue: usize) {
-        let new = max_in_flight.clamp(1, Semaphore::MAX_PERMITS);
         self.max_queue.store(max_queue, Ordering::Release);
+        self.set_max_in_flight(max_in_flight);
+    }
+
+    /// Applies a new concurrency limit now (an adaptive limit moving), as
+    /// [`Bulkhead::resize`] does; waiters in the queue take the slots a
+    /// growth frees.
+    pub fn set_max_in_flight(&self, max_in_flight: usize) {
+        let new = max_in_flight.clamp(1, Semaphore::MAX_PERMITS);
         let old = self.slots.max.swap(new, Ordering::AcqRel);
         if new > old {
             // Cancel debt first: those slots are still held and now fit.

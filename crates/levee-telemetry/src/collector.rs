@@ -238,6 +238,41 @@ impl Collector for TelemetryCollector {
         }
 
         let mut m = encoder.encode_descriptor(
+            "levee_backend_limit",
+            "Concurrency the backend admits now: max_in_flight, or less while a returning pool ramps or the adaptive limit holds it back.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for b in topo.backends.iter().map(|b| &b.stats) {
+            m.encode_family(&[("backend", b.name.as_str())])?
+                .encode_gauge(&b.admission.limit())?;
+        }
+        let mut m = encoder.encode_descriptor(
+            "levee_backend_min_rtt_seconds",
+            "The backend's no-load latency baseline (minimum RTT) as the adaptive limit and the return ramp measure it; absent until measured.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for b in topo.backends.iter().map(|b| &b.stats) {
+            if let Some(rtt) = b.admission.min_rtt() {
+                m.encode_family(&[("backend", b.name.as_str())])?
+                    .encode_gauge(&rtt.as_secs_f64())?;
+            }
+        }
+        let mut m = encoder.encode_descriptor(
+            "levee_backend_sampled_rtt_seconds",
+            "The backend's mean latency over the adaptive limit's last sample window; absent until measured.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for b in topo.backends.iter().map(|b| &b.stats) {
+            if let Some(rtt) = b.admission.sampled_rtt() {
+                m.encode_family(&[("backend", b.name.as_str())])?
+                    .encode_gauge(&rtt.as_secs_f64())?;
+            }
+        }
+
+        let mut m = encoder.encode_descriptor(
             "levee_backend_events",
             "What a backend did: retry, retry-budget-exhausted, failed-over, all-down-fail, all-down-try-all, shed.",
             None,
@@ -334,7 +369,7 @@ impl Collector for TelemetryCollector {
         }
         let mut m = encoder.encode_descriptor(
             "levee_node_weight",
-            "Share of its normal traffic the node gets now (below 1 while ramping through slow start).",
+            "Share of its normal traffic the node gets now (below 1 while it ramps back in on observed health).",
             None,
             MetricType::Gauge,
         )?;

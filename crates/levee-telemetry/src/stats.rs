@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
-use levee_resilience::{BreakerState, Bulkhead, Transition, TransitionReason, WindowStats};
+use levee_resilience::{
+    AdaptiveLimit, BreakerState, Bulkhead, Transition, TransitionReason, WindowStats,
+};
 
 /// Why levee answered (or cut) a request itself. The string is the value of
 /// the `x-levee-error` header and of the `reason` metric label.
@@ -339,17 +341,22 @@ impl BackendEvent {
 #[derive(Debug)]
 pub struct BackendStats {
     pub name: String,
+    /// Its `max_in_flight` follows `admission`'s limit.
     pub bulkhead: Arc<Bulkhead>,
+    /// The pool's admitted concurrency: its return ramp and, if on, its
+    /// adaptive limit.
+    pub admission: Arc<AdaptiveLimit>,
     events: [AtomicU64; BackendEvent::ALL.len()],
     /// Lookups of the backend's node names.
     pub dns: DnsStats,
 }
 
 impl BackendStats {
-    pub fn new(name: &str, bulkhead: Arc<Bulkhead>) -> Self {
+    pub fn new(name: &str, bulkhead: Arc<Bulkhead>, admission: Arc<AdaptiveLimit>) -> Self {
         Self {
             name: name.to_owned(),
             bulkhead,
+            admission,
             events: Default::default(),
             dns: DnsStats::default(),
         }

@@ -1,4 +1,4 @@
-//! `[route.rate_limit]` and `[backend.drift]`.
+//! `[route.rate_limit]`, `[backend.drift]` and `[backend.adaptive]`.
 
 use super::*;
 
@@ -140,5 +140,66 @@ fn bad_drift_thresholds_name_their_key() {
             line_with(&text, line),
             says,
         );
+    }
+}
+
+#[test]
+fn adaptive_is_off_by_default_and_can_be_set() {
+    let c = ok(&config("", "", ""));
+    assert_eq!(c.backends[0].adaptive, AdaptiveConfig::defaults(1024));
+    assert!(!c.backends[0].adaptive.enabled);
+    assert_eq!(c.backends[0].adaptive.min_in_flight, 4);
+    // A small backend's floor is its max_in_flight.
+    let c = ok(&config("", "max_in_flight = 2", ""));
+    assert_eq!(c.backends[0].adaptive.min_in_flight, 2);
+    let c = ok(&config(
+        "",
+        "max_in_flight = 64\n[backend.adaptive]\nenabled = true\nmin_in_flight = 8\n\
+         tolerance = 1.5\nwindow = \"250ms\"\nmin_rtt_interval = \"1m\"",
+        "",
+    ));
+    assert_eq!(
+        c.backends[0].adaptive,
+        AdaptiveConfig {
+            enabled: true,
+            min_in_flight: 8,
+            tolerance: 1.5,
+            window: Duration::from_millis(250),
+            min_rtt_interval: Duration::from_secs(60),
+        }
+    );
+}
+
+#[test]
+fn bad_adaptive_settings_name_their_key() {
+    let cases = [
+        ("min_in_flight = 0", "min_in_flight", "at least 1"),
+        (
+            "min_in_flight = 300",
+            "min_in_flight",
+            "max_in_flight (256)",
+        ),
+        ("tolerance = 0.9", "tolerance", "at least 1"),
+        ("tolerance = nan", "tolerance", "finite"),
+        ("window = \"0s\"", "window", "greater than zero"),
+        (
+            "min_rtt_interval = \"0s\"",
+            "min_rtt_interval",
+            "greater than zero",
+        ),
+        ("enable = true", "enable", "unknown field"),
+    ];
+    for (line, key, says) in cases {
+        let text = config(
+            "",
+            &format!("max_in_flight = 256\n[backend.adaptive]\n{line}"),
+            "",
+        );
+        let e = err(&text);
+        assert!(e.to_string().contains(says), "{line}: {e}");
+        assert_eq!(e.line(), Some(line_with(&text, line)), "{line}: {e}");
+        if key != "enable" {
+            assert_eq!(e.key(), Some(&*format!("backend[0].adaptive.{key}")));
+        }
     }
 }

@@ -1,6 +1,6 @@
 //! Rules of a backend's resilience tables: `[backend.breaker]`,
 //! `[backend.health_check]`, `[backend.retry]`, `[backend.shedding]`,
-//! `[backend.drift]`, of `failover` across backends, and of a route's
+//! `[backend.drift]`, `[backend.adaptive]`, of `failover` across backends, and of a route's
 //! `[route.rate_limit]`.
 
 use std::collections::HashMap;
@@ -9,10 +9,12 @@ use std::time::Duration;
 
 use crate::error::ConfigError;
 use crate::locate::Seg;
-use crate::raw::{RawBreaker, RawDrift, RawHealthCheck, RawRateLimit, RawRetry, RawShedding};
+use crate::raw::{
+    RawAdaptive, RawBreaker, RawDrift, RawHealthCheck, RawRateLimit, RawRetry, RawShedding,
+};
 use crate::{
-    BackendConfig, BreakerConfig, DriftConfig, HealthCheckConfig, RateLimitConfig, RateLimitKey,
-    RetryConfig, SheddingConfig,
+    AdaptiveConfig, BackendConfig, BreakerConfig, DriftConfig, HealthCheckConfig, RateLimitConfig,
+    RateLimitKey, RetryConfig, SheddingConfig,
 };
 
 use super::{at, at_least, names_of, ordered, positive, show, Bound, Ctx, Order, Side};
@@ -614,6 +616,58 @@ pub(super) fn drift(
         sustain,
         min_requests,
         window,
+    })
+}
+
+/// `[backend.adaptive]`, for a backend of `max_in_flight` (its ceiling).
+pub(super) fn adaptive(
+    cx: &Ctx<'_>,
+    backend: &[Seg<'_>],
+    raw: Option<&RawAdaptive>,
+    max_in_flight: usize,
+) -> Result<AdaptiveConfig, ConfigError> {
+    let d = AdaptiveConfig::defaults(max_in_flight);
+    let Some(raw) = raw else { return Ok(d) };
+    let base = at(backend, "adaptive");
+    let min_in_flight = match raw.min_in_flight {
+        None => d.min_in_flight,
+        Some(n) if n >= 1 && n <= max_in_flight => n,
+        Some(n) => {
+            return Err(cx.invalid(
+                &at(&base, "min_in_flight"),
+                format!(
+                    "must be at least 1 and at most the backend's max_in_flight ({max_in_flight}) \
+                     (it is {n}): it is the floor a returning pool's ramp starts from and the \
+                     least the adaptive limit may be"
+                ),
+            ))
+        }
+    };
+    let tolerance = match raw.tolerance {
+        None => d.tolerance,
+        // Written so that NaN fails.
+        Some(x) if x >= 1.0 && x.is_finite() => x,
+        Some(x) => {
+            return Err(cx.invalid(
+                &at(&base, "tolerance"),
+                format!(
+                    "must be a finite number of at least 1 (it is {x}): latency up to this many \
+                     times the minimum RTT counts as unloaded; write e.g. 2.0"
+                ),
+            ))
+        }
+    };
+    Ok(AdaptiveConfig {
+        enabled: raw.enabled.unwrap_or(d.enabled),
+        min_in_flight,
+        tolerance,
+        window: positive(cx, &at(&base, "window"), raw.window, d.window)?,
+        min_rtt_interval: positive(
+            cx,
+            &at(&base, "min_rtt_interval"),
+            raw.min_rtt_interval,
+            d.min_rtt_interval,
+        )?,
     })
 }
 

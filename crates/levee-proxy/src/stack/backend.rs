@@ -1,16 +1,19 @@
 //! Which backend takes the request, and whether its priority may.
 //!
-//! [`ChooseBackend`]: the route's own backend while it has a usable node and
-//! its pool is not ramping back; else what `when_all_down` says (fail,
-//! failover, try every node). A pool ramping back after an outage admits a
-//! growing share; the rest goes to the failover backend, or is shed. A
-//! failover backend takes failed-over normal and sheddable requests within
+//! [`ChooseBackend`]: the route's own backend while it has a usable node;
+//! else what `when_all_down` says (fail, failover, try every node). A pool
+//! returning after an outage ramps its admitted concurrency on observed
+//! health ([`levee_resilience::AdaptiveLimit`]): what its limit does not
+//! admit yet goes to the failover backend if there is one, else waits in
+//! its bulkhead's queue.
+//! A failover backend takes failed-over normal and sheddable requests within
 //! their shedding share of its failover budget (`failover_max_share` of its
 //! limit); past it they are shed at once, never queued on it.
 //! [`Shed`]: `sheddable` requests are refused while the chosen backend's
-//! bulkhead is past their share, and `normal` ones too while the backend is
-//! in trouble (a node out, slow or failing), so `critical` ones keep a slot;
-//! on a healthy backend normal requests wait in its queue instead.
+//! bulkhead is past their share of its current limit, and `normal` ones too
+//! while the backend is in trouble (a node out, slow or failing, or its
+//! limit held back by latency), so `critical` ones keep a slot; on a
+//! healthy backend normal requests wait in its queue instead.
 
 use levee_config::{Priority, WhenAllDown};
 use levee_telemetry::{BackendEvent, ErrorReason};
@@ -44,31 +47,26 @@ fn choose(req: &Routed) -> Result<(usize, bool), ProxyError> {
         })
     };
     if primary.nodes.any_usable(class) {
-        let share = primary.nodes.pool_admission(class);
-        if share >= 1.0 || levee_resilience::admit_share(share) {
-            return Ok((req.backend, false));
+        let admission = primary.admission();
+        if admission.resume() {
+            // Back after an outage: admit from the ramp's floor.
+            primary.apply_limit();
         }
-        // The whole pool is ramping back: the rest goes to the failover pool
-        // if there is one, else it is shed, so the pool is not knocked over.
-        if let Some((i, fb)) = failover() {
-            return fail_over(req, i, fb);
+        // A pool ramping back takes what its limit admits; the rest goes to
+        // the failover pool if there is one, else waits in its queue.
+        if admission.is_ramping() {
+            let bulkhead = primary.bulkhead();
+            if bulkhead.in_flight() >= bulkhead.max_in_flight() {
+                if let Some((i, fb)) = failover() {
+                    return fail_over(req, i, fb);
+                }
+            }
         }
-        primary.stats.count(BackendEvent::Shed);
-        // Per request, so at debug: the rate is in levee_backend_events_total.
-        debug!(
-            backend = %primary.name,
-            class = req.state.classes.names().get(class).map_or("", String::as_str),
-            admitted_share = share,
-            "shed: the pool is ramping back up"
-        );
-        return Err(ProxyError::new(
-            ErrorReason::Shed,
-            format!(
-                "backend {} is ramping back up ({:.0}% admitted)",
-                primary.name,
-                share * 100.0
-            ),
-        ));
+        return Ok((req.backend, false));
+    }
+    if primary.nodes.all_out() {
+        // Its next request after a return starts the ramp.
+        primary.admission().mark_out();
     }
     match primary.when_all_down {
         WhenAllDown::Fail => {
@@ -179,9 +177,11 @@ impl Decision for Shed {
 }
 
 /// Whether a request of `priority` and `class` may go on to the backend's
-/// bulkhead now. Past their share, sheddable requests are refused; normal
-/// ones too, but only while the backend is in trouble: a busy healthy
-/// backend lets them wait in its queue like critical ones.
+/// bulkhead now. Shares are of the current limit (`max_in_flight`, or less
+/// while ramping or held back by the adaptive limit). Past their share,
+/// sheddable requests are refused; normal ones too, but only while the
+/// backend is in trouble: a busy healthy backend lets them wait in its
+/// queue like critical ones.
 fn admits(backend: &Backend, priority: Priority, class: usize) -> bool {
     let share = match priority {
         Priority::Critical => return true,
@@ -191,5 +191,13 @@ fn admits(backend: &Backend, priority: Priority, class: usize) -> bool {
     let bulkhead = backend.bulkhead();
     let limit = (bulkhead.max_in_flight() as f64 * share).ceil() as usize;
     bulkhead.in_flight() < limit.max(1)
-        || (priority == Priority::Normal && !backend.nodes.strained(class))
+        || (priority == Priority::Normal && !in_trouble(backend, class))
+}
+
+/// Slow, failing, a node out, or held back by its adaptive limit. A pool
+/// ramping back is not: what its ramp does not admit yet waits in the queue
+/// (its ramp already backs off when the nodes are slow or fail).
+fn in_trouble(backend: &Backend, class: usize) -> bool {
+    let admission = backend.admission();
+    !admission.is_ramping() && (admission.under_pressure() || backend.nodes.strained(class))
 }

@@ -229,6 +229,7 @@ where
                             backend
                                 .nodes
                                 .record(&mut pick, elapsed, Outcome::Status(status));
+                        backend.record(elapsed, failed);
                         Ok(Answer {
                             response,
                             failed,
@@ -243,6 +244,7 @@ where
                             backend
                                 .nodes
                                 .record(&mut pick, elapsed, Outcome::Failed(error.reason));
+                            backend.record(elapsed, true);
                         }
                         Err(TryFailed::Call { error, index })
                     }

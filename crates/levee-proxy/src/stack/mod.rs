@@ -22,12 +22,15 @@
 //! Tunnel              WebSocket handshake: route's max_tunnels ─▶ 503 tunnel-limit; node's 101
 //!                     ─▶ tunnel task splices both sockets (tunnel idle timeout), no bulkhead slot
 //! Bulkhead(route)     wait ≤ queue_timeout ─▶ 503 bulkhead-full
-//! ChooseBackend       all nodes out ─▶ when_all_down (fail / failover / try_all); pool ramp ─▶ failover or 503 shed
-//! Shed                priority over the backend's fill ─▶ 503 shed
-//! Bulkhead(backend)   wait ≤ queue_timeout ─▶ 503 bulkhead-full
+//! ChooseBackend       all nodes out ─▶ when_all_down (fail / failover / try_all); a returning
+//!                     pool's ramp full ─▶ failover if any (else its queue)
+//! Shed                priority over the fill of the backend's current limit ─▶ 503 shed
+//! Bulkhead(backend)   limit = max_in_flight, or the ramp's / adaptive limit; wait ≤ queue_timeout
+//!                     ─▶ 503 bulkhead-full
 //! Retry               keep small bodies; another node when safe, within deadline and budget;
 //!                     bodies counted against the route's limit as they stream (413)
-//! Balance             NodeSet::pick (breaker-aware, p2c/least/rr) ─▶ record the outcome
+//! Balance             NodeSet::pick (breaker-aware, p2c/least/rr, ramp weights) ─▶ record the
+//!                     outcome (breaker, node ramp, the backend's limit)
 //! NodeCall            keep-alive pool, connect_timeout ─▶ 502 upstream-*;
 //!                     response headers by the deadline ─▶ 504 deadline
 //! └▶ response body streams back (body idle timeout, total_timeout cut); slots and gauges held until it ends
