@@ -56,14 +56,15 @@ struct Timed {
     sent: Duration,
     ok: bool,
     key: String,
+    latency: Duration,
 }
 
-/// `WORKERS` loops sending GETs until `until`, each outcome stamped.
-async fn drive_timed(levee: &Levee, origin: Instant, until: Instant) -> Vec<Timed> {
+/// `workers` loops sending GETs until `until`, each outcome stamped.
+async fn drive_timed(levee: &Levee, workers: usize, origin: Instant, until: Instant) -> Vec<Timed> {
     let client = traffic::client();
     let url = url(levee, "/r");
     let out = Arc::new(Mutex::new(Vec::new()));
-    let tasks: Vec<_> = (0..WORKERS)
+    let tasks: Vec<_> = (0..workers)
         .map(|_| {
             let (client, url, out) = (client.clone(), url.clone(), Arc::clone(&out));
             tokio::spawn(async move {
@@ -76,7 +77,13 @@ async fn drive_timed(levee: &Levee, origin: Instant, until: Instant) -> Vec<Time
                         sent,
                         ok: o.ok,
                         key: o.key,
+                        latency: o.latency,
                     });
+                    if !mine.last().is_some_and(|t| t.ok) {
+                        // A refused client waits a moment, as Retry-After
+                        // asks, instead of spinning the machine's CPUs.
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
                 }
                 out.lock().await.extend(mine);
             })
@@ -185,7 +192,7 @@ async fn a_healthy_pool_returning_without_failover_serves_nearly_everything_at_o
         }
     };
     let (got, samples, ()) = tokio::join!(
-        drive_timed(&levee, origin, until),
+        drive_timed(&levee, WORKERS, origin, until),
         sample_nodes(&nodes, origin, until),
         back
     );
@@ -282,7 +289,7 @@ async fn a_returning_pool_with_failover_ramps_while_the_failover_takes_the_rest(
         }
     };
     let (got, primary, secondary, ()) = tokio::join!(
-        drive_timed(&levee, origin, until),
+        drive_timed(&levee, WORKERS, origin, until),
         sample_nodes(&nodes, origin, until),
         sample_nodes(&spare, origin, until),
         back
@@ -319,4 +326,164 @@ async fn a_returning_pool_with_failover_ramps_while_the_failover_takes_the_rest(
             > 0
     );
     levee.shutdown().await;
+}
+
+/// A returning pool whose nodes slow down under load (50 ms alone, 10 ms
+/// more per request already in flight) is held back by its ramp: 96
+/// clients would put about 32 requests on each node (370 ms answers); the
+/// ramp keeps each node's concurrency, and so its latency, bounded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_returning_pool_that_slows_under_load_is_held_back() {
+    let loaded = Behavior::Loaded {
+        base: Duration::from_millis(50),
+        per_in_flight: Duration::from_millis(10),
+        body_bytes: 8,
+    };
+    let mut nodes = Vec::new();
+    for _ in 0..3 {
+        nodes.push(node(loaded.clone()).await);
+    }
+    let spare = node(Behavior::Healthy { body_bytes: 8 }).await;
+    let addrs: Vec<_> = nodes.iter().map(AppNode::addr).collect();
+    let cfg = RETURNING
+        .replace("FAILOVER", "")
+        .replace("queue_timeout = \"2s\"", "queue_timeout = \"500ms\"");
+    let levee = start_levee(&cfg, &[&addrs, &[spare.addr()]]).await;
+    take_out(&nodes, &levee).await;
+    for n in &nodes {
+        n.set_behavior(loaded.clone()).await.unwrap();
+    }
+    let client = traffic::client();
+    let got = traffic::drive(
+        &client,
+        Method::GET,
+        url(&levee, "/r"),
+        96,
+        Duration::from_secs(5),
+    )
+    .await;
+
+    let status = status_json(&client, &levee).await;
+    let admission = &status["backends"][0]["admission"];
+    eprintln!(
+        "held back: {admission}; outcomes {:?}; p99 {:?}",
+        got.by_key,
+        got.quantile(0.99)
+    );
+    assert!(got.successes() > 100, "{:?}", got.by_key);
+    assert_eq!(
+        admission["phase"], "ramping",
+        "still held back: {admission}"
+    );
+    assert!(admission["limit"].as_f64().unwrap() < 60.0, "{admission}");
+    for n in &nodes {
+        let peak = n.stats().peak_in_flight;
+        assert!(peak <= 24, "a node's concurrency stays bounded: {peak}");
+    }
+    // What the ramp did not admit waited in the queue, then was refused.
+    for key in got.by_key.keys() {
+        assert!(
+            key == "200" || key == "503 bulkhead-full" || key == "503 no-healthy-node",
+            "{:?}",
+            got.by_key
+        );
+    }
+    levee.shutdown().await;
+}
+
+/// One node whose latency grows with its concurrency (50 ms alone, 10 ms
+/// more per request in flight) under 48 clients: a fixed bulkhead lets all
+/// of them through and the node answers in about half a second; with
+/// `[backend.adaptive]` the limit settles where latency is near twice the
+/// baseline, the rest is refused at once (normal requests past their share
+/// of a held-back limit are shed, and there is no queue here, so a served
+/// request's latency is the node's), and requests served after the first
+/// second keep a p99 near that target.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_adaptive_limit_keeps_a_loaded_node_near_its_latency_target() {
+    let loaded = Behavior::Loaded {
+        base: Duration::from_millis(50),
+        per_in_flight: Duration::from_millis(10),
+        body_bytes: 8,
+    };
+    let run = |adaptive: &'static str| {
+        let loaded = loaded.clone();
+        async move {
+            let app = node(loaded).await;
+            let cfg = format!(
+                "[server]\nlisten = \"127.0.0.1:0\"\n\n[[backend]]\nname = \"app\"\n\
+                 nodes = [\"127.0.0.1:1\"]\ntimeout = \"5s\"\nmax_in_flight = 64\n\
+                 max_queue = 0\n\n[backend.adaptive]\n{adaptive}\n\n\
+                 [[route]]\npath_prefix = \"/\"\nbackend = \"app\"\n"
+            );
+            let levee = start_levee(&cfg, &[&[app.addr()]]).await;
+            let client = traffic::client();
+            let origin = Instant::now();
+            let got = drive_timed(&levee, 48, origin, origin + Duration::from_secs(5)).await;
+            let mut tally = traffic::Tally::default();
+            let mut served = traffic::Tally::default();
+            for t in got {
+                // Latencies of answered requests only: a shed is fast by design.
+                let o = traffic::Outcome {
+                    key: t.key,
+                    ok: t.ok,
+                    latency: t.latency,
+                };
+                // After a second, once the limit has found its level.
+                if o.ok && t.sent >= Duration::from_secs(1) {
+                    served.add(o.clone());
+                }
+                tally.add(o);
+            }
+            let status = status_json(&client, &levee).await;
+            let metrics = metrics_text(&client, &levee).await;
+            levee.shutdown().await;
+            (
+                tally,
+                served.quantile(0.99),
+                status["backends"][0]["admission"].clone(),
+                metrics,
+                app.stats().peak_in_flight,
+            )
+        }
+    };
+    let (off, off_p99, off_admission, _, off_peak) = run("enabled = false").await;
+    let (on, on_p99, on_admission, metrics, on_peak) = run("enabled = true").await;
+    eprintln!(
+        "adaptive off: served p99 {off_p99:?}, peak in flight {off_peak}, {:?}, {off_admission}",
+        off.by_key
+    );
+    eprintln!(
+        "adaptive on: served p99 {on_p99:?}, peak in flight {on_peak}, {:?}, {on_admission}",
+        on.by_key
+    );
+    assert_eq!(
+        off.total(),
+        off.count("200"),
+        "a fixed bulkhead queues them all: {:?}",
+        off.by_key
+    );
+    assert!(off_p99 > Duration::from_millis(400), "{off_p99:?}");
+    assert!(on_p99 < off_p99 / 2, "{on_p99:?} against {off_p99:?}");
+    assert!(on.count("200") > 100, "{:?}", on.by_key);
+    assert!(
+        on.count("503 bulkhead-full") + on.count("503 shed") > 0,
+        "the rest is refused: {:?}",
+        on.by_key
+    );
+    assert_eq!(on_admission["adaptive"], true);
+    assert!(
+        on_admission["limit"].as_f64().unwrap() < 30.0,
+        "{on_admission}"
+    );
+    assert!(
+        on_admission["min_rtt_ms"].as_f64().unwrap() >= 50.0,
+        "{on_admission}"
+    );
+    assert!(
+        metrics.contains("levee_backend_limit{backend=\"app\"}"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("levee_backend_min_rtt_seconds{backend=\"app\"}"));
+    assert!(metrics.contains("levee_backend_sampled_rtt_seconds{backend=\"app\"}"));
 }

@@ -450,6 +450,17 @@ impl NodeSet {
         }
     }
 
+    /// The share of nodes usable for some traffic class.
+    pub fn back_share(&self) -> f64 {
+        let classes = self.classes.len().max(1);
+        let back = self
+            .nodes
+            .iter()
+            .filter(|n| (0..classes).any(|c| n.usable(c)))
+            .count();
+        back as f64 / self.nodes.len().max(1) as f64
+    }
+
     /// Whether no node is usable for any traffic class: the whole pool is
     /// out (one class's breakers open is not an outage of the pool).
     pub fn all_out(&self) -> bool {

@@ -68,11 +68,20 @@ impl Backend {
                     .resize(slots(old.stats.admission.limit()), cfg.max_queue);
                 Arc::clone(&old.stats)
             }
-            None => Arc::new(BackendStats::new(
-                &cfg.name,
-                Arc::new(Bulkhead::new(cfg.max_in_flight, cfg.max_queue)),
-                Arc::new(AdaptiveLimit::new(admission_policy(cfg))),
-            )),
+            None => {
+                let admission = AdaptiveLimit::new(admission_policy(cfg));
+                if cfg.adaptive.enabled {
+                    // An adaptive limit finds its level from the floor up,
+                    // not by first letting max_in_flight through.
+                    admission.begin_ramp();
+                }
+                let bulkhead = Bulkhead::new(slots(admission.limit()), cfg.max_queue);
+                Arc::new(BackendStats::new(
+                    &cfg.name,
+                    Arc::new(bulkhead),
+                    Arc::new(admission),
+                ))
+            }
         };
         let retry_budget = match previous {
             Some(old)
@@ -183,10 +192,20 @@ impl Backend {
     }
 
     /// The bulkhead admits what the limit says now; waiters take the
-    /// slots a growth frees.
+    /// slots a growth frees. While the pool ramps back its nodes return one
+    /// by one, so the limit is shared by those back: the first one back is
+    /// not given the whole pool's admission.
     pub fn apply_limit(&self) {
-        self.bulkhead()
-            .set_max_in_flight(slots(self.admission().limit()));
+        let admission = self.admission();
+        let share = if admission.is_ramping() {
+            self.nodes.back_share()
+        } else {
+            1.0
+        };
+        let want = slots(admission.limit() * share);
+        if self.bulkhead().max_in_flight() != want {
+            self.bulkhead().set_max_in_flight(want);
+        }
     }
 
     /// What the admin listener sees of this backend in this config version.

@@ -7,7 +7,8 @@
 //! (most calls within `tolerance` of the no-load baseline, few failures),
 //! like TCP slow start; when they do not, it backs off multiplicatively. It
 //! ends at the ceiling, or after `ramp_max` at the latest: slow start bounds
-//! the ramp's length, it is not its schedule. **Steady**: the limit stays at
+//! the ramp's length, it is not its schedule. With a gradient it also ends
+//! at its first back-off, as TCP leaves slow start at its first loss. **Steady**: the limit stays at
 //! the ceiling, or, with `gradient`, follows `tolerance × min RTT / sampled
 //! RTT` (Envoy's adaptive concurrency, Netflix's gradient limiter): it
 //! shrinks as latency rises over the baseline and grows back by `√limit` a
@@ -16,8 +17,10 @@
 //! Calls are recorded with a few atomic adds; the one caller that closes a
 //! window computes the next limit and returns it, so the data plane can
 //! apply it (a bulkhead resize) at most once a window. The minimum RTT is
-//! the lowest call of the windows since it was last re-measured; every
-//! `min_rtt_interval` it is taken afresh from the next window.
+//! the lowest call seen since it was last measured. A gradient limit
+//! measures it afresh every `min_rtt_interval`, as Envoy does: one window
+//! at the floor (**probing**), whose fastest call is the new baseline, then
+//! back to the limit it had, so the baseline cannot creep up with load.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
@@ -47,8 +50,9 @@ pub struct LimitPolicy {
     pub ramp_max: Duration,
     /// Latency up to `tolerance ×` the minimum RTT is near the baseline (>= 1).
     pub tolerance: f64,
-    /// Shortest sample window; a window is also at least two minimum RTTs
-    /// and holds at least one call.
+    /// Shortest sample window; a window also lasts at least two round trips
+    /// (the minimum RTT, or the last window's mean if longer) and holds at
+    /// least one call.
     pub window: Duration,
     /// Follow the latency gradient in the steady phase (else: the ceiling).
     pub gradient: bool,
@@ -65,6 +69,8 @@ pub enum LimitPhase {
     Ramping,
     /// Everything it limits is out; the next [`AdaptiveLimit::resume`] ramps.
     Out,
+    /// One window at the floor to measure the minimum RTT afresh.
+    Probing,
 }
 
 impl LimitPhase {
@@ -73,6 +79,7 @@ impl LimitPhase {
             LimitPhase::Steady => "steady",
             LimitPhase::Ramping => "ramping",
             LimitPhase::Out => "out",
+            LimitPhase::Probing => "probing",
         }
     }
 
@@ -80,6 +87,7 @@ impl LimitPhase {
         match v {
             1 => LimitPhase::Ramping,
             2 => LimitPhase::Out,
+            3 => LimitPhase::Probing,
             _ => LimitPhase::Steady,
         }
     }
@@ -109,6 +117,8 @@ pub struct AdaptiveLimit {
     min_rtt_us: AtomicU64,
     min_rtt_since_us: AtomicU64,
     sampled_us: AtomicU64,
+    /// The limit to go back to after probing.
+    restore: AtomicU64,
 }
 
 impl AdaptiveLimit {
@@ -132,6 +142,7 @@ impl AdaptiveLimit {
             min_rtt_us: AtomicU64::new(UNKNOWN),
             min_rtt_since_us: AtomicU64::new(0),
             sampled_us: AtomicU64::new(UNKNOWN),
+            restore: AtomicU64::new(ceiling.to_bits()),
         }
     }
 
@@ -139,8 +150,11 @@ impl AdaptiveLimit {
     /// the new bounds) carry over. A steady limit without a gradient takes
     /// the new ceiling.
     pub fn set_policy(&self, policy: LimitPolicy) {
-        let steady_fixed = self.phase() == LimitPhase::Steady && !policy.gradient;
+        let steady_fixed =
+            matches!(self.phase(), LimitPhase::Steady | LimitPhase::Probing) && !policy.gradient;
         let limit = if steady_fixed {
+            self.phase
+                .store(LimitPhase::Steady as u8, Ordering::Release);
             policy.ceiling
         } else {
             self.limit().clamp(policy.floor, policy.ceiling)
@@ -176,6 +190,7 @@ impl AdaptiveLimit {
                 let p = self.policy.load();
                 p.gradient && self.limit() < p.ceiling
             }
+            LimitPhase::Probing => true,
             LimitPhase::Out => false,
         }
     }
@@ -239,7 +254,8 @@ impl AdaptiveLimit {
     }
 
     /// Feeds one call: its time to response headers and whether it failed.
-    /// Returns the new limit when this call closed a window that changed it.
+    /// Returns the new limit when this call closed a window that changed it
+    /// or ended a ramp.
     pub fn record(&self, rtt: Duration, failed: bool) -> Option<f64> {
         let p = self.policy.load();
         let phase = self.phase();
@@ -262,10 +278,14 @@ impl AdaptiveLimit {
         }
         let now = self.now_us();
         let started = self.window_started_us.load(Ordering::Acquire);
-        let length = match min_rtt {
-            UNKNOWN => duration_us(p.window),
-            m => duration_us(p.window).max(m.saturating_mul(2)),
+        // Long enough that most calls judged were admitted at the limit
+        // being judged: two round trips, loaded or not.
+        let rtt = match (min_rtt, self.sampled_us.load(Ordering::Acquire)) {
+            (UNKNOWN, _) => 0,
+            (m, UNKNOWN) => m,
+            (m, sampled) => m.max(sampled),
         };
+        let length = duration_us(p.window).max(rtt.saturating_mul(2));
         if now.saturating_sub(started) < length {
             return None;
         }
@@ -296,20 +316,35 @@ impl AdaptiveLimit {
     fn close_window(&self, p: &LimitPolicy, now: u64, w: &Window) -> Option<f64> {
         let sampled = w.sampled;
         self.sampled_us.store(sampled, Ordering::Release);
-        let since = self.min_rtt_since_us.load(Ordering::Acquire);
+        let old = self.limit();
+        if self.phase() == LimitPhase::Probing {
+            // A window at the floor: its fastest call is the baseline.
+            self.min_rtt_us.store(w.min, Ordering::Release);
+            self.min_rtt_since_us.store(now, Ordering::Release);
+            let back = f64::from_bits(self.restore.load(Ordering::Acquire));
+            self.set_limit(back.clamp(p.floor, p.ceiling));
+            self.phase
+                .store(LimitPhase::Steady as u8, Ordering::Release);
+            return (self.limit() != old).then(|| self.limit());
+        }
         let min_rtt = match self.min_rtt_us.load(Ordering::Acquire) {
-            old if old == UNKNOWN
-                || now.saturating_sub(since) >= duration_us(p.min_rtt_interval) =>
-            {
+            UNKNOWN => {
                 self.min_rtt_since_us.store(now, Ordering::Release);
                 w.min
             }
-            old => old.min(w.min),
+            known => known.min(w.min),
         };
         self.min_rtt_us.store(min_rtt, Ordering::Release);
+        let since = self.min_rtt_since_us.load(Ordering::Acquire);
+        if !self.is_ramping() && now.saturating_sub(since) >= duration_us(p.min_rtt_interval) {
+            self.restore.store(old.to_bits(), Ordering::Release);
+            self.set_limit(p.floor);
+            self.phase
+                .store(LimitPhase::Probing as u8, Ordering::Release);
+            return (p.floor != old).then_some(p.floor);
+        }
         let gradient = (target_us(p, min_rtt) / sampled.max(1) as f64).clamp(MIN_GRADIENT, 1.0);
         let failing = w.failures as f64 > w.calls as f64 * MAX_FAILURE_RATE;
-        let old = self.limit();
         let next = if self.is_ramping() {
             let ramp_over = now.saturating_sub(self.ramp_started_us.load(Ordering::Acquire))
                 >= duration_us(p.ramp_max);
@@ -324,7 +359,7 @@ impl AdaptiveLimit {
             self.pressed.store(!healthy, Ordering::Release);
             if ramp_over {
                 self.end_ramp(p);
-                return (self.limit() != old).then(|| self.limit());
+                return Some(self.limit());
             }
             let next = if failing {
                 old * MIN_GRADIENT
@@ -333,9 +368,16 @@ impl AdaptiveLimit {
             } else {
                 old * gradient
             };
+            if !healthy && p.gradient {
+                // As TCP leaves slow start at its first loss: the gradient
+                // takes over from the level just found.
+                self.set_limit(next.clamp(p.floor, p.ceiling));
+                self.end_ramp(p);
+                return Some(self.limit());
+            }
             if next >= p.ceiling {
                 self.end_ramp(p);
-                return (self.limit() != old).then(|| self.limit());
+                return Some(self.limit());
             }
             next
         } else if gradient >= 1.0 {

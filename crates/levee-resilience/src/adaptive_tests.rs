@@ -17,13 +17,25 @@ fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
 
-/// Calls of `rtt` spread over one window (plus a bit), as a steady stream
-/// of traffic would record them; returns the last new limit reported.
+/// Calls of `rtt` spread over exactly one window, as a steady stream of
+/// traffic would record them; returns the new limit, if it moved.
 async fn window_of(l: &AdaptiveLimit, rtt: Duration, failed_every: Option<u32>) -> Option<f64> {
+    window_with(l, |i| (rtt, failed_every.is_some_and(|n| i % n == 0))).await
+}
+
+/// Ten calls (`call(i)`: latency, failed) spread so that the last one
+/// closes the window: at least 100 ms and two round trips (the minimum RTT,
+/// or the last window's mean if longer).
+async fn window_with(l: &AdaptiveLimit, call: impl Fn(u32) -> (Duration, bool)) -> Option<f64> {
+    let rtt = match l.min_rtt() {
+        None => Duration::ZERO,
+        Some(min) => min.max(l.sampled_rtt().unwrap_or_default()),
+    };
+    let step = ms(100).max(rtt * 2) / 10 + Duration::from_micros(1);
     let mut changed = None;
     for i in 0..10u32 {
-        tokio::time::advance(ms(11)).await;
-        let failed = failed_every.is_some_and(|n| i % n == 0);
+        tokio::time::advance(step).await;
+        let (rtt, failed) = call(i);
         if let Some(limit) = l.record(rtt, failed) {
             changed = Some(limit);
         }
@@ -190,18 +202,34 @@ async fn the_gradient_shrinks_with_latency_and_grows_back() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn the_minimum_rtt_is_measured_afresh_each_interval() {
+async fn the_minimum_rtt_is_measured_afresh_at_the_floor_each_interval() {
     let l = AdaptiveLimit::new(LimitPolicy {
         gradient: true,
+        ceiling: 100.0,
         min_rtt_interval: Duration::from_secs(1),
         ..policy()
     });
     window_of(&l, ms(10), None).await;
     assert_eq!(l.min_rtt(), Some(ms(10)));
+    // Near the target (22 ms): the limit stays at its ceiling.
+    let mut probed = false;
     for _ in 0..12 {
-        window_of(&l, ms(30), None).await;
+        if window_of(&l, ms(20), None).await == Some(4.0) {
+            probed = true;
+            break;
+        }
     }
-    assert_eq!(l.min_rtt(), Some(ms(30)), "re-measured from recent calls");
+    assert!(probed, "a window at the floor once the interval is over");
+    assert_eq!(l.phase(), LimitPhase::Probing);
+    assert!(l.under_pressure());
+    // The floor's window sets the baseline, and the limit comes back.
+    assert_eq!(window_of(&l, ms(30), None).await, Some(100.0));
+    assert_eq!(l.phase(), LimitPhase::Steady);
+    assert_eq!(
+        l.min_rtt(),
+        Some(ms(30)),
+        "measured afresh, not the old 10 ms"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -233,20 +261,26 @@ async fn a_ramp_follows_the_median_call_not_a_stalled_one() {
     l.begin_ramp();
     assert_eq!(window_of(&l, ms(10), None).await, Some(8.0));
     // A window with one call stalled for half a second: still doubles.
-    let mut changed = None;
-    for i in 0..10u64 {
-        tokio::time::advance(ms(11)).await;
-        let rtt = if i == 3 { ms(500) } else { ms(10) };
-        changed = changed.or(l.record(rtt, false));
-    }
+    let changed = window_with(&l, |i| (if i == 3 { ms(500) } else { ms(10) }, false)).await;
     assert_eq!(changed, Some(16.0));
     // Most calls over the target: held back.
-    let mut changed = None;
-    for i in 0..10u64 {
-        tokio::time::advance(ms(11)).await;
-        let rtt = if i < 3 { ms(10) } else { ms(30) };
-        changed = changed.or(l.record(rtt, false));
-    }
+    let changed = window_with(&l, |i| (if i < 3 { ms(10) } else { ms(30) }, false)).await;
     assert!(changed.is_some_and(|limit| limit < 16.0), "{changed:?}");
     assert!(l.under_pressure());
+}
+
+#[tokio::test(start_paused = true)]
+async fn with_a_gradient_the_ramp_ends_at_its_first_back_off() {
+    let l = AdaptiveLimit::new(LimitPolicy {
+        gradient: true,
+        ..policy()
+    });
+    l.begin_ramp();
+    assert_eq!(window_of(&l, ms(10), None).await, Some(8.0));
+    assert_eq!(window_of(&l, ms(10), None).await, Some(16.0));
+    // 33 ms against a 22 ms target: a third off, and the gradient from here.
+    let limit = window_of(&l, ms(33), None).await.unwrap();
+    assert!((limit - 16.0 * 22.0 / 33.0).abs() < 1e-9, "{limit}");
+    assert_eq!(l.phase(), LimitPhase::Steady);
+    assert!(l.under_pressure(), "below its ceiling");
 }

@@ -48,13 +48,13 @@ fn choose(req: &Routed) -> Result<(usize, bool), ProxyError> {
     };
     if primary.nodes.any_usable(class) {
         let admission = primary.admission();
-        if admission.resume() {
-            // Back after an outage: admit from the ramp's floor.
-            primary.apply_limit();
-        }
-        // A pool ramping back takes what its limit admits; the rest goes to
-        // the failover pool if there is one, else waits in its queue.
+        // Back after an outage, the ramp starts from its floor.
+        admission.resume();
+        // A pool ramping back takes what its limit admits (shared by the
+        // nodes back so far); the rest goes to the failover pool if there is
+        // one, else waits in its queue.
         if admission.is_ramping() {
+            primary.apply_limit();
             let bulkhead = primary.bulkhead();
             if bulkhead.in_flight() >= bulkhead.max_in_flight() {
                 if let Some((i, fb)) = failover() {

@@ -5,7 +5,7 @@
 use std::sync::{Arc, Mutex};
 
 use http::{Method, Response};
-use levee_resilience::BulkheadPermit;
+use levee_resilience::{BulkheadPermit, LimitPhase};
 use levee_telemetry::{BackendEvent, ErrorReason};
 use tower::{Layer, Service, ServiceExt};
 
@@ -471,4 +471,96 @@ fn the_budget_is_a_share_of_the_limit_rounded_up_and_at_least_one() {
     );
     let state = testing::state(&BUDGET.replace("failover_max_share = 0.5\n", ""));
     assert_eq!(state.backends[1].failover_budget(), 8, "default: all of it");
+}
+
+// --- The return ramp and the adaptive limit --------------------------------
+
+/// `app` (two health-checked nodes, four slots, a ramp from two) failing
+/// over to `standby`.
+const RETURNING: &str = r#"
+[[backend]]
+name = "app"
+nodes = ["127.0.0.1:9001", "127.0.0.1:9002"]
+max_in_flight = 4
+failover = "standby"
+[backend.adaptive]
+min_in_flight = 2
+[backend.health_check]
+path = "/healthz"
+unhealthy_after = 1
+healthy_after = 1
+[[backend]]
+name = "standby"
+nodes = ["127.0.0.1:9101"]
+[[route]]
+path_prefix = "/"
+backend = "app"
+"#;
+
+#[tokio::test(start_paused = true)]
+async fn a_returning_pool_admits_from_its_floor_and_the_rest_fails_over() {
+    let state = testing::state(RETURNING);
+    let app = &state.backends[0];
+    let record = Record::default();
+    for node in app.nodes.nodes() {
+        node.health().record(false);
+    }
+    choose(&state, &record, Method::GET).await.unwrap();
+    assert_eq!(record.take(), [(1, false)], "all out: the failover");
+    assert_eq!(app.admission().phase(), LimitPhase::Out);
+
+    app.nodes.nodes()[0].health().record(true);
+    choose(&state, &record, Method::GET).await.unwrap();
+    assert_eq!(record.take(), [(0, false)], "back: the pool itself");
+    assert_eq!(app.admission().phase(), LimitPhase::Ramping);
+    assert_eq!(
+        app.bulkhead().max_in_flight(),
+        1,
+        "the ramp's floor, shared by the nodes back so far"
+    );
+    app.nodes.nodes()[1].health().record(true);
+    choose(&state, &record, Method::GET).await.unwrap();
+    assert_eq!(record.take(), [(0, false)]);
+    assert_eq!(app.bulkhead().max_in_flight(), 2, "the ramp's floor");
+    for node in app.nodes.nodes() {
+        assert!(!node.ramp().is_ramping(), "the pool's ramp paces its nodes");
+    }
+    let _held = hold(app, 2);
+    choose(&state, &record, Method::GET).await.unwrap();
+    assert_eq!(record.take(), [(1, false)], "past the ramp: the failover");
+    assert_eq!(app.stats.events(BackendEvent::FailedOver), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_single_node_returning_among_healthy_ones_ramps_its_own_weight() {
+    let state = testing::state(RETURNING);
+    let app = &state.backends[0];
+    let node = &app.nodes.nodes()[1];
+    node.health().record(false);
+    node.health().record(true);
+    app.nodes.ramp_in(node);
+    assert!(node.ramp().is_ramping());
+    assert_eq!(node.ramp().limit(), crate::nodes::MIN_WEIGHT);
+    assert_eq!(app.admission().phase(), LimitPhase::Steady);
+    assert_eq!(app.bulkhead().max_in_flight(), 4);
+}
+
+#[tokio::test(start_paused = true)]
+async fn shares_are_of_the_current_limit() {
+    // Adaptive on: a new backend starts from its floor, 4 of 8 slots.
+    let state = testing::state(&SHEDDING.replacen(
+        "max_in_flight = 4",
+        "max_in_flight = 8\n[backend.adaptive]\nenabled = true\nmin_in_flight = 4",
+        1,
+    ));
+    let app = &state.backends[0];
+    assert_eq!(app.bulkhead().max_in_flight(), 4);
+    let _held = hold(app, 2);
+    assert_eq!(
+        shed(&state, "/bulk", 0).await.unwrap_err().reason,
+        ErrorReason::Shed,
+        "half of the limit, not of max_in_flight"
+    );
+    shed(&state, "/normal", 0).await.unwrap();
+    shed(&state, "/critical", 0).await.unwrap();
 }
