@@ -391,9 +391,9 @@ async fn a_returning_pool_that_slows_under_load_is_held_back() {
     levee.shutdown().await;
 }
 
-/// One node whose latency grows with its concurrency (50 ms alone, 10 ms
+/// One node whose latency grows with its concurrency (100 ms alone, 20 ms
 /// more per request in flight) under 48 clients: a fixed bulkhead lets all
-/// of them through and the node answers in about half a second; with
+/// of them through and the node answers in about a second; with
 /// `[backend.adaptive]` the limit settles where latency is near twice the
 /// baseline, the rest is refused at once (normal requests past their share
 /// of a held-back limit are shed, and there is no queue here, so a served
@@ -402,8 +402,8 @@ async fn a_returning_pool_that_slows_under_load_is_held_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_adaptive_limit_keeps_a_loaded_node_near_its_latency_target() {
     let loaded = Behavior::Loaded {
-        base: Duration::from_millis(50),
-        per_in_flight: Duration::from_millis(10),
+        base: Duration::from_millis(100),
+        per_in_flight: Duration::from_millis(20),
         body_bytes: 8,
     };
     let run = |adaptive: &'static str| {
@@ -463,8 +463,11 @@ async fn an_adaptive_limit_keeps_a_loaded_node_near_its_latency_target() {
         "a fixed bulkhead queues them all: {:?}",
         off.by_key
     );
-    assert!(off_p99 > Duration::from_millis(400), "{off_p99:?}");
-    assert!(on_p99 < off_p99 / 2, "{on_p99:?} against {off_p99:?}");
+    assert!(off_p99 > Duration::from_millis(800), "{off_p99:?}");
+    assert!(
+        on_p99.as_secs_f64() < off_p99.as_secs_f64() * 0.7,
+        "{on_p99:?} against {off_p99:?}"
+    );
     assert!(on.count("200") > 100, "{:?}", on.by_key);
     assert!(
         on.count("503 bulkhead-full") + on.count("503 shed") > 0,
@@ -477,7 +480,7 @@ async fn an_adaptive_limit_keeps_a_loaded_node_near_its_latency_target() {
         "{on_admission}"
     );
     assert!(
-        on_admission["min_rtt_ms"].as_f64().unwrap() >= 50.0,
+        on_admission["min_rtt_ms"].as_f64().unwrap() >= 100.0,
         "{on_admission}"
     );
     assert!(

@@ -553,7 +553,10 @@ async fn health_checks_take_a_node_out_and_bring_it_back() {
         eventually(Duration::from_secs(3), || watched.healthy()).await,
         "healthy again"
     );
-    assert!(watched.ramping(), "it ramps back in");
+    // Its own ramp; or, had a loaded machine's slow checks taken the whole
+    // pool out meanwhile, the pool's ramp, which paces every node alike.
+    let pool = &levee.telemetry.topology().backends[0].stats.admission;
+    assert!(watched.ramping() || pool.is_ramping(), "it ramps back in");
     levee.shutdown().await;
 }
 
