@@ -82,7 +82,7 @@ async fn drive_timed(levee: &Levee, workers: usize, origin: Instant, until: Inst
                     if !mine.last().is_some_and(|t| t.ok) {
                         // A refused client waits a moment, as Retry-After
                         // asks, instead of spinning the machine's CPUs.
-                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        tokio::time::sleep(Duration::from_millis(50)).await;
                     }
                 }
                 out.lock().await.extend(mine);
