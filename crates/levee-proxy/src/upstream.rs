@@ -343,6 +343,38 @@ mod tests {
         );
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn a_reload_keeps_the_admission_limit_and_applies_its_new_bounds() {
+        let nodes = "\"127.0.0.1:1\"";
+        let first = backend_with(nodes, "5s", "[backend.adaptive]\nmin_in_flight = 2", None);
+        first.admission().mark_out();
+        assert!(first.admission().resume());
+        first.apply_limit();
+        assert_eq!(
+            first.bulkhead().max_in_flight(),
+            2,
+            "ramping from the floor"
+        );
+        let kept = backend_with(
+            nodes,
+            "5s",
+            "[backend.adaptive]\nmin_in_flight = 3",
+            Some(&first),
+        );
+        assert!(Arc::ptr_eq(&kept.stats.admission, &first.stats.admission));
+        assert!(kept.admission().is_ramping(), "the ramp goes on");
+        assert_eq!(kept.admission().limit(), 3.0, "within the new floor");
+        assert_eq!(kept.bulkhead().max_in_flight(), 3);
+        let on = backend_with(
+            nodes,
+            "5s",
+            "[backend.adaptive]\nenabled = true",
+            Some(&kept),
+        );
+        assert!(on.admission().policy().gradient);
+        assert!(on.admission().is_ramping());
+    }
+
     #[tokio::test]
     async fn a_reload_applies_new_drift_thresholds_to_the_kept_watch() {
         let nodes = "\"127.0.0.1:1\", \"127.0.0.1:2\"";
