@@ -463,6 +463,17 @@ mod tests {
     }
 
     #[test]
+    fn the_root_is_the_status_page_and_it_reads_status() {
+        let t = Telemetry::new(Topology::default(), 1);
+        let e = Endpoints::new(t, Duration::from_secs(2));
+        let page = get(&e, "/");
+        assert_eq!(page.status(), StatusCode::OK);
+        assert_eq!(page.headers()[CONTENT_TYPE], "text/html; charset=utf-8");
+        assert!(STATUS_PAGE.contains("fetch(\"status\""));
+        assert!(STATUS_PAGE.contains("setTimeout(refresh, 1000)"));
+    }
+
+    #[test]
     fn only_get_is_answered() {
         let t = Telemetry::new(Topology::default(), 1);
         let e = Endpoints::new(t, Duration::from_secs(2));
