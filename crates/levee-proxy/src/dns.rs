@@ -271,7 +271,14 @@ pub async fn refresh(
         })
         .await;
     if rebuilt {
-        info!(%backend, "node addresses changed; nodes updated");
+        let state = shared.current();
+        let nodes: Vec<&str> = state
+            .backends
+            .iter()
+            .filter(|b| b.name == backend)
+            .flat_map(|b| b.nodes.nodes().iter().map(|n| n.stats.addr.as_str()))
+            .collect();
+        info!(%backend, ?nodes, "node addresses changed; nodes updated");
     }
     rebuilt
 }
