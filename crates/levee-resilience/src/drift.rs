@@ -198,11 +198,12 @@ impl DriftDetector {
             // One sample spans no time: nothing to judge yet.
             _ => Vec::new(),
         };
+        let peers = Peers::of(&windowed, self.config.min_requests.max(1));
         let mut changes = Vec::new();
         for node in 0..self.nodes.len() {
             let (apart, figures) = match windowed.get(node) {
                 Some(me) => {
-                    let (apart, figures) = self.judge(node, me, &windowed);
+                    let (apart, figures) = self.judge(me, &peers);
                     (apart, Some(figures))
                 }
                 None => (None, None),
@@ -258,23 +259,13 @@ impl DriftDetector {
     }
 
     /// Whether node `me` stands apart from its peers now, and its figures.
-    fn judge(
-        &self,
-        me_idx: usize,
-        me: &Windowed,
-        all: &[Windowed],
-    ) -> (Option<DriftReason>, DriftFigures) {
+    fn judge(&self, me: &Windowed, peers: &Peers) -> (Option<DriftReason>, DriftFigures) {
         let min = self.config.min_requests.max(1);
-        let peers: Vec<&Windowed> = all
-            .iter()
-            .enumerate()
-            .filter(|&(i, w)| i != me_idx && w.requests >= min)
-            .map(|(_, w)| w)
-            .collect();
-        let mut peer_errors: Vec<f64> = peers.iter().map(|w| w.error_rate).collect();
-        let mut peer_latencies: Vec<f64> = peers.iter().filter_map(|w| w.latency_us).collect();
-        let peer_error = median(&mut peer_errors);
-        let peer_latency = median(&mut peer_latencies);
+        // `me` counts among the qualifying values only with enough traffic.
+        let counted = me.requests >= min;
+        let (error_peers, peer_error) = peers.errors.without(counted.then_some(me.error_rate));
+        let (latency_peers, peer_latency) =
+            peers.latencies.without(me.latency_us.filter(|_| counted));
         let figures = DriftFigures {
             error_rate: me.error_rate,
             peer_error_rate: peer_error.unwrap_or(0.0),
@@ -285,7 +276,7 @@ impl DriftDetector {
             return (None, figures);
         }
         let c = &self.config;
-        let error_apart = peer_errors.len() >= 2
+        let error_apart = error_peers >= 2
             && peer_error.is_some_and(|peer| {
                 me.error_rate > peer * c.error_rate_factor
                     && me.error_rate > peer + c.error_rate_margin
@@ -293,7 +284,7 @@ impl DriftDetector {
         if error_apart {
             return (Some(DriftReason::ErrorRate), figures);
         }
-        let latency_apart = peer_latencies.len() >= 2
+        let latency_apart = latency_peers >= 2
             && match (me.latency_us, peer_latency) {
                 (Some(mine), Some(peer)) => {
                     mine > peer * c.latency_factor && mine - peer >= MIN_LATENCY_GAP_US
@@ -304,14 +295,57 @@ impl DriftDetector {
     }
 }
 
-/// The median, sorting `values` in place; `None` when empty.
-fn median(values: &mut [f64]) -> Option<f64> {
-    values.sort_by(f64::total_cmp);
-    let n = values.len();
-    match n {
-        0 => None,
-        _ if n % 2 == 1 => values.get(n / 2).copied(),
-        _ => Some((values.get(n / 2 - 1)? + values.get(n / 2)?) / 2.0),
+/// Every qualifying node's figures, sorted once per tick, so that each
+/// node's peers' median (all of them but itself) is a lookup rather than a
+/// sort: O(n log n) a tick instead of O(n² log n) for a pool of n nodes.
+struct Peers {
+    errors: Sorted,
+    latencies: Sorted,
+}
+
+impl Peers {
+    /// Nodes with at least `min` requests in the window.
+    fn of(windowed: &[Windowed], min: u64) -> Self {
+        let judged = || windowed.iter().filter(|w| w.requests >= min);
+        Self {
+            errors: Sorted::new(judged().map(|w| w.error_rate).collect()),
+            latencies: Sorted::new(judged().filter_map(|w| w.latency_us).collect()),
+        }
+    }
+}
+
+/// Values in ascending order.
+struct Sorted(Vec<f64>);
+
+impl Sorted {
+    fn new(mut values: Vec<f64>) -> Self {
+        values.sort_by(f64::total_cmp);
+        Self(values)
+    }
+
+    /// How many values remain without one occurrence of `mine` (when it is
+    /// one of them), and their median (`None` when none remain).
+    fn without(&self, mine: Option<f64>) -> (usize, Option<f64>) {
+        let values = &self.0;
+        // Removing any one of several equal values leaves the same list.
+        let removed = mine.and_then(|v| values.binary_search_by(|x| x.total_cmp(&v)).ok());
+        let n = values.len() - usize::from(removed.is_some());
+        // The k-th remaining value skips the removed position.
+        let at = |k: usize| {
+            values
+                .get(if removed.is_some_and(|r| k >= r) {
+                    k + 1
+                } else {
+                    k
+                })
+                .copied()
+        };
+        let median = match n {
+            0 => None,
+            _ if n % 2 == 1 => at(n / 2),
+            _ => at(n / 2 - 1).zip(at(n / 2)).map(|(a, b)| (a + b) / 2.0),
+        };
+        (n, median)
     }
 }
 

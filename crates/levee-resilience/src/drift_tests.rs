@@ -292,9 +292,44 @@ async fn counters_that_go_backwards_read_as_no_traffic() {
 
 #[test]
 fn median_of_odd_and_even_counts() {
-    assert_eq!(median(&mut []), None);
-    assert_eq!(median(&mut [3.0, 1.0, 2.0]), Some(2.0));
-    assert_eq!(median(&mut [4.0, 1.0, 3.0, 2.0]), Some(2.5));
+    let median = |v: &[f64]| Sorted::new(v.to_vec()).without(None);
+    assert_eq!(median(&[]), (0, None));
+    assert_eq!(median(&[3.0, 1.0, 2.0]), (3, Some(2.0)));
+    assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), (4, Some(2.5)));
+    let sorted = Sorted::new(vec![4.0, 1.0, 3.0, 2.0]);
+    assert_eq!(sorted.without(Some(1.0)), (3, Some(3.0)));
+    assert_eq!(sorted.without(Some(3.0)), (3, Some(2.0)));
+    assert_eq!(sorted.without(Some(9.0)), (4, Some(2.5)), "not one of them");
+    assert_eq!(Sorted::new(vec![5.0]).without(Some(5.0)), (0, None));
+}
+
+proptest::proptest! {
+    /// Leaving one value out of the sorted list gives the median of the
+    /// others sorted on their own.
+    #[test]
+    fn the_median_without_one_value_is_the_others_median(
+        values in proptest::collection::vec(0u8..20, 0..40),
+        pick in 0usize..40,
+    ) {
+        let values: Vec<f64> = values.into_iter().map(f64::from).collect();
+        let sorted = Sorted::new(values.clone());
+        let (mine, mut others) = match values.get(pick) {
+            Some(&v) => {
+                let mut others = values.clone();
+                others.remove(pick);
+                (Some(v), others)
+            }
+            None => (None, values.clone()),
+        };
+        others.sort_by(f64::total_cmp);
+        let n = others.len();
+        let expected = match n {
+            0 => None,
+            _ if n % 2 == 1 => Some(others[n / 2]),
+            _ => Some((others[n / 2 - 1] + others[n / 2]) / 2.0),
+        };
+        proptest::prop_assert_eq!(sorted.without(mine), (n, expected));
+    }
 }
 
 #[test]
