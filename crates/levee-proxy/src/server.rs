@@ -253,14 +253,20 @@ impl Conns {
                     .await;
                 }
                 (Scheme::Https, Some((config, timeout))) => {
-                    if let Some(stream) =
-                        tls::accept(config, stream, peer, timeout, &telemetry).await
-                    {
-                        connection::serve(
-                            builder, shared, worker, stream, peer, scheme, idle, shutdown,
-                        )
-                        .await;
-                    }
+                    // Boxed: a TLS connection's futures carry rustls's state
+                    // (kilobytes), and every plain connection's task would
+                    // be as large.
+                    Box::pin(async {
+                        if let Some(stream) =
+                            tls::accept(config, stream, peer, timeout, &telemetry).await
+                        {
+                            connection::serve(
+                                builder, shared, worker, stream, peer, scheme, idle, shutdown,
+                            )
+                            .await;
+                        }
+                    })
+                    .await;
                 }
                 // The TLS listener outlives a config without [server.tls]
                 // only until the restart that reload asked for.
