@@ -169,6 +169,21 @@ pub async fn drive_live(
     duration: Duration,
     live: &Live,
 ) -> Tally {
+    drive_paced(client, method, url, workers, duration, live, Duration::ZERO).await
+}
+
+/// Like [`drive_live`], each worker waiting `after_503` after a 503 before
+/// its next request, as a client honouring `Retry-After` does (a refusal
+/// answered in microseconds would otherwise be most of what is counted).
+pub async fn drive_paced(
+    client: &HttpClient,
+    method: Method,
+    url: impl Into<String>,
+    workers: usize,
+    duration: Duration,
+    live: &Live,
+    after_503: Duration,
+) -> Tally {
     let url: String = url.into();
     let until = Instant::now() + duration;
     let mut tasks = Vec::with_capacity(workers);
@@ -187,7 +202,11 @@ pub async fn drive_live(
             while Instant::now() < until {
                 let o = send(&client, method.clone(), &url, body, Duration::from_secs(5)).await;
                 live.record(&o);
+                let refused = o.key.starts_with("503");
                 tally.add(o);
+                if refused && !after_503.is_zero() {
+                    tokio::time::sleep(after_503).await;
+                }
             }
             tally
         }));

@@ -140,7 +140,29 @@ impl Clients {
         workers: usize,
         duration: Duration,
     ) -> Tally {
-        traffic::drive_live(&self.client, method, url, workers, duration, &self.live).await
+        self.drive_paced(method, url, workers, duration, Duration::ZERO)
+            .await
+    }
+
+    /// Like [`Clients::drive`], each client waiting `after_503` after a 503.
+    async fn drive_paced(
+        &self,
+        method: Method,
+        url: String,
+        workers: usize,
+        duration: Duration,
+        after_503: Duration,
+    ) -> Tally {
+        traffic::drive_paced(
+            &self.client,
+            method,
+            url,
+            workers,
+            duration,
+            &self.live,
+            after_503,
+        )
+        .await
     }
 
     /// Starts the per-second table over these clients and `levee`'s nodes.
