@@ -343,3 +343,106 @@ async fn http2_to_nodes_respects_the_node_stream_limit() {
     );
     levee.shutdown().await;
 }
+
+/// Over HTTP/2 to a node the deadline, the bulkhead and the breaker act as
+/// they do over HTTP/1: a stuck node's requests end 504 `deadline`, those
+/// past `max_in_flight` wait their queue time and get 503 `bulkhead-full`,
+/// and the third failure in a row opens the node's breaker.
+#[tokio::test]
+async fn over_http2_to_nodes_deadlines_bulkheads_and_breakers_act_the_same() {
+    let dir = TempDir::new("up-h2-resilience");
+    let stuck = AppNode::start_with(
+        "127.0.0.1:0".parse().unwrap(),
+        "h2c-stuck",
+        Behavior::Stuck,
+        NodeOptions {
+            http2: true,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let file = dir.path("levee.toml");
+    let text = format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+workers = 1
+
+[[backend]]
+name = "app"
+nodes = ["{}"]
+protocol = "http2"
+connect_timeout = "300ms"
+timeout = "400ms"
+max_in_flight = 2
+queue_timeout = "50ms"
+
+[backend.breaker]
+consecutive_failures = 3
+open_for = "30s"
+open_for_max = "60s"
+
+[[route]]
+name = "all"
+path_prefix = "/"
+backend = "app"
+priority = "critical"
+"#,
+        stuck.addr()
+    );
+    std::fs::write(&file, text).unwrap();
+    let config = levee_config::load(&file).unwrap_or_else(|e| panic!("{e}"));
+    let levee = Levee::start(config).await.unwrap();
+    let http = client();
+
+    // Four at once against two slots: two reach the node and hit the
+    // deadline, two wait 50 ms in the queue and are refused.
+    let calls = (0..4).map(|i| {
+        let http = http.clone();
+        let url = url(&levee, &format!("/b/{i}"));
+        async move {
+            let started = tokio::time::Instant::now();
+            let got = get(&http, &url).await;
+            (
+                got.status,
+                got.reason().map(str::to_owned),
+                started.elapsed(),
+            )
+        }
+    });
+    let answers = futures_util::future::join_all(calls).await;
+    let count = |reason: &str| {
+        answers
+            .iter()
+            .filter(|(_, r, _)| r.as_deref() == Some(reason))
+            .count()
+    };
+    assert_eq!(count("deadline"), 2, "{answers:?}");
+    assert_eq!(count("bulkhead-full"), 2, "{answers:?}");
+    for (status, reason, took) in &answers {
+        match reason.as_deref() {
+            Some("deadline") => {
+                assert_eq!(*status, StatusCode::GATEWAY_TIMEOUT);
+                assert!(*took >= Duration::from_millis(350), "{took:?}");
+                assert!(*took < Duration::from_secs(5), "{took:?}");
+            }
+            _ => assert_eq!(*status, StatusCode::SERVICE_UNAVAILABLE),
+        }
+    }
+
+    // The third deadline in a row opens the breaker: the next request is
+    // refused without reaching the node.
+    let third = get(&http, &url(&levee, "/c")).await;
+    assert_eq!(third.reason(), Some("deadline"));
+    let seen = stuck.stats().requests;
+    let refused = get(&http, &url(&levee, "/d")).await;
+    assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(refused.reason(), Some("no-healthy-node"));
+    assert_eq!(
+        stuck.stats().requests,
+        seen,
+        "nothing more reached the node"
+    );
+    levee.shutdown().await;
+}
