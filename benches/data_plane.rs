@@ -9,7 +9,7 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use futures_util::FutureExt;
 use http::{HeaderMap, HeaderValue};
 use levee_proxy::headers;
-use levee_resilience::{Breaker, BreakerPolicy, Bulkhead, CallOutcome, EjectionBudget};
+use levee_resilience::{Breaker, BreakerPolicy, Bulkhead, CallOutcome, EjectionBudget, Precedence};
 use levee_telemetry::{LatencyHistogram, OutcomeCounters};
 
 fn bulkhead(c: &mut Criterion) {
@@ -17,7 +17,7 @@ fn bulkhead(c: &mut Criterion) {
     c.bench_function("bulkhead acquire+release (free slot)", |bench| {
         bench.iter(|| {
             let until = tokio::time::Instant::now() + Duration::from_millis(100);
-            let permit = b.acquire(until).now_or_never();
+            let permit = b.acquire(Precedence::Normal, until).now_or_never();
             black_box(permit)
         })
     });

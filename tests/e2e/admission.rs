@@ -391,6 +391,71 @@ async fn a_returning_pool_that_slows_under_load_is_held_back() {
     levee.shutdown().await;
 }
 
+/// The same slowing pool returning, with half the clients on a critical
+/// route: what the ramp admits goes to critical requests first (they stand
+/// ahead of normal ones in the backend's queue), so a larger share of them
+/// is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ramping_pool_admits_critical_requests_before_normal_ones() {
+    let loaded = Behavior::Loaded {
+        base: Duration::from_millis(50),
+        per_in_flight: Duration::from_millis(10),
+        body_bytes: 8,
+    };
+    let mut nodes = Vec::new();
+    for _ in 0..3 {
+        nodes.push(node(loaded.clone()).await);
+    }
+    let spare = node(Behavior::Healthy { body_bytes: 8 }).await;
+    let addrs: Vec<_> = nodes.iter().map(AppNode::addr).collect();
+    let cfg = RETURNING
+        .replace("FAILOVER", "")
+        .replace("queue_timeout = \"2s\"", "queue_timeout = \"500ms\"")
+        .replace(
+            "[[route]]",
+            "[[route]]\npath_prefix = \"/pay\"\nbackend = \"app\"\npriority = \"critical\"\n\n[[route]]",
+        );
+    let levee = start_levee(&cfg, &[&addrs, &[spare.addr()]]).await;
+    take_out(&nodes, &levee).await;
+    for n in &nodes {
+        n.set_behavior(loaded.clone()).await.unwrap();
+    }
+    let client = traffic::client();
+    let secs = Duration::from_secs(5);
+    let (critical, normal) = tokio::join!(
+        traffic::drive(&client, Method::GET, url(&levee, "/pay"), 48, secs),
+        traffic::drive(&client, Method::GET, url(&levee, "/r"), 48, secs),
+    );
+    // Of the requests levee saw the pool back for (the first ones went out
+    // before the health checks noticed the return).
+    let share = |t: &traffic::Tally| {
+        let seen = t.total() - t.count("503 no-healthy-node");
+        t.successes() as f64 / seen.max(1) as f64
+    };
+    let status = status_json(&client, &levee).await;
+    eprintln!(
+        "critical {:?} ({:.3}), normal {:?} ({:.3}); admission {}",
+        critical.by_key,
+        share(&critical),
+        normal.by_key,
+        share(&normal),
+        status["backends"][0]["admission"]
+    );
+    assert_eq!(
+        status["backends"][0]["admission"]["phase"], "ramping",
+        "the pool was held back throughout"
+    );
+    assert!(critical.successes() > 100, "{:?}", critical.by_key);
+    assert!(normal.total() - normal.count("503 no-healthy-node") > 100);
+    assert!(
+        share(&critical) > share(&normal) + 0.2,
+        "critical {:.3} vs normal {:.3}",
+        share(&critical),
+        share(&normal)
+    );
+    levee.shutdown().await;
+}
+
 /// One node whose latency grows with its concurrency (100 ms alone, 20 ms
 /// more per request in flight) under 48 clients: a fixed bulkhead lets all
 /// of them through and the node answers in about a second; with

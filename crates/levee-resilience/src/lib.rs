@@ -19,7 +19,7 @@ pub use breaker::{
     Admission, Breaker, BreakerPolicy, BreakerState, CallOutcome, EjectionBudget, Recorded,
     Transition, TransitionReason, WindowStats,
 };
-pub use bulkhead::{Bulkhead, BulkheadFull, BulkheadPermit};
+pub use bulkhead::{Bulkhead, BulkheadFull, BulkheadPermit, Precedence};
 pub use deadline::{Deadline, DeadlineExceeded, Phase};
 
 pub mod drift;

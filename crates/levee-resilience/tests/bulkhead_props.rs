@@ -7,7 +7,8 @@
 //! run) is an explicit step.
 //!
 //! * [`settled_interleavings_match_the_model`] settles after every operation
-//!   and checks the bulkhead against an exact model: who holds a slot, who
+//!   and checks the bulkhead against an exact model: who holds a slot (a
+//!   freed slot goes to the first waiter of the first precedence), who
 //!   waits, who was refused or timed out, and the limits.
 //! * [`unsettled_interleavings_never_over_admit_or_leak`] lets operations pile
 //!   up before woken waiters run (a slot handed to a waiter that has not run
@@ -16,14 +17,14 @@
 //!   things settle, and no leaked slot at the end. It found a waiter that
 //!   was handed a slot, then cancelled before it ran, lifting a shrunk limit
 //!   (the unit test `a_cancelled_waiter_handed_a_slot_cannot_lift_a_shrunk_limit`
-//!   in `bulkhead.rs` keeps that case).
+//!   in `bulkhead_tests.rs` keeps that case).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
-use levee_resilience::{Bulkhead, BulkheadFull, BulkheadPermit};
+use levee_resilience::{Bulkhead, BulkheadFull, BulkheadPermit, Precedence};
 use proptest::prelude::*;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -38,10 +39,13 @@ enum Op {
     AcquireNow,
     /// `try_acquire()`.
     TryAcquire,
-    /// A spawned waiter: `acquire(now + wait_ms + 0.5 ms)`. The half
-    /// millisecond keeps deadlines off the whole milliseconds time advances
-    /// by, so "timed out" never depends on timer rounding.
-    Queue { wait_ms: u64 },
+    /// A spawned waiter: `acquire(precedence, now + wait_ms + 0.5 ms)`.
+    /// The half millisecond keeps deadlines off the whole milliseconds time
+    /// advances by, so "timed out" never depends on timer rounding.
+    Queue {
+        wait_ms: u64,
+        precedence: Precedence,
+    },
     /// Drop a held permit, picked by index.
     Release(usize),
     /// Advance paused time: waiters past their deadline time out.
@@ -58,7 +62,10 @@ fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         3 => Just(Op::AcquireNow),
         2 => Just(Op::TryAcquire),
-        4 => (0u64..400).prop_map(|wait_ms| Op::Queue { wait_ms }),
+        4 => (0u64..400, 0..3usize).prop_map(|(wait_ms, p)| Op::Queue {
+            wait_ms,
+            precedence: [Precedence::Critical, Precedence::Normal, Precedence::Sheddable][p],
+        }),
         4 => any::<usize>().prop_map(Op::Release),
         2 => (1u64..300).prop_map(|ms| Op::Advance { ms }),
         2 => any::<usize>().prop_map(Op::Cancel),
@@ -110,12 +117,12 @@ impl Rig {
         u64::try_from(self.start.elapsed().as_micros()).unwrap()
     }
 
-    fn spawn_waiter(&mut self, wait_ms: u64) -> (usize, u64) {
+    fn spawn_waiter(&mut self, wait_ms: u64, precedence: Precedence) -> (usize, u64) {
         let deadline = Instant::now() + Duration::from_micros(wait_ms * 1_000 + 500);
         let id = self.next_id;
         self.next_id += 1;
         let b = Arc::clone(&self.b);
-        let task = tokio::spawn(async move { b.acquire(deadline).await });
+        let task = tokio::spawn(async move { b.acquire(precedence, deadline).await });
         self.waiters.push(Waiter { id, deadline, task });
         let deadline_us = u64::try_from((deadline - self.start).as_micros()).unwrap();
         (id, deadline_us)
@@ -210,7 +217,11 @@ impl Rig {
             "acquisition {} succeeded above the limit {limit}",
             limit + 1
         );
-        prop_assert!(self.b.acquire(Instant::now()).await.is_err());
+        prop_assert!(self
+            .b
+            .acquire(Precedence::Normal, Instant::now())
+            .await
+            .is_err());
         prop_assert_eq!(self.b.in_flight(), limit);
         drop(fresh);
         prop_assert_eq!(self.b.in_flight(), 0);
@@ -247,8 +258,9 @@ struct Model {
     over_limit: usize,
     /// Waiters still in the queue above `max_queue` since it shrank.
     over_queue: usize,
-    /// Waiting, oldest first: (id, deadline in µs since the start).
-    waiting: VecDeque<(usize, u64)>,
+    /// Waiting, oldest first: (id, deadline in µs since the start,
+    /// precedence).
+    waiting: VecDeque<(usize, u64, Precedence)>,
 }
 
 impl Model {
@@ -272,14 +284,18 @@ impl Model {
     }
 
     fn leave_queue(&mut self, id: usize) {
-        self.waiting.retain(|&(w, _)| w != id);
+        self.waiting.retain(|&(w, _, _)| w != id);
         self.over_queue = self.over_queue.saturating_sub(1);
     }
 
-    /// Hands free slots to the oldest waiters.
+    /// Hands free slots to the oldest waiters of the first precedence.
     fn grant(&mut self, ended: &mut Vec<(usize, End)>) {
         while self.free() {
-            let Some((id, _)) = self.waiting.pop_front() else {
+            let first = self.waiting.iter().map(|w| w.2).min();
+            let Some(at) = first.and_then(|p| self.waiting.iter().position(|w| w.2 == p)) else {
+                break;
+            };
+            let Some((id, _, _)) = self.waiting.remove(at) else {
                 break;
             };
             self.held += 1;
@@ -289,7 +305,7 @@ impl Model {
     }
 
     /// A slot freed: it retires an over-limit one first, else goes to the
-    /// oldest waiter, else becomes free.
+    /// first waiter, else becomes free.
     fn release(&mut self, ended: &mut Vec<(usize, End)>) {
         self.held -= 1;
         self.over_limit = self.over_limit.saturating_sub(1);
@@ -300,8 +316,8 @@ impl Model {
         let expired: Vec<usize> = self
             .waiting
             .iter()
-            .filter(|&&(_, deadline)| deadline <= now_us)
-            .map(|&(id, _)| id)
+            .filter(|&&(_, deadline, _)| deadline <= now_us)
+            .map(|&(id, _, _)| id)
             .collect();
         for id in expired {
             self.leave_queue(id);
@@ -343,7 +359,7 @@ fn check_against_model(rig: &Rig, m: &Model, step: usize) -> Result<(), TestCase
     prop_assert_eq!(b.in_flight(), m.held, "step {}: in_flight()", step);
     prop_assert_eq!(b.queued(), m.waiting.len(), "step {}: queued()", step);
     let running: Vec<usize> = rig.waiters.iter().map(|w| w.id).collect();
-    let mut waiting: Vec<usize> = m.waiting.iter().map(|&(id, _)| id).collect();
+    let mut waiting: Vec<usize> = m.waiting.iter().map(|&(id, _, _)| id).collect();
     waiting.sort_unstable();
     prop_assert_eq!(running, waiting, "step {}: waiting tasks", step);
     // Never above the limit, except slots held since a shrink.
@@ -372,7 +388,7 @@ fn settled_case(initial: (usize, usize), ops: Vec<Op>) -> Result<(), TestCaseErr
             match op {
                 Op::AcquireNow => {
                     let want = m.immediate();
-                    match rig.b.acquire(Instant::now()).await {
+                    match rig.b.acquire(Precedence::Normal, Instant::now()).await {
                         Ok(p) => {
                             prop_assert!(want.is_ok(), "step {step}: acquired, expected {want:?}");
                             rig.permits.push(p);
@@ -390,13 +406,16 @@ fn settled_case(initial: (usize, usize), ops: Vec<Op>) -> Result<(), TestCaseErr
                     Ok(None) => prop_assert!(!m.free() && m.queue_room(), "step {}", step),
                     Err(_) => prop_assert!(!m.free() && !m.queue_room(), "step {}", step),
                 },
-                Op::Queue { wait_ms } => {
-                    let (id, deadline) = rig.spawn_waiter(wait_ms);
+                Op::Queue {
+                    wait_ms,
+                    precedence,
+                } => {
+                    let (id, deadline) = rig.spawn_waiter(wait_ms, precedence);
                     if m.free() {
                         m.held += 1;
                         expected.push((id, End::Granted));
                     } else if m.queue_room() {
-                        m.waiting.push_back((id, deadline));
+                        m.waiting.push_back((id, deadline, precedence));
                     } else {
                         expected.push((id, End::QueueFull));
                     }
@@ -449,7 +468,7 @@ fn unsettled_case(initial: (usize, usize), ops: Vec<(Op, bool)>) -> Result<(), T
                     let known = rig.permits.len();
                     let limit = rig.b.max_in_flight();
                     let got = if matches!(op, Op::AcquireNow) {
-                        rig.b.acquire(Instant::now()).await.ok()
+                        rig.b.acquire(Precedence::Normal, Instant::now()).await.ok()
                     } else {
                         rig.b.try_acquire().ok().flatten()
                     };
@@ -461,8 +480,11 @@ fn unsettled_case(initial: (usize, usize), ops: Vec<(Op, bool)>) -> Result<(), T
                         rig.permits.push(p);
                     }
                 }
-                Op::Queue { wait_ms } => {
-                    rig.spawn_waiter(wait_ms);
+                Op::Queue {
+                    wait_ms,
+                    precedence,
+                } => {
+                    rig.spawn_waiter(wait_ms, precedence);
                 }
                 Op::Release(pick) => {
                     if rig.release(pick) {

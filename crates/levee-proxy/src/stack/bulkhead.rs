@@ -2,15 +2,18 @@
 //! chosen backend's. A free slot is taken at once; otherwise the request
 //! waits in the bulkhead's bounded queue until that bulkhead's
 //! `queue_timeout` (or the deadline, if sooner), then gets 503
-//! `bulkhead-full`. The permit
-//! travels with the request and is released when its response body ends.
+//! `bulkhead-full`. Waiters are admitted by their route's priority
+//! (critical, then normal, then sheddable; in order of arrival within one).
+//! The permit travels with the request and is released when its response
+//! body ends.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use levee_resilience::{BulkheadFull, BulkheadPermit};
+use levee_config::Priority;
+use levee_resilience::{BulkheadFull, BulkheadPermit, Precedence};
 use levee_telemetry::ErrorReason;
 use tower::{Layer, Service};
 
@@ -114,17 +117,18 @@ where
             Scope::Backend => req.backend().queue_timeout,
         };
         let wait_until = req.deadline.capped(queue_timeout);
+        let precedence = precedence(req.route().priority);
         let queued = async move {
             let state = Arc::clone(&req.state);
             let permit = match scope {
                 Scope::Route => match &state.routes[req.route].bulkhead {
-                    Some(b) => b.acquire(wait_until).await,
+                    Some(b) => b.acquire(precedence, wait_until).await,
                     None => return inner.call(req).await,
                 },
                 Scope::Backend => {
                     state.backends[req.backend]
                         .bulkhead()
-                        .acquire(wait_until)
+                        .acquire(precedence, wait_until)
                         .await
                 }
             };
@@ -146,6 +150,15 @@ fn bulkhead_of(req: &Routed, scope: Scope) -> Option<&levee_resilience::Bulkhead
     match scope {
         Scope::Route => req.route().bulkhead.as_deref(),
         Scope::Backend => Some(req.backend().bulkhead()),
+    }
+}
+
+/// The line of the queue a request of `priority` waits in.
+fn precedence(priority: Priority) -> Precedence {
+    match priority {
+        Priority::Critical => Precedence::Critical,
+        Priority::Normal => Precedence::Normal,
+        Priority::Sheddable => Precedence::Sheddable,
     }
 }
 

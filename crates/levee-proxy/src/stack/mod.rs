@@ -25,8 +25,8 @@
 //! ChooseBackend       all nodes out ─▶ when_all_down (fail / failover / try_all); a returning
 //!                     pool's ramp full ─▶ failover if any (else its queue)
 //! Shed                priority over the fill of the backend's current limit ─▶ 503 shed
-//! Bulkhead(backend)   limit = max_in_flight, or the ramp's / adaptive limit; wait ≤ queue_timeout
-//!                     ─▶ 503 bulkhead-full
+//! Bulkhead(backend)   limit = max_in_flight, or the ramp's / adaptive limit; wait ≤ queue_timeout,
+//!                     critical waiters first ─▶ 503 bulkhead-full
 //! Retry               keep small bodies; another node when safe, within deadline and budget;
 //!                     bodies counted against the route's limit as they stream (413)
 //! Balance             NodeSet::pick (breaker-aware, p2c/least/rr, ramp weights) ─▶ record the

@@ -364,3 +364,51 @@ async fn the_backend_queue_refuses_at_once_when_it_is_full() {
     );
     assert_eq!(calls.load(Ordering::SeqCst), 0);
 }
+
+/// A normal and a critical request wait for the backend's one slot; the
+/// critical one, though it came second, gets it first.
+#[tokio::test(start_paused = true)]
+async fn a_critical_request_waiting_for_the_backend_goes_before_a_normal_one() {
+    let state = testing::state(
+        r#"
+[[backend]]
+name = "app"
+nodes = ["127.0.0.1:9001"]
+max_in_flight = 1
+max_queue = 4
+queue_timeout = "1s"
+[[route]]
+name = "pay"
+path_prefix = "/pay"
+backend = "app"
+priority = "critical"
+[[route]]
+name = "browse"
+path_prefix = "/"
+backend = "app"
+"#,
+    );
+    let held = state.backends[0]
+        .bulkhead()
+        .try_acquire()
+        .unwrap()
+        .expect("a free slot");
+    let order = Arc::new(Mutex::new(Vec::new()));
+    let inner = {
+        let order = Arc::clone(&order);
+        tower::service_fn(move |req: Routed| {
+            order.lock().unwrap().push(req.route().name.clone());
+            async move { Ok::<_, ProxyError>(testing::local_response(200, "ok")) }
+        })
+    };
+    let svc = BulkheadLayer::backend().layer(inner);
+    let normal = tokio::spawn(svc.clone().oneshot(routed(&state, "/browse").await));
+    tokio::task::yield_now().await;
+    let critical = tokio::spawn(svc.oneshot(routed(&state, "/pay").await));
+    tokio::task::yield_now().await;
+    assert_eq!(state.backends[0].bulkhead().queued(), 2);
+    drop(held);
+    critical.await.unwrap().unwrap();
+    normal.await.unwrap().unwrap();
+    assert_eq!(*order.lock().unwrap(), ["pay", "browse"]);
+}
