@@ -8,8 +8,10 @@ use std::time::Duration;
 use criterion::{criterion_group, criterion_main, Criterion};
 use futures_util::FutureExt;
 use http::{HeaderMap, HeaderValue};
+use levee_config::BreakerConfig;
 use levee_proxy::headers;
-use levee_resilience::{Breaker, BreakerPolicy, Bulkhead, CallOutcome, EjectionBudget, Precedence};
+use levee_proxy::nodes::breaker_policy;
+use levee_resilience::{Breaker, Bulkhead, CallOutcome, EjectionBudget, Precedence};
 use levee_telemetry::{LatencyHistogram, OutcomeCounters};
 
 fn bulkhead(c: &mut Criterion) {
@@ -24,7 +26,7 @@ fn bulkhead(c: &mut Criterion) {
 }
 
 fn breaker(c: &mut Criterion) {
-    let b = Breaker::new(BreakerPolicy::default());
+    let b = Breaker::new(breaker_policy(&BreakerConfig::default()));
     let budget = EjectionBudget::new(10, 50);
     let ok = CallOutcome {
         failed: false,

@@ -10,40 +10,13 @@
 #![no_main]
 
 use arbitrary::Arbitrary;
-use levee_proxy::gate::{ChunkedScan, Violation};
+use levee_proxy::gate::pieces::{chunked_in_pieces, chunked_whole};
 use libfuzzer_sys::fuzz_target;
 
 #[derive(Arbitrary, Debug)]
 struct Input<'a> {
     bytes: &'a [u8],
     cuts: Vec<u16>,
-}
-
-/// Bytes taken, and whether the body ended, or the violation.
-type Verdict = Result<(usize, bool), Violation>;
-
-fn scan_in_pieces(bytes: &[u8], cuts: &[u16]) -> Verdict {
-    let mut cuts: Vec<usize> = cuts
-        .iter()
-        .map(|&c| usize::from(c) % (bytes.len() + 1))
-        .collect();
-    cuts.push(bytes.len());
-    cuts.sort_unstable();
-    let mut scan = ChunkedScan::default();
-    let mut at = 0;
-    for cut in cuts {
-        if cut <= at {
-            continue;
-        }
-        match scan.scan(&bytes[at..cut]) {
-            (_, Some(v)) => return Err(v),
-            (n, None) => at += n,
-        }
-        if scan.is_done() {
-            break;
-        }
-    }
-    Ok((at, scan.is_done()))
 }
 
 /// The end of a complete chunked body at the start of `bytes`, read
@@ -79,12 +52,9 @@ fn reference_end(bytes: &[u8]) -> Option<usize> {
 }
 
 fuzz_target!(|input: Input<'_>| {
-    let mut scan = ChunkedScan::default();
-    let whole: Verdict = match scan.scan(input.bytes) {
-        (_, Some(v)) => Err(v),
-        (n, None) => Ok((n, scan.is_done())),
-    };
-    assert_eq!(whole, scan_in_pieces(input.bytes, &input.cuts));
+    let whole = chunked_whole(input.bytes);
+    let cuts: Vec<usize> = input.cuts.iter().map(|&c| usize::from(c)).collect();
+    assert_eq!(whole, chunked_in_pieces(input.bytes, &cuts));
     if let Ok((taken, true)) = whole {
         assert_eq!(
             reference_end(input.bytes),

@@ -11,6 +11,7 @@
 #![no_main]
 
 use arbitrary::Arbitrary;
+use levee_proxy::gate::pieces::head_in_pieces;
 use levee_proxy::gate::{Framing, Head, HeadScan, Limits, Violation};
 use libfuzzer_sys::fuzz_target;
 
@@ -30,24 +31,10 @@ fn scan_whole(bytes: &[u8]) -> Result<Option<Head>, Violation> {
     HeadScan::default().scan(bytes, &LIMITS)
 }
 
-fn scan_in_pieces(bytes: &[u8], cuts: &[u16]) -> Result<Option<Head>, Violation> {
-    let mut cuts: Vec<usize> = cuts
-        .iter()
-        .map(|&c| usize::from(c) % (bytes.len() + 1))
-        .collect();
-    cuts.sort_unstable();
-    let mut scan = HeadScan::default();
-    for cut in cuts {
-        if let Some(head) = scan.scan(&bytes[..cut], &LIMITS)? {
-            return Ok(Some(head));
-        }
-    }
-    scan.scan(bytes, &LIMITS)
-}
-
 fuzz_target!(|input: Input<'_>| {
     let whole = scan_whole(input.bytes);
-    assert_eq!(whole, scan_in_pieces(input.bytes, &input.cuts));
+    let cuts: Vec<usize> = input.cuts.iter().map(|&c| usize::from(c)).collect();
+    assert_eq!(whole, head_in_pieces(input.bytes, &cuts, &LIMITS));
     let Ok(Some(head)) = whole else {
         return;
     };

@@ -24,7 +24,8 @@ use tokio::time::Instant;
 /// Most buckets a window may have (one per second).
 pub const MAX_WINDOW_BUCKETS: usize = 60;
 
-/// What a breaker trips on and how it recovers.
+/// What a breaker trips on and how it recovers. The defaults are
+/// levee-config's (`[backend.breaker]`): this mechanism has none of its own.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BreakerPolicy {
     /// Window length in 1 s buckets (1..=60).
@@ -40,23 +41,6 @@ pub struct BreakerPolicy {
     pub half_open_calls: u32,
     /// Share of random spread on each open period (0 = none).
     pub jitter: f64,
-}
-
-impl Default for BreakerPolicy {
-    fn default() -> Self {
-        Self {
-            window_buckets: 10,
-            min_calls: 20,
-            failure_rate: 0.5,
-            slow_call_rate: 0.8,
-            slow_call_duration: Duration::from_secs(2),
-            consecutive_failures: 5,
-            open_for: Duration::from_secs(5),
-            open_for_max: Duration::from_secs(60),
-            half_open_calls: 3,
-            jitter: 0.2,
-        }
-    }
 }
 
 /// The gate's position.

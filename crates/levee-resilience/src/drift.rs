@@ -15,7 +15,9 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-/// When a node counts as standing apart.
+/// When a node counts as standing apart. The defaults are levee-config's
+/// (`[backend.drift]`, documented in `config/levee.toml`): one source of
+/// truth, so this mechanism has none of its own.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DriftConfig {
     /// The error rate must exceed the peers' median by at least this much...
@@ -30,20 +32,8 @@ pub struct DriftConfig {
     pub sustain: Duration,
     /// Requests a node needs in the window to be judged or to serve as a peer.
     pub min_requests: u64,
+    /// The sliding window the rates and means are taken over.
     pub window: Duration,
-}
-
-impl Default for DriftConfig {
-    fn default() -> Self {
-        Self {
-            error_rate_margin: 0.05,
-            error_rate_factor: 3.0,
-            latency_factor: 3.0,
-            sustain: Duration::from_secs(10),
-            min_requests: 20,
-            window: Duration::from_secs(10),
-        }
-    }
 }
 
 /// One node's cumulative totals since it started being counted.

@@ -19,6 +19,20 @@ const fn load(requests: u64, failures: u64, latency_us: u64) -> Load {
 
 const HEALTHY: Load = load(100, 0, 10_000);
 
+/// The thresholds these tests reason with (the mechanism has no defaults:
+/// levee-config's `[backend.drift]` owns them); each expected second below
+/// follows from these.
+fn thresholds() -> DriftConfig {
+    DriftConfig {
+        error_rate_margin: 0.05,
+        error_rate_factor: 3.0,
+        latency_factor: 3.0,
+        sustain: Duration::from_secs(10),
+        min_requests: 20,
+        window: Duration::from_secs(10),
+    }
+}
+
 /// Cumulative counters for a pool plus the detector fed from them, ticked
 /// once per paused-time second.
 struct Sim {
@@ -32,7 +46,7 @@ impl Sim {
     /// Builds the pool and takes the first tick at second 0.
     fn new(nodes: usize) -> Self {
         let mut sim = Self {
-            detector: DriftDetector::new(DriftConfig::default(), nodes),
+            detector: DriftDetector::new(thresholds(), nodes),
             totals: vec![NodeSample::default(); nodes],
             clock: 0,
         };
@@ -275,7 +289,7 @@ async fn figures_need_a_span_and_a_known_node() {
 
 #[tokio::test(start_paused = true)]
 async fn counters_that_go_backwards_read_as_no_traffic() {
-    let mut d = DriftDetector::new(DriftConfig::default(), 3);
+    let mut d = DriftDetector::new(thresholds(), 3);
     let high = NodeSample {
         requests: 1_000,
         failures: 500,
@@ -350,14 +364,14 @@ async fn a_changed_threshold_changes_the_verdict_and_keeps_the_memory() {
     // the flag clears after `sustain` of calm, judged from the next tick.
     sim.detector.set_config(DriftConfig {
         error_rate_margin: 0.2,
-        ..DriftConfig::default()
+        ..thresholds()
     });
     assert!(sim.detector.is_anomalous(5), "the flag is kept");
     let changes = sim.run(20, &loads).await;
     assert_eq!(changes, vec![(23, recovered(5))]);
 
-    // And the default margin flags it again.
-    sim.detector.set_config(DriftConfig::default());
+    // And the first margin flags it again.
+    sim.detector.set_config(thresholds());
     let changes = sim.run(12, &loads).await;
     assert_eq!(changes, vec![(43, flagged(5, DriftReason::ErrorRate))]);
 }

@@ -72,7 +72,10 @@ fn never_opens(window_buckets: u32, slow_call_duration: Duration) -> BreakerPoli
         slow_call_rate: 2.0,
         slow_call_duration,
         consecutive_failures: 0,
-        ..BreakerPolicy::default()
+        open_for: Duration::from_secs(5),
+        open_for_max: Duration::from_secs(60),
+        half_open_calls: 3,
+        jitter: 0.0,
     }
 }
 

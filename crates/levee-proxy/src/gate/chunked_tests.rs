@@ -2,36 +2,7 @@
 use proptest::prelude::*;
 
 use super::*;
-
-/// The verdict on a whole body: bytes that belong to it, or the violation.
-fn scan_all(bytes: &[u8]) -> Result<(usize, bool), Violation> {
-    let mut scan = ChunkedScan::default();
-    match scan.scan(bytes) {
-        (_, Some(v)) => Err(v),
-        (n, None) => Ok((n, scan.is_done())),
-    }
-}
-
-fn scan_split(bytes: &[u8], cuts: &[usize]) -> Result<(usize, bool), Violation> {
-    let mut cuts: Vec<usize> = cuts.iter().map(|c| c % (bytes.len() + 1)).collect();
-    cuts.push(bytes.len());
-    cuts.sort_unstable();
-    let mut scan = ChunkedScan::default();
-    let mut at = 0;
-    for cut in cuts {
-        if cut < at {
-            continue;
-        }
-        match scan.scan(&bytes[at..cut]) {
-            (_, Some(v)) => return Err(v),
-            (n, None) => at += n,
-        }
-        if scan.is_done() {
-            break;
-        }
-    }
-    Ok((at, scan.is_done()))
-}
+use crate::gate::pieces::{chunked_in_pieces as scan_split, chunked_whole as scan_all};
 
 /// A chunked encoding of `data` in chunks of `sizes`, with extensions and
 /// trailers.

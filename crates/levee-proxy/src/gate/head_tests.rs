@@ -15,15 +15,7 @@ fn scan(bytes: &[u8]) -> Result<Option<Head>, Violation> {
 
 /// The verdict when the head arrives in pieces split at `cuts`.
 fn scan_split(bytes: &[u8], cuts: &[usize]) -> Result<Option<Head>, Violation> {
-    let mut scan = HeadScan::default();
-    let mut cuts: Vec<usize> = cuts.iter().map(|c| c % (bytes.len() + 1)).collect();
-    cuts.sort_unstable();
-    for cut in cuts {
-        if let Some(head) = scan.scan(&bytes[..cut], &LIMITS)? {
-            return Ok(Some(head));
-        }
-    }
-    scan.scan(bytes, &LIMITS)
+    crate::gate::pieces::head_in_pieces(bytes, cuts, &LIMITS)
 }
 
 #[test]

@@ -24,6 +24,8 @@
 
 mod chunked;
 mod head;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod pieces;
 
 use std::future::Future;
 use std::io;
