@@ -152,25 +152,27 @@ async fn take_out(nodes: &[AppNode], levee: &Levee) {
     assert!(out, "the health checks see every node out");
 }
 
+/// After `after`, every node answers as `behavior` again: the return.
+async fn bring_back(nodes: &[AppNode], behavior: &Behavior, after: Duration) {
+    tokio::time::sleep(after).await;
+    for n in nodes {
+        n.set_behavior(behavior.clone()).await.unwrap();
+    }
+}
+
 /// A healthy pool that comes back with no failover serves nearly every
 /// request within 5 s of its return, and no node gets more than 1.3× its
 /// share in any of its first three seconds. (A wall-clock ramp over the
 /// 30 s `slow_start` shed most of them.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_healthy_pool_returning_without_failover_serves_nearly_everything_at_once() {
-    let delay = Duration::from_millis(100);
-    let mut nodes = Vec::new();
-    for _ in 0..3 {
-        nodes.push(
-            node(Behavior::Slow {
-                delay,
-                body_bytes: 8,
-            })
-            .await,
-        );
-    }
+    let slow = Behavior::Slow {
+        delay: Duration::from_millis(100),
+        body_bytes: 8,
+    };
+    let nodes = nodes(vec![slow.clone(); 3]).await;
     let spare = node(Behavior::Healthy { body_bytes: 8 }).await;
-    let addrs: Vec<_> = nodes.iter().map(AppNode::addr).collect();
+    let addrs = addrs(&nodes);
     let levee = start_levee(
         &RETURNING.replace("FAILOVER", ""),
         &[&addrs, &[spare.addr()]],
@@ -180,17 +182,7 @@ async fn a_healthy_pool_returning_without_failover_serves_nearly_everything_at_o
 
     let origin = Instant::now();
     let until = origin + Duration::from_secs(7);
-    let back = async {
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        for n in &nodes {
-            n.set_behavior(Behavior::Slow {
-                delay,
-                body_bytes: 8,
-            })
-            .await
-            .unwrap();
-        }
-    };
+    let back = bring_back(&nodes, &slow, Duration::from_millis(300));
     let (got, samples, ()) = tokio::join!(
         drive_timed(&levee, WORKERS, origin, until),
         sample_nodes(&nodes, origin, until),
@@ -252,42 +244,20 @@ async fn a_healthy_pool_returning_without_failover_serves_nearly_everything_at_o
 /// (nearly) everything back within a few seconds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_returning_pool_with_failover_ramps_while_the_failover_takes_the_rest() {
-    let delay = Duration::from_millis(100);
-    let mut nodes = Vec::new();
-    for _ in 0..3 {
-        nodes.push(
-            node(Behavior::Slow {
-                delay,
-                body_bytes: 8,
-            })
-            .await,
-        );
-    }
-    let spare = vec![
-        node(Behavior::Slow {
-            delay,
-            body_bytes: 8,
-        })
-        .await,
-    ];
-    let addrs: Vec<_> = nodes.iter().map(AppNode::addr).collect();
+    let slow = Behavior::Slow {
+        delay: Duration::from_millis(100),
+        body_bytes: 8,
+    };
+    let nodes = nodes(vec![slow.clone(); 3]).await;
+    let spare = vec![node(slow.clone()).await];
+    let addrs = addrs(&nodes);
     let cfg = RETURNING.replace("FAILOVER", "failover = \"spare\"");
     let levee = start_levee(&cfg, &[&addrs, &[spare[0].addr()]]).await;
     take_out(&nodes, &levee).await;
 
     let origin = Instant::now();
     let until = origin + Duration::from_secs(6);
-    let back = async {
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        for n in &nodes {
-            n.set_behavior(Behavior::Slow {
-                delay,
-                body_bytes: 8,
-            })
-            .await
-            .unwrap();
-        }
-    };
+    let back = bring_back(&nodes, &slow, Duration::from_millis(300));
     let (got, primary, secondary, ()) = tokio::join!(
         drive_timed(&levee, WORKERS, origin, until),
         sample_nodes(&nodes, origin, until),
@@ -339,12 +309,9 @@ async fn a_returning_pool_that_slows_under_load_is_held_back() {
         per_in_flight: Duration::from_millis(10),
         body_bytes: 8,
     };
-    let mut nodes = Vec::new();
-    for _ in 0..3 {
-        nodes.push(node(loaded.clone()).await);
-    }
+    let nodes = nodes(vec![loaded.clone(); 3]).await;
     let spare = node(Behavior::Healthy { body_bytes: 8 }).await;
-    let addrs: Vec<_> = nodes.iter().map(AppNode::addr).collect();
+    let addrs = addrs(&nodes);
     let cfg = RETURNING
         .replace("FAILOVER", "")
         .replace("queue_timeout = \"2s\"", "queue_timeout = \"500ms\"");
@@ -512,8 +479,9 @@ async fn an_adaptive_limit_keeps_a_loaded_node_near_its_latency_target() {
             )
         }
     };
-    let (off, off_p99, off_admission, _, off_peak) = run("enabled = false").await;
-    let (on, on_p99, on_admission, metrics, on_peak) = run("enabled = true").await;
+    // Side by side, so a stall of a busy machine falls on both runs alike.
+    let ((off, off_p99, off_admission, _, off_peak), (on, on_p99, on_admission, metrics, on_peak)) =
+        tokio::join!(run("enabled = false"), run("enabled = true"));
     eprintln!(
         "adaptive off: served p99 {off_p99:?}, peak in flight {off_peak}, {:?}, {off_admission}",
         off.by_key

@@ -1,7 +1,14 @@
 //! The `levee` binary: `check` on good and broken configs, SIGTERM, and `demo`.
 
 use std::io::Write;
-use std::process::Command;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use levee_testkit::{AppNode, Behavior};
+
+use crate::common::{free_addr, TempDir};
 
 fn levee() -> Command {
     Command::new(env!("CARGO_BIN_EXE_levee"))
@@ -11,13 +18,26 @@ fn repo(path: &str) -> String {
     format!("{}/{path}", env!("CARGO_MANIFEST_DIR"))
 }
 
+/// `levee check --config <file>`, run to its end.
+fn check(file: &str) -> Output {
+    levee().args(["check", "--config", file]).output().unwrap()
+}
+
+/// A testkit node on `rt`, for the tests that drive the binary from plain
+/// threads.
+fn app_node(rt: &tokio::runtime::Runtime, name: &str, behavior: Behavior) -> AppNode {
+    rt.block_on(AppNode::start(name, behavior)).unwrap()
+}
+
+/// Free loopback addresses for levee's listener and its admin listener.
+fn listen_and_admin() -> (SocketAddr, SocketAddr) {
+    (free_addr(), free_addr())
+}
+
 #[test]
 fn check_accepts_every_shipped_config_and_summarises_it() {
     for file in ["config/levee.toml", "config/demo.toml"] {
-        let out = levee()
-            .args(["check", "--config", &repo(file)])
-            .output()
-            .unwrap();
+        let out = check(&repo(file));
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(
             out.status.success(),
@@ -32,9 +52,8 @@ fn check_accepts_every_shipped_config_and_summarises_it() {
 
 #[test]
 fn check_resolves_node_names_and_warns_about_those_that_do_not_resolve() {
-    let dir = std::env::temp_dir().join(format!("levee-check-dns-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join("names.toml");
+    let dir = TempDir::new("check-dns");
+    let file = dir.path("names.toml");
     std::fs::write(
         &file,
         "[server]\nlisten = \"127.0.0.1:8080\"\n\n[[backend]]\nname = \"app\"\n\
@@ -42,10 +61,7 @@ fn check_resolves_node_names_and_warns_about_those_that_do_not_resolve() {
          [[route]]\npath_prefix = \"/\"\nbackend = \"app\"\n",
     )
     .unwrap();
-    let out = levee()
-        .args(["check", "--config", file.to_str().unwrap()])
-        .output()
-        .unwrap();
+    let out = check(file.to_str().unwrap());
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "a warning, not an error: {stderr}");
@@ -57,14 +73,12 @@ fn check_resolves_node_names_and_warns_about_those_that_do_not_resolve() {
         stderr.contains("warning: node no-such-node.invalid:9001 does not resolve"),
         "{stderr}"
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn check_names_file_line_and_key_of_a_broken_config() {
-    let dir = std::env::temp_dir().join(format!("levee-check-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join("broken.toml");
+    let dir = TempDir::new("check");
+    let file = dir.path("broken.toml");
     let mut f = std::fs::File::create(&file).unwrap();
     write!(
         f,
@@ -72,30 +86,23 @@ fn check_names_file_line_and_key_of_a_broken_config() {
     )
     .unwrap();
     drop(f);
-    let out = levee()
-        .args(["check", "--config", file.to_str().unwrap()])
-        .output()
-        .unwrap();
+    let out = check(file.to_str().unwrap());
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("broken.toml:7"), "{stderr}");
     assert!(stderr.contains("backend[0].max_in_flight"), "{stderr}");
 
-    let unknown = dir.join("unknown.toml");
+    let unknown = dir.path("unknown.toml");
     std::fs::write(
         &unknown,
         "[server]\nlisten = \"127.0.0.1:8080\"\nlisen = 1\n",
     )
     .unwrap();
-    let out = levee()
-        .args(["check", "--config", unknown.to_str().unwrap()])
-        .output()
-        .unwrap();
+    let out = check(unknown.to_str().unwrap());
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("unknown.toml:3"), "{stderr}");
     assert!(stderr.contains("lisen"), "{stderr}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// The real binary: SIGTERM stops accepting, lets the in-flight request
@@ -103,25 +110,17 @@ fn check_names_file_line_and_key_of_a_broken_config() {
 #[test]
 fn sigterm_drains_in_flight_requests_and_exits_cleanly() {
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let node = rt
-        .block_on(levee_testkit::AppNode::start(
-            "slow",
-            levee_testkit::Behavior::Slow {
-                delay: std::time::Duration::from_millis(800),
-                body_bytes: 100,
-            },
-        ))
-        .unwrap();
-    let free = || {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-    };
-    let (listen, admin) = (free(), free());
-    let dir = std::env::temp_dir().join(format!("levee-sigterm-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join("levee.toml");
+    let node = app_node(
+        &rt,
+        "slow",
+        Behavior::Slow {
+            delay: Duration::from_millis(800),
+            body_bytes: 100,
+        },
+    );
+    let (listen, admin) = listen_and_admin();
+    let dir = TempDir::new("sigterm");
+    let file = dir.path("levee.toml");
     std::fs::write(
         &file,
         format!(
@@ -130,58 +129,34 @@ fn sigterm_drains_in_flight_requests_and_exits_cleanly() {
         ),
     )
     .unwrap();
-    let mut child = levee()
-        .args(["run", "--config", file.to_str().unwrap()])
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    // Wait (bounded) for the listener.
-    let mut up = false;
-    for _ in 0..100 {
-        if std::net::TcpStream::connect(listen).is_ok() {
-            up = true;
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    let mut levee = Running::start(&file, dir.path("levee.log"));
+    let up = within(Duration::from_secs(10), || {
+        std::net::TcpStream::connect(listen).is_ok()
+    });
     assert!(up, "levee listens");
     let request = std::thread::spawn(move || {
-        use std::io::{Read, Write};
+        use std::io::Read;
         let mut s = std::net::TcpStream::connect(listen).unwrap();
-        s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
-            .unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         s.write_all(b"GET /slow HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
             .unwrap();
         let mut out = String::new();
         let _ = s.read_to_string(&mut out);
         out
     });
-    std::thread::sleep(std::time::Duration::from_millis(300));
-    let killed = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
+    std::thread::sleep(Duration::from_millis(300));
+    levee.signal("TERM");
     let answer = request.join().unwrap();
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
-    let mut exited = None;
-    for _ in 0..100 {
-        if let Some(status) = child.try_wait().unwrap() {
-            exited = Some(status);
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    let status = exited.unwrap_or_else(|| {
-        let _ = child.kill();
-        panic!("levee did not exit after SIGTERM");
-    });
+    let exited = within(Duration::from_secs(10), || !levee.alive());
+    assert!(exited, "levee did not exit after SIGTERM");
+    let status = levee.child.wait().unwrap();
     assert!(status.success(), "{status:?}");
     assert!(
         std::net::TcpStream::connect(listen).is_err(),
         "no longer listening"
     );
-    let _ = std::fs::remove_dir_all(&dir);
+    drop(levee);
     drop(node);
 }
 
@@ -194,7 +169,7 @@ struct Running {
 
 impl Running {
     /// Without `RUST_LOG`, which would override the config's `log.level`.
-    fn start(config: &std::path::Path, log: std::path::PathBuf) -> Self {
+    fn start(config: &Path, log: std::path::PathBuf) -> Self {
         let child = levee()
             .args(["run", "--config", config.to_str().unwrap()])
             .env_remove("RUST_LOG")
@@ -232,9 +207,9 @@ impl Drop for Running {
 
 /// A plain HTTP/1.1 GET with `Connection: close`: the status and the whole
 /// answer as text, or `None` if the server could not be reached or read.
-fn http_get(addr: std::net::SocketAddr, path: &str) -> Option<(u16, String)> {
+fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
     use std::io::Read;
-    let limit = std::time::Duration::from_secs(5);
+    let limit = Duration::from_secs(5);
     let mut s = std::net::TcpStream::connect_timeout(&addr, limit).ok()?;
     s.set_read_timeout(Some(limit)).ok()?;
     s.set_write_timeout(Some(limit)).ok()?;
@@ -251,14 +226,14 @@ fn http_get(addr: std::net::SocketAddr, path: &str) -> Option<(u16, String)> {
 }
 
 /// The admin `/status` document.
-fn status_of(admin: std::net::SocketAddr) -> Option<serde_json::Value> {
+fn status_of(admin: SocketAddr) -> Option<serde_json::Value> {
     let (code, text) = http_get(admin, "/status")?;
     let (_, body) = text.split_once("\r\n\r\n")?;
     (code == 200).then(|| serde_json::from_str(body).ok())?
 }
 
 /// Polls `check` every 50 ms for up to `limit`; true once it holds.
-fn within(limit: std::time::Duration, mut check: impl FnMut() -> bool) -> bool {
+fn within(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
     let until = std::time::Instant::now() + limit;
     loop {
         if check() {
@@ -267,7 +242,7 @@ fn within(limit: std::time::Duration, mut check: impl FnMut() -> bool) -> bool {
         if std::time::Instant::now() >= until {
             return false;
         }
-        std::thread::sleep(std::time::Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
@@ -276,24 +251,11 @@ fn within(limit: std::time::Duration, mut check: impl FnMut() -> bool) -> bool {
 /// refused and the last good config stays; SIGTERM still exits 0.
 #[test]
 fn sighup_and_file_changes_reload_the_running_binary() {
-    use std::time::Duration;
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let start = |name: &str| {
-        rt.block_on(levee_testkit::AppNode::start(
-            name,
-            levee_testkit::Behavior::Healthy { body_bytes: 4 },
-        ))
-        .unwrap()
-    };
+    let start = |name: &str| app_node(&rt, name, Behavior::Healthy { body_bytes: 4 });
     let (first, second) = (start("first"), start("second"));
-    let free = || {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-    };
-    let (listen, admin) = (free(), free());
-    let dir = crate::common::TempDir::new("sighup");
+    let (listen, admin) = listen_and_admin();
+    let dir = TempDir::new("sighup");
     let file = dir.path("levee.toml");
     let head = format!(
         "[server]\nlisten = \"{listen}\"\nshutdown_grace = \"5s\"\n[admin]\nlisten = \"{admin}\"\n[[backend]]\nname = \"app\"\nnodes = [\"{}\"]\n",
@@ -390,22 +352,10 @@ fn sighup_and_file_changes_reload_the_running_binary() {
 /// file keeps what was written and new lines go to a new file at the path.
 #[test]
 fn sigusr1_reopens_the_access_log_after_rotation() {
-    use std::time::Duration;
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let node = rt
-        .block_on(levee_testkit::AppNode::start(
-            "app",
-            levee_testkit::Behavior::Healthy { body_bytes: 4 },
-        ))
-        .unwrap();
-    let free = || {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-    };
-    let (listen, admin) = (free(), free());
-    let dir = crate::common::TempDir::new("sigusr1");
+    let node = app_node(&rt, "app", Behavior::Healthy { body_bytes: 4 });
+    let (listen, admin) = listen_and_admin();
+    let dir = TempDir::new("sigusr1");
     let (file, access, rotated) = (
         dir.path("levee.toml"),
         dir.path("access.log"),
@@ -421,8 +371,7 @@ fn sigusr1_reopens_the_access_log_after_rotation() {
     )
     .unwrap();
     let levee = Running::start(&file, dir.path("levee.log"));
-    let count =
-        |path: &std::path::Path| std::fs::read_to_string(path).map_or(0, |t| t.lines().count());
+    let count = |path: &Path| std::fs::read_to_string(path).map_or(0, |t| t.lines().count());
     assert!(
         within(Duration::from_secs(10), || http_get(listen, "/before")
             .is_some_and(|(c, _)| c == 200)),
@@ -539,22 +488,10 @@ fn demo_fails_when_the_scene_shows_nothing() {
 /// needing a restart.
 #[test]
 fn json_log_format_writes_structured_events_to_stderr() {
-    use std::time::Duration;
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let node = rt
-        .block_on(levee_testkit::AppNode::start(
-            "failing",
-            "status:500".parse().unwrap(),
-        ))
-        .unwrap();
-    let free = || {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-    };
-    let (listen, admin) = (free(), free());
-    let dir = crate::common::TempDir::new("json-log");
+    let node = app_node(&rt, "failing", "status:500".parse().unwrap());
+    let (listen, admin) = listen_and_admin();
+    let dir = TempDir::new("json-log");
     let (file, stderr) = (dir.path("levee.toml"), dir.path("stderr.log"));
     let config = |level: &str, format: &str| {
         format!(

@@ -134,6 +134,19 @@ pub fn request(method: Method, url: &str) -> Request<Full<Bytes>> {
         .unwrap()
 }
 
+/// One testkit node per behaviour, in order.
+pub async fn nodes(behaviors: Vec<Behavior>) -> Vec<AppNode> {
+    let mut out = Vec::new();
+    for b in behaviors {
+        out.push(node(b).await);
+    }
+    out
+}
+
+pub fn addrs(nodes: &[AppNode]) -> Vec<SocketAddr> {
+    nodes.iter().map(AppNode::addr).collect()
+}
+
 /// Polls `check` every 20 ms for up to `limit`; true once it holds.
 pub async fn eventually(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
     let until = tokio::time::Instant::now() + limit;

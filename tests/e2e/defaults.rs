@@ -64,6 +64,12 @@ where
     out
 }
 
+/// The backend's nodes as `/status` shows them (breakers, load), for a
+/// failure message.
+async fn node_states(levee: &levee::Levee) -> serde_json::Value {
+    status_json(&client(), levee).await["backends"][0]["nodes"].clone()
+}
+
 fn refused(got: &[(StatusCode, String)]) -> Vec<&(StatusCode, String)> {
     got.iter().filter(|(s, _)| *s != StatusCode::OK).collect()
 }
@@ -85,9 +91,10 @@ async fn a_thousand_requests_at_once_on_a_healthy_backend_are_all_served() {
     let got = burst(&h1, &url).await;
     assert_eq!(got.len(), AT_ONCE);
     let bad = refused(&got);
+    let nodes = node_states(&levee).await;
     assert!(
         bad.is_empty(),
-        "HTTP/1.1: {} refused, e.g. {:?}",
+        "HTTP/1.1: {} refused, e.g. {:?}; nodes: {nodes}",
         bad.len(),
         bad.first()
     );
@@ -97,9 +104,10 @@ async fn a_thousand_requests_at_once_on_a_healthy_backend_are_all_served() {
         .build_http();
     let got = burst(&h2, &url).await;
     let bad = refused(&got);
+    let nodes = node_states(&levee).await;
     assert!(
         bad.is_empty(),
-        "HTTP/2: {} refused, e.g. {:?}",
+        "HTTP/2: {} refused, e.g. {:?}; nodes: {nodes}",
         bad.len(),
         bad.first()
     );
