@@ -33,6 +33,7 @@ async fn endpoints_answer_and_metrics_exist_at_zero_from_startup() {
         format!("levee_node_errors_total{{backend=\"app\",node=\"{node}\",reason=\"upstream-connect\"}} 0"),
         "levee_backend_in_flight{backend=\"app\"} 0".to_string(),
         "levee_route_queued{route=\"all\"} 0".to_string(),
+        "levee_route_rate_limit_keys{route=\"all\"} 0".to_string(),
         "levee_request_duration_seconds_count{route=\"all\",backend=\"app\"} 0".to_string(),
         "levee_ready 1".to_string(),
     ] {
@@ -64,6 +65,7 @@ async fn endpoints_answer_and_metrics_exist_at_zero_from_startup() {
     assert_eq!(b["nodes"][0]["addr"], node);
     assert_eq!(b["nodes"][0]["responses"]["2xx"], 1);
     assert_eq!(v["routes"][0]["responses"]["2xx"], 1);
+    assert!(v["routes"][0]["rate_limit"].is_null(), "no rate limit");
 
     let missing = get(&client, &admin_url(&levee, "/nope")).await;
     assert_eq!(missing.status, StatusCode::NOT_FOUND);

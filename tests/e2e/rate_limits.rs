@@ -118,6 +118,23 @@ async fn a_header_key_gives_each_api_key_its_own_bucket() {
     }
     assert_limited(&get_with_key(&client, &levee, Some("alpha")).await);
     assert_eq!(limited_count(&levee, "limited"), 4);
+
+    // /status shows the limit and the keys it tracks: alpha, beta and the
+    // requests without the header; /metrics the same count.
+    let status = status_json(&client, &levee).await;
+    let rl = &status["routes"][0]["rate_limit"];
+    assert_eq!(rl["requests_per_second"], 0.01, "{rl}");
+    assert_eq!(rl["burst"], 2);
+    assert_eq!(rl["key"], "header:x-api-key");
+    assert_eq!(rl["max_keys"], 100_000);
+    assert_eq!(rl["tracked_keys"], 3);
+    assert_eq!(status["routes"][0]["errors"]["rate-limited"], 4);
+    assert!(status["routes"][1]["rate_limit"].is_null());
+    let m = metrics_text(&client, &levee).await;
+    assert!(
+        m.contains("levee_route_rate_limit_keys{route=\"limited\"} 3"),
+        "{m}"
+    );
 }
 
 #[tokio::test]
@@ -157,4 +174,9 @@ async fn a_reload_applies_a_changed_limit_and_keeps_an_unchanged_one() {
         3,
         "counted across reloads"
     );
+    let rl = &status_json(&client, &levee).await["routes"][0]["rate_limit"];
+    assert_eq!(rl["burst"], 4, "/status shows the new limit: {rl}");
+    assert_eq!(rl["key"], "route");
+    assert!(rl["max_keys"].is_null(), "one bucket: {rl}");
+    assert_eq!(rl["tracked_keys"], 0);
 }

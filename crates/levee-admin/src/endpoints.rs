@@ -11,7 +11,8 @@ use http_body_util::Full;
 use levee_resilience::{AdaptiveLimit, BreakerState, TransitionReason, WindowStats};
 use levee_telemetry::{
     BackendEvent, BackendTopology, BreakerMove, BreakerView, ErrorReason, NodeStats, NodeView,
-    OutcomeCounters, ReloadResult, StatusClass, Telemetry, TunnelClose, TunnelStats,
+    OutcomeCounters, RateLimitTopology, ReloadResult, StatusClass, Telemetry, TunnelClose,
+    TunnelStats,
 };
 use prometheus_client::registry::Registry;
 use serde_json::{json, Map, Value};
@@ -132,7 +133,9 @@ impl Endpoints {
         let routes: Vec<Value> = topo
             .routes
             .iter()
-            .map(|r| {
+            .enumerate()
+            .map(|(i, r)| {
+                let rate_limit = topo.rate_limits.get(i).and_then(Option::as_ref);
                 json!({
                     "name": r.name,
                     "backend": r.backend,
@@ -142,6 +145,7 @@ impl Endpoints {
                     "responses": by_class(&r.outcomes),
                     "errors": by_reason(&r.outcomes, |_| true),
                     "tunnels": tunnels(&r.tunnels),
+                    "rate_limit": rate_limit.map(rate_limit_json),
                 })
             })
             .collect();
@@ -286,6 +290,19 @@ fn admission_json(a: &AdaptiveLimit) -> Value {
         "under_pressure": a.under_pressure(),
         "min_rtt_ms": ms(a.min_rtt()),
         "sampled_rtt_ms": ms(a.sampled_rtt()),
+    })
+}
+
+/// A route's rate limit: its settings, and how many client keys it tracks
+/// now (0 with one bucket for the route). Refusals are in the route's
+/// `errors` as `rate-limited`.
+fn rate_limit_json(rl: &RateLimitTopology) -> Value {
+    json!({
+        "requests_per_second": rl.requests_per_second(),
+        "burst": rl.burst,
+        "key": rl.key,
+        "max_keys": rl.max_keys,
+        "tracked_keys": rl.limit.tracked_keys(),
     })
 }
 

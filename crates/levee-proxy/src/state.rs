@@ -128,6 +128,10 @@ impl ProxyState {
         let topology = Topology {
             version: config.version.clone(),
             routes: routes.iter().map(|r| Arc::clone(&r.stats)).collect(),
+            rate_limits: routes
+                .iter()
+                .map(|r| r.rate_limit.as_ref().map(RouteRateLimit::topology))
+                .collect(),
             backends: backends.iter().map(|b| b.topology()).collect(),
             unrouted: previous.map_or_else(Default::default, |p| Arc::clone(&p.topology.unrouted)),
             access_log_dropped: previous.map_or_else(Default::default, |p| {

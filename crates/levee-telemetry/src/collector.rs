@@ -183,6 +183,18 @@ impl Collector for TelemetryCollector {
                 .encode_gauge(&as_i64(v))?;
         }
         let mut m = encoder.encode_descriptor(
+            "levee_route_rate_limit_keys",
+            "Client keys a route's per-client rate limit tracks now (0 without one).",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (i, r) in topo.routes.iter().enumerate() {
+            let rate_limit = topo.rate_limits.get(i).and_then(Option::as_ref);
+            let v = rate_limit.map_or(0, |rl| rl.limit.tracked_keys());
+            m.encode_family(&[("route", r.name.as_str())])?
+                .encode_gauge(&as_i64(v))?;
+        }
+        let mut m = encoder.encode_descriptor(
             "levee_route_tunnels_open",
             "WebSocket tunnels open now, by route (they hold no bulkhead slot).",
             None,

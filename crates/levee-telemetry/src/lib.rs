@@ -27,7 +27,8 @@ pub use heartbeat::Heartbeat;
 pub use stats::{
     BackendEvent, BackendStats, BackendTopology, BreakerMove, BreakerView, DnsStats, ErrorReason,
     InFlightGuard, LatencyHistogram, NameTopology, NodeStats, NodeTopology, NodeView,
-    OutcomeCounters, RouteStats, StatusClass, Topology, TunnelClose, TunnelStats, LATENCY_BUCKETS,
+    OutcomeCounters, RateLimitTopology, RouteStats, StatusClass, Topology, TunnelClose,
+    TunnelStats, LATENCY_BUCKETS,
 };
 pub use tls::TlsHandshakeFailure;
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 
 use levee_resilience::{
-    AdaptiveLimit, BreakerState, Bulkhead, Transition, TransitionReason, WindowStats,
+    AdaptiveLimit, BreakerState, Bulkhead, RateLimit, Transition, TransitionReason, WindowStats,
 };
 
 /// Why levee answered (or cut) a request itself. The string is the value of
@@ -519,12 +519,34 @@ impl TunnelStats {
 pub struct Topology {
     pub version: String,
     pub routes: Vec<Arc<RouteStats>>,
+    /// Each route's `[route.rate_limit]`, in the order of `routes`.
+    pub rate_limits: Vec<Option<RateLimitTopology>>,
     pub backends: Vec<BackendTopology>,
     /// Requests that matched no route (they have no route to count them).
     pub unrouted: Arc<OutcomeCounters>,
     /// Access log lines dropped because the writer fell behind (or its
     /// file could not be opened); it carries over reloads.
     pub access_log_dropped: Arc<AtomicU64>,
+}
+
+/// A route's rate limit in this config version: its settings and its
+/// buckets (kept across reloads that keep the settings).
+#[derive(Debug, Clone)]
+pub struct RateLimitTopology {
+    /// Time to earn one token.
+    pub per_token: Duration,
+    pub burst: u32,
+    /// Whose bucket a request draws from: `route`, `client` or `header:NAME`.
+    pub key: String,
+    /// Per-key buckets tracked at most (`None`: one bucket for the route).
+    pub max_keys: Option<usize>,
+    pub limit: Arc<RateLimit>,
+}
+
+impl RateLimitTopology {
+    pub fn requests_per_second(&self) -> f64 {
+        1.0 / self.per_token.as_secs_f64().max(f64::MIN_POSITIVE)
+    }
 }
 
 /// One backend of a config version: its counters and its nodes.

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use levee_config::{RateLimitConfig, RateLimitKey};
 use levee_resilience::{ClientKey, RateLimit};
-use levee_telemetry::ErrorReason;
+use levee_telemetry::{ErrorReason, RateLimitTopology};
 
 use super::{Decision, Routed};
 use crate::error::ProxyError;
@@ -40,6 +40,20 @@ impl RouteRateLimit {
         Self {
             config: cfg.clone(),
             limit,
+        }
+    }
+}
+
+impl RouteRateLimit {
+    /// What `/status` and `/metrics` show of it.
+    pub fn topology(&self) -> RateLimitTopology {
+        let c = &self.config;
+        RateLimitTopology {
+            per_token: c.per_token,
+            burst: c.burst,
+            key: c.key.to_string(),
+            max_keys: self.limit.is_keyed().then_some(c.max_keys),
+            limit: Arc::clone(&self.limit),
         }
     }
 }
