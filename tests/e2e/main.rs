@@ -19,6 +19,7 @@ mod h2_limits;
 mod hygiene;
 mod node_responses;
 mod pki;
+mod pool;
 mod rate_limits;
 mod reload;
 mod resilience;

@@ -11,17 +11,17 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Uri};
-use http_body_util::{BodyExt, Empty};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use http_body_util::BodyExt;
 use levee_config::{BackendConfig, HealthCheckConfig, UpstreamProtocol};
 use levee_resilience::{jittered, NodeSample};
 use levee_telemetry::{ErrorReason, StatusClass};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
+use crate::body::RequestBody;
 use crate::node_io::NodeConnector;
 use crate::nodes::Node;
+use crate::pool::{NodePool, PoolConfig};
 use crate::upstream::Backend;
 
 /// Starts the background work of a config version: health checks for the
@@ -60,25 +60,30 @@ pub fn spawn_checks(
                 cfg.timeout,
                 backend_cfg.tls.as_ref(),
             );
-            let client: CheckClient = Client::builder(TokioExecutor::new())
-                .pool_max_idle_per_host(1)
-                .http2_only(backend_cfg.protocol == UpstreamProtocol::Http2)
-                .build(connector);
+            // Its own pool, one connection kept between checks.
+            let client = NodePool::new(
+                connector,
+                PoolConfig {
+                    idle_timeout: cfg.interval.saturating_mul(2),
+                    max_idle: 1,
+                    http2: backend_cfg.protocol == UpstreamProtocol::Http2,
+                },
+            );
             let node = Arc::clone(node);
             let backend = Arc::clone(backend);
             let cfg = cfg.clone();
-            tokio::spawn(async move { check_node(backend, node, cfg, client).await })
+            let http1 = backend_cfg.protocol == UpstreamProtocol::Http1;
+            tokio::spawn(async move { check_node(backend, node, cfg, client, http1).await })
         })
         .collect()
 }
-
-type CheckClient = Client<NodeConnector, Empty<Bytes>>;
 
 async fn check_node(
     backend: Arc<Backend>,
     node: Arc<Node>,
     cfg: HealthCheckConfig,
-    client: CheckClient,
+    client: NodePool,
+    http1: bool,
 ) {
     let name = &backend.name;
     let uri: Option<Uri> = format!("http://{}{}", node.addr, cfg.path).parse().ok();
@@ -89,7 +94,7 @@ async fn check_node(
     // Spread the first checks so a large pool is not probed all at once.
     tokio::time::sleep(jittered(cfg.interval, 1.0) / 2).await;
     loop {
-        let ok = probe(&client, &uri, &cfg).await;
+        let ok = probe(&client, &uri, &cfg, http1).await;
         if let Some(t) = node.health().record(ok) {
             if t.healthy {
                 backend.nodes.ramp_in(&node);
@@ -106,15 +111,17 @@ async fn check_node(
     }
 }
 
-async fn probe(client: &CheckClient, uri: &Uri, cfg: &HealthCheckConfig) -> bool {
-    let Ok(req) = Request::get(uri.clone())
-        .header(http::header::USER_AGENT, "levee-health-check")
-        .body(Empty::new())
-    else {
+/// HTTP/1.1 needs a Host header (HTTP/2 carries the URI's authority).
+async fn probe(client: &NodePool, uri: &Uri, cfg: &HealthCheckConfig, http1: bool) -> bool {
+    let mut req = Request::get(uri.clone()).header(http::header::USER_AGENT, "levee-health-check");
+    if let Some(host) = uri.authority().filter(|_| http1) {
+        req = req.header(http::header::HOST, host.as_str());
+    }
+    let Ok(req) = req.body(RequestBody::kept(Bytes::new())) else {
         return false;
     };
     let call = async {
-        let resp = client.request(req).await.ok()?;
+        let resp = client.send(req).await.ok()?;
         let status = resp.status().as_u16();
         resp.into_body().collect().await.ok()?;
         Some(status)

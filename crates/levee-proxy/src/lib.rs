@@ -50,6 +50,7 @@ pub mod headers;
 pub mod health;
 pub mod node_io;
 pub mod nodes;
+pub mod pool;
 pub mod routing;
 pub mod server;
 pub mod splice;

@@ -1,12 +1,5 @@
-//! Node connections that levee can condemn after the fact.
-//!
-//! hyper keeps a node connection for reuse whenever it could read the whole
-//! response, even one levee refuses (both Transfer-Encoding and
-//! Content-Length): the node may be desynchronised, so the connection must
-//! not carry another request. Every node connection has a [`DropSwitch`],
-//! handed to each of its responses as an extension; flipping it fails the
-//! connection's next read or write and wakes its task, so hyper closes it
-//! and the pool forgets it.
+//! Connecting to a node: the connect phase of a call, before any byte of a
+//! request is written.
 //!
 //! A connection is made by TCP within `connect_timeout`, then, for a backend
 //! with `tls = true`, a TLS handshake within `connect_timeout` again. A
@@ -14,71 +7,35 @@
 //! `502 upstream-tls` rather than `upstream-connect`; both count against
 //! the node.
 
-use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures_util::task::AtomicWaker;
-use http::Uri;
 use hyper::rt::{Read, ReadBufCursor, Write};
-use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
 use hyper_util::rt::TokioIo;
-use levee_config::{UpstreamTlsConfig, ALPN_H2};
+use levee_config::UpstreamTlsConfig;
 use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
-use tower::Service;
-
-/// Condemns one node connection; found in the extensions of its responses.
-#[derive(Debug, Clone, Default)]
-pub struct DropSwitch(Arc<SwitchState>);
-
-#[derive(Debug, Default)]
-struct SwitchState {
-    dropped: AtomicBool,
-    /// The connection task's last read, woken so an idle connection goes too.
-    reader: AtomicWaker,
-}
-
-impl DropSwitch {
-    /// The connection fails its next read or write, and so is closed.
-    pub fn drop_connection(&self) {
-        self.0.dropped.store(true, Ordering::Release);
-        self.0.reader.wake();
-    }
-
-    fn dropped(&self) -> bool {
-        self.0.dropped.load(Ordering::Acquire)
-    }
-}
-
-fn condemned() -> io::Error {
-    io::Error::new(
-        io::ErrorKind::ConnectionAborted,
-        "node connection dropped by levee",
-    )
-}
 
 /// Why a node connection could not be made.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
     #[error("TCP connect failed: {0}")]
-    Tcp(Box<dyn std::error::Error + Send + Sync>),
+    Tcp(io::Error),
     #[error("TLS handshake failed: {0}")]
     Tls(io::Error),
 }
 
-/// Connects to one node, plain or TLS with that node's server name; each
-/// connection with its [`DropSwitch`].
+/// Connects to one node, plain or TLS with that node's server name.
 #[derive(Debug, Clone)]
 pub struct NodeConnector {
-    tcp: HttpConnector,
+    addr: SocketAddr,
+    timeout: Duration,
     tls: Option<NodeTls>,
 }
 
@@ -86,7 +43,6 @@ pub struct NodeConnector {
 struct NodeTls {
     connector: TlsConnector,
     name: ServerName<'static>,
-    timeout: Duration,
 }
 
 impl std::fmt::Debug for NodeTls {
@@ -107,10 +63,6 @@ impl NodeConnector {
         connect_timeout: Duration,
         tls: Option<&UpstreamTlsConfig>,
     ) -> Self {
-        let mut tcp = HttpConnector::new();
-        tcp.set_connect_timeout(Some(connect_timeout));
-        tcp.set_nodelay(true);
-        tcp.enforce_http(true);
         let tls = tls.map(|t| NodeTls {
             connector: TlsConnector::from(Arc::clone(&t.rustls)),
             name: t
@@ -118,114 +70,40 @@ impl NodeConnector {
                 .clone()
                 .or_else(|| ServerName::try_from(host?.to_owned()).ok())
                 .unwrap_or_else(|| ServerName::IpAddress(addr.ip().into())),
-            timeout: connect_timeout,
         });
-        Self { tcp, tls }
-    }
-}
-
-impl Service<Uri> for NodeConnector {
-    type Response = NodeIo;
-    type Error = ConnectError;
-    type Future = Pin<Box<dyn Future<Output = Result<NodeIo, ConnectError>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ConnectError>> {
-        self.tcp
-            .poll_ready(cx)
-            .map_err(|e| ConnectError::Tcp(e.into()))
-    }
-
-    fn call(&mut self, dst: Uri) -> Self::Future {
-        // Once per connection, not per request.
-        let connecting = self.tcp.call(dst);
-        let tls = self.tls.clone();
-        Box::pin(async move {
-            let tcp = connecting.await.map_err(|e| ConnectError::Tcp(e.into()))?;
-            let io = match tls {
-                None => NodeStream::Plain(tcp),
-                Some(tls) => {
-                    let handshake = tls.connector.connect(tls.name, tcp.into_inner());
-                    let stream = tokio::time::timeout(tls.timeout, handshake)
-                        .await
-                        .map_err(|_| {
-                            ConnectError::Tls(io::Error::new(
-                                io::ErrorKind::TimedOut,
-                                format!("no TLS handshake within {:?}", tls.timeout),
-                            ))
-                        })?
-                        .map_err(ConnectError::Tls)?;
-                    NodeStream::Tls(Box::new(TokioIo::new(stream)))
-                }
-            };
-            Ok(NodeIo {
-                io,
-                switch: DropSwitch::default(),
-            })
-        })
-    }
-}
-
-/// A node connection whose reads and writes fail once its switch is flipped.
-#[derive(Debug)]
-pub struct NodeIo {
-    io: NodeStream,
-    switch: DropSwitch,
-}
-
-impl Connection for NodeIo {
-    fn connected(&self) -> Connected {
-        self.io.connected().extra(self.switch.clone())
-    }
-}
-
-impl Read for NodeIo {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: ReadBufCursor<'_>,
-    ) -> Poll<io::Result<()>> {
-        self.switch.0.reader.register(cx.waker());
-        if self.switch.dropped() {
-            return Poll::Ready(Err(condemned()));
+        Self {
+            addr,
+            timeout: connect_timeout,
+            tls,
         }
-        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+
+    /// A new connection to the node: TCP, then TLS if the backend uses it,
+    /// each within `connect_timeout`.
+    pub async fn connect(&self) -> Result<NodeStream, ConnectError> {
+        let tcp = tokio::time::timeout(self.timeout, TcpStream::connect(self.addr))
+            .await
+            .map_err(|_| ConnectError::Tcp(timed_out("TCP connect", self.timeout)))?
+            .map_err(ConnectError::Tcp)?;
+        // Requests are small writes that must go out at once.
+        tcp.set_nodelay(true).map_err(ConnectError::Tcp)?;
+        let Some(tls) = &self.tls else {
+            return Ok(NodeStream::Plain(TokioIo::new(tcp)));
+        };
+        let handshake = tls.connector.connect(tls.name.clone(), tcp);
+        let stream = tokio::time::timeout(self.timeout, handshake)
+            .await
+            .map_err(|_| ConnectError::Tls(timed_out("TLS handshake", self.timeout)))?
+            .map_err(ConnectError::Tls)?;
+        Ok(NodeStream::Tls(Box::new(TokioIo::new(stream))))
     }
 }
 
-impl Write for NodeIo {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        if self.switch.dropped() {
-            return Poll::Ready(Err(condemned()));
-        }
-        Pin::new(&mut self.io).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        if self.switch.dropped() {
-            return Poll::Ready(Err(condemned()));
-        }
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
-    }
+fn timed_out(what: &str, limit: Duration) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::TimedOut,
+        format!("no {what} within {limit:?}"),
+    )
 }
 
 /// A node connection, plain or TLS.
@@ -234,23 +112,6 @@ pub enum NodeStream {
     Plain(TokioIo<TcpStream>),
     /// Boxed: a TLS session is a kilobyte of state.
     Tls(Box<TokioIo<TlsStream<TcpStream>>>),
-}
-
-impl Connection for NodeStream {
-    fn connected(&self) -> Connected {
-        match self {
-            NodeStream::Plain(s) => s.connected(),
-            NodeStream::Tls(s) => {
-                let (tcp, session) = s.inner().get_ref();
-                let connected = tcp.connected();
-                if session.alpn_protocol() == Some(ALPN_H2) {
-                    connected.negotiated_h2()
-                } else {
-                    connected
-                }
-            }
-        }
-    }
 }
 
 impl Read for NodeStream {

@@ -16,8 +16,6 @@ use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
 use http::uri::Authority;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use levee_config::{
     BackendConfig, BreakerConfig, LoadBalancing, UpstreamProtocol, UpstreamTlsConfig,
 };
@@ -30,12 +28,10 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::balancer::{pick, LoadEstimate, Pool};
-use crate::body::RequestBody;
 use crate::classes::ClassTable;
 use crate::dns::Endpoint;
 use crate::node_io::NodeConnector;
-
-pub type NodeClient = Client<NodeConnector, RequestBody>;
+use crate::pool::{NodePool, PoolConfig};
 
 /// A node whose decaying failure score is at least this is failing.
 const STRAINED_FAILURE_SCORE: f64 = 0.1;
@@ -106,20 +102,31 @@ struct PoolSettings {
     tls: Option<UpstreamTlsConfig>,
 }
 
-/// One keep-alive client per data-plane worker, so a request and its node
+/// One connection pool per data-plane worker, so a request and its node
 /// connection live on the same runtime.
 #[derive(Debug)]
 struct Pools {
     settings: PoolSettings,
-    clients: Box<[NodeClient]>,
+    workers: Box<[NodePool]>,
 }
 
 impl Pools {
     fn new(settings: PoolSettings, node: &Endpoint) -> Self {
-        let clients = (0..settings.workers.max(1))
-            .map(|_| node_client(&settings, node))
+        let connector = NodeConnector::new(
+            node.addr,
+            node.host.as_deref(),
+            settings.connect_timeout,
+            settings.tls.as_ref(),
+        );
+        let config = PoolConfig {
+            idle_timeout: settings.idle_timeout,
+            max_idle: settings.max_idle,
+            http2: settings.protocol == UpstreamProtocol::Http2,
+        };
+        let workers = (0..settings.workers.max(1))
+            .map(|_| NodePool::new(connector.clone(), config))
             .collect();
-        Self { settings, clients }
+        Self { settings, workers }
     }
 }
 
@@ -145,10 +152,10 @@ pub struct Node {
 }
 
 impl Node {
-    /// The keep-alive client of data-plane worker `worker`.
-    pub fn client(&self, worker: usize) -> &NodeClient {
-        let clients = &self.pools.clients;
-        &clients[worker % clients.len()]
+    /// The connection pool of data-plane worker `worker`.
+    pub fn pool(&self, worker: usize) -> &NodePool {
+        let pools = &self.pools.workers;
+        &pools[worker % pools.len()]
     }
 
     pub fn health(&self) -> &HealthTracker {
@@ -690,27 +697,6 @@ fn authority_of(addr: SocketAddr) -> Authority {
     addr.to_string()
         .parse()
         .unwrap_or_else(|_| Authority::from_static("invalid.invalid"))
-}
-
-/// With `protocol = "http2"` the client speaks HTTP/2 only (ALPN `h2` over
-/// TLS, prior knowledge over TCP) and multiplexes every request to the node
-/// over one connection, within the node's `SETTINGS_MAX_CONCURRENT_STREAMS`.
-fn node_client(s: &PoolSettings, node: &Endpoint) -> NodeClient {
-    let connector = NodeConnector::new(
-        node.addr,
-        node.host.as_deref(),
-        s.connect_timeout,
-        s.tls.as_ref(),
-    );
-    Client::builder(TokioExecutor::new())
-        .timer(TokioTimer::new())
-        .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(s.idle_timeout)
-        .pool_max_idle_per_host(s.max_idle)
-        .http2_only(s.protocol == UpstreamProtocol::Http2)
-        // The client's Host header is forwarded as is.
-        .set_host(false)
-        .build(connector)
 }
 
 #[cfg(test)]

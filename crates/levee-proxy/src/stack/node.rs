@@ -1,5 +1,5 @@
-//! The bottom of the stack: one call to one node over its keep-alive pool,
-//! until the request's deadline for the response headers.
+//! The bottom of the stack: one call to one node over its keep-alive pool
+//! ([`crate::pool`]), until the request's deadline for the response headers.
 
 use std::error::Error as StdError;
 use std::future::Future;
@@ -9,10 +9,8 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{Request, Response};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::ResponseFuture;
 use levee_resilience::{Deadline, Phase};
 use levee_telemetry::ErrorReason;
 use tokio::time::Timeout;
@@ -20,8 +18,9 @@ use tower::Service;
 
 use crate::body::{ClientBodyError, RequestBody};
 use crate::error::ProxyError;
-use crate::node_io::{ConnectError, DropSwitch};
+use crate::node_io::ConnectError;
 use crate::nodes::Node;
+use crate::pool::{PoolError, ResponseFuture};
 
 /// A request for one node, its URI already pointing there.
 #[derive(Debug)]
@@ -53,7 +52,7 @@ impl Service<NodeRequest> for NodeCall {
     }
 
     fn call(&mut self, req: NodeRequest) -> NodeCallFuture {
-        let call = req.node.client(self.worker).request(req.request);
+        let call = req.node.pool(self.worker).send(req.request);
         NodeCallFuture {
             call: tokio::time::timeout_at(req.deadline.at(), call),
             addr: req.node.addr,
@@ -78,8 +77,8 @@ impl Future for NodeCallFuture {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         Poll::Ready(match ready!(this.call.poll(cx)) {
-            Ok(Ok(resp)) => check_framing(resp, *this.addr),
-            Ok(Err(e)) => Err(classify(&e)),
+            Ok(Ok(resp)) => Ok(resp),
+            Ok(Err(e)) => Err(classify(&e, *this.addr)),
             Err(_elapsed) => Err(ProxyError::new(
                 ErrorReason::Deadline,
                 format!(
@@ -93,41 +92,34 @@ impl Future for NodeCallFuture {
     }
 }
 
-/// A response with both Transfer-Encoding and Content-Length is refused
-/// (RFC 9112 §6.3 lets a recipient treat it as an error; hyper reads it by
-/// Transfer-Encoding): a node that frames its answers two ways may be
-/// desynchronised, so its connection is dropped, not reused.
-fn check_framing(
-    resp: Response<Incoming>,
-    addr: SocketAddr,
-) -> Result<Response<Incoming>, ProxyError> {
-    let headers = resp.headers();
-    if headers.contains_key(TRANSFER_ENCODING) && headers.contains_key(CONTENT_LENGTH) {
-        if let Some(switch) = resp.extensions().get::<DropSwitch>() {
-            switch.drop_connection();
-        }
-        return Err(ProxyError::new(
-            ErrorReason::UpstreamProtocol,
-            format!("{addr} answered with both Transfer-Encoding and Content-Length"),
-        ));
-    }
-    Ok(resp)
-}
-
-/// Maps a client error to its reason by walking its causes.
-fn classify(e: &hyper_util::client::legacy::Error) -> ProxyError {
-    if e.is_connect() {
-        let tls = std::iter::successors(e.source(), |s| (*s).source())
-            .any(|s| matches!(s.downcast_ref(), Some(ConnectError::Tls(_))));
-        if tls {
+/// Maps a pool error to its reason by walking its causes.
+fn classify(e: &PoolError, addr: SocketAddr) -> ProxyError {
+    let cause = match e {
+        PoolError::Connect(ConnectError::Tls(_)) => {
             return ProxyError::new(ErrorReason::UpstreamTls, chain(e));
         }
-        return ProxyError::new(
-            ErrorReason::UpstreamConnect,
-            format!("connect failed: {}", chain(e)),
-        );
-    }
-    let mut source: Option<&(dyn StdError + 'static)> = e.source();
+        // Nothing reached the node: safe to send elsewhere, whatever the
+        // method (see the retry layer).
+        PoolError::Connect(ConnectError::Tcp(_))
+        | PoolError::Handshake(_)
+        | PoolError::NotSent(_) => {
+            return ProxyError::new(
+                ErrorReason::UpstreamConnect,
+                format!("connect failed: {}", chain(e)),
+            );
+        }
+        // A response that frames its body two ways (RFC 9112 §6.3): the
+        // node may be desynchronised; its connection is not reused.
+        PoolError::Framing => {
+            return ProxyError::new(
+                ErrorReason::UpstreamProtocol,
+                format!("{addr} answered with both Transfer-Encoding and Content-Length"),
+            );
+        }
+        PoolError::Shared(e) => return classify(e, addr),
+        PoolError::Send(h) => h,
+    };
+    let mut source: Option<&(dyn StdError + 'static)> = Some(cause);
     while let Some(err) = source {
         if tls_alert(err) {
             return ProxyError::new(ErrorReason::UpstreamTls, chain(e));

@@ -1,0 +1,93 @@
+//! levee's node connection pool seen from the node: one connection for
+//! sequential requests, a connection the node closed while idle costs no
+//! request, and a request that reached the node is never sent again behind
+//! the retry layer's back.
+
+use http::{Method, StatusCode};
+use levee::Levee;
+use levee_testkit::{AppNode, Behavior};
+
+use crate::common::{client, get, node, request, send, start_levee, url};
+
+const CONFIG: &str = r#"
+[server]
+listen = "127.0.0.1:0"
+workers = 1
+
+[admin]
+listen = "127.0.0.1:0"
+
+[[backend]]
+name = "app"
+nodes = ["127.0.0.1:1"]
+connect_timeout = "2s"
+timeout = "5s"
+
+[[route]]
+path_prefix = "/"
+backend = "app"
+"#;
+
+async fn levee_for(app: &AppNode) -> Levee {
+    start_levee(CONFIG, &[&[app.addr()]]).await
+}
+
+#[tokio::test]
+async fn sequential_requests_reuse_one_node_connection() {
+    let app = node(Behavior::Healthy { body_bytes: 64 }).await;
+    let levee = levee_for(&app).await;
+    let http = client();
+    for i in 0..10 {
+        let got = get(&http, &url(&levee, &format!("/r/{i}"))).await;
+        assert_eq!(got.status, StatusCode::OK);
+        assert_eq!(got.body.len(), 64);
+    }
+    let stats = app.stats();
+    assert_eq!(stats.requests, 10);
+    assert_eq!(stats.connections, 1, "{stats:?}");
+    levee.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_node_that_closed_its_idle_connections_costs_no_request() {
+    let app = node(Behavior::Healthy { body_bytes: 16 }).await;
+    let levee = levee_for(&app).await;
+    let http = client();
+    assert_eq!(get(&http, &url(&levee, "/a")).await.status, StatusCode::OK);
+    // A restart: the node closes every open connection, levee's pooled one too.
+    app.set_behavior(Behavior::Refuse).await.unwrap();
+    app.set_behavior(Behavior::Healthy { body_bytes: 16 })
+        .await
+        .unwrap();
+    let got = get(&http, &url(&levee, "/b")).await;
+    assert_eq!(got.status, StatusCode::OK, "{:?}", got.reason());
+    let stats = app.stats();
+    assert_eq!(stats.requests, 2, "{stats:?}");
+    assert_eq!(stats.connections, 2, "{stats:?}");
+    levee.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_request_that_reached_the_node_is_sent_once() {
+    let app = node(Behavior::Healthy { body_bytes: 16 }).await;
+    let levee = levee_for(&app).await;
+    let http = client();
+    // Warm: the POST below goes over a reused connection.
+    assert_eq!(get(&http, &url(&levee, "/a")).await.status, StatusCode::OK);
+    app.set_behavior(Behavior::ResetMidHeaders).await.unwrap();
+    let got = send(
+        &http,
+        request(Method::POST, &url(&levee, "/b")),
+        std::time::Duration::from_secs(10),
+    )
+    .await;
+    assert_eq!(got.status, StatusCode::BAD_GATEWAY);
+    assert_eq!(got.reason(), Some("upstream-reset"));
+    let stats = app.stats();
+    assert_eq!(
+        stats.requests, 2,
+        "the POST reached the node once: {stats:?}"
+    );
+    assert_eq!(stats.connections, 1, "{stats:?}");
+    levee.shutdown().await;
+}
