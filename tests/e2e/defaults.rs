@@ -22,7 +22,7 @@ listen = "127.0.0.1:0"
 name = "app"
 nodes = ["127.0.0.1:1"]
 # Not a limit on load: a thousand connects from this one loaded test
-# process may take longer than the 500 ms default on a busy machine.
+# process may take longer than the 1 s default on a busy machine.
 connect_timeout = "5s"
 
 [[route]]

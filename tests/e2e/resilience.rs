@@ -86,12 +86,17 @@ async fn drive_at_least(
             Duration::from_secs(1),
         )
         .await;
-        for (key, n) in more.by_key {
-            *all.by_key.entry(key).or_default() += n;
-        }
-        all.latencies.extend(more.latencies);
+        merge(&mut all, more);
     }
     all
+}
+
+/// Adds `more`'s outcomes to `all`.
+fn merge(all: &mut traffic::Tally, more: traffic::Tally) {
+    for (key, n) in more.by_key {
+        *all.by_key.entry(key).or_default() += n;
+    }
+    all.latencies.extend(more.latencies);
 }
 
 fn internal_500() -> Behavior {
@@ -112,9 +117,10 @@ async fn a_bad_node_among_six_is_ejected_and_clients_barely_notice() {
     let pool = nodes(behaviors).await;
     let bad = pool[5].addr();
     // Each node in turn, so the bad one keeps being asked until its breaker
-    // opens: p2c_ewma shuns it after its first failure, and on a slow
-    // machine, with few requests in flight at once, that one failure may
-    // be all it ever gets (contained, but not by its breaker).
+    // opens: p2c_ewma shuns it after its first failure and asks it again
+    // only when it explores (2% of picks, one in six of those), so on a busy
+    // machine, serving few requests, its breaker may not see three failures
+    // in a row within the test (contained, but not by its breaker).
     let cfg = RESILIENT.replace(
         "slow_start = \"2s\"",
         "slow_start = \"2s\"\nload_balancing = \"round_robin\"",
@@ -187,22 +193,28 @@ async fn a_node_failing_only_writes_is_cut_out_for_writes_only() {
     );
     let levee = start_levee(&cfg, &[&addrs(&pool)]).await;
     let client = client();
-    let (writes, reads) = tokio::join!(
-        traffic::drive(
-            &client,
-            Method::POST,
-            url(&levee, "/orders"),
-            6,
-            Duration::from_secs(4)
-        ),
-        traffic::drive(
-            &client,
-            Method::GET,
-            url(&levee, "/items"),
-            2,
-            Duration::from_secs(4)
-        ),
-    );
+    // Four seconds of writes and reads, then on in one-second rounds (up to
+    // fifteen in all) until 300 writes were answered and the node's unsafe
+    // breaker has opened. p2c_ewma shuns the node after its first failed
+    // write and asks it again only when it explores (2% of picks, one in
+    // six of those), so its three failures in a row take some hundreds of
+    // writes, which a busy machine serves slowly.
+    let started = tokio::time::Instant::now();
+    let (mut writes, mut reads) = (traffic::Tally::default(), traffic::Tally::default());
+    let mut round = Duration::from_secs(4);
+    loop {
+        let (w, r) = tokio::join!(
+            traffic::drive(&client, Method::POST, url(&levee, "/orders"), 6, round),
+            traffic::drive(&client, Method::GET, url(&levee, "/items"), 2, round),
+        );
+        merge(&mut writes, w);
+        merge(&mut reads, r);
+        round = Duration::from_secs(1);
+        let judged = breaker_state(&levee, bad, "unsafe") != BreakerState::Closed;
+        if (writes.total() > 300 && judged) || started.elapsed() >= Duration::from_secs(15) {
+            break;
+        }
+    }
     assert!(writes.total() > 300, "{:?}", writes.by_key);
     assert!(
         writes.server_errors() * 100 < writes.total(),
