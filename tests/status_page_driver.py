@@ -2,7 +2,9 @@
 """Driver for tests/status_page.sh: starts three levee-node app nodes (one
 answering 500) and levee in front of them, opens the failing node's
 breakers with traffic, renders the admin page in headless Chromium and
-checks the DOM names that node as ejected and why. Standard library only.
+checks the DOM names that node as ejected and why, and shows the backend's
+admission (limit against max_in_flight, phase) and failover budget as
+/status gives them. Standard library only.
 
 usage: status_page_driver.py --levee BIN --node BIN --chromium BIN --screenshot PNG
 """
@@ -33,6 +35,7 @@ connect_timeout = "200ms"
 timeout = "2s"
 max_ejected_percent = 50
 load_balancing = "round_robin"
+failover_max_share = 0.5
 
 [backend.breaker]
 consecutive_failures = 3
@@ -82,7 +85,8 @@ def wait_ready(admin, log, limit=30.0):
 
 
 class Dom(html.parser.HTMLParser):
-    """The rendered page's node rows, breakers, alerts and render count."""
+    """The rendered page's node rows, breakers, alerts, each backend's
+    admission and failover budget, and the render count."""
 
     def __init__(self):
         super().__init__()
@@ -94,9 +98,21 @@ class Dom(html.parser.HTMLParser):
         self._breaker = None
         self._why = False
         self._alert = None
+        self.spans = {}  # (backend, class) -> [attrs, text]
+        self._backend = None
+        self._span = None
+        self._span_depth = 0
 
     def handle_starttag(self, tag, attrs):
         a = dict(attrs)
+        if tag == "div" and a.get("class") == "meta" and "data-backend" in a:
+            self._backend = a["data-backend"]
+        if tag == "span" and self._span is not None:
+            self._span_depth += 1
+        elif tag == "span" and self._backend and a.get("class") in ("admission", "failover-budget"):
+            self._span = [a, ""]
+            self.spans[(self._backend, a["class"])] = self._span
+            self._span_depth = 1
         if tag == "body":
             self.renders = int(a.get("data-renders", "0"))
         if tag == "tr" and "data-node" in a:
@@ -112,6 +128,12 @@ class Dom(html.parser.HTMLParser):
             self.alerts[self._alert] = ""
 
     def handle_endtag(self, tag):
+        if tag == "span" and self._span is not None:
+            self._span_depth -= 1
+            if self._span_depth == 0:
+                self._span = None
+        if tag == "div" and self._span is None:
+            self._backend = None
         if tag == "tr":
             self._row = None
         if tag == "span":
@@ -120,6 +142,8 @@ class Dom(html.parser.HTMLParser):
             self._alert = None
 
     def handle_data(self, data):
+        if self._span is not None:
+            self._span[1] += data
         if self._why and self._breaker is not None:
             self._breaker[2] += data
         if self._alert:
@@ -188,6 +212,19 @@ def main():
         for addr in (f"127.0.0.1:{p}" for p in nodes[:2]):
             if dom.rows.get(addr) != "active":
                 problems.append(f"row of {addr}: {dom.rows.get(addr)!r}, expected 'active'")
+        # The backend's admission and failover budget, as /status has them.
+        want = status["backends"][0]["admission"]
+        attrs, text = dom.spans.get(("app", "admission"), ({}, ""))
+        limit, ceiling = int(want["limit"]), want["ceiling"]
+        if (attrs.get("data-phase"), attrs.get("data-limit"), attrs.get("data-ceiling")) != (
+                want["phase"], str(limit), str(int(ceiling))) or \
+                f"limit {limit} of max_in_flight {int(ceiling)}" not in text:
+            problems.append(f"admission of app: {attrs} {text!r}, /status has {want}")
+        budget = status["backends"][0]["failover_budget"]
+        attrs, text = dom.spans.get(("app", "failover-budget"), ({}, ""))
+        if (attrs.get("data-max-share"), attrs.get("data-max-in-flight")) != (
+                "0.5", str(budget["max_in_flight"])) or "failover budget 50% of the limit" not in text:
+            problems.append(f"failover budget of app: {attrs} {text!r}, /status has {budget}")
         if problems:
             print(dom_text[:4000], file=sys.stderr)
             sys.exit("status page: " + "; ".join(problems))
@@ -195,6 +232,8 @@ def main():
               f"alert: {dom.alerts[failing].strip()}")
         for cls, state, why in dom.breakers[failing]:
             print(f"   {cls}: {state}: {why}")
+        for kind in ("admission", "failover-budget"):
+            print(f"   app {kind}: {dom.spans[('app', kind)][1].strip()}")
 
         chromium(args.chromium, profile, f"http://{admin}/",
                  f"--screenshot={args.screenshot}", "--window-size=1500,900", "--hide-scrollbars")
