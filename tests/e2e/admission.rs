@@ -288,13 +288,7 @@ async fn a_returning_pool_with_failover_ramps_while_the_failover_takes_the_rest(
         last > 0.9,
         "the primary takes the load back: {primary_shares:?}"
     );
-    let topo = levee.telemetry.topology();
-    assert!(
-        topo.backends[0]
-            .stats
-            .events(levee_telemetry::BackendEvent::FailedOver)
-            > 0
-    );
+    assert!(backend_events(&levee, 0, BackendEvent::FailedOver) > 0);
     levee.shutdown().await;
 }
 

@@ -13,6 +13,7 @@ use levee_config::{Config, NodeAddr};
 use levee_testkit::{AppNode, Behavior};
 
 pub use levee::traffic::{client, HttpClient};
+pub use levee_telemetry::BackendEvent;
 
 /// Starts levee from `toml` on kernel-chosen ports; `nodes[i]` replaces the
 /// node list of the i-th backend.
@@ -145,6 +146,13 @@ pub async fn nodes(behaviors: Vec<Behavior>) -> Vec<AppNode> {
 
 pub fn addrs(nodes: &[AppNode]) -> Vec<SocketAddr> {
     nodes.iter().map(AppNode::addr).collect()
+}
+
+/// How many times the `backend`-th backend (in config order) counted `event`.
+pub fn backend_events(levee: &Levee, backend: usize, event: BackendEvent) -> u64 {
+    levee.telemetry.topology().backends[backend]
+        .stats
+        .events(event)
 }
 
 /// Polls `check` every 20 ms for up to `limit`; true once it holds.

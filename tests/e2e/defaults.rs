@@ -112,9 +112,7 @@ async fn a_thousand_requests_at_once_on_a_healthy_backend_are_all_served() {
         bad.first()
     );
 
-    let topo = levee.telemetry.topology();
-    let b = &topo.backends[0].stats;
-    assert_eq!(b.events(levee_telemetry::BackendEvent::Shed), 0);
+    assert_eq!(backend_events(&levee, 0, BackendEvent::Shed), 0);
     assert!(eventually(Duration::from_secs(5), || slots_held(&levee) == 0).await);
     levee.shutdown().await;
 }

@@ -380,13 +380,7 @@ async fn a_lost_pool_fails_over_and_ramps_back_when_it_returns() {
         lost.by_key
     );
     assert!(secondary[0].stats().requests > 90);
-    let topo = levee.telemetry.topology();
-    assert!(
-        topo.backends[0]
-            .stats
-            .events(levee_telemetry::BackendEvent::FailedOver)
-            > 0
-    );
+    assert!(backend_events(&levee, 0, BackendEvent::FailedOver) > 0);
 
     for n in &primary {
         n.set_behavior(Behavior::Healthy { body_bytes: 8 })
@@ -688,13 +682,7 @@ async fn when_all_down_try_all_keeps_sending_and_fail_answers_503_at_once() {
     )
     .await;
     assert_eq!(t.count("500"), t.total(), "{:?}", t.by_key);
-    let topo = levee.telemetry.topology();
-    assert!(
-        topo.backends[0]
-            .stats
-            .events(levee_telemetry::BackendEvent::AllDownTryAll)
-            > 0
-    );
+    assert!(backend_events(&levee, 0, BackendEvent::AllDownTryAll) > 0);
     levee.shutdown().await;
 
     let levee = start_levee(RESILIENT, &[&addrs(&pool)]).await;
@@ -749,13 +737,7 @@ async fn refused_connections_are_retried_with_the_body_within_the_budget() {
             "the body reached the second node"
         );
     }
-    let topo = levee.telemetry.topology();
-    assert!(
-        topo.backends[0]
-            .stats
-            .events(levee_telemetry::BackendEvent::Retry)
-            >= 1
-    );
+    assert!(backend_events(&levee, 0, BackendEvent::Retry) >= 1);
     levee.shutdown().await;
 
     let no_budget = cfg.replace(
@@ -774,18 +756,7 @@ async fn refused_connections_are_retried_with_the_body_within_the_budget() {
         refused >= 1,
         "without budget the refusal reaches the client"
     );
-    let topo = levee.telemetry.topology();
-    assert!(
-        topo.backends[0]
-            .stats
-            .events(levee_telemetry::BackendEvent::RetryBudgetExhausted)
-            >= 1
-    );
-    assert_eq!(
-        topo.backends[0]
-            .stats
-            .events(levee_telemetry::BackendEvent::Retry),
-        0
-    );
+    assert!(backend_events(&levee, 0, BackendEvent::RetryBudgetExhausted) >= 1);
+    assert_eq!(backend_events(&levee, 0, BackendEvent::Retry), 0);
     levee.shutdown().await;
 }
