@@ -457,6 +457,21 @@ impl NodeSet {
         }
     }
 
+    /// The pool is back after an outage: its ramp starts from its floor and
+    /// paces every node alike, so a node that was still ramping in when the
+    /// pool went out starts level with its peers instead of keeping the
+    /// partial weight it had. Only the first call after an outage starts
+    /// the ramp; returns whether this one did.
+    pub fn resume(&self) -> bool {
+        if !self.pool.resume() {
+            return false;
+        }
+        for node in self.nodes.iter() {
+            node.ramp.cancel_ramp();
+        }
+        true
+    }
+
     /// The share of nodes usable for some traffic class.
     pub fn back_share(&self) -> f64 {
         let classes = self.classes.len().max(1);
@@ -762,6 +777,48 @@ mod tests {
             "other class unaffected"
         );
         assert!(!set.nodes[0].ramp.is_ramping(), "startup nodes do not ramp");
+    }
+
+    /// A node still ramping in when the whole pool went out does not keep
+    /// its partial weight when the pool returns: the pool's ramp, from its
+    /// floor, paces it level with its peers.
+    #[tokio::test(start_paused = true)]
+    async fn a_node_ramping_when_the_pool_goes_out_returns_level_with_its_peers() {
+        let cfg = config("\"127.0.0.1:1\", \"127.0.0.1:2\"", "");
+        let set = build(&cfg.backends[0], &ClassTable::new([]), None);
+        // Node 0 came back on its own and is part of the way in.
+        set.ramp_in(&set.nodes[0]);
+        let ramp = set.nodes[0].ramp();
+        ramp.record(Duration::from_millis(1), false);
+        for _ in 0..2 {
+            tokio::time::advance(Duration::from_secs(1)).await;
+            ramp.record(Duration::from_millis(1), false);
+        }
+        let partial = ramp.limit();
+        assert!(
+            ramp.is_ramping() && partial > MIN_WEIGHT && partial < 1.0,
+            "{partial}"
+        );
+
+        // The whole pool goes out, then comes back.
+        set.pool.mark_out();
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(set.resume());
+        assert_eq!(set.pool.phase(), LimitPhase::Ramping);
+        assert_eq!(set.pool.limit(), 1.0, "the pool ramps from its floor");
+        for node in set.nodes() {
+            assert!(!node.ramp().is_ramping(), "{}", node.addr);
+            assert_eq!(
+                node.ramp().limit(),
+                1.0,
+                "{}: level with its peers",
+                node.addr
+            );
+        }
+        assert!(!set.resume(), "once per outage");
+        // A node back while the pool still ramps is paced by the pool.
+        set.ramp_in(&set.nodes[1]);
+        assert!(!set.nodes[1].ramp().is_ramping());
     }
 
     #[tokio::test(start_paused = true)]

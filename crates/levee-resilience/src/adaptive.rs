@@ -253,6 +253,15 @@ impl AdaptiveLimit {
             .store(LimitPhase::Ramping as u8, Ordering::Release);
     }
 
+    /// Ends a ramp now, as if it had run its course: the steady phase at
+    /// the ceiling (or, with a gradient, at the limit reached). For a node
+    /// whose pool's own ramp takes over pacing it.
+    pub fn cancel_ramp(&self) {
+        if self.is_ramping() {
+            self.end_ramp(&self.policy.load());
+        }
+    }
+
     /// Feeds one call: its time to response headers and whether it failed.
     /// Returns the new limit when this call closed a window that changed it
     /// or ended a ramp.

@@ -47,9 +47,9 @@ fn choose(req: &Routed) -> Result<(usize, bool), ProxyError> {
         })
     };
     if primary.nodes.any_usable(class) {
+        // Back after an outage, the pool's ramp starts from its floor.
+        primary.nodes.resume();
         let admission = primary.admission();
-        // Back after an outage, the ramp starts from its floor.
-        admission.resume();
         // A pool ramping back takes what its limit admits (shared by the
         // nodes back so far); the rest goes to the failover pool if there is
         // one, else waits in its queue.
