@@ -11,7 +11,7 @@ use http::{StatusCode, Version};
 use levee::Levee;
 use levee_testkit::{AppNode, Behavior, NodeOptions};
 
-use crate::common::{client, get, metrics_text, url, TempDir};
+use crate::common::{client, get, metrics_text, url, Got, TempDir};
 use crate::pki::Ca;
 
 /// levee with one backend `app` whose extra keys are `backend_keys`; files
@@ -46,6 +46,14 @@ backend = "app"
     Levee::start(config).await.unwrap()
 }
 
+/// One GET of `/x` through a levee started as [`start`] does, then shut down.
+async fn get_once(dir: &TempDir, node: SocketAddr, backend_keys: &str) -> Got {
+    let levee = start(dir, node, backend_keys).await;
+    let got = get(&client(), &url(&levee, "/x")).await;
+    levee.shutdown().await;
+    got
+}
+
 async fn tls_node(config: Arc<rustls::ServerConfig>, http2: bool) -> AppNode {
     let options = NodeOptions {
         tls: Some(config),
@@ -75,12 +83,10 @@ async fn a_node_with_a_certificate_from_the_configured_ca_is_served_and_others_a
     let leaf = ca.issue(&["127.0.0.1"]);
     let app = tls_node(leaf.server_config(&[b"http/1.1"]), false).await;
 
-    let levee = start(&dir, app.addr(), "tls = true\ntls_ca = \"ca.pem\"").await;
-    let ok = get(&client(), &url(&levee, "/x")).await;
+    let ok = get_once(&dir, app.addr(), "tls = true\ntls_ca = \"ca.pem\"").await;
     assert_eq!(ok.status, StatusCode::OK);
     assert_eq!(ok.body.len(), 16);
     assert_eq!(app.stats().requests, 1);
-    levee.shutdown().await;
 
     let levee = start(&dir, app.addr(), "tls = true\ntls_ca = \"other-ca.pem\"").await;
     let refused = get(&client(), &url(&levee, "/x")).await;
@@ -97,10 +103,8 @@ async fn a_node_with_a_certificate_from_the_configured_ca_is_served_and_others_a
     levee.shutdown().await;
 
     // Without tls_ca the webpki roots apply, which do not know this CA.
-    let levee = start(&dir, app.addr(), "tls = true").await;
-    let refused = get(&client(), &url(&levee, "/x")).await;
+    let refused = get_once(&dir, app.addr(), "tls = true").await;
     assert_eq!(refused.reason(), Some("upstream-tls"));
-    levee.shutdown().await;
 }
 
 #[tokio::test]
@@ -112,31 +116,25 @@ async fn tls_server_name_is_what_the_node_certificate_is_verified_against() {
     let app = tls_node(leaf.server_config(&[b"http/1.1"]), false).await;
 
     // The node's IP is not in its certificate.
-    let levee = start(&dir, app.addr(), "tls = true\ntls_ca = \"ca.pem\"").await;
-    let refused = get(&client(), &url(&levee, "/x")).await;
+    let refused = get_once(&dir, app.addr(), "tls = true\ntls_ca = \"ca.pem\"").await;
     assert_eq!(refused.reason(), Some("upstream-tls"));
-    levee.shutdown().await;
 
-    let levee = start(
+    let ok = get_once(
         &dir,
         app.addr(),
         "tls = true\ntls_ca = \"ca.pem\"\ntls_server_name = \"app.internal\"",
     )
     .await;
-    let ok = get(&client(), &url(&levee, "/x")).await;
     assert_eq!(ok.status, StatusCode::OK);
-    levee.shutdown().await;
 
     // Verification off: any certificate passes, and `levee check` says so.
-    let levee = start(
+    let ok = get_once(
         &dir,
         app.addr(),
         "tls = true\ntls_insecure_skip_verify = true",
     )
     .await;
-    let ok = get(&client(), &url(&levee, "/x")).await;
     assert_eq!(ok.status, StatusCode::OK);
-    levee.shutdown().await;
     let check = std::process::Command::new(env!("CARGO_BIN_EXE_levee"))
         .args(["check", "--config"])
         .arg(dir.path("levee.toml"))
@@ -193,15 +191,8 @@ async fn a_node_that_requires_a_client_certificate_gets_the_configured_one() {
     assert_eq!(refused.reason(), Some("upstream-tls"));
     levee.shutdown().await;
 
-    let levee = start(
-        &dir,
-        app.addr(),
-        "tls = true\ntls_ca = \"ca.pem\"\ntls_client_cert = \"client.pem\"\ntls_client_key = \"client.key\"",
-    )
-    .await;
-    let ok = get(&client(), &url(&levee, "/x")).await;
+    let ok = get_once( &dir, app.addr(), "tls = true\ntls_ca = \"ca.pem\"\ntls_client_cert = \"client.pem\"\ntls_client_key = \"client.key\"", ).await;
     assert_eq!(ok.status, StatusCode::OK);
-    levee.shutdown().await;
 }
 
 /// Many concurrent requests over HTTP/2 reach the node over one or two
