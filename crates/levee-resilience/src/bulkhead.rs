@@ -86,7 +86,12 @@ impl Drop for BulkheadPermit {
 impl Slots {
     /// Takes a slot if fewer than `max` are held.
     fn take(&self) -> bool {
-        let max = self.max.load(Ordering::SeqCst);
+        self.take_below(usize::MAX)
+    }
+
+    /// Takes a slot if fewer than `max` and fewer than `cap` are held.
+    fn take_below(&self, cap: usize) -> bool {
+        let max = self.max.load(Ordering::SeqCst).min(cap);
         self.in_flight
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
                 (n < max).then_some(n + 1)
@@ -231,14 +236,21 @@ impl Bulkhead {
         }
     }
 
-    /// A free slot, if there is one and nobody is waiting for it (a caller
-    /// never passes the queue).
-    fn take_free(&self) -> Option<BulkheadPermit> {
-        (self.slots.queued.load(Ordering::SeqCst) == 0 && self.slots.take()).then(|| {
+    /// Takes a free slot only while fewer than `cap` are held (and nobody
+    /// waits), in one atomic step. A share of the limit checked first and
+    /// taken later lets every caller between the two pass it.
+    pub fn try_acquire_below(&self, cap: usize) -> Option<BulkheadPermit> {
+        (self.slots.queued.load(Ordering::SeqCst) == 0 && self.slots.take_below(cap)).then(|| {
             BulkheadPermit {
                 slots: Arc::clone(&self.slots),
             }
         })
+    }
+
+    /// A free slot, if there is one and nobody is waiting for it (a caller
+    /// never passes the queue).
+    fn take_free(&self) -> Option<BulkheadPermit> {
+        self.try_acquire_below(usize::MAX)
     }
 
     /// Applies new limits now. Requests in flight keep their slots and count

@@ -297,3 +297,21 @@ async fn under_contention_no_waiter_is_forgotten_and_the_limit_holds() {
     assert!(peak.load(Ordering::Relaxed) <= 3);
     assert_eq!((b.in_flight(), b.queued()), (0, 0));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_capped_take_stops_at_the_cap_or_the_limit_and_never_passes_waiters() {
+    let b = Arc::new(Bulkhead::new(4, 4));
+    let held: Vec<_> = (0..2).filter_map(|_| b.try_acquire_below(2)).collect();
+    assert_eq!(held.len(), 2);
+    assert!(b.try_acquire_below(2).is_none(), "at the cap");
+    let mut more: Vec<_> = (0..5).filter_map(|_| b.try_acquire_below(9)).collect();
+    assert_eq!(more.len(), 2, "the limit bounds a larger cap");
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    waiter(&b, Sheddable, "waiting", &tx).await;
+    more.pop();
+    assert!(
+        b.try_acquire_below(9).is_none(),
+        "the freed slot is the waiter's"
+    );
+    assert_eq!(rx.recv().await.unwrap().0, "waiting");
+}

@@ -14,8 +14,13 @@
 //! while the backend is in trouble (a node out, slow or failing, or its
 //! limit held back by latency), so `critical` ones keep a slot; on a
 //! healthy backend normal requests wait in its queue instead.
+//! A share is checked and its slot taken in one atomic step
+//! ([`levee_resilience::Bulkhead::try_acquire_below`]), so concurrent
+//! requests cannot all pass it: the slot travels in
+//! [`Routed::backend_slot`] and the backend's bulkhead layer takes no other.
 
 use levee_config::{Priority, WhenAllDown};
+use levee_resilience::BulkheadPermit;
 use levee_telemetry::{BackendEvent, ErrorReason};
 use tracing::debug;
 
@@ -23,21 +28,42 @@ use super::{Decision, Routed};
 use crate::error::ProxyError;
 use crate::upstream::Backend;
 
-/// Sets [`Routed::backend`] and [`Routed::ignore_state`].
+/// Sets [`Routed::backend`] and [`Routed::ignore_state`], and
+/// [`Routed::backend_slot`] for a request admitted within a failover budget.
 #[derive(Debug, Clone, Copy)]
 pub struct ChooseBackend;
 
 impl Decision for ChooseBackend {
     fn decide(&self, req: &mut Routed) -> Result<(), ProxyError> {
-        let (backend, ignore_state) = choose(req)?;
-        req.backend = backend;
-        req.ignore_state = ignore_state;
+        let chosen = choose(req)?;
+        req.backend = chosen.backend;
+        req.ignore_state = chosen.ignore_state;
+        req.backend_slot = chosen.slot;
         Ok(())
     }
 }
 
-/// The backend (index) for the request and whether to ignore node state.
-fn choose(req: &Routed) -> Result<(usize, bool), ProxyError> {
+/// Where a request goes.
+struct Chosen {
+    /// Index in `state.backends`.
+    backend: usize,
+    ignore_state: bool,
+    /// A slot of that backend already taken (within its failover budget).
+    slot: Option<BulkheadPermit>,
+}
+
+impl Chosen {
+    fn to(backend: usize, ignore_state: bool) -> Self {
+        Self {
+            backend,
+            ignore_state,
+            slot: None,
+        }
+    }
+}
+
+/// The backend for the request and whether to ignore node state.
+fn choose(req: &Routed) -> Result<Chosen, ProxyError> {
     let primary = req.backend();
     let class = req.class;
     let failover = || {
@@ -62,7 +88,7 @@ fn choose(req: &Routed) -> Result<(usize, bool), ProxyError> {
                 }
             }
         }
-        return Ok((req.backend, false));
+        return Ok(Chosen::to(req.backend, false));
     }
     if primary.nodes.all_out() {
         // Its next request after a return starts the ramp.
@@ -82,16 +108,16 @@ fn choose(req: &Routed) -> Result<(usize, bool), ProxyError> {
         },
         WhenAllDown::TryAll => {
             primary.stats.count(BackendEvent::AllDownTryAll);
-            Ok((req.backend, true))
+            Ok(Chosen::to(req.backend, true))
         }
     }
 }
 
 /// Sends the request on to failover backend `fb` (index `i`) if it fits
 /// that backend's failover budget; past it, sheds it at once.
-fn fail_over(req: &Routed, i: usize, fb: &Backend) -> Result<(usize, bool), ProxyError> {
+fn fail_over(req: &Routed, i: usize, fb: &Backend) -> Result<Chosen, ProxyError> {
     let priority = req.route().priority;
-    if !within_failover_budget(fb, priority) {
+    let Ok(slot) = take_within_failover_budget(fb, priority) else {
         fb.stats.count(BackendEvent::Shed);
         debug!(
             backend = %fb.name,
@@ -111,26 +137,38 @@ fn fail_over(req: &Routed, i: usize, fb: &Backend) -> Result<(usize, bool), Prox
                 fb.failover_budget()
             ),
         ));
-    }
+    };
     req.backend().stats.count(BackendEvent::FailedOver);
-    Ok((i, false))
+    Ok(Chosen {
+        backend: i,
+        ignore_state: false,
+        slot,
+    })
 }
 
-/// Whether a request of `priority` failed over to `backend` fits the part
-/// of its failover budget that priority may fill: its shedding share.
-/// Unlike [`admits`], a healthy backend makes no exception for normal
-/// requests, and nothing waits for the budget: the failover region takes
-/// what it can, the rest is shed fast instead of queuing on it. Critical
-/// requests are not held to it: they keep every slot the others leave, and
-/// the backend's queue, as on any backend.
-fn within_failover_budget(backend: &Backend, priority: Priority) -> bool {
+/// A slot of `backend` for a request of `priority` failed over to it, if
+/// it fits the part of the failover budget that priority may fill: its
+/// shedding share (`Err` if not). Unlike [`admit`], a healthy backend
+/// makes no exception for normal requests, and nothing waits for the
+/// budget: the failover region takes what it can, the rest is shed fast
+/// instead of queuing on it. Critical requests are not held to it
+/// (`Ok(None)`): they keep every slot the others leave, and the backend's
+/// queue, as on any backend.
+fn take_within_failover_budget(
+    backend: &Backend,
+    priority: Priority,
+) -> Result<Option<BulkheadPermit>, ()> {
     let share = match priority {
-        Priority::Critical => return true,
+        Priority::Critical => return Ok(None),
         Priority::Normal => backend.shedding.normal,
         Priority::Sheddable => backend.shedding.sheddable,
     };
-    let limit = (backend.failover_budget() as f64 * share).ceil() as usize;
-    backend.bulkhead().in_flight() < limit.max(1)
+    let cap = (backend.failover_budget() as f64 * share).ceil() as usize;
+    backend
+        .bulkhead()
+        .try_acquire_below(cap.max(1))
+        .map(Some)
+        .ok_or(())
 }
 
 fn no_healthy_node(backend: &Backend) -> ProxyError {
@@ -149,11 +187,20 @@ pub struct Shed;
 
 impl Decision for Shed {
     fn decide(&self, req: &mut Routed) -> Result<(), ProxyError> {
-        let priority = req.route().priority;
-        let backend = req.backend();
-        if admits(backend, priority, req.class) {
+        if req.backend_slot.is_some() {
+            // Admitted within a failover budget, a smaller share.
             return Ok(());
         }
+        let priority = req.route().priority;
+        match admit(req.backend(), priority, req.class) {
+            Admit::Pass => return Ok(()),
+            Admit::Took(slot) => {
+                req.backend_slot = Some(slot);
+                return Ok(());
+            }
+            Admit::Shed => {}
+        }
+        let backend = req.backend();
         backend.stats.count(BackendEvent::Shed);
         let bulkhead = backend.bulkhead();
         debug!(
@@ -176,22 +223,37 @@ impl Decision for Shed {
     }
 }
 
+/// What [`Shed`] does with a request.
+enum Admit {
+    /// On to the backend's bulkhead (a free slot, or its queue).
+    Pass,
+    /// Within its share: this slot is the request's.
+    Took(BulkheadPermit),
+    Shed,
+}
+
 /// Whether a request of `priority` and `class` may go on to the backend's
 /// bulkhead now. Shares are of the current limit (`max_in_flight`, or less
-/// while ramping or held back by the adaptive limit). Past their share,
-/// sheddable requests are refused; normal ones too, but only while the
-/// backend is in trouble: a busy healthy backend lets them wait in its
-/// queue like critical ones.
-fn admits(backend: &Backend, priority: Priority, class: usize) -> bool {
+/// while ramping or held back by the adaptive limit). Within its share a
+/// request takes its slot here; past it, sheddable requests are refused;
+/// normal ones too, but only while the backend is in trouble: a busy
+/// healthy backend lets them wait in its queue like critical ones.
+fn admit(backend: &Backend, priority: Priority, class: usize) -> Admit {
     let share = match priority {
-        Priority::Critical => return true,
+        Priority::Critical => return Admit::Pass,
         Priority::Normal => backend.shedding.normal,
         Priority::Sheddable => backend.shedding.sheddable,
     };
     let bulkhead = backend.bulkhead();
-    let limit = (bulkhead.max_in_flight() as f64 * share).ceil() as usize;
-    bulkhead.in_flight() < limit.max(1)
-        || (priority == Priority::Normal && !in_trouble(backend, class))
+    let cap = (bulkhead.max_in_flight() as f64 * share).ceil() as usize;
+    if let Some(slot) = bulkhead.try_acquire_below(cap.max(1)) {
+        return Admit::Took(slot);
+    }
+    if priority == Priority::Normal && !in_trouble(backend, class) {
+        Admit::Pass
+    } else {
+        Admit::Shed
+    }
 }
 
 /// Slow, failing, a node out, or held back by its adaptive limit. A pool

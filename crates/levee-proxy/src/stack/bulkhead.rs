@@ -146,9 +146,13 @@ where
     }
 }
 
+/// The bulkhead to take a slot of: `None` when the route has none, or when
+/// the request already holds its backend slot (taken with its share, by
+/// [`super::backend`]).
 fn bulkhead_of(req: &Routed, scope: Scope) -> Option<&levee_resilience::Bulkhead> {
     match scope {
         Scope::Route => req.route().bulkhead.as_deref(),
+        Scope::Backend if req.backend_slot.is_some() => None,
         Scope::Backend => Some(req.backend().bulkhead()),
     }
 }

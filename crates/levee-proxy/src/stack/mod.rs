@@ -24,7 +24,8 @@
 //! Bulkhead(route)     wait ≤ queue_timeout ─▶ 503 bulkhead-full
 //! ChooseBackend       all nodes out ─▶ when_all_down (fail / failover / try_all); a returning
 //!                     pool's ramp full ─▶ failover if any (else its queue)
-//! Shed                priority over the fill of the backend's current limit ─▶ 503 shed
+//! Shed                priority over the fill of the backend's current limit ─▶ 503 shed;
+//!                     within its share a request takes its slot here (one atomic step)
 //! Bulkhead(backend)   limit = max_in_flight, or the ramp's / adaptive limit; wait ≤ queue_timeout,
 //!                     critical waiters first ─▶ 503 bulkhead-full
 //! Retry               keep small bodies; another node when safe, within deadline and budget;

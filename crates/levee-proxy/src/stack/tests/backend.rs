@@ -13,8 +13,8 @@ use crate::body::ProxyBody;
 use crate::classes::ClassTable;
 use crate::error::ProxyError;
 use crate::stack::backend::{ChooseBackend, Shed};
-use crate::stack::DecideLayer;
 use crate::stack::{testing, Routed};
+use crate::stack::{DecideLayer, Decision};
 use crate::state::ProxyState;
 use crate::upstream::Backend;
 
@@ -321,6 +321,42 @@ async fn at_the_normal_share_a_backend_in_trouble_sheds_normal_but_not_critical(
     drop((held, more));
 }
 
+/// Requests decided one after another but not yet at the bulkhead (as on
+/// several workers at once) cannot all pass a share: the check takes the
+/// slot. Sheddable's share of four is two; a healthy backend's normal
+/// requests past theirs go on to its queue without a slot.
+#[tokio::test(start_paused = true)]
+async fn a_share_is_checked_and_taken_in_one_step() {
+    let state = testing::state(SHEDDING);
+    let app = &state.backends[0];
+    let mut passed = Vec::new();
+    let mut shed_count = 0;
+    for _ in 0..4 {
+        let mut req = routed(&state, Method::GET, "/bulk").await;
+        match Shed.decide(&mut req) {
+            Ok(()) => passed.push(req),
+            Err(e) => {
+                assert_eq!(e.reason, ErrorReason::Shed);
+                shed_count += 1;
+            }
+        }
+    }
+    assert_eq!((passed.len(), shed_count), (2, 2));
+    assert!(passed.iter().all(|r| r.backend_slot.is_some()));
+    assert_eq!(app.bulkhead().in_flight(), 2);
+    let mut normal = Vec::new();
+    for _ in 0..3 {
+        let mut req = routed(&state, Method::GET, "/normal").await;
+        Shed.decide(&mut req).unwrap();
+        normal.push(req);
+    }
+    let slots = normal.iter().filter(|r| r.backend_slot.is_some()).count();
+    assert_eq!(slots, 1, "normal's share of four is three");
+    assert_eq!(app.bulkhead().in_flight(), 3);
+    drop((passed, normal));
+    assert_eq!(app.bulkhead().in_flight(), 0);
+}
+
 fn hold_one_more(backend: &Backend) -> Option<BulkheadPermit> {
     backend.bulkhead().try_acquire().unwrap()
 }
@@ -430,6 +466,36 @@ async fn failed_over_requests_are_shed_by_priority_past_the_failover_budget() {
     assert_eq!(app.stats.events(BackendEvent::FailedOver), 6);
     assert_eq!(app.stats.events(BackendEvent::Shed), 0);
     drop(held);
+}
+
+/// The failover budget too is checked and taken in one step: of four
+/// sheddable requests failed over at once, two fit standby's budget (half
+/// of four) and hold their slot from there on; critical ones take none.
+#[tokio::test(start_paused = true)]
+async fn a_failover_budget_is_checked_and_taken_in_one_step() {
+    let state = failed_over_state(BUDGET);
+    let standby = &state.backends[1];
+    let mut chosen = Vec::new();
+    for _ in 0..4 {
+        let mut req = routed(&state, Method::GET, "/bulk").await;
+        if ChooseBackend.decide(&mut req).is_ok() {
+            assert_eq!(req.backend, 1);
+            // Shed and the bulkhead take no second slot.
+            Shed.decide(&mut req).unwrap();
+            chosen.push(req);
+        }
+    }
+    assert_eq!(chosen.len(), 2);
+    assert_eq!(standby.bulkhead().in_flight(), 2);
+    assert_eq!(standby.stats.events(BackendEvent::Shed), 2);
+    let mut critical = routed(&state, Method::GET, "/critical").await;
+    ChooseBackend.decide(&mut critical).unwrap();
+    assert!(
+        critical.backend_slot.is_none(),
+        "its slot comes at the bulkhead"
+    );
+    drop(chosen);
+    assert_eq!(standby.bulkhead().in_flight(), 0);
 }
 
 #[tokio::test(start_paused = true)]
