@@ -37,7 +37,7 @@ fn breaker(c: &mut Criterion) {
         bench.iter(|| {
             let (admission, _) = b.admit();
             black_box(admission);
-            black_box(b.record(false, ok, &budget))
+            black_box(b.record(false, ok, &budget, || true))
         })
     });
 }

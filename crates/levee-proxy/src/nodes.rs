@@ -433,19 +433,36 @@ impl NodeSet {
     }
 
     /// Whether the backend shows trouble for `class`: a node out (breaker
-    /// not closed, or unhealthy), or one that is slow (its latency estimate
-    /// at the breaker's slow-call duration) or failing (a recent failure
-    /// score of 10% or more). Shedding uses it to tell a busy healthy
-    /// backend, whose normal traffic may queue, from one in trouble.
+    /// not closed, or unhealthy), failing (a recent failure score of 10% or
+    /// more), or slow (its latency estimate at the breaker's slow-call
+    /// duration) while a usable peer is not. Shedding uses it to tell a
+    /// busy healthy backend, whose normal traffic may queue, from one in
+    /// trouble. Slowness is relative, as for breakers: every node reading
+    /// slow alike is as likely levee's own starvation as the nodes'.
     pub fn strained(&self, class: usize) -> bool {
-        self.nodes.iter().any(|n| {
+        let slow = self.breaker_policy.slow_call_duration;
+        let mut any_slow = false;
+        let out_or_failing = self.nodes.iter().any(|n| {
+            any_slow |= n.load.latency() >= slow;
             !n.usable(class)
                 || n.breakers
                     .get(class)
                     .is_some_and(|b| b.breaker.state() != BreakerState::Closed)
-                || n.load.latency() >= self.breaker_policy.slow_call_duration
                 || n.load.failure_score(class) >= STRAINED_FAILURE_SCORE
-        })
+        });
+        out_or_failing || (any_slow && self.faster_peer(usize::MAX, class))
+    }
+
+    /// Whether a usable node other than `index` answers faster than the
+    /// breaker's slow-call duration: somewhere a slow node's traffic could
+    /// go. Without one, ejecting a node for slowness sends its traffic
+    /// nowhere better.
+    fn faster_peer(&self, index: usize, class: usize) -> bool {
+        let slow = self.breaker_policy.slow_call_duration;
+        self.nodes
+            .iter()
+            .enumerate()
+            .any(|(i, n)| i != index && n.usable(class) && n.load.latency() < slow)
     }
 
     /// A node is back (breaker closed, health passes): its share ramps on
@@ -606,8 +623,12 @@ impl NodeSet {
             elapsed,
             unreachable,
         };
-        match b.breaker.record(probe, call, budget) {
+        let faster_peer = || self.faster_peer(pick.index, pick.class);
+        match b.breaker.record(probe, call, budget, faster_peer) {
             Recorded::Nothing => {}
+            Recorded::NoFasterPeer(w) => {
+                debug!(backend = %self.backend, node = %node.addr, class = %b.class, calls = w.calls, slow = w.slow, "breaker would open on slow calls but no faster usable peer could take them: the node stays in");
+            }
             Recorded::EjectionRefused(w) => {
                 b.ejections_refused.fetch_add(1, Ordering::Relaxed);
                 debug!(backend = %self.backend, node = %node.addr, class = %b.class, calls = w.calls, failures = w.failures, "breaker would open but max_ejected_percent keeps the node in");
@@ -762,6 +783,66 @@ mod tests {
                 Outcome::Failed(ErrorReason::UpstreamReset),
             );
         }
+    }
+
+    /// `n` calls of node `index` answered 200 after `elapsed`.
+    fn answer(set: &NodeSet, index: usize, elapsed: Duration, n: usize) {
+        for _ in 0..n {
+            let mut pick = set.chosen(index, ClassTable::SAFE, false);
+            set.record(&mut pick, elapsed, Outcome::Status(200));
+        }
+    }
+
+    fn safe_state(set: &NodeSet, index: usize) -> BreakerState {
+        set.nodes[index]
+            .breaker(ClassTable::SAFE)
+            .unwrap()
+            .breaker
+            .state()
+    }
+
+    /// Slow is past the default slow_call_duration of 2 s.
+    const SLOW: Duration = Duration::from_secs(3);
+    const FAST: Duration = Duration::from_millis(10);
+
+    #[tokio::test(start_paused = true)]
+    async fn slow_calls_eject_a_node_only_when_a_faster_peer_can_take_its_traffic() {
+        let classes = ClassTable::new([]);
+        // The only node, every call slow: it stays in, and the backend is
+        // not in trouble for it.
+        let one = build(&config("\"127.0.0.1:1\"", "").backends[0], &classes, None);
+        answer(&one, 0, SLOW, 40);
+        assert_eq!(safe_state(&one, 0), BreakerState::Closed);
+        assert!(!one.strained(ClassTable::SAFE));
+        // Failures still open it.
+        fail_three_times(&one, 0);
+        assert_eq!(safe_state(&one, 0), BreakerState::Open);
+
+        // Two nodes read alike slow (levee starved, say): neither goes.
+        let two = config("\"127.0.0.1:1\", \"127.0.0.1:2\"", "");
+        let alike = build(&two.backends[0], &classes, None);
+        answer(&alike, 1, SLOW, 1);
+        answer(&alike, 0, SLOW, 40);
+        answer(&alike, 1, SLOW, 40);
+        assert_eq!(safe_state(&alike, 0), BreakerState::Closed);
+        assert_eq!(safe_state(&alike, 1), BreakerState::Closed);
+        assert!(!alike.strained(ClassTable::SAFE));
+
+        // One slow beside a fast peer: that one is in trouble, and goes.
+        let apart = build(&two.backends[0], &classes, None);
+        answer(&apart, 1, FAST, 5);
+        answer(&apart, 0, SLOW, 5);
+        assert!(apart.strained(ClassTable::SAFE), "slower than its peer");
+        answer(&apart, 0, SLOW, 15);
+        assert_eq!(safe_state(&apart, 0), BreakerState::Open);
+        let moved = apart.nodes[0].breaker(ClassTable::SAFE).unwrap().view();
+        assert_eq!(
+            moved.last_move.unwrap().transition.reason,
+            TransitionReason::SlowRate
+        );
+        // The last usable node is never ejected for slowness alone.
+        answer(&apart, 1, SLOW, 40);
+        assert_eq!(safe_state(&apart, 1), BreakerState::Closed);
     }
 
     #[tokio::test(start_paused = true)]

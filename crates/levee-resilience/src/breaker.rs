@@ -11,6 +11,12 @@
 //! After that, `half_open_calls` trial calls are let through: all succeed and
 //! the gate closes; any fails (or is slow) and it re-opens.
 //!
+//! Slowness is relative: a slow-rate trip, or a slow trial call, counts
+//! against a node only when the caller says a faster usable peer could take
+//! its traffic. Ejecting the last usable node, or one no slower than its
+//! peers (as when the proxy itself is starved of CPU and reads every call
+//! slow), sends its traffic nowhere better. Failures always count.
+//!
 //! An [`EjectionBudget`] shared by a backend's breakers caps how many nodes
 //! error rates alone may eject, so one shared cause cannot empty a pool.
 //! Time comes from `tokio::time`, so tests run with paused time.
@@ -178,6 +184,9 @@ pub enum Recorded {
     /// The policy would have opened the gate, but the backend's ejection
     /// budget is spent: the node stays in.
     EjectionRefused(WindowStats),
+    /// The window is past its slow-call rate, but no faster usable peer
+    /// could take the node's traffic: the node stays in.
+    NoFasterPeer(WindowStats),
 }
 
 /// Caps how many of a backend's nodes error rates may eject at once.
@@ -428,12 +437,22 @@ impl Breaker {
 
     /// Feeds one outcome to the policy. `probe` says whether the call was
     /// admitted as a trial; outcomes of calls admitted before the gate opened
-    /// are ignored while it is open.
-    pub fn record(&self, probe: bool, outcome: CallOutcome, budget: &EjectionBudget) -> Recorded {
+    /// are ignored while it is open. `faster_peer` says whether a usable
+    /// peer answers faster than the slow-call duration; it is asked only
+    /// when a slow call would move the gate.
+    pub fn record(
+        &self,
+        probe: bool,
+        outcome: CallOutcome,
+        budget: &EjectionBudget,
+        faster_peer: impl FnOnce() -> bool,
+    ) -> Recorded {
         let slow = outcome.elapsed >= self.policy.slow_call_duration;
         match self.state.load(Ordering::Acquire) {
-            HALF_OPEN if probe => self.record_probe(outcome.failed || slow, budget),
-            CLOSED => self.record_closed(outcome.failed, slow, outcome.unreachable, budget),
+            HALF_OPEN if probe => {
+                self.record_probe(outcome.failed || (slow && faster_peer()), budget)
+            }
+            CLOSED => self.record_closed(outcome, slow, budget, faster_peer),
             _ => Recorded::Nothing,
         }
     }
@@ -483,11 +502,16 @@ impl Breaker {
 
     fn record_closed(
         &self,
-        failed: bool,
+        outcome: CallOutcome,
         slow: bool,
-        unreachable: bool,
         budget: &EjectionBudget,
+        faster_peer: impl FnOnce() -> bool,
     ) -> Recorded {
+        let CallOutcome {
+            failed,
+            unreachable,
+            ..
+        } = outcome;
         let now_s = self.now_us() / 1_000_000;
         self.add_to_window(now_s, failed, slow);
         let consecutive = if failed {
@@ -507,6 +531,9 @@ impl Breaker {
         } else if window.calls >= self.policy.min_calls
             && window.slow_rate() >= self.policy.slow_call_rate
         {
+            if !faster_peer() {
+                return Recorded::NoFasterPeer(window);
+            }
             TransitionReason::SlowRate
         } else {
             return Recorded::Nothing;

@@ -37,6 +37,16 @@ const REFUSED: CallOutcome = CallOutcome {
     unreachable: true,
 };
 
+/// A faster usable peer exists, so slow calls count against the node.
+fn peer() -> bool {
+    true
+}
+
+/// The node is the last usable one, or no slower than its peers.
+fn no_peer() -> bool {
+    false
+}
+
 fn budget() -> EjectionBudget {
     EjectionBudget::new(10, 100)
 }
@@ -48,16 +58,29 @@ fn moved(r: Recorded) -> Transition {
     }
 }
 
-/// Records `n` outcomes and returns the transition, if any.
+/// Records `n` outcomes (a faster peer exists) and returns the
+/// transition, if any.
 fn feed(
     b: &Breaker,
     budget: &EjectionBudget,
     outcome: CallOutcome,
     n: usize,
 ) -> Option<Transition> {
+    feed_with(b, budget, outcome, n, peer)
+}
+
+/// Records `n` outcomes, `faster_peer` telling whether a faster usable
+/// peer exists, and returns the transition, if any.
+fn feed_with(
+    b: &Breaker,
+    budget: &EjectionBudget,
+    outcome: CallOutcome,
+    n: usize,
+    faster_peer: fn() -> bool,
+) -> Option<Transition> {
     let mut out = None;
     for _ in 0..n {
-        if let Recorded::Moved(t) = b.record(false, outcome, budget) {
+        if let Recorded::Moved(t) = b.record(false, outcome, budget, faster_peer) {
             out = Some(t);
         }
     }
@@ -113,6 +136,55 @@ async fn opens_on_slow_rate() {
     let t = feed(&b, &budget, SLOW, 8).expect("8 of 10 slow");
     assert_eq!(t.reason, TransitionReason::SlowRate);
     assert_eq!(t.window.slow, 8);
+}
+
+#[tokio::test(start_paused = true)]
+async fn slowness_without_a_faster_peer_keeps_the_node_in_but_failures_do_not() {
+    let b = Breaker::new(policy());
+    let budget = budget();
+    let asked = std::cell::Cell::new(0);
+    let ask = || {
+        asked.set(asked.get() + 1);
+        false
+    };
+    for _ in 0..9 {
+        assert_eq!(b.record(false, SLOW, &budget, ask), Recorded::Nothing);
+    }
+    assert_eq!(asked.get(), 0, "asked only when a slow call would trip");
+    match b.record(false, SLOW, &budget, ask) {
+        Recorded::NoFasterPeer(w) => assert_eq!((w.calls, w.slow), (10, 10)),
+        other => panic!("expected the node kept in, got {other:?}"),
+    }
+    assert_eq!(asked.get(), 1);
+    assert_eq!(b.state(), BreakerState::Closed);
+    assert_eq!(budget.ejected(), 0);
+    // Failures open it whatever its peers: 10 of 20 failed.
+    let t = feed_with(&b, &budget, FAIL, 10, no_peer).expect("failure rate");
+    assert_eq!(t.reason, TransitionReason::FailureRate);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_probe_without_a_faster_peer_passes_and_a_failed_one_reopens() {
+    let b = Breaker::new(policy());
+    let budget = budget();
+    feed(&b, &budget, FAIL, 10);
+    tokio::time::advance(Duration::from_secs(5)).await;
+    assert_eq!(b.admit().0, Admission::Probe);
+    assert_eq!(b.admit().0, Admission::Probe);
+    assert_eq!(b.record(true, SLOW, &budget, no_peer), Recorded::Nothing);
+    let t = moved(b.record(true, SLOW, &budget, no_peer));
+    assert_eq!(
+        (t.to, t.reason),
+        (BreakerState::Closed, TransitionReason::ProbesSucceeded)
+    );
+    feed(&b, &budget, FAIL, 10);
+    tokio::time::advance(Duration::from_secs(10)).await;
+    assert_eq!(b.admit().0, Admission::Probe);
+    let t = moved(b.record(true, FAIL, &budget, no_peer));
+    assert_eq!(
+        (t.to, t.reason),
+        (BreakerState::Open, TransitionReason::ProbeFailed)
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -189,8 +261,11 @@ async fn half_open_admits_limited_probes_and_closes_when_they_pass() {
         Admission::Reject,
         "only half_open_calls probes"
     );
-    assert!(matches!(b.record(true, OK, &budget), Recorded::Nothing));
-    let t = moved(b.record(true, OK, &budget));
+    assert!(matches!(
+        b.record(true, OK, &budget, peer),
+        Recorded::Nothing
+    ));
+    let t = moved(b.record(true, OK, &budget, peer));
     assert_eq!(
         (t.to, t.reason),
         (BreakerState::Closed, TransitionReason::ProbesSucceeded)
@@ -231,7 +306,7 @@ async fn a_failed_or_slow_probe_reopens_for_longer_each_time() {
     for outcome in [FAIL, SLOW, FAIL, FAIL] {
         tokio::time::advance(expected).await;
         assert_eq!(b.admit().0, Admission::Probe);
-        let t = moved(b.record(true, outcome, &budget));
+        let t = moved(b.record(true, outcome, &budget, peer));
         assert_eq!(
             (t.to, t.reason),
             (BreakerState::Open, TransitionReason::ProbeFailed)
@@ -257,13 +332,13 @@ async fn reopening_soon_after_closing_escalates_and_a_long_calm_resets() {
     assert_eq!(t.open_for, Some(Duration::from_secs(5)));
     tokio::time::advance(Duration::from_secs(5)).await;
     b.admit();
-    moved(b.record(true, OK, &budget));
+    moved(b.record(true, OK, &budget, peer));
     // Fails again right away: a flapping node.
     let t = feed(&b, &budget, FAIL, 10).unwrap();
     assert_eq!(t.open_for, Some(Duration::from_secs(10)));
     tokio::time::advance(Duration::from_secs(10)).await;
     b.admit();
-    moved(b.record(true, OK, &budget));
+    moved(b.record(true, OK, &budget, peer));
     // Calm for longer than open_for_max: back to the base period.
     tokio::time::advance(Duration::from_secs(41)).await;
     let t = feed(&b, &budget, FAIL, 10).unwrap();
@@ -275,7 +350,10 @@ async fn late_outcomes_while_open_are_ignored() {
     let b = Breaker::new(policy());
     let budget = budget();
     feed(&b, &budget, FAIL, 10);
-    assert!(matches!(b.record(false, OK, &budget), Recorded::Nothing));
+    assert!(matches!(
+        b.record(false, OK, &budget, peer),
+        Recorded::Nothing
+    ));
     assert_eq!(b.state(), BreakerState::Open);
 }
 
@@ -287,7 +365,7 @@ async fn the_ejection_budget_keeps_nodes_in() {
     let mut refused = 0;
     for b in &breakers {
         for _ in 0..10 {
-            if let Recorded::EjectionRefused(w) = b.record(false, FAIL, &budget) {
+            if let Recorded::EjectionRefused(w) = b.record(false, FAIL, &budget, peer) {
                 assert!(w.failure_rate() >= 0.5);
                 refused += 1;
             }
@@ -330,7 +408,7 @@ async fn unreachable_nodes_are_ejected_beyond_the_budget() {
     // Closing one does not free budget it never took.
     tokio::time::advance(Duration::from_secs(5)).await;
     assert_eq!(breakers[0].admit().0, Admission::Probe);
-    moved(breakers[0].record(true, OK, &budget));
+    moved(breakers[0].record(true, OK, &budget, peer));
     assert_eq!(budget.ejected(), 0);
     // An error-rate trip still counts.
     feed(&breakers[0], &budget, FAIL, 10);
@@ -364,7 +442,7 @@ async fn sparse_traffic_never_revives_an_old_bucket() {
         if b.window().failures > 0 {
             panic!("stale failures counted: {:?}", b.window());
         }
-        let _ = b.record(false, OK, &budget);
+        let _ = b.record(false, OK, &budget, peer);
     }
     assert_eq!(b.state(), BreakerState::Closed);
 }

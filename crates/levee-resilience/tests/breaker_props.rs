@@ -112,7 +112,7 @@ fn window_case(window_buckets: u32, slow_ms: u64, steps: Vec<Step>) -> Result<()
                 elapsed: Duration::from_millis(s.elapsed_ms),
                 unreachable: s.unreachable,
             };
-            let recorded = breaker.record(false, outcome, &budget);
+            let recorded = breaker.record(false, outcome, &budget, || true);
             prop_assert!(
                 matches!(recorded, Recorded::Nothing),
                 "step {}: the policy moved: {:?}",
