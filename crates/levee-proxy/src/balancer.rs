@@ -63,6 +63,12 @@ impl Decaying {
         (-dt / DECAY.as_micros() as f64).exp()
     }
 
+    /// Moves the stamp to `now_us` where the decay would not change the
+    /// value (no `exp()` to compute).
+    fn touch(&self, now_us: u64) {
+        self.stamp_us.store(now_us, Ordering::Relaxed);
+    }
+
     fn set(&self, v: f64) {
         self.value.store(v.to_bits(), Ordering::Relaxed);
     }
@@ -86,19 +92,25 @@ impl LoadEstimate {
     /// Feeds one call of `class`: its time to response headers and whether it failed.
     pub fn observe(&self, class: usize, rtt: Duration, failed: bool) {
         let now = self.origin.elapsed().as_micros() as u64;
-        let keep = self.latency.keep(now);
         let prev = self.latency.get();
         let rtt_us = rtt.as_micros() as f64;
         // Peak EWMA: jump up to a worse latency at once, decay down slowly.
         let next = if rtt_us > prev {
+            self.latency.touch(now);
             rtt_us
         } else {
+            let keep = self.latency.keep(now);
             prev * keep + rtt_us * (1.0 - keep)
         };
         self.latency.set(next);
         let Some(f) = self.failure.get(class) else {
             return;
         };
+        // A zero score stays zero on a success, whatever the decay.
+        if !failed && f.get() == 0.0 {
+            f.touch(now);
+            return;
+        }
         let keep = f.keep(now);
         // Failures move the score faster than successes bring it down.
         let (keep, hit) = if failed {

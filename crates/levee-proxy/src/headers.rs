@@ -33,6 +33,11 @@ const HOP_BY_HOP: [HeaderName; 7] = [
 
 /// Removes hop-by-hop headers: the fixed set and every header `Connection` names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // One pass over the names, no hashing: most messages carry none of them
+    // (and with no `Connection` header, nothing else can be hop-by-hop).
+    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
+        return;
+    }
     if headers.contains_key(CONNECTION) {
         // Names listed in Connection are hop-by-hop too. The usual values
         // ("keep-alive", "close", "upgrade") name nothing beyond the fixed
@@ -70,7 +75,8 @@ pub fn usable_request_id(v: &HeaderValue) -> bool {
         && v.as_bytes().iter().all(|b| b.is_ascii_graphic())
 }
 
-/// 32 lowercase hex digits of randomness.
+/// 32 lowercase hex digits of randomness. Its bytes are shared, so the
+/// copies on the request and the response cost no allocation each.
 pub fn new_request_id() -> HeaderValue {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut n = fastrand::u128(..);
@@ -79,7 +85,8 @@ pub fn new_request_id() -> HeaderValue {
         *b = HEX[(n & 0xf) as usize];
         n >>= 4;
     }
-    HeaderValue::from_bytes(&buf).unwrap_or_else(|_| HeaderValue::from_static("0"))
+    HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(buf))
+        .unwrap_or_else(|_| HeaderValue::from_static("0"))
 }
 
 /// How the client reached levee: the value of `X-Forwarded-Proto`.
@@ -107,25 +114,58 @@ pub fn set_forwarded(
     proto: &'static str,
     host: Option<&HeaderValue>,
 ) {
+    set_forwarded_from(headers, &peer_value(peer), proto, host);
+}
+
+/// The peer address as an `X-Forwarded-For` entry. A connection makes it
+/// once for all its requests ([`set_forwarded_from`]).
+pub fn peer_value(peer: IpAddr) -> HeaderValue {
     use std::io::Write as _;
-    // "a.b.c.d" or an IPv6 text, after any prior list: formatted in one
-    // buffer, copied once into the header value.
-    let mut buf: Vec<u8> = Vec::with_capacity(64);
+    // The longest IPv6 text is 45 bytes.
+    let mut buf = [0u8; 48];
+    let mut cursor = std::io::Cursor::new(&mut buf[..]);
+    let _ = write!(cursor, "{peer}");
+    let len = usize::try_from(cursor.position()).unwrap_or(0);
+    HeaderValue::from_bytes(&buf[..len]).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+}
+
+/// [`set_forwarded`] with the peer's entry already made ([`peer_value`]):
+/// without a prior `X-Forwarded-For`, the common case, it is shared, not
+/// formatted or copied.
+pub fn set_forwarded_from(
+    headers: &mut HeaderMap,
+    peer: &HeaderValue,
+    proto: &'static str,
+    host: Option<&HeaderValue>,
+) {
     // Every prior line, in order (several lines are one comma list).
-    for prior in headers
+    let mut prior = headers
         .get_all(&X_FORWARDED_FOR)
         .iter()
         .map(HeaderValue::as_bytes)
         .filter(|p| !p.iter().all(u8::is_ascii_whitespace))
-    {
-        buf.extend_from_slice(prior);
-        buf.extend_from_slice(b", ");
-    }
-    let _ = write!(buf, "{peer}");
-    // The lines were folded into one above; drop them.
-    headers.remove(&X_FORWARDED_FOR);
-    if let Ok(v) = HeaderValue::from_bytes(&buf) {
-        headers.insert(X_FORWARDED_FOR, v);
+        .peekable();
+    let value = if prior.peek().is_none() {
+        Some(peer.clone())
+    } else {
+        // "a.b.c.d" or an IPv6 text, after the prior list: built in one
+        // buffer, copied once into the header value.
+        let mut buf: Vec<u8> = Vec::with_capacity(64);
+        for p in prior {
+            buf.extend_from_slice(p);
+            buf.extend_from_slice(b", ");
+        }
+        buf.extend_from_slice(peer.as_bytes());
+        HeaderValue::from_bytes(&buf).ok()
+    };
+    // Any lines are folded into one: `insert` replaces them all.
+    match value {
+        Some(v) => {
+            headers.insert(X_FORWARDED_FOR, v);
+        }
+        None => {
+            headers.remove(&X_FORWARDED_FOR);
+        }
     }
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
     match host {
@@ -363,6 +403,38 @@ mod tests {
         let absolute: http::Uri = "http://from-target:81/x".parse().unwrap();
         assert_eq!(request_host(&h, &absolute), Some("from-target:81"));
         assert_eq!(request_host(&HeaderMap::new(), &origin), None);
+    }
+
+    #[test]
+    fn a_connection_peer_value_serves_each_request_alike() {
+        let peer = peer_value("2001:db8::7".parse().unwrap());
+        assert_eq!(peer, "2001:db8::7");
+        let longest: IpAddr = "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff".parse().unwrap();
+        assert_eq!(peer_value(longest), longest.to_string().as_str());
+        let mut first = HeaderMap::new();
+        set_forwarded_from(&mut first, &peer, "https", None);
+        assert_eq!(first[&X_FORWARDED_FOR], "2001:db8::7");
+        assert_eq!(first[&X_FORWARDED_PROTO], "https");
+        let mut second = HeaderMap::new();
+        second.append(X_FORWARDED_FOR, HeaderValue::from_static("1.1.1.1"));
+        second.append(X_FORWARDED_FOR, HeaderValue::from_static("2.2.2.2"));
+        set_forwarded_from(&mut second, &peer, "http", None);
+        let all: Vec<_> = second.get_all(X_FORWARDED_FOR).iter().collect();
+        assert_eq!(all, ["1.1.1.1, 2.2.2.2, 2001:db8::7"]);
+    }
+
+    #[test]
+    fn a_message_without_hop_by_hop_headers_is_left_alone() {
+        let mut h = HeaderMap::new();
+        h.insert(HOST, HeaderValue::from_static("a"));
+        h.append("x-kept", HeaderValue::from_static("1"));
+        h.append("x-kept", HeaderValue::from_static("2"));
+        let before = h.clone();
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h, before);
+        h.insert("proxy-connection", HeaderValue::from_static("keep-alive"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h, before, "a non-standard hop-by-hop name is still found");
     }
 
     #[test]

@@ -65,7 +65,12 @@ impl Deadline {
     /// set; the headers deadline is the earlier of the two, since headers
     /// after the end could not be followed by a body in time.
     pub fn within(headers: Duration, total: Option<Duration>) -> Self {
-        let start = Instant::now();
+        Self::within_from(Instant::now(), headers, total)
+    }
+
+    /// [`Deadline::within`] counted from `start`, a clock reading the
+    /// caller already has (one fewer per request).
+    pub fn within_from(start: Instant, headers: Duration, total: Option<Duration>) -> Self {
         let end = total.map(|t| start + t);
         let at = start + headers;
         Self {

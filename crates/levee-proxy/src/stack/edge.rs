@@ -53,6 +53,7 @@ impl<S> Layer<S> for EdgeLayer {
             inner,
             shared: Arc::clone(&self.shared),
             peer: self.peer,
+            forwarded_for: headers::peer_value(self.peer.ip()),
             scheme: self.scheme,
         }
     }
@@ -65,6 +66,8 @@ pub struct Edge<S> {
     inner: S,
     shared: Arc<Shared>,
     peer: SocketAddr,
+    /// The peer's `X-Forwarded-For` entry, made once per connection.
+    forwarded_for: HeaderValue,
     scheme: Scheme,
 }
 
@@ -115,13 +118,13 @@ where
         let upgrade = websocket
             .then(|| parts.headers.get(UPGRADE).cloned())
             .flatten();
-        prepare_headers(&mut parts, self.peer, self.scheme);
+        prepare_headers(&mut parts, &self.forwarded_for, self.scheme);
         if let Some(upgrade) = upgrade {
             tunnel::restore_handshake(&mut parts.headers, upgrade);
         }
         let routed = Routed {
             class,
-            deadline: Deadline::within(r.timeout, r.total_timeout),
+            deadline: Deadline::within_from(started, r.timeout, r.total_timeout),
             backend: r.backend_index,
             route,
             parts,
@@ -380,15 +383,15 @@ fn check_body_length(req: &Request<Incoming>, limit: Option<u64>) -> Result<(), 
 /// Rewrites the client's headers for the node, once per request. The host
 /// the node gets is the one the request was routed on: the target's
 /// authority (absolute-form, or HTTP/2 `:authority`) replaces any Host.
-fn prepare_headers(parts: &mut http::request::Parts, peer: SocketAddr, scheme: Scheme) {
+fn prepare_headers(parts: &mut http::request::Parts, peer: &HeaderValue, scheme: Scheme) {
     let original_host = match parts.uri.authority() {
         Some(a) => HeaderValue::from_str(a.as_str()).ok(),
         None => parts.headers.get(HOST).cloned(),
     };
     headers::strip_hop_by_hop(&mut parts.headers);
-    headers::set_forwarded(
+    headers::set_forwarded_from(
         &mut parts.headers,
-        peer.ip(),
+        peer,
         scheme.as_str(),
         original_host.as_ref(),
     );

@@ -224,7 +224,10 @@ where
             1
         };
     }
-    let last = t.tried.len() + 1 >= t.max;
+    // The last try takes the headers; so does one after which every node
+    // has been tried (a retry goes to another node), sparing the copy.
+    let tried = t.tried.len() + 1;
+    let last = tried >= t.max || tried >= t.backend.nodes.len();
     let mut request = Request::new(match &mut t.body {
         Outgoing::Kept(data) => RequestBody::kept(data.clone()),
         Outgoing::Stream(body) => match body.take() {

@@ -405,6 +405,28 @@ async fn a_small_post_body_is_kept_and_sent_whole_on_every_try() {
     );
 }
 
+/// More retries allowed than nodes: the try on the last untried node is the
+/// last, and every try has the client's headers.
+#[tokio::test(start_paused = true)]
+async fn retries_stop_when_every_node_was_tried_and_each_try_has_the_headers() {
+    let state = testing::state(&config(2, "max_retries = 5"));
+    let req = routed(&state, Method::GET, "").await;
+    let (result, seen) = run(
+        req,
+        &[
+            Reply::Fail(ErrorReason::UpstreamConnect),
+            Reply::Fail(ErrorReason::UpstreamConnect),
+            Reply::Answer(200, "never", false),
+        ],
+    )
+    .await;
+    assert_eq!(result.unwrap_err().reason, ErrorReason::UpstreamConnect);
+    assert_eq!(tried(&seen), [vec![], vec![0]]);
+    for s in &seen {
+        assert_eq!(s.headers["x-kept"], "yes", "every try has the headers");
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn max_retries_zero_makes_exactly_one_try() {
     let state = testing::state(&config(3, "max_retries = 0"));
