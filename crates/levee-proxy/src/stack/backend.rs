@@ -116,12 +116,28 @@ fn choose(req: &Routed) -> Result<Chosen, ProxyError> {
 /// Sends the request on to failover backend `fb` (index `i`) if it fits
 /// that backend's failover budget; past it, sheds it at once.
 fn fail_over(req: &Routed, i: usize, fb: &Backend) -> Result<Chosen, ProxyError> {
-    let priority = req.route().priority;
+    let slot = fail_over_to(req.backend(), req.route().priority, fb)?;
+    Ok(Chosen {
+        backend: i,
+        ignore_state: false,
+        slot,
+    })
+}
+
+/// Lets a request of `priority` fail over from backend `from` to `fb` if it
+/// fits `fb`'s failover budget, with the slot it took there (none for a
+/// critical one), counted as failed over on `from`; past the budget, sheds
+/// it at once (counted on `fb`).
+pub(super) fn fail_over_to(
+    from: &Backend,
+    priority: Priority,
+    fb: &Backend,
+) -> Result<Option<BulkheadPermit>, ProxyError> {
     let Ok(slot) = take_within_failover_budget(fb, priority) else {
         fb.stats.count(BackendEvent::Shed);
         debug!(
             backend = %fb.name,
-            from = %req.backend().name,
+            from = %from.name,
             priority = %priority,
             in_flight = fb.bulkhead().in_flight(),
             failover_budget = fb.failover_budget(),
@@ -138,12 +154,8 @@ fn fail_over(req: &Routed, i: usize, fb: &Backend) -> Result<Chosen, ProxyError>
             ),
         ));
     };
-    req.backend().stats.count(BackendEvent::FailedOver);
-    Ok(Chosen {
-        backend: i,
-        ignore_state: false,
-        slot,
-    })
+    from.stats.count(BackendEvent::FailedOver);
+    Ok(slot)
 }
 
 /// A slot of `backend` for a request of `priority` failed over to it, if

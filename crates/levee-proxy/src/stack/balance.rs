@@ -94,8 +94,9 @@ pub struct Answer {
 /// A try that got no answer.
 #[derive(Debug)]
 pub enum TryFailed {
-    /// No node may take the request now.
-    NoNode,
+    /// No node may take the request now; the request, unsent, when the
+    /// pick found none (it may go on to a failover backend).
+    NoNode(Option<Box<Request<RequestBody>>>),
     /// The call to node `index` failed.
     Call { error: ProxyError, index: usize },
 }
@@ -148,7 +149,7 @@ where
             .pick(class, tried.as_slice(), allow_probe, ignore_state)
         else {
             return BalanceFuture::Done {
-                result: Some(Err(TryFailed::NoNode)),
+                result: Some(Err(TryFailed::NoNode(Some(Box::new(request))))),
             };
         };
         let index = pick.index;
@@ -207,7 +208,7 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project() {
             BalanceProj::Done { result } => {
-                Poll::Ready(result.take().unwrap_or(Err(TryFailed::NoNode)))
+                Poll::Ready(result.take().unwrap_or(Err(TryFailed::NoNode(None))))
             }
             BalanceProj::Calling { fut, call } => {
                 let result = ready!(fut.poll(cx));
@@ -218,7 +219,7 @@ where
                     sent,
                 }) = call.take()
                 else {
-                    return Poll::Ready(Err(TryFailed::NoNode));
+                    return Poll::Ready(Err(TryFailed::NoNode(None)));
                 };
                 let elapsed = sent.elapsed();
                 let index = pick.index;

@@ -158,7 +158,7 @@ fn bulkhead_of(req: &Routed, scope: Scope) -> Option<&levee_resilience::Bulkhead
 }
 
 /// The line of the queue a request of `priority` waits in.
-fn precedence(priority: Priority) -> Precedence {
+pub(super) fn precedence(priority: Priority) -> Precedence {
     match priority {
         Priority::Critical => Precedence::Critical,
         Priority::Normal => Precedence::Normal,

@@ -29,7 +29,8 @@
 //! Bulkhead(backend)   limit = max_in_flight, or the ramp's / adaptive limit; wait ≤ queue_timeout,
 //!                     critical waiters first ─▶ 503 bulkhead-full
 //! Retry               keep small bodies; another node when safe, within deadline and budget;
-//!                     bodies counted against the route's limit as they stream (413)
+//!                     no node left at pick time (or after a failed trial call) ─▶ failover
+//!                     backend, once; bodies counted against the route's limit as they stream (413)
 //! Balance             NodeSet::pick (breaker-aware, p2c/least/rr, ramp weights) ─▶ record the
 //!                     outcome (breaker, node ramp, the backend's limit)
 //! NodeCall            keep-alive pool, connect_timeout ─▶ 502 upstream-*;

@@ -9,6 +9,15 @@
 //! and is never retried. An answer is never given up unless another node can be
 //! asked. The final answer carries the request's slots and gauges in its
 //! body, which releases them when it ends.
+//!
+//! A request whose backend has no node left for it by the time one is
+//! picked (another request took the last half-open trial slot, say), or
+//! whose failed call a retry may follow but only to a backend now all down
+//! (a failed trial call re-opened the last breaker), goes on to the
+//! failover backend as [`super::backend::ChooseBackend`] would have sent it
+//! (`when_all_down = "failover"`, within the failover budget), once: the
+//! backend's slot is given back and one of the failover's taken, waiting by
+//! priority within its `queue_timeout` as in the bulkhead layer.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -20,12 +29,15 @@ use bytes::Bytes;
 use http::{Method, Request, Response, Version};
 use http_body::Body as _;
 use hyper::body::Incoming;
-use levee_resilience::{BulkheadPermit, Deadline, Phase};
+use levee_config::WhenAllDown;
+use levee_resilience::{BulkheadFull, BulkheadPermit, Deadline, Phase};
 use levee_telemetry::{BackendEvent, ErrorReason, NodeStats};
 use tokio::time::Sleep;
 use tower::{Layer, Service};
 
+use super::backend::fail_over_to;
 use super::balance::{Answer, Attempt, Tried, TryFailed, MAX_TRIES};
+use super::bulkhead::precedence;
 use super::{ProxyResult, Routed};
 use crate::access_log::UpstreamInfo;
 use crate::body::{ClientBodyFailure, ProxyBody, RequestBody, RequestScope, UpstreamBody};
@@ -80,6 +92,7 @@ where
             backend_slot,
             ..
         } = req;
+        let failed_over = backend != state.routes[route].backend_index;
         let backend = Arc::clone(&state.backends[backend]);
         backend.retry_budget.record_request();
         let body_limit = state.routes[route].max_request_body_bytes;
@@ -101,6 +114,7 @@ where
             state,
             route,
             attempts: 0,
+            failed_over,
         };
         let mut inner = self.inner.clone();
         let mut tries = tries;
@@ -132,6 +146,8 @@ struct Tries {
     client_body: Option<ClientBodyFailure>,
     /// Tries started so far.
     attempts: u8,
+    /// The request runs on the route's failover backend already.
+    failed_over: bool,
 }
 
 /// The request body as levee sends it: kept whole when small enough to be
@@ -142,6 +158,7 @@ enum Outgoing {
 }
 
 type Reading = Pin<Box<dyn Future<Output = Result<RequestBody, ProxyError>> + Send>>;
+type Waiting = Pin<Box<dyn Future<Output = Result<BulkheadPermit, BulkheadFull>> + Send>>;
 
 pin_project_lite::pin_project! {
     #[project = StepProj]
@@ -152,6 +169,9 @@ pin_project_lite::pin_project! {
         Calling { #[pin] fut: F },
         /// Waiting out a retry's backoff (boxed: rare).
         Backoff { sleep: Pin<Box<Sleep>> },
+        /// Waiting for a slot of the failover backend (boxed: rare), then
+        /// sending `request` if the last try handed it back unsent.
+        Queued { wait: Waiting, request: Option<Box<Request<RequestBody>>> },
     }
 }
 
@@ -218,16 +238,13 @@ where
     S: Service<Attempt>,
 {
     if t.tried.is_empty() {
-        t.max = if matches!(t.body, Outgoing::Kept(_)) {
-            1 + (t.backend.retry.max_retries as usize).min(MAX_TRIES - 1)
-        } else {
-            1
-        };
+        t.max = tries_allowed(t);
     }
     // The last try takes the headers; so does one after which every node
-    // has been tried (a retry goes to another node), sparing the copy.
+    // has been tried (a retry goes to another node), sparing the copy,
+    // unless the request may still fail over to another backend.
     let tried = t.tried.len() + 1;
-    let last = tried >= t.max || tried >= t.backend.nodes.len();
+    let last = tried >= t.max || (tried >= t.backend.nodes.len() && !may_fail_over(t));
     let mut request = Request::new(match &mut t.body {
         Outgoing::Kept(data) => RequestBody::kept(data.clone()),
         Outgoing::Stream(body) => match body.take() {
@@ -248,6 +265,24 @@ where
     } else {
         t.parts.headers.clone()
     };
+    call_with(t, inner, request)
+}
+
+/// Tries allowed on the request's backend: 1, or 1 + its retries when the
+/// body can be sent again.
+fn tries_allowed(t: &Tries) -> usize {
+    if matches!(t.body, Outgoing::Kept(_)) {
+        1 + (t.backend.retry.max_retries as usize).min(MAX_TRIES - 1)
+    } else {
+        1
+    }
+}
+
+/// Starts a try of `request`.
+fn call_with<S>(t: &mut Tries, inner: &mut S, request: Request<RequestBody>) -> Step<S::Future>
+where
+    S: Service<Attempt>,
+{
     t.attempts = t.attempts.saturating_add(1);
     let attempt = Attempt {
         backend: Arc::clone(&t.backend),
@@ -308,21 +343,94 @@ fn failed(t: &Tries, mut error: ProxyError, index: usize) -> ProxyError {
 }
 
 /// The backoff before a retry after a try on node `index`, if one may
-/// follow.
+/// follow: on another node, or, with none usable left, on the failover
+/// backend.
 fn retry_after<F>(t: &mut Tries, index: usize) -> Option<Step<F>> {
     t.tried.push(index);
-    if t.tried.len() >= t.max
-        || !t
-            .backend
-            .nodes
-            .has_alternative(t.class, t.tried.as_slice(), t.ignore_state)
-    {
+    if t.tried.len() >= t.max {
         return None;
     }
+    let here = t
+        .backend
+        .nodes
+        .has_alternative(t.class, t.tried.as_slice(), t.ignore_state);
+    let failover = if here {
+        None
+    } else if t.backend.nodes.any_usable(t.class) {
+        return None;
+    } else {
+        Some(failover_of(t)?)
+    };
     let pause = retry_pause(&t.backend, &t.deadline, t.tried.len() - 1)?;
-    Some(Step::Backoff {
+    let backoff = Step::Backoff {
         sleep: Box::pin(tokio::time::sleep(pause)),
-    })
+    };
+    let Some(fb) = failover else {
+        return Some(backoff);
+    };
+    match switch_to(t, fb) {
+        Ok(None) => Some(backoff),
+        Ok(Some(wait)) => Some(Step::Queued {
+            wait,
+            request: None,
+        }),
+        Err(_) => None,
+    }
+}
+
+/// The backend a request whose own backend has no node left for it may go
+/// on to: its failover, if `when_all_down = "failover"`, the failover has a
+/// usable node, and the request has not failed over already.
+fn failover_of(t: &Tries) -> Option<Arc<Backend>> {
+    if !may_fail_over(t) {
+        return None;
+    }
+    let fb = t.state.backends.get(t.backend.failover?)?;
+    fb.nodes.any_usable(t.class).then(|| Arc::clone(fb))
+}
+
+/// Whether the request may yet go on to a failover backend.
+fn may_fail_over(t: &Tries) -> bool {
+    !t.failed_over
+        && t.backend.when_all_down == WhenAllDown::Failover
+        && t.backend.failover.is_some()
+}
+
+/// Moves the request to failover backend `fb` if it fits `fb`'s failover
+/// budget (else the shed error): gives this backend's slot back, takes one
+/// of `fb`'s (with the budget's share, or for a critical request any free
+/// one), or returns the wait for one (by priority, within `fb`'s
+/// queue_timeout), and starts the request's tries afresh on `fb`.
+fn switch_to(t: &mut Tries, fb: Arc<Backend>) -> Result<Option<Waiting>, ProxyError> {
+    let priority = t.state.routes[t.route].priority;
+    let within_budget = fail_over_to(&t.backend, priority, &fb)?;
+    t.backend_slot = None;
+    let slot = match within_budget {
+        Some(slot) => Some(slot),
+        None => fb.bulkhead().try_acquire().map_err(|e| full(&fb, e))?,
+    };
+    fb.retry_budget.record_request();
+    t.backend = Arc::clone(&fb);
+    t.tried = Tried::default();
+    t.ignore_state = false;
+    t.failed_over = true;
+    t.max = tries_allowed(t);
+    if let Some(permit) = slot {
+        t.backend_slot = Some(permit);
+        return Ok(None);
+    }
+    let wait_until = t.deadline.capped(fb.queue_timeout);
+    let precedence = precedence(priority);
+    Ok(Some(Box::pin(async move {
+        fb.bulkhead().acquire(precedence, wait_until).await
+    })))
+}
+
+fn full(backend: &Backend, e: BulkheadFull) -> ProxyError {
+    ProxyError::new(
+        ErrorReason::BulkheadFull,
+        format!("backend {}: {e}", backend.name),
+    )
 }
 
 impl<S> Future for RetryFuture<S>
@@ -353,6 +461,19 @@ where
                     ready!(sleep.as_mut().poll(cx));
                     next_try(this.tries, this.inner)
                 }
+                StepProj::Queued { wait, request } => match ready!(wait.as_mut().poll(cx)) {
+                    Ok(permit) => {
+                        this.tries.backend_slot = Some(permit);
+                        match request.take() {
+                            Some(request) => call_with(this.tries, this.inner, *request),
+                            None => next_try(this.tries, this.inner),
+                        }
+                    }
+                    Err(e) => {
+                        this.step.set(Step::Idle);
+                        return Poll::Ready(Err(full(&this.tries.backend, e)));
+                    }
+                },
                 StepProj::Calling { fut } => {
                     let result = ready!(fut.poll(cx));
                     this.step.set(Step::Idle);
@@ -368,9 +489,20 @@ where
                                 None => return Poll::Ready(Ok(finish(t, answer))),
                             }
                         }
-                        Err(TryFailed::NoNode) => {
-                            let e = t.last_error.take();
-                            return Poll::Ready(Err(e.unwrap_or_else(|| no_node(t))));
+                        Err(TryFailed::NoNode(request)) => {
+                            let e = t.last_error.take().unwrap_or_else(|| no_node(t));
+                            // Unsent, it may still go to the failover backend.
+                            let (Some(request), Some(fb)) = (request, failover_of(t)) else {
+                                return Poll::Ready(Err(e));
+                            };
+                            match switch_to(t, fb) {
+                                Ok(None) => call_with(t, this.inner, *request),
+                                Ok(Some(wait)) => Step::Queued {
+                                    wait,
+                                    request: Some(request),
+                                },
+                                Err(shed) => return Poll::Ready(Err(shed)),
+                            }
                         }
                         Err(TryFailed::Call { error, index }) => {
                             // Any method if the request never reached the

@@ -250,7 +250,7 @@ async fn with_every_node_tried_there_is_no_node_and_no_call() {
     let app = &state.backends[0];
     let record = Record::default();
     let failed = try_once(&record, Reply::Status(200), attempt(app, &[0, 1], true)).await;
-    assert!(matches!(failed, Err(TryFailed::NoNode)), "{failed:?}");
+    assert!(matches!(failed, Err(TryFailed::NoNode(_))), "{failed:?}");
     assert!(record.take().is_empty());
 }
 
@@ -261,7 +261,7 @@ async fn with_every_node_open_there_is_no_node_unless_state_is_ignored() {
     testing::open_every_node(app, SAFE);
     let record = Record::default();
     let failed = try_once(&record, Reply::Status(200), attempt(app, &[], true)).await;
-    assert!(matches!(failed, Err(TryFailed::NoNode)), "{failed:?}");
+    assert!(matches!(failed, Err(TryFailed::NoNode(_))), "{failed:?}");
     assert!(record.take().is_empty());
 
     let mut try_all = attempt(app, &[], true);
@@ -329,7 +329,7 @@ async fn a_retry_never_makes_a_trial_call() {
     tokio::time::advance(Duration::from_millis(1500)).await;
     let record = Record::default();
     let failed = try_once(&record, Reply::Status(200), attempt(app, &[1], false)).await;
-    assert!(matches!(failed, Err(TryFailed::NoNode)), "{failed:?}");
+    assert!(matches!(failed, Err(TryFailed::NoNode(_))), "{failed:?}");
     assert!(record.take().is_empty());
     assert!(
         app.nodes

@@ -5,6 +5,7 @@ mod backend;
 mod balance;
 mod bulkhead;
 mod edge;
+mod failover;
 mod node;
 mod request_id;
 mod retry;

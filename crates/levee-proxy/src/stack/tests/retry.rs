@@ -111,7 +111,7 @@ fn scripted(
                     error: ProxyError::new(reason, "mock"),
                     index,
                 }),
-                Reply::NoNode => Err(TryFailed::NoNode),
+                Reply::NoNode => Err(TryFailed::NoNode(None)),
             }
         })
     })
