@@ -214,15 +214,14 @@ impl Inner {
     }
 
     /// The most recently used ready connection, else one whose body has
-    /// ended since; closed and expired ones are dropped on the way.
+    /// ended since; closed ones are dropped on the way. Expired ones are
+    /// the reaper's: it wakes when the oldest expires, and the most recent
+    /// is the last to.
     fn checkout_h1(&self) -> Option<http1::SendRequest<RequestBody>> {
         let mut conns = self.lock();
-        if !conns.idle.is_empty() {
-            let now = Instant::now();
-            while let Some(idle) = conns.idle.pop() {
-                if idle.sender.is_ready() && now - idle.since < self.config.idle_timeout {
-                    return Some(idle.sender);
-                }
+        while let Some(idle) = conns.idle.pop() {
+            if idle.sender.is_ready() {
+                return Some(idle.sender);
             }
         }
         let busy = &mut conns.busy;
