@@ -28,6 +28,8 @@ pub struct ConnActivity {
     upgraded: AtomicBool,
     /// The gate, when it waits for a response to end.
     waiter: AtomicWaker,
+    /// The gate holds bytes of a request hyper has not read yet.
+    receiving: AtomicBool,
 }
 
 impl Default for ConnActivity {
@@ -47,6 +49,7 @@ impl ConnActivity {
             ended: AtomicU64::new(0),
             upgraded: AtomicBool::new(false),
             waiter: AtomicWaker::new(),
+            receiving: AtomicBool::new(false),
         }
     }
 
@@ -57,6 +60,16 @@ impl ConnActivity {
 
     pub fn upgraded(&self) -> bool {
         self.upgraded.load(Ordering::Acquire)
+    }
+
+    /// A request's bytes are arriving that hyper has not seen: a drain
+    /// lets its head finish rather than close the connection as idle.
+    pub fn receiving(&self) -> bool {
+        self.receiving.load(Ordering::Relaxed)
+    }
+
+    pub fn set_receiving(&self, receiving: bool) {
+        self.receiving.store(receiving, Ordering::Relaxed);
     }
 
     /// Wakes `waker` when a response ends or the connection is upgraded.

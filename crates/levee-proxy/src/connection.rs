@@ -9,7 +9,7 @@
 //! for that long is closed gracefully, on HTTP/1 and HTTP/2 alike.
 
 use std::convert::Infallible;
-use std::future::Future;
+use std::future::{poll_fn, Future};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -58,34 +58,52 @@ pub(crate) async fn serve<I>(
     });
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(gate), service);
     tokio::pin!(conn);
+    let idle = sleep_until(Instant::now() + idle_timeout);
+    tokio::pin!(idle);
+    let changed = shutdown.changed();
+    tokio::pin!(changed);
     let mut draining = false;
-    let mut next_check = Instant::now() + idle_timeout;
-    loop {
-        tokio::select! {
-            res = conn.as_mut() => {
-                if let Err(e) = res {
-                    trace!(%peer, error = %e, "client connection ended with an error");
+    // hyper is told to finish gracefully once draining and no head is
+    // under way: hyper has not seen a head the gate holds, and would take
+    // the connection for idle and close it. The gate bounds that head by
+    // `header_read_timeout`; once hyper has it, its answer carries
+    // `Connection: close`.
+    let mut finishing = false;
+    let res = poll_fn(|cx| loop {
+        if !draining && idle.as_mut().poll(cx).is_ready() {
+            match activity.idle_deadline(idle_timeout) {
+                Some(at) if at <= Instant::now() => {
+                    trace!(%peer, "closing idle client connection");
+                    draining = true;
                 }
-                break;
-            }
-            _ = sleep_until(next_check), if !draining => {
-                match activity.idle_deadline(idle_timeout) {
-                    Some(at) if at <= Instant::now() => {
-                        trace!(%peer, "closing idle client connection");
-                        draining = true;
-                        conn.as_mut().graceful_shutdown();
-                    }
-                    Some(at) => next_check = at,
-                    None => next_check = Instant::now() + idle_timeout,
+                Some(at) => {
+                    idle.as_mut().reset(at);
+                    continue;
                 }
-            }
-            changed = shutdown.changed(), if !draining => {
-                // A dropped sender means the server is gone: drain as well.
-                let _ = changed;
-                draining = true;
-                conn.as_mut().graceful_shutdown();
+                None => {
+                    idle.as_mut().reset(Instant::now() + idle_timeout);
+                    continue;
+                }
             }
         }
+        // A dropped sender means the server is gone: drain as well.
+        if !draining && changed.as_mut().poll(cx).is_ready() {
+            draining = true;
+        }
+        // Polled before deciding: the gate reads what the client sent.
+        if let Poll::Ready(res) = conn.as_mut().poll(cx) {
+            return Poll::Ready(res);
+        }
+        if draining && !finishing && !activity.receiving() {
+            finishing = true;
+            conn.as_mut().graceful_shutdown();
+            continue;
+        }
+        return Poll::Pending;
+    })
+    .await;
+    if let Err(e) = res {
+        trace!(%peer, error = %e, "client connection ended with an error");
     }
     // An upgraded connection lives on as a tunnel: its task and slot stay
     // taken until the tunnel ends (at the latest when a drain's grace ends).

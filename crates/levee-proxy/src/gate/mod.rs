@@ -237,6 +237,8 @@ pub struct Gate<IO> {
     head_timer: Option<Pin<Box<Sleep>>>,
     /// `head_timer` runs for the current head.
     head_timer_armed: bool,
+    /// What [`ConnActivity::receiving`] was last told.
+    told_receiving: bool,
 }
 
 impl<IO> Gate<IO> {
@@ -257,6 +259,7 @@ impl<IO> Gate<IO> {
             head_timeout,
             head_timer: None,
             head_timer_armed: false,
+            told_receiving: false,
         }
     }
 
@@ -426,6 +429,23 @@ impl<IO> Gate<IO> {
         }
     }
 
+    /// Bytes of a request are held that hyper has not read: a head under
+    /// way (or the first bytes, before they tell the protocol).
+    pub fn receiving(&self) -> bool {
+        self.held.len() > self.start && matches!(self.state, State::Sniff | State::Head(..))
+            || self.ready > 0 && !matches!(self.state, State::Pass)
+    }
+
+    /// Tells the connection whether a request is being received, when
+    /// that changed.
+    fn tell_receiving(&mut self) {
+        let receiving = self.receiving();
+        if receiving != self.told_receiving {
+            self.told_receiving = receiving;
+            self.activity.set_receiving(receiving);
+        }
+    }
+
     /// Keeps `bytes` (read but not validated) in front of what is held.
     fn hold(&mut self, bytes: &[u8]) {
         if self.start > 0 {
@@ -480,6 +500,20 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Gate<IO> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        let polled = this.poll_hyper_read(cx, buf);
+        this.tell_receiving();
+        polled
+    }
+}
+
+impl<IO: AsyncRead + Unpin> Gate<IO> {
+    /// [`AsyncRead::poll_read`] for hyper; see the module doc.
+    fn poll_hyper_read(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self;
         loop {
             if this.ready > 0 {
                 this.give(buf);
