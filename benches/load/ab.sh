@@ -23,12 +23,16 @@ taskset -c 1 target/release/levee-node --listen 127.0.0.1:$NODE_PORT --mode heal
 NODE=$!
 trap 'kill $NODE 2>/dev/null || true; rm -rf "$WORK"' EXIT
 sleep 0.5
+kill -0 $NODE 2>/dev/null || { echo "levee-node exited at start: port $NODE_PORT in use by another run?" >&2; exit 1; }
 stat_of() { awk -v f="$2" '{print $f}' "/proc/$1/stat"; }
 one() { # binary config -> "total (u user s system)" µs per request
   rm -f "$WORK/access.log"
   taskset -c 0 "$1" run --config "$2" >/dev/null 2>&1 &
   local p=$! bu bs au as out n
   sleep 0.4
+  # A levee that could not bind (another run on these fixed ports) must not
+  # let wrk measure someone else's proxy.
+  kill -0 "$p" 2>/dev/null || { echo "levee exited at start: port $LEVEE_PORT in use by another run?" >&2; exit 1; }
   taskset -c 1 wrk -t1 -c"$CONNS" -d1s "http://127.0.0.1:$LEVEE_PORT/" >/dev/null
   bu=$(stat_of $p 14); bs=$(stat_of $p 15)
   out=$(taskset -c 1 wrk -t1 -c"$CONNS" -d"${DUR}s" "http://127.0.0.1:$LEVEE_PORT/")
@@ -44,5 +48,7 @@ one() { # binary config -> "total (u user s system)" µs per request
 }
 echo "cpu us/request, A=$A B=$B${B_ACCESS_LOG:+ (B with the access log on)}, ${DUR}s per run, $CONNS connections"
 for r in $(seq 1 "$ROUNDS"); do
-  echo "round $r: A $(one "$A" "$WORK/a.toml")  B $(one "$B" "$WORK/b.toml")"
+  a=$(one "$A" "$WORK/a.toml")
+  b=$(one "$B" "$WORK/b.toml")
+  echo "round $r: A $a  B $b"
 done

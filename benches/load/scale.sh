@@ -47,6 +47,9 @@ one() { # config -> CPU µs per request
   taskset -c 0 "$LEVEE" run --config "$1" >/dev/null 2>&1 &
   local p=$! before after out n
   sleep 1
+  # A levee that could not bind (another run on these fixed ports) must not
+  # let wrk measure someone else's proxy.
+  kill -0 "$p" 2>/dev/null || { echo "levee exited at start: port $LEVEE_PORT in use by another run?" >&2; exit 1; }
   # Warm-up: every node's pool gets its connections.
   taskset -c 1 wrk -t1 -c"$CONNS" -d2s "http://127.0.0.1:$LEVEE_PORT/" >/dev/null
   before=$(stat_of $p)
