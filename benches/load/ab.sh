@@ -11,7 +11,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 A=$1 B=$2 ROUNDS=${3:-6} DUR=${4:-5} CONNS=${5:-64}
-NODE_PORT=19301 LEVEE_PORT=18381 ADMIN_PORT=18391
+# PORT_OFFSET moves every port, so that runs side by side do not collide.
+P=${PORT_OFFSET:-0}
+NODE_PORT=$((19301+P)) LEVEE_PORT=$((18381+P)) ADMIN_PORT=$((18391+P))
 bash benches/load/install.sh >/dev/null
 cargo build --release --locked -q -p levee-testkit --bin levee-node
 WORK=$(mktemp -d)

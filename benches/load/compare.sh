@@ -21,7 +21,9 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 DURATION=${1:-10}
 CONNS=${2:-50}
-NODE_PORT=19101 LEVEE_PORT=18181 ADMIN_PORT=18191 NGINX_PORT=18182 HAPROXY_PORT=18183 TLS_PORT=18184
+# PORT_OFFSET moves every port, so that runs side by side do not collide.
+P=${PORT_OFFSET:-0}
+NODE_PORT=$((19101+P)) LEVEE_PORT=$((18181+P)) ADMIN_PORT=$((18191+P)) NGINX_PORT=$((18182+P)) HAPROXY_PORT=$((18183+P)) TLS_PORT=$((18184+P))
 WORK=$(mktemp -d)
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }

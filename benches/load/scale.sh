@@ -10,7 +10,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 LEVEE=$1 ROUNDS=${2:-5} DUR=${3:-5} CONNS=${4:-64}
-NODE_PORT=19401 LEVEE_PORT=18481 ADMIN_PORT=18491
+# PORT_OFFSET moves every port, so that runs side by side do not collide.
+P=${PORT_OFFSET:-0}
+NODE_PORT=$((19401+P)) LEVEE_PORT=$((18481+P)) ADMIN_PORT=$((18491+P))
 command -v wrk >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
 cargo build --release --locked -q -p levee-testkit --bin levee-node
 WORK=$(mktemp -d)
