@@ -1,6 +1,6 @@
-//! HTTP/2 limits against a client that misbehaves on purpose, written frame
-//! by frame: too many streams, rapid reset, an oversized header list, and a
-//! peer that stops answering pings. Each time another connection keeps
+//! HTTP/2 limits against a client that misbehaves on purpose, mostly written
+//! frame by frame: too many streams, rapid reset, an oversized header list,
+//! and a peer that stops answering pings. Each time another connection keeps
 //! getting its 200s.
 
 use std::net::SocketAddr;
@@ -11,6 +11,7 @@ use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use levee::Levee;
+use levee_telemetry::ErrorReason;
 use levee_testkit::Behavior;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -368,55 +369,118 @@ async fn a_rapid_reset_loop_gets_goaway_enhance_your_calm() {
     levee.shutdown().await;
 }
 
+/// Sends `req` on (a handle to) a connection and reads the whole answer.
+async fn exchange_h2(
+    mut sender: hyper::client::conn::http2::SendRequest<Full<Bytes>>,
+    req: Request<Full<Bytes>>,
+) -> (StatusCode, http::HeaderMap, Bytes) {
+    let fut = async {
+        let resp = sender.send_request(req).await.unwrap();
+        let (parts, body) = resp.into_parts();
+        let body = body.collect().await.unwrap().to_bytes();
+        (parts.status, parts.headers, body)
+    };
+    tokio::time::timeout(FRAME_LIMIT, fut).await.unwrap()
+}
+
+fn h2_request(
+    method: Method,
+    uri: &str,
+    header: (&str, String),
+    body: &'static [u8],
+) -> Request<Full<Bytes>> {
+    Request::builder()
+        .method(method)
+        .uri(uri)
+        .header(header.0, header.1)
+        .body(Full::new(Bytes::from_static(body)))
+        .unwrap()
+}
+
 #[tokio::test]
-async fn an_oversized_header_list_gets_431_and_the_node_nothing() {
+async fn an_oversized_header_list_gets_levees_431_and_the_node_nothing() {
     // The list limit is twice max_header_bytes, at least 8 KiB.
-    let (levee, app, _slow) = start("max_header_bytes = 1024", Behavior::default()).await;
+    let (levee, app, slow) = start(
+        "max_header_bytes = 1024",
+        Behavior::Slow {
+            delay: Duration::from_secs(1),
+            body_bytes: 2,
+        },
+    )
+    .await;
     let h2 = RawH2::connect(levee.proxy_addr).await;
     assert_eq!(h2.setting(SETTINGS_MAX_HEADER_LIST_SIZE), Some(8192));
     drop(h2);
 
     let stream = TcpStream::connect(levee.proxy_addr).await.unwrap();
-    let (mut sender, conn) =
+    let (sender, conn) =
         hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
             .await
             .unwrap();
     tokio::spawn(conn);
-    let big = Request::builder()
-        .method(Method::GET)
-        .uri(url(&levee, "/"))
-        .header("x-big", "a".repeat(12 * 1024))
-        .body(Full::new(Bytes::new()))
-        .unwrap();
-    let resp = tokio::time::timeout(FRAME_LIMIT, sender.send_request(big))
-        .await
-        .unwrap()
-        .unwrap();
-    // h2 answers it itself, so without levee's reason.
-    assert_eq!(resp.status(), StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
-    assert!(resp.headers().get("x-levee-error").is_none());
-    // Between max_header_bytes and the list limit: levee's own 431.
-    let mid = Request::builder()
-        .method(Method::GET)
-        .uri(url(&levee, "/"))
-        .header("x-mid", "a".repeat(2 * 1024))
-        .body(Full::new(Bytes::new()))
-        .unwrap();
-    let resp = tokio::time::timeout(FRAME_LIMIT, sender.send_request(mid))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(resp.status(), StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
-    assert_eq!(resp.headers()["x-levee-error"], "header-too-large");
-    let _ = resp.into_body().collect().await;
+    // A stream under way on the same connection while the others are refused.
+    let under_way = tokio::spawn(exchange_h2(
+        sender.clone(),
+        h2_request(
+            Method::GET,
+            &url(&levee, "/slow"),
+            ("x-small", "a".into()),
+            b"",
+        ),
+    ));
+    let big = "a".repeat(12 * 1024);
+    let over_the_list_limit = [
+        // A field past the limit: h2 keeps the method and path.
+        h2_request(Method::GET, &url(&levee, "/"), ("x-big", big.clone()), b""),
+        // A body still to come after the head.
+        h2_request(
+            Method::POST,
+            &url(&levee, "/"),
+            ("x-big", big.clone()),
+            b"body",
+        ),
+        // The path itself past the limit: h2 kept neither it nor the fields.
+        h2_request(
+            Method::GET,
+            &url(&levee, &format!("/{big}")),
+            ("x-small", "a".into()),
+            b"",
+        ),
+    ];
+    for (i, req) in over_the_list_limit.into_iter().enumerate() {
+        let (status, headers, _) = exchange_h2(sender.clone(), req).await;
+        assert_eq!(
+            status,
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "case {i}"
+        );
+        assert_eq!(headers["x-levee-error"], "header-too-large", "case {i}");
+        assert!(headers.contains_key("x-request-id"), "case {i}");
+    }
+    // Between max_header_bytes and the list limit: the same answer.
+    let mid = h2_request(
+        Method::GET,
+        &url(&levee, "/"),
+        ("x-mid", "a".repeat(2 * 1024)),
+        b"",
+    );
+    let (status, headers, _) = exchange_h2(sender.clone(), mid).await;
+    assert_eq!(status, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+    assert_eq!(headers["x-levee-error"], "header-too-large");
     assert_eq!(app.stats().requests, 0);
-    // The same connection still serves a normal request, and so do others.
-    let ok = Request::builder()
-        .uri(url(&levee, "/"))
-        .body(Full::new(Bytes::new()))
-        .unwrap();
-    let resp = sender.send_request(ok).await.unwrap();
-    assert_eq!(resp.status(), StatusCode::OK);
+    // Each is counted, by reason.
+    let unrouted = &levee.telemetry.topology().unrouted;
+    assert_eq!(unrouted.reason(ErrorReason::HeaderTooLarge), 4);
+    let metrics = metrics_text(&client(), &levee).await;
+    let line = "levee_errors_total{route=\"\",backend=\"\",reason=\"header-too-large\"} 4";
+    assert!(metrics.contains(line), "missing `{line}`:\n{metrics}");
+    // The stream under way, the same connection and others are served.
+    let (status, _, _) = under_way.await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(slow.stats().requests, 1);
+    let ok = h2_request(Method::GET, &url(&levee, "/"), ("x-small", "a".into()), b"");
+    let (status, _, _) = exchange_h2(sender.clone(), ok).await;
+    assert_eq!(status, StatusCode::OK);
     others_get_200(&h2_client(), &levee).await;
     levee.shutdown().await;
 }

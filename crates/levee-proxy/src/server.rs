@@ -352,7 +352,8 @@ fn http_builder(server: &ServerConfig) -> auto::Builder<TokioExecutor> {
     if max_headers > HYPER_DEFAULT_MAX_HEADERS {
         builder.http1().max_headers(max_headers.saturating_mul(2));
     }
-    // A header list over this gets h2's bare 431 and the stream reset.
+    // A header list over this reaches the edge without its fields, marked by
+    // the patched h2 (vendor/README.md): 431 header-too-large.
     let h2 = &server.h2;
     builder
         .http2()

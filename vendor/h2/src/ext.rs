@@ -53,3 +53,12 @@ impl fmt::Debug for Protocol {
         self.value.fmt(f)
     }
 }
+
+/// levee patch (vendor/README.md): marks a request whose header list was over
+/// the server's SETTINGS_MAX_HEADER_LIST_SIZE. A server hands such a request to
+/// the application, which answers it (431 Request Header Fields Too Large),
+/// instead of answering a bare 431 itself. The request keeps only its method
+/// and path, if they were decoded before the limit; its header fields are
+/// dropped.
+#[derive(Clone, Copy, Debug, Default, Eq, PartialEq)]
+pub struct HeaderListTooLarge;

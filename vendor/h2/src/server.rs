@@ -1565,6 +1565,30 @@ where
 }
 
 impl Peer {
+    /// levee patch (vendor/README.md): the request handed to the application
+    /// in place of one whose header list was over SETTINGS_MAX_HEADER_LIST_SIZE:
+    /// its method and path if they were decoded before the limit (else GET
+    /// and `/`), no header fields, and the [`HeaderListTooLarge`] extension.
+    ///
+    /// [`HeaderListTooLarge`]: crate::ext::HeaderListTooLarge
+    pub(crate) fn oversized_request(pseudo: Pseudo) -> Request<()> {
+        let mut request = Request::new(());
+        *request.version_mut() = http::Version::HTTP_2;
+        if let Some(method) = pseudo.method {
+            *request.method_mut() = method;
+        }
+        if let Some(Ok(path)) = pseudo
+            .path
+            .map(|path| http::uri::PathAndQuery::from_maybe_shared(path.into_inner()))
+        {
+            *request.uri_mut() = path.into();
+        }
+        request
+            .extensions_mut()
+            .insert(crate::ext::HeaderListTooLarge);
+        request
+    }
+
     pub fn convert_send_message(
         id: StreamId,
         response: Response<()>,

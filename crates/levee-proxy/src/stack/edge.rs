@@ -9,6 +9,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
+use h2::ext::HeaderListTooLarge;
 use http::header::{HeaderValue, HOST, UPGRADE};
 use http::{Method, Request, Response, Version};
 use http_body::Body as _;
@@ -268,9 +269,16 @@ fn check_request(req: &Request<Incoming>, server: &ServerConfig) -> Result<(), P
     check_host(req)
 }
 
-/// Too many header lines (431), a target over `max_uri_bytes` (414), a
-/// head over `max_header_bytes` (431).
+/// A header list over SETTINGS_MAX_HEADER_LIST_SIZE (431: h2 dropped its
+/// fields and marked it), too many header lines (431), a target over
+/// `max_uri_bytes` (414), a head over `max_header_bytes` (431).
 fn check_limits(req: &Request<Incoming>, server: &ServerConfig) -> Result<(), ProxyError> {
+    if req.extensions().get::<HeaderListTooLarge>().is_some() {
+        return Err(ProxyError::new(
+            ErrorReason::HeaderTooLarge,
+            "header list over SETTINGS_MAX_HEADER_LIST_SIZE",
+        ));
+    }
     // The request id layer adds an x-request-id when the client sent none,
     // so one such line is not counted.
     let has_id = req.headers().contains_key(&X_REQUEST_ID);

@@ -235,7 +235,21 @@ impl Recv {
                  recv_headers: frame is over size; stream={:?}",
                 stream.id
             );
-            return Err(RecvHeaderBlockError::Oversize);
+            if !counts.peer().is_server() {
+                return Err(RecvHeaderBlockError::Oversize);
+            }
+            // levee patch (vendor/README.md): a server hands the request to
+            // the application, marked `ext::HeaderListTooLarge`, so that the
+            // application answers it with its own 431.
+            let (pseudo, _) = frame.into_parts();
+            let request = crate::server::Peer::oversized_request(pseudo);
+            stream.pending_recv.push_back(
+                &mut self.buffer,
+                Event::Headers(peer::PollMessage::Server(request)),
+            );
+            stream.notify_recv();
+            self.pending_accept.push(stream);
+            return Ok(());
         }
 
         let stream_id = frame.stream_id();
