@@ -24,6 +24,7 @@ const RST_STREAM: u8 = 0x3;
 const SETTINGS: u8 = 0x4;
 const PING: u8 = 0x6;
 const GOAWAY: u8 = 0x7;
+const CONTINUATION: u8 = 0x9;
 const END_STREAM: u8 = 0x1;
 const END_HEADERS: u8 = 0x4;
 const ACK: u8 = 0x1;
@@ -399,9 +400,14 @@ fn h2_request(
 
 #[tokio::test]
 async fn an_oversized_header_list_gets_levees_431_and_the_node_nothing() {
+    let dir = TempDir::new("h2-header-list");
+    let log = dir.path("access.log");
     // The list limit is twice max_header_bytes, at least 8 KiB.
     let (levee, app, slow) = start(
-        "max_header_bytes = 1024",
+        &format!(
+            "max_header_bytes = 1024\n\n[log]\naccess = \"{}\"",
+            log.display()
+        ),
         Behavior::Slow {
             delay: Duration::from_secs(1),
             body_bytes: 2,
@@ -431,11 +437,16 @@ async fn an_oversized_header_list_gets_levees_431_and_the_node_nothing() {
     let big = "a".repeat(12 * 1024);
     let over_the_list_limit = [
         // A field past the limit: h2 keeps the method and path.
-        h2_request(Method::GET, &url(&levee, "/"), ("x-big", big.clone()), b""),
+        h2_request(
+            Method::GET,
+            &url(&levee, "/kept"),
+            ("x-big", big.clone()),
+            b"",
+        ),
         // A body still to come after the head.
         h2_request(
             Method::POST,
-            &url(&levee, "/"),
+            &url(&levee, "/kept"),
             ("x-big", big.clone()),
             b"body",
         ),
@@ -447,6 +458,7 @@ async fn an_oversized_header_list_gets_levees_431_and_the_node_nothing() {
             b"",
         ),
     ];
+    let mut ids = Vec::new();
     for (i, req) in over_the_list_limit.into_iter().enumerate() {
         let (status, headers, _) = exchange_h2(sender.clone(), req).await;
         assert_eq!(
@@ -455,7 +467,35 @@ async fn an_oversized_header_list_gets_levees_431_and_the_node_nothing() {
             "case {i}"
         );
         assert_eq!(headers["x-levee-error"], "header-too-large", "case {i}");
-        assert!(headers.contains_key("x-request-id"), "case {i}");
+        ids.push(headers["x-request-id"].to_str().unwrap().to_owned());
+    }
+    // Each gets an access log line, with the method and path h2 kept.
+    let logged = |id: &str| {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .find(|l| l["request_id"] == id)
+    };
+    assert!(
+        eventually(Duration::from_secs(10), || ids
+            .iter()
+            .all(|id| logged(id).is_some()))
+        .await,
+        "a line for each of {ids:?}"
+    );
+    for (id, (method, path)) in ids
+        .iter()
+        .zip([("GET", "/kept"), ("POST", "/kept"), ("GET", "/")])
+    {
+        let line = logged(id).unwrap();
+        assert_eq!(line["status"], 431, "{line}");
+        assert_eq!(line["error"], "header-too-large", "{line}");
+        assert_eq!(
+            (line["method"].as_str(), line["path"].as_str()),
+            (Some(method), Some(path)),
+            "{line}"
+        );
     }
     // Between max_header_bytes and the list limit: the same answer.
     let mid = h2_request(
@@ -482,6 +522,42 @@ async fn an_oversized_header_list_gets_levees_431_and_the_node_nothing() {
     let (status, _, _) = exchange_h2(sender.clone(), ok).await;
     assert_eq!(status, StatusCode::OK);
     others_get_200(&h2_client(), &levee).await;
+    levee.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_header_list_four_times_over_the_limit_gets_goaway_enhance_your_calm() {
+    let (levee, app, _slow) = start("max_header_bytes = 1024", Behavior::default()).await;
+    let other = h2_client();
+    others_get_200(&other, &levee).await;
+    let mut h2 = RawH2::connect(levee.proxy_addr).await;
+    // One 40 KiB field, over 4 x 8 KiB, in a HEADERS frame and CONTINUATION
+    // frames of at most 16 KiB (the default SETTINGS_MAX_FRAME_SIZE).
+    let whole = get_frame(1, "/", &[("x-big", &"a".repeat(40 * 1024))]);
+    let block = &whole[9..];
+    let pieces: Vec<&[u8]> = block.chunks(16 * 1024).collect();
+    let mut burst = Vec::new();
+    for (i, piece) in pieces.iter().enumerate() {
+        let (kind, first) = if i == 0 {
+            (HEADERS, END_STREAM)
+        } else {
+            (CONTINUATION, 0)
+        };
+        let last = if i + 1 == pieces.len() {
+            END_HEADERS
+        } else {
+            0
+        };
+        burst.extend(frame(kind, first | last, 1, piece));
+    }
+    let _ = h2.s.write_all(&burst).await;
+    let goaway = h2
+        .until(|f| f.kind == GOAWAY)
+        .await
+        .expect("a GOAWAY before the connection closes");
+    assert_eq!(goaway.word(4), ENHANCE_YOUR_CALM, "{goaway:?}");
+    assert_eq!(app.stats().requests, 5);
+    others_get_200(&other, &levee).await;
     levee.shutdown().await;
 }
 
