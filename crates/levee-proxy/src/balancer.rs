@@ -143,6 +143,12 @@ pub trait Pool {
     fn size(&self) -> usize;
     /// Healthy, breaker admits, not excluded.
     fn usable(&self, i: usize) -> bool;
+    /// The usable nodes, when they are known without asking each one (a
+    /// set kept between breaker and health moves): a pick then draws among
+    /// them and asks its candidates only whether they are [`Pool::excluded`].
+    fn known_usable(&self) -> Option<&[usize]>;
+    /// Not to be picked by this request (tried already, or refused).
+    fn excluded(&self, i: usize) -> bool;
     fn in_flight(&self, i: usize) -> i64;
     fn latency(&self, i: usize) -> Duration;
     /// Cost multiplier for recent failures of this request's class.
@@ -155,27 +161,61 @@ pub trait Pool {
 /// nodes: enough that a backend with most of its nodes usable never counts.
 const DRAWS: usize = 8;
 
-/// Picks a node index, or `None` when none is usable. While most nodes are
-/// usable this costs the same for 3 nodes as for 1,000: random candidates
-/// are drawn from the whole list and the unusable ones drawn again, which
-/// picks uniformly among the usable nodes as counting them would, without
-/// a cache of the usable set to keep in step with breakers and health
-/// (whose state old and new config versions share).
+/// Picks a node index, or `None` when none is usable. This costs the same
+/// for 3 nodes as for 1,000: random candidates are drawn from the usable
+/// set where the pool knows it (else from the whole list, the unusable ones
+/// drawn again), which picks uniformly among the usable nodes as counting
+/// them would.
 pub fn pick(policy: LoadBalancing, pool: &impl Pool, cursor: &AtomicUsize) -> Option<usize> {
+    let candidates = Candidates {
+        pool,
+        known: pool.known_usable(),
+    };
     match policy {
         LoadBalancing::RoundRobin => {
-            if !(0..pool.size()).any(|i| pool.usable(i)) {
-                return None;
-            }
+            candidates.iter().next()?;
             round_robin(pool, cursor)
         }
-        LoadBalancing::LeastRequest => two_choices(pool, |i| {
+        LoadBalancing::LeastRequest => two_choices(&candidates, |i| {
             (pool.in_flight(i).max(0) as f64 + 1.0) * pool.penalty(i) / pool.weight(i)
         }),
-        LoadBalancing::P2cEwma => two_choices(pool, |i| {
+        LoadBalancing::P2cEwma => two_choices(&candidates, |i| {
             let latency = pool.latency(i).as_micros().max(1) as f64;
             latency * (pool.in_flight(i).max(0) as f64 + 1.0) * pool.penalty(i) / pool.weight(i)
         }),
+    }
+}
+
+/// What a pick draws from: the known usable set, else every node.
+struct Candidates<'a, P> {
+    pool: &'a P,
+    known: Option<&'a [usize]>,
+}
+
+impl<P: Pool> Candidates<'_, P> {
+    fn drawable(&self) -> usize {
+        self.known.map_or_else(|| self.pool.size(), <[usize]>::len)
+    }
+
+    /// The node at draw position `k`.
+    fn node(&self, k: usize) -> usize {
+        self.known.map_or(k, |known| known[k])
+    }
+
+    /// Whether drawn node `i` may take the request.
+    fn fits(&self, i: usize) -> bool {
+        if self.known.is_some() {
+            !self.pool.excluded(i)
+        } else {
+            self.pool.usable(i)
+        }
+    }
+
+    /// The nodes that may take the request, in order.
+    fn iter(&self) -> impl Iterator<Item = usize> + '_ {
+        (0..self.drawable())
+            .map(|k| self.node(k))
+            .filter(|i| self.fits(*i))
     }
 }
 
@@ -200,18 +240,18 @@ fn round_robin(pool: &impl Pool, cursor: &AtomicUsize) -> Option<usize> {
 }
 
 /// Power of two choices: two distinct usable nodes at random, the lower
-/// cost wins. Each is drawn at random from the whole list until a usable
-/// one comes up; whether both come up within [`DRAWS`] does not depend on
-/// which node came first, so the pair is as uniform as a counted one.
-fn two_choices(pool: &impl Pool, cost: impl Fn(usize) -> f64) -> Option<usize> {
-    let Some(a) = draw_usable(pool, None) else {
-        return two_choices_counted(pool, cost);
+/// cost wins. Each is drawn at random until one that fits comes up;
+/// whether both come up within [`DRAWS`] does not depend on which node
+/// came first, so the pair is as uniform as a counted one.
+fn two_choices<P: Pool>(c: &Candidates<'_, P>, cost: impl Fn(usize) -> f64) -> Option<usize> {
+    let Some(a) = draw(c, None) else {
+        return two_choices_counted(c, cost);
     };
     if fastrand::f64() < EXPLORE {
         return Some(a);
     }
-    let Some(b) = draw_usable(pool, Some(a)) else {
-        return two_choices_counted(pool, cost);
+    let Some(b) = draw(c, Some(a)) else {
+        return two_choices_counted(c, cost);
     };
     if cost(b) < cost(a) {
         Some(b)
@@ -220,47 +260,46 @@ fn two_choices(pool: &impl Pool, cost: impl Fn(usize) -> f64) -> Option<usize> {
     }
 }
 
-/// A node drawn uniformly from the usable ones other than `other`, if one
+/// A node drawn uniformly from those that fit, other than `other`, if one
 /// comes up within [`DRAWS`] draws.
-fn draw_usable(pool: &impl Pool, other: Option<usize>) -> Option<usize> {
-    let n = pool.size();
+fn draw<P: Pool>(c: &Candidates<'_, P>, other: Option<usize>) -> Option<usize> {
+    let n = c.drawable();
     if n == 0 {
         return None;
     }
     (0..DRAWS)
-        .map(|_| fastrand::usize(..n))
-        .find(|i| Some(*i) != other && pool.usable(*i))
+        .map(|_| c.node(fastrand::usize(..n)))
+        .find(|i| Some(*i) != other && c.fits(*i))
 }
 
-/// [`two_choices`] by counting the usable nodes: for a backend with few of
-/// them left.
-fn two_choices_counted(pool: &impl Pool, cost: impl Fn(usize) -> f64) -> Option<usize> {
-    let usable = (0..pool.size()).filter(|i| pool.usable(*i)).count();
+/// [`two_choices`] by counting the nodes that fit: for a backend with few
+/// of them left.
+fn two_choices_counted<P: Pool>(
+    c: &Candidates<'_, P>,
+    cost: impl Fn(usize) -> f64,
+) -> Option<usize> {
+    let usable = c.iter().count();
     if usable == 0 {
         return None;
     }
     if usable == 1 {
-        return (0..pool.size()).find(|i| pool.usable(*i));
+        return c.iter().next();
     }
     if fastrand::f64() < EXPLORE {
-        return nth_usable(pool, fastrand::usize(..usable));
+        return c.iter().nth(fastrand::usize(..usable));
     }
     let a = fastrand::usize(..usable);
     let mut b = fastrand::usize(..usable - 1);
     if b >= a {
         b += 1;
     }
-    let ia = nth_usable(pool, a)?;
-    let ib = nth_usable(pool, b)?;
+    let ia = c.iter().nth(a)?;
+    let ib = c.iter().nth(b)?;
     if cost(ib) < cost(ia) {
         Some(ib)
     } else {
         Some(ia)
     }
-}
-
-fn nth_usable(pool: &impl Pool, nth: usize) -> Option<usize> {
-    (0..pool.size()).filter(|i| pool.usable(*i)).nth(nth)
 }
 
 #[cfg(test)]
@@ -290,6 +329,12 @@ mod tests {
         }
         fn usable(&self, i: usize) -> bool {
             self[i].usable
+        }
+        fn known_usable(&self) -> Option<&[usize]> {
+            None
+        }
+        fn excluded(&self, _: usize) -> bool {
+            false
         }
         fn in_flight(&self, i: usize) -> i64 {
             self[i].in_flight
@@ -365,6 +410,69 @@ mod tests {
             assert!(counts[7] > 100 && counts[500] > 100, "{policy:?}");
             nodes[500].usable = false;
             assert_eq!(shares(policy, &nodes, 50)[7], 50, "{policy:?}");
+        }
+    }
+
+    /// `nodes` with a known usable set and some excluded.
+    struct Known {
+        nodes: Vec<Fake>,
+        known: Vec<usize>,
+        excluded: Vec<usize>,
+    }
+
+    impl Pool for Known {
+        fn size(&self) -> usize {
+            self.nodes.len()
+        }
+        fn usable(&self, i: usize) -> bool {
+            !self.excluded(i) && self.known.contains(&i)
+        }
+        fn known_usable(&self) -> Option<&[usize]> {
+            Some(&self.known)
+        }
+        fn excluded(&self, i: usize) -> bool {
+            self.excluded.contains(&i)
+        }
+        fn in_flight(&self, i: usize) -> i64 {
+            self.nodes.in_flight(i)
+        }
+        fn latency(&self, i: usize) -> Duration {
+            self.nodes.latency(i)
+        }
+        fn penalty(&self, i: usize) -> f64 {
+            self.nodes.penalty(i)
+        }
+        fn weight(&self, i: usize) -> f64 {
+            self.nodes.weight(i)
+        }
+    }
+
+    #[test]
+    fn a_known_usable_set_is_drawn_from_evenly_without_its_excluded_nodes() {
+        for policy in [LoadBalancing::LeastRequest, LoadBalancing::P2cEwma] {
+            // The nodes' own flags say all usable: only the set counts.
+            let pool = Known {
+                nodes: (0..1000).map(|_| fake()).collect(),
+                known: vec![3, 10, 500, 999],
+                excluded: vec![500],
+            };
+            let cursor = AtomicUsize::new(0);
+            let mut counts = [0usize; 1000];
+            for _ in 0..3000 {
+                counts[pick(policy, &pool, &cursor).unwrap()] += 1;
+            }
+            for (i, count) in counts.iter().enumerate() {
+                if [3, 10, 999].contains(&i) {
+                    assert!((800..1200).contains(count), "{policy:?} {i}: {count}");
+                } else {
+                    assert_eq!(*count, 0, "{policy:?} {i}");
+                }
+            }
+            let none = Known {
+                excluded: pool.known.clone(),
+                ..pool
+            };
+            assert_eq!(pick(policy, &none, &cursor), None, "{policy:?}");
         }
     }
 

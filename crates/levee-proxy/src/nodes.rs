@@ -14,11 +14,12 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwapOption;
+use arc_swap::{ArcSwap, ArcSwapOption, Guard};
 use http::uri::Authority;
 use levee_config::{
     BackendConfig, BreakerConfig, LoadBalancing, UpstreamProtocol, UpstreamTlsConfig,
 };
+use levee_resilience::moves::moves;
 use levee_resilience::{
     AdaptiveLimit, Admission, Breaker, BreakerPolicy, BreakerState, CallOutcome, EjectionBudget,
     HealthTracker, LimitPhase, LimitPolicy, Recorded, Transition, TransitionReason,
@@ -158,6 +159,11 @@ impl Node {
         &pools[worker % pools.len()]
     }
 
+    /// Whether requests go to this node over HTTP/2.
+    pub fn speaks_http2(&self) -> bool {
+        self.pools.settings.protocol == UpstreamProtocol::Http2
+    }
+
     pub fn health(&self) -> &HealthTracker {
         &self.health
     }
@@ -270,6 +276,9 @@ pub struct NodeSet {
     classes: Box<[String]>,
     /// Per traffic class: how many nodes error rates may eject at once.
     budgets: Box<[EjectionBudget]>,
+    /// Which nodes are usable for each class, rebuilt after a breaker or
+    /// health move rather than asked of every node per request.
+    usable: ArcSwap<UsableNodes>,
     /// The backend's admitted concurrency. While the whole pool ramps back
     /// (or is out), that ramp paces every node alike: a node back a moment
     /// before its peers must not get more than its share.
@@ -386,8 +395,10 @@ impl NodeSet {
                 None => EjectionBudget::new(nodes.len(), cfg.max_ejected_percent),
             })
             .collect();
+        let usable = ArcSwap::from_pointee(UsableNodes::scan(&nodes, classes.names().len()));
         Self {
             backend: cfg.name.clone(),
+            usable,
             nodes,
             policy: cfg.load_balancing,
             breakers_enabled: cfg.breaker.enabled,
@@ -419,13 +430,34 @@ impl NodeSet {
         self.nodes.is_empty()
     }
 
+    /// The usable nodes as of the latest breaker or health move, rebuilt
+    /// here if one has happened since.
+    fn usable_now(&self) -> Guard<Arc<UsableNodes>> {
+        let cached = self.usable.load();
+        if cached.moves == moves() {
+            return cached;
+        }
+        drop(cached);
+        self.usable
+            .store(Arc::new(UsableNodes::scan(&self.nodes, self.classes.len())));
+        self.usable.load()
+    }
+
     /// Whether any node is usable for `class` now.
     pub fn any_usable(&self, class: usize) -> bool {
-        self.nodes.iter().any(|n| n.usable(class))
+        match self.usable_now().of(class) {
+            Some(known) => !known.is_empty(),
+            None => self.nodes.iter().any(|n| n.usable(class)),
+        }
     }
 
     /// Whether a node other than those in `tried` could take a retry now.
     pub fn has_alternative(&self, class: usize, tried: &[usize], ignore_state: bool) -> bool {
+        if !ignore_state {
+            if let Some(known) = self.usable_now().of(class) {
+                return known.iter().any(|i| !tried.contains(i));
+            }
+        }
         self.nodes
             .iter()
             .enumerate()
@@ -516,8 +548,10 @@ impl NodeSet {
         allow_probe: bool,
         ignore_state: bool,
     ) -> Option<Pick> {
+        let usable = self.usable_now();
+        let known = usable.of(class).filter(|_| !ignore_state);
         if ignore_state || !self.breakers_enabled {
-            let view = self.view(class, tried, &[], ignore_state);
+            let view = self.view(class, tried, &[], known, ignore_state);
             return pick(self.policy, &view, &self.cursor).map(|i| self.chosen(i, class, false));
         }
         // A node whose breaker refuses (or would only take a trial call a
@@ -525,7 +559,7 @@ impl NodeSet {
         // scanned in order, so a usable node is never missed.
         let mut refused = [usize::MAX; 4];
         for round in 0..self.nodes.len() {
-            let view = self.view(class, tried, &refused, false);
+            let view = self.view(class, tried, &refused, known, false);
             let index = pick(self.policy, &view, &self.cursor)?;
             if let Some(p) = self.admit(index, class, allow_probe) {
                 return Some(p);
@@ -535,8 +569,10 @@ impl NodeSet {
                 None => break,
             }
         }
-        (0..self.nodes.len())
-            .filter(|i| !tried.contains(i) && !refused.contains(i) && self.nodes[*i].usable(class))
+        let view = self.view(class, tried, &refused, known, false);
+        let all = if known.is_some() { 0 } else { self.nodes.len() };
+        let rest = known.unwrap_or_default().iter().copied().chain(0..all);
+        rest.filter(|i| view.usable(*i))
             .find_map(|i| self.admit(i, class, allow_probe))
     }
 
@@ -545,6 +581,7 @@ impl NodeSet {
         class: usize,
         tried: &'a [usize],
         refused: &'a [usize],
+        known: Option<&'a [usize]>,
         ignore_state: bool,
     ) -> PoolView<'a> {
         PoolView {
@@ -552,6 +589,7 @@ impl NodeSet {
             class,
             tried,
             refused,
+            known,
             ignore_state,
         }
     }
@@ -660,12 +698,52 @@ impl NodeSet {
     }
 }
 
+/// Which nodes of a set are usable for each traffic class, as of a count
+/// of gate moves ([`levee_resilience::moves`]).
+#[derive(Debug)]
+struct UsableNodes {
+    moves: u64,
+    /// By class: the usable nodes' indices, or `None` while a breaker of
+    /// that class is open or half-open. An open breaker admits again once
+    /// its time is up, and a half-open one as its trial calls end, neither
+    /// with a move to count: selection then asks each node as it goes.
+    by_class: Box<[Option<Box<[usize]>>]>,
+}
+
+impl UsableNodes {
+    fn scan(nodes: &[Arc<Node>], classes: usize) -> Self {
+        // Read before the gates: a move meanwhile leaves this set stale
+        // under a count that has moved on, so the next pick rebuilds it.
+        let moves = moves();
+        let by_class = (0..classes.max(1))
+            .map(|class| {
+                let settled = nodes.iter().all(|n| {
+                    n.breakers
+                        .get(class)
+                        .is_none_or(|b| b.breaker.state() == BreakerState::Closed)
+                });
+                settled.then(|| {
+                    (0..nodes.len())
+                        .filter(|i| nodes[*i].usable(class))
+                        .collect()
+                })
+            })
+            .collect();
+        Self { moves, by_class }
+    }
+
+    fn of(&self, class: usize) -> Option<&[usize]> {
+        self.by_class.get(class)?.as_deref()
+    }
+}
+
 /// The nodes of one backend as selection sees them for one request.
 struct PoolView<'a> {
     set: &'a NodeSet,
     class: usize,
     tried: &'a [usize],
     refused: &'a [usize],
+    known: Option<&'a [usize]>,
     ignore_state: bool,
 }
 
@@ -675,10 +753,18 @@ impl Pool for PoolView<'_> {
     }
 
     fn usable(&self, i: usize) -> bool {
-        if self.tried.contains(&i) || self.refused.contains(&i) {
+        if self.excluded(i) {
             return false;
         }
         self.ignore_state || self.set.nodes[i].usable(self.class)
+    }
+
+    fn known_usable(&self) -> Option<&[usize]> {
+        self.known
+    }
+
+    fn excluded(&self, i: usize) -> bool {
+        self.tried.contains(&i) || self.refused.contains(&i)
     }
 
     fn in_flight(&self, i: usize) -> i64 {
@@ -843,6 +929,54 @@ mod tests {
         // The last usable node is never ejected for slowness alone.
         answer(&apart, 1, SLOW, 40);
         assert_eq!(safe_state(&apart, 1), BreakerState::Closed);
+    }
+
+    /// The nodes `n` picks for the safe class chose.
+    fn picked(set: &NodeSet, n: usize) -> Vec<usize> {
+        let mut seen: Vec<usize> = (0..n)
+            .filter_map(|_| set.pick(ClassTable::SAFE, &[], true, false))
+            .map(|p| p.index)
+            .collect();
+        seen.sort_unstable();
+        seen.dedup();
+        seen
+    }
+
+    /// The usable set selection draws from follows every health and
+    /// breaker move, of this set's nodes or through another config
+    /// version's set that shares them.
+    #[tokio::test(start_paused = true)]
+    async fn selection_follows_health_and_breaker_moves() {
+        let classes = ClassTable::new([]);
+        let cfg = config("\"127.0.0.1:1\", \"127.0.0.1:2\", \"127.0.0.1:3\"", "");
+        let set = build(&cfg.backends[0], &classes, None);
+        let same = build(&cfg.backends[0], &classes, Some(&set));
+        assert_eq!(picked(&set, 200), [0, 1, 2]);
+
+        set.nodes[1].health().record(false);
+        assert_eq!(picked(&set, 200), [0, 2]);
+        assert_eq!(picked(&same, 200), [0, 2], "the other version sees it");
+        assert!(!set.has_alternative(ClassTable::SAFE, &[0, 2], false));
+
+        fail_three_times(&same, 0);
+        assert_eq!(picked(&set, 200), [2]);
+        same.nodes[2].health().record(false);
+        assert!(!set.any_usable(ClassTable::SAFE));
+        assert!(set.pick(ClassTable::SAFE, &[], true, false).is_none());
+        assert!(
+            set.any_usable(ClassTable::UNSAFE),
+            "node 0 is out for one class"
+        );
+
+        // An open breaker admits a trial once its time is up, with no move
+        // to count until then.
+        set.nodes[1].health().record(true);
+        set.nodes[2].health().record(true);
+        assert_eq!(picked(&set, 200), [1, 2]);
+        assert!(set.pick(ClassTable::SAFE, &[1, 2], true, false).is_none());
+        tokio::time::advance(Duration::from_secs(60)).await;
+        let trial = set.pick(ClassTable::SAFE, &[1, 2], true, false).unwrap();
+        assert!(trial.index == 0 && trial.is_probe());
     }
 
     #[tokio::test(start_paused = true)]

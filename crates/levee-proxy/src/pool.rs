@@ -36,7 +36,7 @@ use std::time::Duration;
 
 use futures_util::future::{BoxFuture, FutureExt as _, Shared};
 use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
-use http::{Request, Response, StatusCode, Uri};
+use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2, TrySendError};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -152,8 +152,10 @@ impl NodePool {
         }
     }
 
-    /// Sends `req` (its URI absolute, with the node's authority) over a
-    /// pooled connection, or a new one, and waits for the response headers.
+    /// Sends `req` over a pooled connection, or a new one, and waits for
+    /// the response headers. Its URI is as the node takes it: origin form
+    /// for HTTP/1, absolute with the node's authority for HTTP/2
+    /// ([`crate::stack::balance`] aims it).
     pub fn send(&self, req: Request<RequestBody>) -> ResponseFuture {
         let inner = Arc::clone(&self.inner);
         Box::pin(async move {
@@ -181,7 +183,6 @@ impl Inner {
         self: Arc<Self>,
         mut req: Request<RequestBody>,
     ) -> Result<Response<Incoming>, PoolError> {
-        origin_form(req.uri_mut());
         if let Some(mut sender) = self.checkout_h1() {
             match sender.try_send_request(req).await {
                 Ok(resp) => return self.answered_h1(sender, resp),
@@ -436,17 +437,6 @@ fn not_sent(mut e: TrySendError<Request<RequestBody>>) -> PoolError {
         PoolError::NotSent(e.into_error())
     } else {
         PoolError::Send(e.into_error())
-    }
-}
-
-/// HTTP/1 sends the request target in origin form (`/path?query`).
-fn origin_form(uri: &mut Uri) {
-    if uri.authority().is_some() {
-        let pq = uri
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
-        *uri = Uri::from(pq);
     }
 }
 

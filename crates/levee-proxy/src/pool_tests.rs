@@ -17,7 +17,7 @@ use hyper::body::{Frame, Incoming};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch, Notify};
 
 use super::{NodePool, PoolConfig, PoolError};
 use crate::body::RequestBody;
@@ -136,6 +136,49 @@ async fn raw_node(
     (addr, counts)
 }
 
+/// An HTTP/2 node that answers one request per connection, then sends
+/// GOAWAY and closes that connection once the answer is out; the watch
+/// counts the connections it has closed.
+async fn goaway_node() -> (SocketAddr, Arc<Counts>, watch::Receiver<usize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let counts = Arc::new(Counts::default());
+    let (closed_tx, closed) = watch::channel(0);
+    let c = Arc::clone(&counts);
+    tokio::spawn(async move {
+        let closed_tx = Arc::new(closed_tx);
+        while let Ok((socket, _)) = listener.accept().await {
+            c.connections.fetch_add(1, Ordering::SeqCst);
+            let answered = Arc::new(Notify::new());
+            let service = hyper::service::service_fn({
+                let (c, answered) = (Arc::clone(&c), Arc::clone(&answered));
+                move |_req: Request<Incoming>| {
+                    c.requests.fetch_add(1, Ordering::SeqCst);
+                    answered.notify_one();
+                    async {
+                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
+                    }
+                }
+            });
+            let closed_tx = Arc::clone(&closed_tx);
+            tokio::spawn(async move {
+                let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(socket), service);
+                tokio::pin!(conn);
+                tokio::select! {
+                    _ = conn.as_mut() => {}
+                    () = answered.notified() => {
+                        conn.as_mut().graceful_shutdown();
+                        let _ = conn.await;
+                    }
+                }
+                closed_tx.send_modify(|n| *n += 1);
+            });
+        }
+    });
+    (addr, counts, closed)
+}
+
 const OK: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
 
 fn pool(addr: SocketAddr, max_idle: usize, http2: bool) -> NodePool {
@@ -150,8 +193,15 @@ fn pool(addr: SocketAddr, max_idle: usize, http2: bool) -> NodePool {
     )
 }
 
-fn get(addr: SocketAddr, path: &str) -> Request<RequestBody> {
-    Request::get(format!("http://{addr}{path}"))
+/// A GET aimed as the pool takes it: origin form for HTTP/1, absolute for
+/// HTTP/2.
+fn get(pool: &NodePool, addr: SocketAddr, path: &str) -> Request<RequestBody> {
+    let target = if pool.inner.config.http2 {
+        format!("http://{addr}{path}")
+    } else {
+        path.to_owned()
+    };
+    Request::get(target)
         .header("host", "test")
         .body(RequestBody::kept(Bytes::new()))
         .unwrap()
@@ -159,7 +209,7 @@ fn get(addr: SocketAddr, path: &str) -> Request<RequestBody> {
 
 /// Sends a GET and reads the whole answer.
 async fn fetch(pool: &NodePool, addr: SocketAddr, path: &str) -> Result<Bytes, PoolError> {
-    let resp = tokio::time::timeout(WAIT, pool.send(get(addr, path)))
+    let resp = tokio::time::timeout(WAIT, pool.send(get(pool, addr, path)))
         .await
         .unwrap()?;
     assert_eq!(resp.status(), 200);
@@ -182,7 +232,7 @@ async fn sequential_requests_share_one_connection() {
 async fn a_connection_is_reused_only_once_its_body_has_ended() {
     let (addr, counts, feed) = node(false).await;
     let pool = pool(addr, 4, false);
-    let streaming = pool.send(get(addr, "/stream")).await.unwrap();
+    let streaming = pool.send(get(&pool, addr, "/stream")).await.unwrap();
     feed.send(Bytes::from_static(b"part")).await.unwrap();
     // The first connection is still carrying its body: a second one opens.
     assert_eq!(fetch(&pool, addr, "/").await.unwrap(), "ok");
@@ -201,7 +251,7 @@ async fn a_connection_is_reused_only_once_its_body_has_ended() {
 async fn max_idle_bounds_the_connections_kept() {
     let (addr, counts, feed) = node(false).await;
     let pool = pool(addr, 1, false);
-    let streaming = pool.send(get(addr, "/stream")).await.unwrap();
+    let streaming = pool.send(get(&pool, addr, "/stream")).await.unwrap();
     assert_eq!(fetch(&pool, addr, "/").await.unwrap(), "ok");
     drop(feed);
     streaming.into_body().collect().await.unwrap();
@@ -266,7 +316,7 @@ async fn a_response_framed_two_ways_closes_its_connection() {
         b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n";
     let (addr, counts) = raw_node(vec![Some(both), Some(OK)], None).await;
     let pool = pool(addr, 4, false);
-    let err = tokio::time::timeout(WAIT, pool.send(get(addr, "/")))
+    let err = tokio::time::timeout(WAIT, pool.send(get(&pool, addr, "/")))
         .await
         .unwrap()
         .unwrap_err();
@@ -307,4 +357,19 @@ async fn requests_waiting_for_a_failed_http2_connect_share_its_error() {
             "{err:?}"
         );
     }
+}
+
+#[tokio::test]
+async fn an_http2_connection_that_goes_away_is_replaced() {
+    let (addr, counts, mut closed) = goaway_node().await;
+    let pool = pool(addr, 4, true);
+    assert_eq!(fetch(&pool, addr, "/").await.unwrap(), "ok");
+    // The node has sent GOAWAY and closed the connection.
+    tokio::time::timeout(WAIT, closed.wait_for(|n| *n >= 1))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(fetch(&pool, addr, "/").await.unwrap(), "ok");
+    assert_eq!(counts.connections(), 2, "on a new connection");
+    assert_eq!(counts.requests(), 2);
 }

@@ -622,6 +622,8 @@ impl Breaker {
         }
     }
 
+    /// The record of a move that has just happened; counted in
+    /// [`crate::moves`].
     fn transition(
         &self,
         from: BreakerState,
@@ -629,6 +631,7 @@ impl Breaker {
         reason: TransitionReason,
         open_for: Option<Duration>,
     ) -> Transition {
+        crate::moves::moved();
         Transition {
             from,
             to,

@@ -82,6 +82,7 @@ impl HealthTracker {
         if healthy == (prev & HEALTHY != 0) {
             return None;
         }
+        crate::moves::moved();
         let (oks, fails) = runs(next);
         Some(HealthTransition {
             healthy,

@@ -24,6 +24,7 @@ pub use deadline::{Deadline, DeadlineExceeded, Phase};
 
 pub mod drift;
 pub mod health;
+pub mod moves;
 pub mod rate_limit;
 pub mod retry_budget;
 

@@ -153,13 +153,10 @@ where
             };
         };
         let index = pick.index;
-        match node_uri(request.uri(), &pick.node.authority) {
-            Ok(uri) => *request.uri_mut() = uri,
-            Err(error) => {
-                return BalanceFuture::Done {
-                    result: Some(Err(TryFailed::Call { error, index })),
-                }
-            }
+        if let Err(error) = aim(request.uri_mut(), &pick.node) {
+            return BalanceFuture::Done {
+                result: Some(Err(TryFailed::Call { error, index })),
+            };
         }
         let in_flight = pick.node.enter();
         let fut = self.inner.call(NodeRequest {
@@ -255,16 +252,31 @@ where
     }
 }
 
+/// Sets the request's target as `node` takes it: HTTP/1 in origin form
+/// (`/path?query`, left as it is when the client sent it so), HTTP/2
+/// absolute with the node's authority, which hyper sends as `:scheme` and
+/// `:authority`.
+fn aim(uri: &mut Uri, node: &Node) -> Result<(), ProxyError> {
+    if node.speaks_http2() {
+        *uri = node_uri(uri, &node.authority)?;
+    } else if uri.scheme().is_some() || uri.authority().is_some() {
+        *uri = Uri::from(path_and_query(uri));
+    }
+    Ok(())
+}
+
 /// The request's path and query, aimed at the node.
 fn node_uri(uri: &Uri, authority: &Authority) -> Result<Uri, ProxyError> {
-    let pq = uri
-        .path_and_query()
-        .cloned()
-        .unwrap_or_else(|| PathAndQuery::from_static("/"));
     Uri::builder()
         .scheme("http")
         .authority(authority.clone())
-        .path_and_query(pq)
+        .path_and_query(path_and_query(uri))
         .build()
         .map_err(|e| ProxyError::new(ErrorReason::BadRequest, format!("bad request target: {e}")))
+}
+
+fn path_and_query(uri: &Uri) -> PathAndQuery {
+    uri.path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"))
 }

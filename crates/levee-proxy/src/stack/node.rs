@@ -22,7 +22,8 @@ use crate::node_io::ConnectError;
 use crate::nodes::Node;
 use crate::pool::{PoolError, ResponseFuture};
 
-/// A request for one node, its URI already pointing there.
+/// A request for one node, its URI already aimed there (origin form for
+/// HTTP/1, absolute for HTTP/2: see [`super::balance`]).
 #[derive(Debug)]
 pub struct NodeRequest {
     pub node: Arc<Node>,

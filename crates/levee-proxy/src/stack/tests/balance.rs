@@ -143,7 +143,7 @@ async fn a_usable_node_is_picked_and_the_request_aimed_at_it() {
     assert_eq!(calls.len(), 3);
     for call in calls {
         assert_eq!(call.addr, "127.0.0.1:9002".parse::<SocketAddr>().unwrap());
-        assert_eq!(call.uri, "http://127.0.0.1:9002/p/a?q=1");
+        assert_eq!(call.uri, "/p/a?q=1", "origin form for HTTP/1");
         assert_eq!(call.in_flight, 1, "counted in flight during the call");
     }
     let node1 = &app.nodes.nodes()[1].stats;
@@ -151,6 +151,29 @@ async fn a_usable_node_is_picked_and_the_request_aimed_at_it() {
     assert_eq!(node1.latency.count(), 3);
     let node0 = &app.nodes.nodes()[0].stats;
     assert_eq!(node0.outcomes.class(StatusClass::Success), 0);
+}
+
+/// An HTTP/1 node gets the target in origin form, whatever form the
+/// client sent; an HTTP/2 node gets it absolute, with its own authority.
+#[tokio::test(start_paused = true)]
+async fn the_target_is_origin_form_for_http1_and_absolute_with_the_node_for_http2() {
+    for (protocol, want) in [
+        ("http1", "/p/a?q=1"),
+        ("http2", "http://127.0.0.1:9001/p/a?q=1"),
+    ] {
+        let state = testing::state(&format!(
+            "[[backend]]\nname = \"app\"\nnodes = [\"127.0.0.1:9001\"]\nprotocol = \"{protocol}\"\n[[route]]\npath_prefix = \"/\"\nbackend = \"app\"\n"
+        ));
+        let app = &state.backends[0];
+        let record = Record::default();
+        for target in ["/p/a?q=1", "http://client.example/p/a?q=1"] {
+            let mut a = attempt(app, &[], true);
+            *a.request.uri_mut() = target.parse().unwrap();
+            try_once(&record, Reply::Status(200), a).await.unwrap();
+            let calls = record.take();
+            assert_eq!(calls[0].uri, want, "{protocol}, client sent {target}");
+        }
+    }
 }
 
 #[tokio::test(start_paused = true)]

@@ -47,9 +47,15 @@ fn node_request(
     deadline: Deadline,
 ) -> NodeRequest {
     let node = Arc::clone(&state.backends[0].nodes.nodes()[0]);
+    // Aimed as `Balance` aims it.
+    let target = if node.speaks_http2() {
+        format!("http://{}{path}", node.addr)
+    } else {
+        path.to_owned()
+    };
     let request = Request::builder()
         .method(method)
-        .uri(format!("http://{}{path}", node.addr))
+        .uri(target)
         .header("host", "test")
         .body(RequestBody::kept(Bytes::from_static(body.as_bytes())))
         .unwrap();
