@@ -4,13 +4,14 @@
 # CPU per request (utime + stime from /proc, split user/system). On a noisy
 # machine single runs move by ±20%; compare medians over the rounds.
 #
-# Usage: benches/load/ab.sh LEVEE_A LEVEE_B [ROUNDS] [SECONDS] [CONNECTIONS]
+# Usage: benches/load/ab.sh LEVEE_A LEVEE_B [ROUNDS] [SECONDS] [CONNECTIONS] [BODY_BYTES]
+# BODY_BYTES: the node's response body size (default 64).
 # B_ACCESS_LOG=1 runs B with the access log on (to a file), A with it off:
 # give the same binary twice to measure the log's cost.
 # The proxy runs one worker pinned to CPU 0; the node and wrk share CPU 1.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-A=$1 B=$2 ROUNDS=${3:-6} DUR=${4:-5} CONNS=${5:-64}
+A=$1 B=$2 ROUNDS=${3:-6} DUR=${4:-5} CONNS=${5:-64} BODY=${6:-64}
 # PORT_OFFSET moves every port, so that runs side by side do not collide.
 P=${PORT_OFFSET:-0}
 NODE_PORT=$((19301+P)) LEVEE_PORT=$((18381+P)) ADMIN_PORT=$((18391+P))
@@ -21,7 +22,7 @@ WORK=$(mktemp -d)
 levee_config "$WORK/a.toml" $LEVEE_PORT $ADMIN_PORT $NODE_PORT
 LEVEE_ACCESS_LOG=${B_ACCESS_LOG:+$WORK/access.log} \
   levee_config "$WORK/b.toml" $LEVEE_PORT $ADMIN_PORT $NODE_PORT
-taskset -c 1 target/release/levee-node --listen 127.0.0.1:$NODE_PORT --mode healthy:64 >/dev/null 2>&1 &
+taskset -c 1 target/release/levee-node --listen 127.0.0.1:$NODE_PORT --mode "healthy:$BODY" >/dev/null 2>&1 &
 NODE=$!
 trap 'kill $NODE 2>/dev/null || true; rm -rf "$WORK"' EXIT
 sleep 0.5
@@ -48,7 +49,7 @@ one() { # binary config -> "total (u user s system)" µs per request
     printf " [%s req, %s log lines, %s dropped]" "$n" "$(wc -l < "$WORK/access.log")" "$dropped"
   fi
 }
-echo "cpu us/request, A=$A B=$B${B_ACCESS_LOG:+ (B with the access log on)}, ${DUR}s per run, $CONNS connections"
+echo "cpu us/request, A=$A B=$B${B_ACCESS_LOG:+ (B with the access log on)}, ${DUR}s per run, $CONNS connections, $BODY-byte responses"
 for r in $(seq 1 "$ROUNDS"); do
   a=$(one "$A" "$WORK/a.toml")
   b=$(one "$B" "$WORK/b.toml")

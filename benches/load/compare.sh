@@ -8,7 +8,8 @@
 # wrk keeps its connections, so this is the per-request cost of encryption,
 # not of handshakes), and the TLS/plain ratio of CPU per request is printed.
 #
-# Usage: benches/load/compare.sh [DURATION_SECONDS] [CONNECTIONS]
+# Usage: benches/load/compare.sh [DURATION_SECONDS] [CONNECTIONS] [BODY_BYTES]
+# BODY_BYTES: the node's response body size (default 64).
 # LEVEE_BASELINE=path/to/another/levee adds a row for that binary in the same
 # run (e.g. the build before a change), so before/after is one measurement.
 # Every proxy runs one worker, pinned to CPU 0; the node and wrk share CPU 1
@@ -21,6 +22,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 DURATION=${1:-10}
 CONNS=${2:-50}
+BODY=${3:-64}
 # PORT_OFFSET moves every port, so that runs side by side do not collide.
 P=${PORT_OFFSET:-0}
 NODE_PORT=$((19101+P)) LEVEE_PORT=$((18181+P)) ADMIN_PORT=$((18191+P)) NGINX_PORT=$((18182+P)) HAPROXY_PORT=$((18183+P)) TLS_PORT=$((18184+P))
@@ -33,7 +35,7 @@ bash benches/load/install.sh >/dev/null
 
 cargo build --release --locked -q --bin levee -p levee --bin levee-node -p levee-testkit
 if [ "$(nproc)" -ge 2 ]; then PROXY_CPU=(taskset -c 0); LOAD_CPU=(taskset -c 1); else PROXY_CPU=(); LOAD_CPU=(); fi
-"${LOAD_CPU[@]}" target/release/levee-node --listen 127.0.0.1:$NODE_PORT --mode healthy:64 >/dev/null 2>&1 &
+"${LOAD_CPU[@]}" target/release/levee-node --listen 127.0.0.1:$NODE_PORT --mode "healthy:$BODY" >/dev/null 2>&1 &
 PIDS+=($!)
 
 . benches/load/levee_config.sh
@@ -132,4 +134,4 @@ HAPROXY_PID=$!; PIDS+=($HAPROXY_PID)
 wait_port $HAPROXY_PORT
 run haproxy $HAPROXY_PORT $HAPROXY_PID
 echo "levee CPU per request, TLS / plain: $TLS_RATIO"
-echo "($DURATION s per target, $CONNS connections, wrk -t1, 64-byte responses, one run on this machine)"
+echo "($DURATION s per target, $CONNS connections, wrk -t1, $BODY-byte responses, one run on this machine)"

@@ -126,35 +126,42 @@ impl IdleTimer {
 /// at the edge.
 #[derive(Debug)]
 pub enum RequestBody {
-    Stream {
-        /// Bytes already read from `inner`, sent first.
-        prefix: Option<Bytes>,
-        inner: Incoming,
-        idle: IdleTimer,
-        limit: Option<u64>,
-        read: u64,
-        failure: Option<ClientBodyFailure>,
-    },
+    /// Boxed: a request travels through every layer's future and waits in
+    /// the node connection's queue, so its size is paid on every move and
+    /// in every queue slot, while most requests (bodiless ones) keep nothing.
+    Stream(Box<Streaming>),
     Kept(Option<Bytes>),
+}
+
+/// A request body streamed to the node as the client sends it.
+#[derive(Debug)]
+pub struct Streaming {
+    /// Bytes already read from `inner`, sent first.
+    prefix: Option<Bytes>,
+    inner: Incoming,
+    idle: IdleTimer,
+    limit: Option<u64>,
+    read: u64,
+    failure: Option<ClientBodyFailure>,
 }
 
 impl RequestBody {
     /// `limit`: most bytes the body may have (`None`: no limit).
     pub fn stream(inner: Incoming, idle_timeout: Duration, limit: Option<u64>) -> Self {
-        RequestBody::Stream {
+        RequestBody::Stream(Box::new(Streaming {
             prefix: None,
             inner,
             idle: IdleTimer::new(idle_timeout),
             limit,
             read: 0,
             failure: None,
-        }
+        }))
     }
 
     /// A streamed body records its failure in `flag`.
     pub fn watched(mut self, flag: ClientBodyFailure) -> Self {
-        if let RequestBody::Stream { failure, .. } = &mut self {
-            *failure = Some(flag);
+        if let RequestBody::Stream(body) = &mut self {
+            body.failure = Some(flag);
         }
         self
     }
@@ -169,8 +176,8 @@ impl RequestBody {
             if let Ok(chunk) = frame?.into_data() {
                 data.extend_from_slice(&chunk);
                 if data.len() > max {
-                    if let RequestBody::Stream { prefix, .. } = &mut self {
-                        *prefix = Some(data.freeze());
+                    if let RequestBody::Stream(body) = &mut self {
+                        body.prefix = Some(data.freeze());
                     }
                     return Ok(self);
                 }
@@ -194,14 +201,15 @@ impl Body for RequestBody {
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         match self.get_mut() {
             RequestBody::Kept(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
-            RequestBody::Stream {
-                prefix,
-                inner,
-                idle,
-                limit,
-                read,
-                failure,
-            } => {
+            RequestBody::Stream(body) => {
+                let Streaming {
+                    prefix,
+                    inner,
+                    idle,
+                    limit,
+                    read,
+                    failure,
+                } = &mut **body;
                 if let Some(data) = prefix.take() {
                     return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
@@ -234,7 +242,7 @@ impl Body for RequestBody {
     fn is_end_stream(&self) -> bool {
         match self {
             RequestBody::Kept(data) => data.is_none(),
-            RequestBody::Stream { prefix, inner, .. } => prefix.is_none() && inner.is_end_stream(),
+            RequestBody::Stream(body) => body.prefix.is_none() && body.inner.is_end_stream(),
         }
     }
 
@@ -243,12 +251,8 @@ impl Body for RequestBody {
             RequestBody::Kept(data) => {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
-            RequestBody::Stream {
-                prefix: None,
-                inner,
-                ..
-            } => inner.size_hint(),
-            RequestBody::Stream { .. } => SizeHint::default(),
+            RequestBody::Stream(body) if body.prefix.is_none() => body.inner.size_hint(),
+            RequestBody::Stream(_) => SizeHint::default(),
         }
     }
 }
@@ -402,7 +406,10 @@ pub struct ProxyBody {
     activity: Option<ActivityGuard>,
     /// The node that answered (set only while the access log is on).
     upstream: Option<UpstreamInfo>,
-    log: Option<Logged>,
+    /// Boxed: the entry is larger than the rest of the body, and a response
+    /// is moved through every layer on its way out (and, with the log off,
+    /// there is none).
+    log: Option<Box<Logged>>,
 }
 
 /// A request's access log entry and the bytes sent so far.
@@ -442,10 +449,10 @@ impl ProxyBody {
         if upstream.is_some() {
             self.upstream = upstream;
         }
-        self.log = Some(Logged {
+        self.log = Some(Box::new(Logged {
             entry,
             bytes_out: 0,
-        });
+        }));
         self
     }
 
