@@ -18,10 +18,10 @@ use http_body_util::{BodyExt as _, Empty, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::service::TowerToHyperService;
 use levee_proxy::error::ProxyError;
 use levee_proxy::headers::Scheme;
 use levee_proxy::stack::node::NodeRequest;
+use levee_proxy::stack::serve::Serve;
 use levee_proxy::{ProxyState, Shared};
 use levee_telemetry::{ErrorReason, Telemetry, Topology};
 
@@ -157,7 +157,7 @@ fn whole_request(c: &mut Criterion) {
             let (client_io, server_io) = tokio::io::duplex(64 * 1024);
             tokio::spawn(async move {
                 let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(server_io), TowerToHyperService::new(stack))
+                    .serve_connection(TokioIo::new(server_io), Serve::new(stack))
                     .await;
             });
             let (sender, conn) =

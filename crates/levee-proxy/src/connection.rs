@@ -21,7 +21,6 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 use tokio::time::{sleep_until, Instant};
@@ -52,7 +51,7 @@ pub(crate) async fn serve<I>(
 {
     let activity = Arc::new(ConnActivity::new());
     let gate = Gate::new(stream, Arc::clone(&shared), Arc::clone(&activity), peer);
-    let service = TowerToHyperService::new(TrackActivity {
+    let service = stack::serve::Serve::new(TrackActivity {
         inner: stack::stack(shared, worker, peer, scheme),
         activity: Arc::clone(&activity),
     });

@@ -9,6 +9,7 @@
 //! call to one node.
 //!
 //! ```text
+//! Serve               hyper's service: the connection's one stack, called in place
 //! TrackActivity       connection idle bookkeeping                  (connection.rs)
 //! RequestId           keep a usable x-request-id or make one; stamp every response
 //! Edge                CONNECT, header count, target length, head size, target form,
@@ -46,6 +47,7 @@ pub mod node;
 pub mod rate_limit;
 pub mod request_id;
 pub mod retry;
+pub mod serve;
 pub mod tunnel;
 
 #[cfg(test)]

@@ -9,4 +9,5 @@ mod failover;
 mod node;
 mod request_id;
 mod retry;
+mod serve;
 mod tunnel;
