@@ -4,7 +4,10 @@
 //! the `X-Forwarded-*` family tells the node who the client was; a request id
 //! ties the client's view, levee's log and the node's log together.
 
+use std::cell::Cell;
 use std::net::IpAddr;
+
+use bytes::BytesMut;
 
 use http::header::{
     HeaderMap, HeaderName, HeaderValue, CONNECTION, HOST, TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
@@ -75,18 +78,36 @@ pub fn usable_request_id(v: &HeaderValue) -> bool {
         && v.as_bytes().iter().all(|b| b.is_ascii_graphic())
 }
 
+/// Request ids cut from one block of a thread's before it takes another.
+const IDS_PER_BLOCK: usize = 16;
+
 /// 32 lowercase hex digits of randomness. Its bytes are shared, so the
-/// copies on the request and the response cost no allocation each.
+/// copies on the request and the response cost no allocation each; and
+/// they are cut from a block of the thread's, so making one allocates only
+/// once in [`IDS_PER_BLOCK`] (a block is freed when its last id is).
 pub fn new_request_id() -> HeaderValue {
     const HEX: &[u8; 16] = b"0123456789abcdef";
+    const LEN: usize = 32;
+    thread_local! {
+        static BLOCK: Cell<BytesMut> = Cell::new(BytesMut::new());
+    }
     let mut n = fastrand::u128(..);
-    let mut buf = [0u8; 32];
+    let mut buf = [0u8; LEN];
     for b in buf.iter_mut().rev() {
         *b = HEX[(n & 0xf) as usize];
         n >>= 4;
     }
-    HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(buf))
-        .unwrap_or_else(|_| HeaderValue::from_static("0"))
+    let id = BLOCK.with(|cell| {
+        let mut block = cell.take();
+        if block.capacity() < LEN {
+            block = BytesMut::with_capacity(LEN * IDS_PER_BLOCK);
+        }
+        block.extend_from_slice(&buf);
+        let id = block.split().freeze();
+        cell.set(block);
+        id
+    });
+    HeaderValue::from_maybe_shared(id).unwrap_or_else(|_| HeaderValue::from_static("0"))
 }
 
 /// How the client reached levee: the value of `X-Forwarded-Proto`.
@@ -327,6 +348,22 @@ mod tests {
         assert_eq!(new_request_id().len(), 32);
         assert!(usable(new_request_id().to_str().unwrap()));
         assert_ne!(new_request_id(), new_request_id());
+    }
+
+    #[test]
+    fn request_ids_cut_from_several_blocks_are_whole_and_distinct() {
+        let ids: Vec<HeaderValue> = (0..3 * IDS_PER_BLOCK + 1)
+            .map(|_| new_request_id())
+            .collect();
+        let distinct: std::collections::HashSet<&[u8]> = ids.iter().map(|v| v.as_bytes()).collect();
+        assert_eq!(distinct.len(), ids.len());
+        for id in &ids {
+            assert_eq!(id.len(), 32);
+            assert!(id
+                .as_bytes()
+                .iter()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+        }
     }
 
     #[test]
