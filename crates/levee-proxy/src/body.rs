@@ -406,16 +406,17 @@ pub struct ProxyBody {
     activity: Option<ActivityGuard>,
     /// The node that answered (set only while the access log is on).
     upstream: Option<UpstreamInfo>,
-    /// Boxed: the entry is larger than the rest of the body, and a response
-    /// is moved through every layer on its way out (and, with the log off,
-    /// there is none).
-    log: Option<Box<Logged>>,
+    log: Option<Logged>,
 }
 
 /// A request's access log entry and the bytes sent so far.
 #[derive(Debug)]
 struct Logged {
-    entry: AccessEntry,
+    /// Boxed where the edge makes it: the entry is larger than the rest of
+    /// the body, a response is moved through every layer on its way out
+    /// (and the edge's future holds the entry until then), and with the log
+    /// off there is none.
+    entry: Box<AccessEntry>,
     bytes_out: u64,
 }
 
@@ -445,14 +446,14 @@ impl ProxyBody {
 
     /// The line for `entry` is written when this body ends. `upstream`:
     /// the node that failed the request, when levee answers for it.
-    pub fn logged(mut self, entry: AccessEntry, upstream: Option<UpstreamInfo>) -> Self {
+    pub fn logged(mut self, entry: Box<AccessEntry>, upstream: Option<UpstreamInfo>) -> Self {
         if upstream.is_some() {
             self.upstream = upstream;
         }
-        self.log = Some(Box::new(Logged {
+        self.log = Some(Logged {
             entry,
             bytes_out: 0,
-        }));
+        });
         self
     }
 

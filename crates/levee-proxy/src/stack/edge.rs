@@ -89,7 +89,9 @@ where
     fn call(&mut self, req: Request<Incoming>) -> Self::Future {
         let started = Instant::now();
         let state = self.shared.current();
-        let mut log = AccessEntry::new(&state, &req, self.peer, started);
+        // Boxed: it rides in the response future and body, which every layer
+        // moves; most requests have no entry.
+        let mut log = AccessEntry::new(&state, &req, self.peer, started).map(Box::new);
         if let Err(e) = check_request(&req, &state.config.server) {
             log_error(&e, req.headers(), None);
             return EdgeFuture::unrouted(&state.topology.unrouted, e, log);
@@ -157,7 +159,7 @@ pin_project_lite::pin_project! {
             #[pin] fut: F,
             stats: Option<Arc<RouteStats>>,
             started: Instant,
-            log: Option<AccessEntry>,
+            log: Option<Box<AccessEntry>>,
             // HTTP/2 has no `Connection` header: a failed request body ends
             // only its stream.
             http2: bool,
@@ -167,7 +169,7 @@ pin_project_lite::pin_project! {
 }
 
 impl<F> EdgeFuture<F> {
-    fn unrouted(counters: &OutcomeCounters, e: ProxyError, log: Option<AccessEntry>) -> Self {
+    fn unrouted(counters: &OutcomeCounters, e: ProxyError, log: Option<Box<AccessEntry>>) -> Self {
         counters.record_error(e.reason);
         counters.record_status(e.status().as_u16());
         EdgeFuture::Unrouted {
@@ -180,7 +182,7 @@ impl<F> EdgeFuture<F> {
         stats: &RouteStats,
         started: Instant,
         e: ProxyError,
-        log: Option<AccessEntry>,
+        log: Option<Box<AccessEntry>>,
     ) -> Self {
         stats.outcomes.record_error(e.reason);
         stats.outcomes.record_status(e.status().as_u16());
@@ -193,7 +195,7 @@ impl<F> EdgeFuture<F> {
 
 /// The response for `result`; with the access log on, its body carries the
 /// request's entry, written when the body ends.
-fn answer(result: ProxyResult, log: Option<AccessEntry>) -> Response<ProxyBody> {
+fn answer(result: ProxyResult, log: Option<Box<AccessEntry>>) -> Response<ProxyBody> {
     let (resp, reason, upstream) = match result {
         Ok(resp) => (resp, None, None),
         Err(mut e) => {
