@@ -647,7 +647,11 @@ impl NodeSet {
             }
         };
         node.load.observe(pick.class, elapsed, failed);
-        node.ramp.record(elapsed, failed);
+        // A node's ramp has no gradient limit: steady, it has nothing to
+        // learn from a call (and its policy, behind an ArcSwap, is not read).
+        if node.ramp.is_ramping() {
+            node.ramp.record(elapsed, failed);
+        }
         let probe = std::mem::take(&mut pick.probe);
         if !self.breakers_enabled {
             return failed;
