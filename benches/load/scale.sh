@@ -7,6 +7,10 @@
 # Usage: benches/load/scale.sh LEVEE [ROUNDS] [SECONDS] [CONNECTIONS]
 # The nodes are one levee-node on 0.0.0.0, reached at 127.0.x.y addresses.
 # The proxy runs one worker pinned to CPU 0; the node and wrk share CPU 1.
+# PEERS=1 adds nginx and HAProxy with the same 2 and 1,000 servers (keep-alive
+# to every server) in each round, so the part of the 1,000-node cost that any
+# proxy pays (an idle connection to each of 1,000 nodes: cold sockets, cold
+# connection state) shows beside levee's.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 LEVEE=$1 ROUNDS=${2:-5} DUR=${3:-5} CONNS=${4:-64}
@@ -43,15 +47,72 @@ config() { # FILE ROUTES NODES
 config "$WORK/base.toml" 1 2
 config "$WORK/routes.toml" 10000 2
 config "$WORK/nodes.toml" 1 1000
+CASES="base routes nodes"
+
+servers() { # N FORMAT: a line per server, printf'd with its index i, a and b (127.0.a.b)
+  for i in $(seq 0 $(($1 - 1))); do printf "$2" "$i" $((i / 250)) $((i % 250 + 1)); done
+}
+peers() { # N: nginx and HAProxy configs with N servers
+  cat > "$WORK/nginx$1.conf" <<CONF
+worker_processes 1;
+pid $WORK/nginx$1.pid;
+error_log $WORK/nginx-error.log;
+events { worker_connections 8192; }
+http {
+  access_log off;
+  upstream app {
+$(servers "$1" "%.0s    server 127.0.%d.%d:$NODE_PORT;\n")
+    keepalive 2048;
+  }
+  server {
+    listen 127.0.0.1:$LEVEE_PORT;
+    location / {
+      proxy_pass http://app;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+    }
+  }
+}
+CONF
+  cat > "$WORK/haproxy$1.cfg" <<CONF
+global
+  nbthread 1
+  maxconn 8192
+defaults
+  mode http
+  timeout connect 1s
+  timeout client 30s
+  timeout server 30s
+  option forwardfor
+  http-reuse always
+frontend fe
+  bind 127.0.0.1:$LEVEE_PORT
+  default_backend app
+backend app
+  default-server pool-purge-delay 60s
+$(servers "$1" "  server n%d 127.0.%d.%d:$NODE_PORT\n")
+CONF
+}
+if [ "${PEERS:-0}" = 1 ]; then
+  bash benches/load/install.sh >/dev/null
+  peers 2
+  peers 1000
+  CASES+=" nginx2 nginx1000 haproxy2 haproxy1000"
+fi
 
 stat_of() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-one() { # config -> CPU µs per request
-  taskset -c 0 "$LEVEE" run --config "$1" >/dev/null 2>&1 &
+one() { # case -> CPU µs per request
+  case $1 in
+    nginx*) taskset -c 0 nginx -c "$WORK/$1.conf" -g 'daemon off; master_process off;' >/dev/null 2>&1 & ;;
+    haproxy*) taskset -c 0 haproxy -f "$WORK/$1.cfg" >/dev/null 2>&1 & ;;
+    *) taskset -c 0 "$LEVEE" run --config "$WORK/$1.toml" >/dev/null 2>&1 & ;;
+  esac
   local p=$! before after out n
   sleep 1
   # A levee that could not bind (another run on these fixed ports) must not
   # let wrk measure someone else's proxy.
-  kill -0 "$p" 2>/dev/null || { echo "levee exited at start: port $LEVEE_PORT in use by another run?" >&2; exit 1; }
+  kill -0 "$p" 2>/dev/null || { echo "$1 exited at start: port $LEVEE_PORT in use by another run?" >&2; exit 1; }
   # Warm-up: every node's pool gets its connections.
   taskset -c 1 wrk -t1 -c"$CONNS" -d2s "http://127.0.0.1:$LEVEE_PORT/" >/dev/null
   before=$(stat_of $p)
@@ -67,8 +128,8 @@ echo "cpu us/request of $LEVEE, ${DUR}s per run, $CONNS connections"
 declare -A runs
 for r in $(seq 1 "$ROUNDS"); do
   line="round $r:"
-  for c in base routes nodes; do
-    v=$(one "$WORK/$c.toml")
+  for c in $CASES; do
+    v=$(one "$c")
     runs[$c]+=" $v"
     line+=" $c $v"
   done
@@ -78,4 +139,9 @@ b=$(echo "${runs[base]}" | median)
 for c in base routes nodes; do
   m=$(echo "${runs[$c]}" | median)
   awk -v c="$c" -v m="$m" -v b="$b" 'BEGIN { printf "%-7s median %6.2f us  ratio to base %.3f\n", c, m, m / b }'
+done
+for p in nginx haproxy; do
+  [ -n "${runs[${p}2]:-}" ] || continue
+  two=$(echo "${runs[${p}2]}" | median) many=$(echo "${runs[${p}1000]}" | median)
+  awk -v p="$p" -v a="$two" -v b="$many" 'BEGIN { printf "%-7s 2 servers %6.2f us  1,000 servers %6.2f us  ratio %.3f\n", p, a, b, b / a }'
 done
