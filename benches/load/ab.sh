@@ -12,7 +12,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 A=$1 B=$2 ROUNDS=${3:-6} DUR=${4:-5} CONNS=${5:-64} BODY=${6:-64}
-# PORT_OFFSET moves every port, so that runs side by side do not collide.
+# PORT_OFFSET (a multiple of 100: the ports below are 10 apart) moves every
+# port, so that runs side by side do not collide.
 P=${PORT_OFFSET:-0}
 NODE_PORT=$((19301+P)) LEVEE_PORT=$((18381+P)) ADMIN_PORT=$((18391+P))
 bash benches/load/install.sh >/dev/null

@@ -14,7 +14,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 LEVEE=$1 ROUNDS=${2:-5} DUR=${3:-5} CONNS=${4:-64}
-# PORT_OFFSET moves every port, so that runs side by side do not collide.
+# PORT_OFFSET (a multiple of 100: the ports below are 10 apart) moves every
+# port, so that runs side by side do not collide.
 P=${PORT_OFFSET:-0}
 NODE_PORT=$((19401+P)) LEVEE_PORT=$((18481+P)) ADMIN_PORT=$((18491+P))
 command -v wrk >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
