@@ -72,6 +72,12 @@ impl ConnActivity {
         self.receiving.store(receiving, Ordering::Relaxed);
     }
 
+    /// When a request last began or ended (the connection's start if
+    /// none has).
+    pub fn last_change(&self) -> Instant {
+        self.origin + Duration::from_micros(self.last_change_us.load(Ordering::Relaxed))
+    }
+
     /// Wakes `waker` when a response ends or the connection is upgraded.
     pub fn register(&self, waker: &Waker) {
         self.waiter.register(waker);
@@ -101,8 +107,7 @@ impl ConnActivity {
         if self.in_flight.load(Ordering::Relaxed) > 0 {
             return None;
         }
-        let last = Duration::from_micros(self.last_change_us.load(Ordering::Relaxed));
-        Some(self.origin + last + idle_timeout)
+        Some(self.last_change() + idle_timeout)
     }
 
     /// Returns once no tunnel holds the connection.

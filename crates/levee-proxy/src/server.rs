@@ -16,14 +16,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use hyper_util::server::conn::auto;
 use levee_config::ServerConfig;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tracing::{info, warn};
 
-use crate::connection;
+use crate::connection::{self, Protocols};
 use crate::headers::Scheme;
 use crate::state::Shared;
 use crate::tls;
@@ -56,14 +56,14 @@ impl ServerHandle {
 /// reload changes them.
 struct ConnSettings {
     server: ServerConfig,
-    builder: Arc<auto::Builder<TokioExecutor>>,
+    protocols: Arc<Protocols>,
 }
 
 impl ConnSettings {
     fn of(server: &ServerConfig) -> Self {
         Self {
             server: server.clone(),
-            builder: Arc::new(http_builder(server)),
+            protocols: Arc::new(protocols(server)),
         }
     }
 
@@ -228,7 +228,7 @@ impl Conns {
         let telemetry = Arc::clone(&self.shared.telemetry);
         telemetry.connection_opened();
         self.settings.refresh(&self.shared);
-        let builder = Arc::clone(&self.settings.builder);
+        let protocols = Arc::clone(&self.settings.protocols);
         let shared = Arc::clone(&self.shared);
         let shutdown = self.shutdown.clone();
         let idle = self.settings.server.idle_timeout;
@@ -248,7 +248,7 @@ impl Conns {
             match (scheme, tls) {
                 (Scheme::Http, _) => {
                     connection::serve(
-                        builder, shared, worker, stream, peer, scheme, idle, shutdown,
+                        protocols, shared, worker, stream, peer, scheme, idle, shutdown,
                     )
                     .await;
                 }
@@ -261,7 +261,7 @@ impl Conns {
                             tls::accept(config, stream, peer, timeout, &telemetry).await
                         {
                             connection::serve(
-                                builder, shared, worker, stream, peer, scheme, idle, shutdown,
+                                protocols, shared, worker, stream, peer, scheme, idle, shutdown,
                             )
                             .await;
                         }
@@ -331,15 +331,14 @@ pub fn shutdown_channel() -> (ServerHandle, watch::Receiver<bool>) {
 /// stack; setting one moves hyper's parse buffers to the heap).
 const HYPER_DEFAULT_MAX_HEADERS: usize = 100;
 
-fn http_builder(server: &ServerConfig) -> auto::Builder<TokioExecutor> {
+pub(crate) fn protocols(server: &ServerConfig) -> Protocols {
     let max_header_bytes = server.max_header_bytes;
     let max_headers = server.max_headers;
-    let mut builder = auto::Builder::new(TokioExecutor::new());
+    let mut http1 = http1::Builder::new();
     // hyper answers a head over its buffer with a bare 431; levee's own check
     // (with x-levee-error) runs below that, at max_header_bytes.
     let buf = (max_header_bytes * 2).max(8 * 1024);
-    builder
-        .http1()
+    http1
         .timer(TokioTimer::new())
         .header_read_timeout(server.header_read_timeout)
         .max_buf_size(buf)
@@ -350,13 +349,13 @@ fn http_builder(server: &ServerConfig) -> auto::Builder<TokioExecutor> {
     // head over 100 lines gets hyper's bare 431. Above it, hyper's limit is
     // twice levee's, so levee answers with its reason first.
     if max_headers > HYPER_DEFAULT_MAX_HEADERS {
-        builder.http1().max_headers(max_headers.saturating_mul(2));
+        http1.max_headers(max_headers.saturating_mul(2));
     }
     // A header list over this reaches the edge without its fields, marked by
     // the patched h2 (vendor/README.md): 431 header-too-large.
     let h2 = &server.h2;
-    builder
-        .http2()
+    let mut http2 = http2::Builder::new(TokioExecutor::new());
+    http2
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(buf).unwrap_or(u32::MAX))
         .max_concurrent_streams(h2.max_concurrent_streams)
@@ -364,7 +363,7 @@ fn http_builder(server: &ServerConfig) -> auto::Builder<TokioExecutor> {
         .max_local_error_reset_streams(h2.max_local_error_reset_streams)
         .keep_alive_interval(h2.keep_alive_interval)
         .keep_alive_timeout(h2.keep_alive_timeout);
-    builder
+    Protocols { http1, http2 }
 }
 
 #[cfg(test)]

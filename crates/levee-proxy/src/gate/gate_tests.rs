@@ -250,3 +250,95 @@ async fn a_refused_head_is_logged_even_when_its_answer_never_went_out() {
     assert_eq!(line["bytes_out"], 0);
     assert_eq!(line["complete"], false);
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_idle_connection_ends_hyper_stream_once_its_responses_are_out() {
+    let (gate, mut client, activity) = new_gate();
+    let mut gate = gate.park_when_idle();
+    client
+        .write_all(b"GET /1 HTTP/1.1\r\n\r\nGET /2 HTTP/1.1\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(
+        read_now(&mut gate, 8192).await.unwrap(),
+        b"GET /1 HTTP/1.1\r\n\r\nGET /2 HTTP/1.1\r\n\r\n",
+        "pipelined requests pass to the same hyper connection"
+    );
+    let first = activity.begin();
+    let second = activity.begin();
+    drop(first);
+    gate.flush().await.unwrap();
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(Duration::from_secs(1), gate.read(&mut buf)).await;
+    assert!(read.is_err(), "waits while a response is under way");
+    drop(second);
+    let read = tokio::time::timeout(Duration::from_secs(1), gate.read(&mut buf)).await;
+    assert!(
+        read.is_err(),
+        "waits until the last response is written out"
+    );
+    // Written out, and idle for longer than PARK_AFTER: hyper reads an end
+    // of stream that parks.
+    gate.flush().await.unwrap();
+    assert_eq!(gate.read(&mut buf).await.unwrap(), 0);
+    assert!(gate.parked());
+    assert!(gate.timer.is_none(), "a parked gate holds no timer");
+    // hyper's shutdown then leaves the socket open.
+    gate.shutdown().await.unwrap();
+    gate.write_all(b"still open").await.unwrap();
+    let mut got = [0u8; 10];
+    client.read_exact(&mut got).await.unwrap();
+    assert_eq!(&got, b"still open");
+    gate.resume();
+    assert!(!gate.parked());
+    assert_eq!(gate.held.capacity(), 0, "nothing held between requests");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_within_park_after_keeps_hyper_connection() {
+    let (gate, mut client, activity) = new_gate();
+    let mut gate = gate.park_when_idle();
+    client.write_all(b"GET /1 HTTP/1.1\r\n\r\n").await.unwrap();
+    assert_eq!(read_now(&mut gate, 8192).await.unwrap().len(), 19);
+    drop(activity.begin());
+    gate.flush().await.unwrap();
+    tokio::time::sleep(PARK_AFTER / 2).await;
+    client.write_all(b"GET /2 HTTP/1.1\r\n\r\n").await.unwrap();
+    let mut buf = [0u8; 64];
+    assert_eq!(
+        gate.read(&mut buf).await.unwrap(),
+        19,
+        "not an end of stream"
+    );
+    drop(activity.begin());
+    gate.flush().await.unwrap();
+    let idle = tokio::time::Instant::now();
+    assert_eq!(gate.read(&mut buf).await.unwrap(), 0);
+    assert_eq!(idle.elapsed(), PARK_AFTER, "parks once idle for PARK_AFTER");
+    assert!(gate.parked());
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_first_bytes_tell_the_protocol_and_stay_for_hyper() {
+    let (mut gate, mut client, _) = new_gate();
+    client.write_all(&H2_PREFACE[..10]).await.unwrap();
+    let polled = tokio::time::timeout(
+        Duration::from_secs(1),
+        std::future::poll_fn(|cx| gate.poll_protocol(cx)),
+    )
+    .await;
+    assert!(polled.is_err(), "a part of the preface does not tell");
+    client.write_all(&H2_PREFACE[10..]).await.unwrap();
+    let protocol = std::future::poll_fn(|cx| gate.poll_protocol(cx)).await;
+    assert_eq!(protocol.unwrap(), Protocol::Http2);
+    assert_eq!(read_now(&mut gate, 8192).await.unwrap(), H2_PREFACE);
+
+    let (mut gate, mut client, _) = new_gate();
+    client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+    let protocol = std::future::poll_fn(|cx| gate.poll_protocol(cx)).await;
+    assert_eq!(protocol.unwrap(), Protocol::Http1);
+    assert_eq!(
+        read_now(&mut gate, 8192).await.unwrap(),
+        b"GET / HTTP/1.1\r\n\r\n"
+    );
+}
