@@ -342,3 +342,27 @@ async fn the_first_bytes_tell_the_protocol_and_stay_for_hyper() {
         b"GET / HTTP/1.1\r\n\r\n"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_busy_connection_is_looked_at_again_only_every_park_recheck() {
+    let (gate, mut client, activity) = new_gate();
+    let mut gate = gate.park_when_idle();
+    client.write_all(b"GET /1 HTTP/1.1\r\n\r\n").await.unwrap();
+    assert_eq!(read_now(&mut gate, 8192).await.unwrap().len(), 19);
+    drop(activity.begin());
+    gate.flush().await.unwrap();
+    let mut buf = [0u8; 64];
+    // The park timer is armed for PARK_AFTER; another request ends before
+    // it fires.
+    let read = tokio::time::timeout(PARK_AFTER / 2, gate.read(&mut buf)).await;
+    assert!(read.is_err(), "not idle for PARK_AFTER yet");
+    drop(activity.begin());
+    let idle = tokio::time::Instant::now();
+    assert_eq!(gate.read(&mut buf).await.unwrap(), 0);
+    assert_eq!(
+        idle.elapsed(),
+        PARK_RECHECK + PARK_AFTER / 2,
+        "the timer fired at PARK_AFTER, found the connection busy, and looked again PARK_RECHECK later"
+    );
+    assert!(gate.parked());
+}

@@ -224,6 +224,11 @@ const READ_CHUNK: usize = 4 * 1024;
 /// longer costs a few microseconds to wake, and holds no buffer meanwhile.
 pub const PARK_AFTER: Duration = Duration::from_millis(100);
 
+/// How often, at most, the park timer of a connection that stays busy
+/// fires to look again: a busy connection is not woken every
+/// [`PARK_AFTER`], and parks at most this long after it went idle.
+pub const PARK_RECHECK: Duration = Duration::from_secs(1);
+
 /// What the gate's one timer bounds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Timing {
@@ -544,7 +549,8 @@ impl<IO> Gate<IO> {
             return false;
         }
         // Armed once, not per request: when it fires, it moves to the
-        // last request's end if one ended since.
+        // last request's end if one ended since, and at least
+        // PARK_RECHECK on.
         let timer = self
             .timer
             .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(tokio::time::Instant::now())));
@@ -562,7 +568,8 @@ impl<IO> Gate<IO> {
             if deadline <= timer.deadline() {
                 break;
             }
-            timer.as_mut().reset(deadline);
+            let recheck = timer.deadline() + PARK_RECHECK;
+            timer.as_mut().reset(deadline.max(recheck));
         }
         self.parked = true;
         self.timer = None;
