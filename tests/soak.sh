@@ -34,6 +34,10 @@ WORK=$(mktemp -d)
 PIDS=()
 cleanup() {
     for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    # Nodes start inside $(node ...), a subshell: their pids are in a file.
+    if [ -f "$WORK/node.pids" ]; then
+        while read -r p; do kill "$p" 2>/dev/null || true; done <"$WORK/node.pids"
+    fi
     wait 2>/dev/null || true
     rm -rf "$WORK"
 }
@@ -47,7 +51,7 @@ node() { # NAME MODE -> prints the node's address
     local port
     port=$(free_port)
     "$BIN/levee-node" --listen "127.0.0.1:$port" --name "$1" --mode "$2" >"$WORK/$1.log" 2>&1 &
-    PIDS+=($!)
+    echo $! >>"$WORK/node.pids"
     echo "127.0.0.1:$port"
 }
 
