@@ -424,7 +424,7 @@ async fn a_ramping_pool_admits_critical_requests_before_normal_ones() {
 /// baseline, the rest is refused at once (normal requests past their share
 /// of a held-back limit are shed, and there is no queue here, so a served
 /// request's latency is the node's), and requests served after the first
-/// second keep a p99 near that target.
+/// two seconds keep a p99 near that target.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_adaptive_limit_keeps_a_loaded_node_near_its_latency_target() {
     let loaded = Behavior::Loaded {
@@ -455,8 +455,11 @@ async fn an_adaptive_limit_keeps_a_loaded_node_near_its_latency_target() {
                     ok: t.ok,
                     latency: t.latency,
                 };
-                // After a second, once the limit has found its level.
-                if o.ok && t.sent >= Duration::from_secs(1) {
+                // After two seconds, once the limit has found its level:
+                // the ramp's windows last two round trips each, and on a
+                // busy machine its first back-off can come after the first
+                // second.
+                if o.ok && t.sent >= Duration::from_secs(2) {
                     served.add(o.clone());
                 }
                 tally.add(o);
