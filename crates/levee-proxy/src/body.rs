@@ -22,6 +22,7 @@ use tokio::time::{Instant, Sleep};
 use crate::access_log::{AccessEntry, UpstreamInfo};
 use crate::activity::ActivityGuard;
 use crate::gate::Violation;
+use crate::pool::{NodeBody, NodeError};
 
 /// The client's request body failed while levee forwarded it.
 #[derive(Debug, thiserror::Error)]
@@ -56,7 +57,7 @@ pub type ClientBodyFailure = Arc<OnceLock<ErrorReason>>;
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamBodyError {
     #[error("the node's response body failed: {0}")]
-    Read(#[source] hyper::Error),
+    Read(#[source] NodeError),
     #[error("the node sent no response body data for {0:?}")]
     Idle(Duration),
     #[error("the response was not through within total_timeout ({0:?})")]
@@ -303,7 +304,7 @@ struct TotalTimer {
 /// stream (HTTP/2), and drops the node connection instead of pooling it.
 #[derive(Debug)]
 pub struct UpstreamBody {
-    inner: Incoming,
+    inner: NodeBody,
     idle: IdleTimer,
     total: Option<TotalTimer>,
     scope: Option<RequestScope>,
@@ -313,7 +314,7 @@ impl UpstreamBody {
     /// `end`: the instant by which the last byte is due, with the budget it
     /// was set from (for the message); `None`: no total bound.
     pub fn new(
-        inner: Incoming,
+        inner: NodeBody,
         idle_timeout: Duration,
         end: Option<(Instant, Duration)>,
         scope: RequestScope,

@@ -92,7 +92,7 @@ async fn a_dripping_body_is_cut_at_the_total_deadline() {
     let end = started + Duration::from_secs(1);
     let resp = dripping(20, Duration::from_millis(150)).await;
     let mut body = UpstreamBody::new(
-        resp.into_body(),
+        resp.into_body().into(),
         Duration::from_secs(30),
         Some((end, Duration::from_secs(1))),
         scope(&bulkhead, &node, &route),
@@ -117,7 +117,7 @@ async fn a_body_through_before_the_deadline_is_untouched() {
     let end = Instant::now() + Duration::from_secs(1);
     let resp = dripping(5, Duration::from_millis(150)).await;
     let mut body = UpstreamBody::new(
-        resp.into_body(),
+        resp.into_body().into(),
         Duration::from_secs(30),
         Some((end, Duration::from_secs(1))),
         scope(&bulkhead, &node, &route),
@@ -138,7 +138,7 @@ async fn a_body_ready_at_once_but_read_late_is_cut_before_its_next_frame() {
     // Every frame is ready as soon as it is asked for.
     let resp = dripping(3, Duration::ZERO).await;
     let mut body = UpstreamBody::new(
-        resp.into_body(),
+        resp.into_body().into(),
         Duration::from_secs(30),
         Some((end, Duration::from_millis(100))),
         scope(&bulkhead, &node, &route),
@@ -158,7 +158,7 @@ async fn without_a_total_timeout_only_the_idle_bound_applies() {
     let (bulkhead, node, route) = stats();
     let resp = dripping(20, Duration::from_millis(150)).await;
     let mut body = UpstreamBody::new(
-        resp.into_body(),
+        resp.into_body().into(),
         Duration::from_secs(30),
         None,
         scope(&bulkhead, &node, &route),

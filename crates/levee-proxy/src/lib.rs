@@ -46,6 +46,7 @@ pub mod connection;
 pub mod dns;
 pub mod error;
 pub mod gate;
+pub mod h1;
 pub mod headers;
 pub mod health;
 pub mod node_io;

@@ -14,10 +14,9 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use hyper::rt::{Read, ReadBufCursor, Write};
-use hyper_util::rt::TokioIo;
 use levee_config::UpstreamTlsConfig;
 use rustls_pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
@@ -88,14 +87,14 @@ impl NodeConnector {
         // Requests are small writes that must go out at once.
         tcp.set_nodelay(true).map_err(ConnectError::Tcp)?;
         let Some(tls) = &self.tls else {
-            return Ok(NodeStream::Plain(TokioIo::new(tcp)));
+            return Ok(NodeStream::Plain(tcp));
         };
         let handshake = tls.connector.connect(tls.name.clone(), tcp);
         let stream = tokio::time::timeout(self.timeout, handshake)
             .await
             .map_err(|_| ConnectError::Tls(timed_out("TLS handshake", self.timeout)))?
             .map_err(ConnectError::Tls)?;
-        Ok(NodeStream::Tls(Box::new(TokioIo::new(stream))))
+        Ok(NodeStream::Tls(Box::new(stream)))
     }
 }
 
@@ -109,16 +108,16 @@ fn timed_out(what: &str, limit: Duration) -> io::Error {
 /// A node connection, plain or TLS.
 #[derive(Debug)]
 pub enum NodeStream {
-    Plain(TokioIo<TcpStream>),
+    Plain(TcpStream),
     /// Boxed: a TLS session is a kilobyte of state.
-    Tls(Box<TokioIo<TlsStream<TcpStream>>>),
+    Tls(Box<TlsStream<TcpStream>>),
 }
 
-impl Read for NodeStream {
+impl AsyncRead for NodeStream {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-        buf: ReadBufCursor<'_>,
+        buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         match self.get_mut() {
             NodeStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
@@ -127,7 +126,7 @@ impl Read for NodeStream {
     }
 }
 
-impl Write for NodeStream {
+impl AsyncWrite for NodeStream {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,

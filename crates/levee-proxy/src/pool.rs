@@ -6,12 +6,13 @@
 //! taken by that worker (and its reaper, on the same runtime): it is never
 //! contended.
 //!
-//! HTTP/1: idle connections are a stack (the most recently used is reused
-//! first, so a quiet period lets the others expire). A connection is reused
-//! only once hyper says it is ready for another request, which it is when
-//! the previous response body has been read to its end: a connection whose
-//! body is still streaming when its headers are handed on waits in a busy
-//! list until then. Nothing is spawned per request.
+//! HTTP/1 ([`crate::h1`], levee's own client): idle connections are a
+//! stack (the most recently used is reused first, so a quiet period lets
+//! the others expire). A connection is out of the pool while it carries a
+//! request, and its response body hands it back when it ends cleanly (the
+//! node allowing another request). A pooled connection the node closed, or
+//! sent anything unasked on, is dropped when it is next taken or reaped.
+//! Nothing is spawned per request.
 //!
 //! HTTP/2: one connection per node and worker, shared by every request
 //! (within the node's `SETTINGS_MAX_CONCURRENT_STREAMS`, which hyper
@@ -34,25 +35,30 @@
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
 use futures_util::future::{BoxFuture, FutureExt as _, Shared};
-use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
-use http::{Request, Response, StatusCode};
+use http::{Request, Response};
+use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper::client::conn::{http1, http2, TrySendError};
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper::client::conn::{http2, TrySendError};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::time::Instant;
 use tracing::debug;
 
 use crate::body::RequestBody;
-use crate::node_io::{ConnectError, NodeConnector};
+use crate::h1::{self, HeadError, SendError};
+use crate::node_io::{ConnectError, NodeConnector, NodeStream};
 
 /// How a pool keeps its connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PoolConfig {
     /// Idle connections are closed after this.
     pub idle_timeout: Duration,
-    /// HTTP/1 connections kept for reuse at most (idle, or still reading a
-    /// response body); 0: a new connection per request.
+    /// Idle HTTP/1 connections kept for reuse at most; 0: a new connection
+    /// per request.
     pub max_idle: usize,
     /// Speak HTTP/2 to the node (h2 by ALPN over TLS, h2c otherwise).
     pub http2: bool,
@@ -64,17 +70,17 @@ pub enum PoolError {
     /// No connection could be made: nothing reached the node.
     #[error(transparent)]
     Connect(#[from] ConnectError),
-    /// The HTTP handshake on a new connection failed: no request reached
+    /// The HTTP/2 handshake on a new connection failed: no request reached
     /// the node.
     #[error("HTTP handshake failed: {0}")]
     Handshake(#[source] hyper::Error),
     /// A new connection closed before the request was written: nothing
     /// reached the node.
     #[error("the node closed a new connection before the request was sent: {0}")]
-    NotSent(#[source] hyper::Error),
+    NotSent(#[source] NodeError),
     /// The request was (perhaps partly) sent, and no response came.
     #[error(transparent)]
-    Send(hyper::Error),
+    Send(NodeError),
     /// The response framed its body two ways; its connection is closed.
     #[error("the response has both Transfer-Encoding and Content-Length")]
     Framing,
@@ -83,8 +89,67 @@ pub enum PoolError {
     Shared(Arc<PoolError>),
 }
 
+/// An exchange with a node failed, by levee's HTTP/1 client or hyper's
+/// HTTP/2 one.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error(transparent)]
+    H1(h1::Error),
+    #[error(transparent)]
+    H2(hyper::Error),
+}
+
+/// A node's response body.
+#[derive(Debug)]
+pub enum NodeBody {
+    H1(h1::Body<NodeStream, Checkin>),
+    H2(Incoming),
+}
+
+impl From<Incoming> for NodeBody {
+    fn from(body: Incoming) -> Self {
+        NodeBody::H2(body)
+    }
+}
+
+impl Body for NodeBody {
+    type Data = Bytes;
+    type Error = NodeError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, NodeError>>> {
+        match self.get_mut() {
+            NodeBody::H1(b) => Pin::new(b)
+                .poll_frame(cx)
+                .map(|f| f.map(|r| r.map_err(NodeError::H1))),
+            NodeBody::H2(b) => Pin::new(b)
+                .poll_frame(cx)
+                .map(|f| f.map(|r| r.map_err(NodeError::H2))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            NodeBody::H1(b) => b.is_end_stream(),
+            NodeBody::H2(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            NodeBody::H1(b) => b.size_hint(),
+            NodeBody::H2(b) => b.size_hint(),
+        }
+    }
+}
+
+/// The upgraded connection of a node's `101`, in its response's extensions.
+pub type NodeUpgrade = h1::Upgrade<NodeStream>;
+
 /// A node's response headers, or why there are none.
-pub type ResponseFuture = BoxFuture<'static, Result<Response<Incoming>, PoolError>>;
+pub type ResponseFuture = BoxFuture<'static, Result<Response<NodeBody>, PoolError>>;
 
 /// The keep-alive connections of one node for one worker.
 #[derive(Debug, Clone)]
@@ -101,11 +166,8 @@ struct Inner {
 
 #[derive(Debug, Default)]
 struct Conns {
-    /// Ready HTTP/1 connections, the most recently used last.
+    /// Idle HTTP/1 connections, the most recently used last.
     idle: Vec<Idle>,
-    /// HTTP/1 connections whose response body was still streaming when
-    /// their response headers were handed on.
-    busy: Vec<http1::SendRequest<RequestBody>>,
     /// The shared HTTP/2 connection.
     h2: H2,
     /// Whether a reaper task is running for this pool.
@@ -137,8 +199,22 @@ impl std::fmt::Debug for H2 {
 
 #[derive(Debug)]
 struct Idle {
-    sender: http1::SendRequest<RequestBody>,
+    conn: Box<h1::Conn<NodeStream>>,
     since: Instant,
+}
+
+/// Takes an HTTP/1 connection back into its pool when its response body
+/// ends; holds the pool weakly, so a body outliving a replaced pool does
+/// not keep it alive.
+#[derive(Debug)]
+pub struct Checkin(Weak<Inner>);
+
+impl h1::Reuse<NodeStream> for Checkin {
+    fn reuse(self, conn: Box<h1::Conn<NodeStream>>) {
+        if let Some(pool) = self.0.upgrade() {
+            pool.checkin(conn);
+        }
+    }
 }
 
 impl NodePool {
@@ -182,27 +258,32 @@ impl Inner {
     async fn send_h1(
         self: Arc<Self>,
         mut req: Request<RequestBody>,
-    ) -> Result<Response<Incoming>, PoolError> {
-        if let Some(mut sender) = self.checkout_h1() {
-            match sender.try_send_request(req).await {
-                Ok(resp) => return self.answered_h1(sender, resp),
-                Err(e) => req = unsent(e)?,
+    ) -> Result<Response<NodeBody>, PoolError> {
+        if let Some(conn) = self.checkout_h1() {
+            match h1::send(conn, req, Checkin(Arc::downgrade(&self))).await {
+                Ok(resp) => return Ok(resp.map(NodeBody::H1)),
+                Err(SendError::Unsent(back, e)) => {
+                    debug!(error = %e, "pooled node connection closed before use; sending on a new one");
+                    req = *back;
+                }
+                Err(SendError::Sent(e)) => return Err(sent(e)),
             }
         }
-        let mut sender = self.connect_h1().await?;
-        match sender.try_send_request(req).await {
-            Ok(resp) => self.answered_h1(sender, resp),
-            Err(e) => Err(not_sent(e)),
+        let conn = h1::Conn::new(self.connector.connect().await?);
+        match h1::send(conn, req, Checkin(Arc::downgrade(&self))).await {
+            Ok(resp) => Ok(resp.map(NodeBody::H1)),
+            Err(SendError::Unsent(_, e)) => Err(PoolError::NotSent(NodeError::H1(e))),
+            Err(SendError::Sent(e)) => Err(sent(e)),
         }
     }
 
     async fn send_h2(
         self: Arc<Self>,
         mut req: Request<RequestBody>,
-    ) -> Result<Response<Incoming>, PoolError> {
+    ) -> Result<Response<NodeBody>, PoolError> {
         let connecting = match self.shared_h2() {
             Ok(mut sender) => match sender.try_send_request(req).await {
-                Ok(resp) => return Ok(resp),
+                Ok(resp) => return Ok(resp.map(NodeBody::H2)),
                 Err(e) => {
                     req = unsent(e)?;
                     self.replace_h2()
@@ -211,86 +292,33 @@ impl Inner {
             Err(connecting) => connecting,
         };
         let mut sender = connecting.await.map_err(PoolError::Shared)?;
-        sender.try_send_request(req).await.map_err(not_sent)
+        let resp = sender.try_send_request(req).await.map_err(not_sent)?;
+        Ok(resp.map(NodeBody::H2))
     }
 
-    /// The most recently used ready connection, else one whose body has
-    /// ended since; closed ones are dropped on the way. Expired ones are
-    /// the reaper's: it wakes when the oldest expires, and the most recent
-    /// is the last to.
-    fn checkout_h1(&self) -> Option<http1::SendRequest<RequestBody>> {
+    /// The most recently used idle connection still open; closed ones are
+    /// dropped on the way. Expired ones are the reaper's: it wakes when the
+    /// oldest expires, and the most recent is the last to.
+    fn checkout_h1(&self) -> Option<Box<h1::Conn<NodeStream>>> {
         let mut conns = self.lock();
-        while let Some(idle) = conns.idle.pop() {
-            if idle.sender.is_ready() {
-                return Some(idle.sender);
-            }
-        }
-        let busy = &mut conns.busy;
-        let mut i = 0;
-        while i < busy.len() {
-            if busy[i].is_ready() {
-                return Some(busy.swap_remove(i));
-            }
-            if busy[i].is_closed() {
-                busy.swap_remove(i);
-            } else {
-                i += 1;
+        while let Some(mut idle) = conns.idle.pop() {
+            if idle.conn.is_open() {
+                return Some(idle.conn);
             }
         }
         None
     }
 
-    /// Keeps the connection for the next request unless the response rules
-    /// that out.
-    fn answered_h1(
-        self: &Arc<Self>,
-        sender: http1::SendRequest<RequestBody>,
-        resp: Response<Incoming>,
-    ) -> Result<Response<Incoming>, PoolError> {
-        let headers = resp.headers();
-        // RFC 9112 §6.3 lets a recipient treat this as an error; the node
-        // may be desynchronised, so its connection must not carry another
-        // request (dropping the sender closes it).
-        if headers.contains_key(TRANSFER_ENCODING) && headers.contains_key(CONTENT_LENGTH) {
-            return Err(PoolError::Framing);
-        }
-        // An upgraded connection is the tunnel's now.
-        if resp.status() != StatusCode::SWITCHING_PROTOCOLS && self.config.max_idle > 0 {
-            self.checkin(sender);
-        }
-        Ok(resp)
-    }
-
-    fn checkin(self: &Arc<Self>, sender: http1::SendRequest<RequestBody>) {
+    fn checkin(self: &Arc<Self>, conn: Box<h1::Conn<NodeStream>>) {
         let mut conns = self.lock();
-        if conns.idle.len() + conns.busy.len() >= self.config.max_idle {
+        if conns.idle.len() >= self.config.max_idle {
             return;
         }
-        if sender.is_ready() {
-            conns.idle.push(Idle {
-                sender,
-                since: Instant::now(),
-            });
-        } else if !sender.is_closed() {
-            conns.busy.push(sender);
-        } else {
-            return;
-        }
-        self.start_reaper(&mut conns);
-    }
-
-    async fn connect_h1(&self) -> Result<http1::SendRequest<RequestBody>, PoolError> {
-        let io = self.connector.connect().await?;
-        let (sender, conn) = http1::Builder::new()
-            .handshake(io)
-            .await
-            .map_err(PoolError::Handshake)?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.with_upgrades().await {
-                debug!(error = %e, "node connection ended with an error");
-            }
+        conns.idle.push(Idle {
+            conn,
+            since: Instant::now(),
         });
-        Ok(sender)
+        self.start_reaper(&mut conns);
     }
 
     /// The shared HTTP/2 connection while it is open, else the attempt
@@ -365,16 +393,11 @@ impl Inner {
         let mut conns = self.lock();
         conns
             .idle
-            .retain(|i| now - i.since < timeout && !i.sender.is_closed());
-        conns.busy.retain(|s| !s.is_closed());
+            .retain_mut(|i| now - i.since < timeout && i.conn.is_open());
         if matches!(&conns.h2, H2::Open(s, used) if s.is_closed() || now - *used >= timeout) {
             conns.h2 = H2::None;
         }
         let mut next = conns.idle.first().map(|i| i.since + timeout);
-        if !conns.busy.is_empty() {
-            // Their bodies end some time: look at them again.
-            next = Some(next.map_or(now + timeout, |n| n.min(now + timeout)));
-        }
         if let H2::Open(_, used) = &conns.h2 {
             let at = *used + timeout;
             next = Some(next.map_or(at, |n| n.min(at)));
@@ -389,7 +412,7 @@ impl Inner {
 async fn connect_h2(
     connector: &NodeConnector,
 ) -> Result<http2::SendRequest<RequestBody>, PoolError> {
-    let io = connector.connect().await?;
+    let io = TokioIo::new(connector.connect().await?);
     let (sender, conn) = http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
         .handshake(io)
@@ -419,24 +442,32 @@ async fn reap(pool: Weak<Inner>) {
     }
 }
 
-/// The request back from a reused connection that closed before writing
-/// it, or the error if it may have been sent.
+/// The error of an HTTP/1 request that (perhaps partly) reached the node.
+fn sent(e: h1::Error) -> PoolError {
+    match e {
+        h1::Error::Head(HeadError::Framing) => PoolError::Framing,
+        e => PoolError::Send(NodeError::H1(e)),
+    }
+}
+
+/// The request back from a reused HTTP/2 connection that closed before
+/// sending it, or the error if it may have been sent.
 fn unsent(mut e: TrySendError<Request<RequestBody>>) -> Result<Request<RequestBody>, PoolError> {
     match e.take_message() {
         Some(req) => {
             debug!(error = %e.error(), "pooled node connection closed before use; sending on a new one");
             Ok(req)
         }
-        None => Err(PoolError::Send(e.into_error())),
+        None => Err(PoolError::Send(NodeError::H2(e.into_error()))),
     }
 }
 
-/// The error of a new connection.
+/// The error of a new HTTP/2 connection.
 fn not_sent(mut e: TrySendError<Request<RequestBody>>) -> PoolError {
     if e.take_message().is_some() {
-        PoolError::NotSent(e.into_error())
+        PoolError::NotSent(NodeError::H2(e.into_error()))
     } else {
-        PoolError::Send(e.into_error())
+        PoolError::Send(NodeError::H2(e.into_error()))
     }
 }
 

@@ -17,6 +17,9 @@ use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use hyper::upgrade::{OnUpgrade, Upgraded};
+
+use crate::h1;
+use crate::node_io::NodeStream;
 use hyper_util::rt::TokioIo;
 use levee_resilience::BulkheadPermit;
 use levee_telemetry::{RouteStats, TunnelClose};
@@ -52,30 +55,21 @@ impl Drop for Closing {
     }
 }
 
-/// Waits for both sides to be handed over, then splices them.
-pub async fn run(client: OnUpgrade, node: OnUpgrade, idle: Duration, open: Open) {
+/// Waits for the client's side to be handed over, then splices the two.
+pub async fn run(client: OnUpgrade, node: h1::Upgraded<NodeStream>, idle: Duration, open: Open) {
     let mut closing = Closing { open, why: None };
-    let why = match handed_over(client, node, idle).await {
-        Ok((client, node)) => Splice::new(TokioIo::new(client), TokioIo::new(node), idle).await,
+    let why = match handed_over(client, idle).await {
+        Ok(client) => Splice::new(TokioIo::new(client), node, idle).await,
         Err(why) => why,
     };
     closing.why = Some(why);
 }
 
-/// Both upgraded connections; each wait is bounded by `idle` too.
-async fn handed_over(
-    client: OnUpgrade,
-    node: OnUpgrade,
-    idle: Duration,
-) -> Result<(Upgraded, Upgraded), TunnelClose> {
-    let client = match tokio::time::timeout(idle, client).await {
-        Ok(Ok(io)) => io,
-        Ok(Err(_)) => return Err(TunnelClose::Client),
-        Err(_) => return Err(TunnelClose::Idle),
-    };
-    match tokio::time::timeout(idle, node).await {
-        Ok(Ok(io)) => Ok((client, io)),
-        Ok(Err(_)) => Err(TunnelClose::Node),
+/// The client's upgraded connection, within `idle` too.
+async fn handed_over(client: OnUpgrade, idle: Duration) -> Result<Upgraded, TunnelClose> {
+    match tokio::time::timeout(idle, client).await {
+        Ok(Ok(io)) => Ok(io),
+        Ok(Err(_)) => Err(TunnelClose::Client),
         Err(_) => Err(TunnelClose::Idle),
     }
 }

@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use http::uri::{Authority, PathAndQuery};
 use http::{Request, Response, Uri};
-use hyper::body::Incoming;
 use levee_resilience::Deadline;
 use levee_telemetry::{ErrorReason, InFlightGuard};
 use tokio::time::Instant;
@@ -20,6 +19,7 @@ use super::node::NodeRequest;
 use crate::body::RequestBody;
 use crate::error::ProxyError;
 use crate::nodes::{Node, Outcome, Pick};
+use crate::pool::NodeBody;
 use crate::upstream::Backend;
 
 /// Most tries one request may make, whatever the config says.
@@ -80,7 +80,7 @@ pub struct Attempt {
 /// A node answered (any status).
 #[derive(Debug)]
 pub struct Answer {
-    pub response: Response<Incoming>,
+    pub response: Response<NodeBody>,
     /// The status counts as a failure for the node's breaker.
     pub failed: bool,
     pub index: usize,
@@ -121,7 +121,7 @@ pub struct Balance<S> {
 
 impl<S> Service<Attempt> for Balance<S>
 where
-    S: Service<NodeRequest, Response = Response<Incoming>, Error = ProxyError>,
+    S: Service<NodeRequest, Response = Response<NodeBody>, Error = ProxyError>,
 {
     type Response = Answer;
     type Error = TryFailed;
@@ -198,7 +198,7 @@ pin_project_lite::pin_project! {
 
 impl<F> Future for BalanceFuture<F>
 where
-    F: Future<Output = Result<Response<Incoming>, ProxyError>>,
+    F: Future<Output = Result<Response<NodeBody>, ProxyError>>,
 {
     type Output = Result<Answer, TryFailed>;
 

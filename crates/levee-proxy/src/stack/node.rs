@@ -10,7 +10,6 @@ use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use http::{Request, Response};
-use hyper::body::Incoming;
 use levee_resilience::{Deadline, Phase};
 use levee_telemetry::ErrorReason;
 use tokio::time::Timeout;
@@ -18,9 +17,10 @@ use tower::Service;
 
 use crate::body::{ClientBodyError, RequestBody};
 use crate::error::ProxyError;
+use crate::h1;
 use crate::node_io::ConnectError;
 use crate::nodes::Node;
-use crate::pool::{PoolError, ResponseFuture};
+use crate::pool::{NodeBody, NodeError, PoolError, ResponseFuture};
 
 /// A request for one node, its URI already aimed there (origin form for
 /// HTTP/1, absolute for HTTP/2: see [`super::balance`]).
@@ -44,7 +44,7 @@ impl NodeCall {
 }
 
 impl Service<NodeRequest> for NodeCall {
-    type Response = Response<Incoming>;
+    type Response = Response<NodeBody>;
     type Error = ProxyError;
     type Future = NodeCallFuture;
 
@@ -73,7 +73,7 @@ pin_project_lite::pin_project! {
 }
 
 impl Future for NodeCallFuture {
-    type Output = Result<Response<Incoming>, ProxyError>;
+    type Output = Result<Response<NodeBody>, ProxyError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
@@ -118,7 +118,8 @@ fn classify(e: &PoolError, addr: SocketAddr) -> ProxyError {
             );
         }
         PoolError::Shared(e) => return classify(e, addr),
-        PoolError::Send(h) => h,
+        PoolError::Send(NodeError::H1(h)) => return classify_h1(h, e),
+        PoolError::Send(NodeError::H2(h)) => h,
     };
     let mut source: Option<&(dyn StdError + 'static)> = Some(cause);
     while let Some(err) = source {
@@ -136,6 +137,21 @@ fn classify(e: &PoolError, addr: SocketAddr) -> ProxyError {
         source = err.source();
     }
     ProxyError::new(ErrorReason::UpstreamReset, chain(e))
+}
+
+/// An HTTP/1 exchange that failed after (some of) the request was written.
+fn classify_h1(h: &h1::Error, e: &PoolError) -> ProxyError {
+    let reason = match h {
+        h1::Error::Client(body) => return ProxyError::client_body(body),
+        h1::Error::Head(_) => ErrorReason::UpstreamProtocol,
+        h1::Error::Io(io) if tls_alert(io) => ErrorReason::UpstreamTls,
+        h1::Error::Io(_)
+        | h1::Error::Closed
+        | h1::Error::Body(_)
+        | h1::Error::ShortBody
+        | h1::Error::LongBody => ErrorReason::UpstreamReset,
+    };
+    ProxyError::new(reason, chain(e))
 }
 
 /// A TLS error after the handshake: with TLS 1.3 a node that refuses levee's

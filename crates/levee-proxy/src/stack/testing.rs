@@ -21,6 +21,7 @@ use super::balance::Answer;
 use super::Routed;
 use crate::body::ProxyBody;
 use crate::nodes::Outcome;
+use crate::pool::NodeBody;
 use crate::state::ProxyState;
 use crate::upstream::Backend;
 
@@ -71,8 +72,9 @@ pub async fn client_request_with(
     rx.await.unwrap()
 }
 
-/// A node's response with `status`, its body as hyper's `Incoming`.
-pub async fn node_response(status: u16, body: &'static str) -> Response<Incoming> {
+/// A node's response with `status`, its body hyper's `Incoming` (as an
+/// HTTP/2 node's).
+pub async fn node_response(status: u16, body: &'static str) -> Response<NodeBody> {
     let (client_io, server_io) = tokio::io::duplex(64 * 1024);
     tokio::spawn(async move {
         let service = service_fn(move |_req: Request<Incoming>| async move {
@@ -89,7 +91,7 @@ pub async fn node_response(status: u16, body: &'static str) -> Response<Incoming
         .unwrap();
     tokio::spawn(conn);
     let req = Request::get("/").body(Full::new(Bytes::new())).unwrap();
-    sender.send_request(req).await.unwrap()
+    sender.send_request(req).await.unwrap().map(NodeBody::from)
 }
 
 /// A config version built from `toml` (`[server] listen` is added).

@@ -34,6 +34,7 @@ use super::{ProxyResult, Routed};
 use crate::activity::Upgrading;
 use crate::body::ProxyBody;
 use crate::error::ProxyError;
+use crate::pool::NodeUpgrade;
 use crate::splice;
 use crate::state::{ProxyState, Route};
 
@@ -189,7 +190,8 @@ impl Handshake {
     /// The node switched protocols: start the tunnel and give the client the 101.
     fn open(self, mut resp: Response<ProxyBody>) -> ProxyResult {
         let refused = |detail| Err(ProxyError::new(ErrorReason::UpstreamProtocol, detail));
-        let Some(node) = resp.extensions_mut().remove::<OnUpgrade>() else {
+        let node = resp.extensions_mut().remove::<NodeUpgrade>();
+        let Some(node) = node.as_ref().and_then(NodeUpgrade::take) else {
             return refused("the node's 101 carries no upgraded connection");
         };
         let (Some(client), Some(conn)) = (self.client, self.conn) else {

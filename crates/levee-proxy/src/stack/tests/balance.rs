@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response, Uri};
-use hyper::body::Incoming;
 use levee_resilience::{BreakerState, Deadline};
 use levee_telemetry::{ErrorReason, StatusClass};
 use tower::{Layer, Service, ServiceExt};
@@ -17,6 +16,7 @@ use tower::{Layer, Service, ServiceExt};
 use crate::body::RequestBody;
 use crate::classes::ClassTable;
 use crate::error::ProxyError;
+use crate::pool::NodeBody;
 use crate::stack::balance::{Answer, Attempt, BalanceLayer, Tried, TryFailed};
 use crate::stack::node::NodeRequest;
 use crate::stack::testing;
@@ -65,12 +65,12 @@ impl Record {
     }
 }
 
-type NodeFuture = Pin<Box<dyn Future<Output = Result<Response<Incoming>, ProxyError>> + Send>>;
+type NodeFuture = Pin<Box<dyn Future<Output = Result<Response<NodeBody>, ProxyError>> + Send>>;
 
 fn node_mock(
     record: &Record,
     reply: Reply,
-) -> impl Service<NodeRequest, Response = Response<Incoming>, Error = ProxyError, Future = NodeFuture>
+) -> impl Service<NodeRequest, Response = Response<NodeBody>, Error = ProxyError, Future = NodeFuture>
        + Clone {
     let record = record.clone();
     tower::service_fn(move |req: NodeRequest| -> NodeFuture {

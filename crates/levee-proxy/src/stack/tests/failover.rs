@@ -7,7 +7,6 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use http::{Method, Response};
-use hyper::body::Incoming;
 use levee_resilience::BreakerState;
 use levee_telemetry::{BackendEvent, ErrorReason};
 use tower::{Layer, Service, ServiceExt};
@@ -15,6 +14,7 @@ use tower::{Layer, Service, ServiceExt};
 use crate::body::ProxyBody;
 use crate::classes::ClassTable;
 use crate::error::ProxyError;
+use crate::pool::NodeBody;
 use crate::stack::balance::BalanceLayer;
 use crate::stack::node::NodeRequest;
 use crate::stack::retry::RetryLayer;
@@ -43,12 +43,12 @@ path_prefix = "/"
 backend = "primary"
 "#;
 
-type NodeFuture = Pin<Box<dyn Future<Output = Result<Response<Incoming>, ProxyError>> + Send>>;
+type NodeFuture = Pin<Box<dyn Future<Output = Result<Response<NodeBody>, ProxyError>> + Send>>;
 
 /// The primary's node refuses connections; the standby's answers 200 to a
 /// request that kept the client's headers, else 400.
 fn nodes_mock(
-) -> impl Service<NodeRequest, Response = Response<Incoming>, Error = ProxyError, Future = NodeFuture>
+) -> impl Service<NodeRequest, Response = Response<NodeBody>, Error = ProxyError, Future = NodeFuture>
        + Clone {
     tower::service_fn(|req: NodeRequest| -> NodeFuture {
         let primary = req.node.addr.port() == 9001;

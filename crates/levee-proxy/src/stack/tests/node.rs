@@ -20,6 +20,7 @@ use tower::{Service, ServiceExt};
 
 use crate::body::RequestBody;
 use crate::error::ProxyError;
+use crate::pool::NodeBody;
 use crate::stack::node::{NodeCall, NodeRequest};
 use crate::stack::testing;
 use crate::state::ProxyState;
@@ -66,7 +67,7 @@ fn node_request(
     }
 }
 
-async fn call(req: NodeRequest) -> Result<Response<Incoming>, ProxyError> {
+async fn call(req: NodeRequest) -> Result<Response<NodeBody>, ProxyError> {
     let mut svc = NodeCall::new(0);
     svc.ready().await?.call(req).await
 }

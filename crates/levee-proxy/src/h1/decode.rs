@@ -1,0 +1,476 @@
+//! Reading a node's response: the head (RFC 9112 §4–5) and the body's
+//! framing (§6.3), the same rules hyper's HTTP/1 client applies, on bytes
+//! already read (no I/O here).
+
+use bytes::{Buf as _, Bytes, BytesMut};
+use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Version};
+
+/// The largest response head levee reads: hyper's default buffer bound,
+/// which is what it answered before.
+pub const MAX_HEAD: usize = 8192 + 4096 * 100;
+/// Header lines in a response head or a trailer section, at most (hyper's
+/// default).
+pub const MAX_HEADERS: usize = 100;
+/// Chunk extensions over a whole body, at most (as hyper).
+const EXTENSIONS_LIMIT: usize = 16 * 1024;
+/// A trailer section, at most (as hyper).
+const TRAILERS_LIMIT: usize = 16 * 1024;
+
+/// Why a response head is refused: the node broke the protocol.
+#[derive(Debug, thiserror::Error)]
+pub enum HeadError {
+    #[error("invalid response head: {0}")]
+    Syntax(#[from] httparse::Error),
+    #[error("invalid status code")]
+    Status,
+    #[error("response head larger than {MAX_HEAD} bytes")]
+    TooLarge,
+    #[error("invalid header: {0}")]
+    Header(&'static str),
+    #[error("invalid Content-Length")]
+    ContentLength,
+    #[error("Transfer-Encoding in an HTTP/1.0 response")]
+    TransferEncoding10,
+    /// RFC 9112 §6.3 lets a recipient treat this as an error; the node may
+    /// be desynchronised.
+    #[error("the response has both Transfer-Encoding and Content-Length")]
+    Framing,
+}
+
+/// Why a response body could not be read to its end.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error("invalid chunked body: {0}")]
+    Chunked(&'static str),
+    #[error("invalid trailer section: {0}")]
+    Trailers(&'static str),
+    #[error("the connection closed before the end of the body")]
+    Incomplete,
+}
+
+/// How a response body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// No body (HEAD, 1xx, 204, 304, `Content-Length: 0`, 101).
+    Empty,
+    Length(u64),
+    Chunked,
+    /// Read until the node closes the connection.
+    Close,
+}
+
+/// A complete response head and what it says of the body and connection.
+#[derive(Debug)]
+pub struct Parsed {
+    pub response: Response<()>,
+    pub framing: Framing,
+    /// The node allows another request on this connection.
+    pub keep_alive: bool,
+    /// A 101 (or a 2xx to CONNECT): the connection is no longer HTTP.
+    pub upgrade: bool,
+}
+
+/// Parses the response head at the start of `buf`, skipping interim (1xx)
+/// responses other than 101: `None` until a whole head has been read. The
+/// head is taken out of `buf`; what follows stays.
+pub fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Parsed>, HeadError> {
+    loop {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut res = httparse::Response::new(&mut headers);
+        let len = match res.parse(buf)? {
+            httparse::Status::Complete(len) => len,
+            httparse::Status::Partial if buf.len() >= MAX_HEAD => return Err(HeadError::TooLarge),
+            httparse::Status::Partial => return Ok(None),
+        };
+        if len > MAX_HEAD {
+            return Err(HeadError::TooLarge);
+        }
+        let code = res.code.ok_or(HeadError::Status)?;
+        let status = StatusCode::from_u16(code).map_err(|_| HeadError::Status)?;
+        if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
+            buf.advance(len);
+            continue;
+        }
+        let version = if res.version == Some(1) {
+            Version::HTTP_11
+        } else {
+            Version::HTTP_10
+        };
+        // One copy of the head, sized to it: the read buffer stays the
+        // connection's own, to be reused by the next response.
+        let bytes = Bytes::copy_from_slice(&buf[..len]);
+        let base = buf.as_ptr() as usize;
+        let copied = |s: &[u8]| {
+            let at = s.as_ptr() as usize - base;
+            bytes.slice(at..at + s.len())
+        };
+        let mut map = HeaderMap::with_capacity(res.headers.len());
+        let mut keep_alive = version == Version::HTTP_11;
+        let mut close = false;
+        for h in res.headers.iter() {
+            let name =
+                HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| HeadError::Header("name"))?;
+            let value = HeaderValue::from_maybe_shared(copied(h.value))
+                .map_err(|_| HeadError::Header("value"))?;
+            if name == CONNECTION {
+                // Once any line asks to close, a later keep-alive cannot undo it.
+                if close || has_token(&value, b"close") {
+                    close = true;
+                    keep_alive = false;
+                } else if !keep_alive {
+                    keep_alive = has_token(&value, b"keep-alive");
+                }
+            }
+            map.append(name, value);
+        }
+        let reason = res.reason.unwrap_or_default();
+        let canonical = status.canonical_reason().unwrap_or_default();
+        let reason = (reason != canonical)
+            .then(|| hyper::ext::ReasonPhrase::try_from(copied(reason.as_bytes())).ok())
+            .flatten();
+        buf.advance(len);
+        let (framing, upgrade) = framing(status, version, &map, method)?;
+        // Checked on every final response, as before: a node that frames a
+        // body two ways may be desynchronised whatever the status.
+        if map.contains_key(TRANSFER_ENCODING) && map.contains_key(CONTENT_LENGTH) {
+            return Err(HeadError::Framing);
+        }
+        let mut response = Response::new(());
+        *response.status_mut() = status;
+        *response.version_mut() = version;
+        *response.headers_mut() = map;
+        if let Some(reason) = reason {
+            response.extensions_mut().insert(reason);
+        }
+        return Ok(Some(Parsed {
+            response,
+            keep_alive: keep_alive && !upgrade && framing != Framing::Close,
+            framing,
+            upgrade,
+        }));
+    }
+}
+
+/// RFC 9112 §6.3, in hyper's order.
+fn framing(
+    status: StatusCode,
+    version: Version,
+    headers: &HeaderMap,
+    method: &Method,
+) -> Result<(Framing, bool), HeadError> {
+    match status.as_u16() {
+        101 => return Ok((Framing::Empty, true)),
+        204 | 304 => return Ok((Framing::Empty, false)),
+        _ => {}
+    }
+    if method == Method::HEAD {
+        return Ok((Framing::Empty, false));
+    }
+    if method == Method::CONNECT && status.is_success() {
+        return Ok((Framing::Empty, true));
+    }
+    if let Some(last) = headers.get_all(TRANSFER_ENCODING).iter().next_back() {
+        if version == Version::HTTP_10 {
+            return Err(HeadError::TransferEncoding10);
+        }
+        let chunked = last
+            .as_bytes()
+            .rsplit(|b| *b == b',')
+            .next()
+            .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+        // Not chunked last: the body runs to the connection's close.
+        return Ok((
+            if chunked {
+                Framing::Chunked
+            } else {
+                Framing::Close
+            },
+            false,
+        ));
+    }
+    let mut length = None;
+    for value in headers.get_all(CONTENT_LENGTH) {
+        for part in value.as_bytes().split(|b| *b == b',') {
+            let n = digits(part.trim_ascii()).ok_or(HeadError::ContentLength)?;
+            if length.is_some_and(|l| l != n) {
+                return Err(HeadError::ContentLength);
+            }
+            length = Some(n);
+        }
+    }
+    Ok((
+        match length {
+            Some(0) => Framing::Empty,
+            Some(n) => Framing::Length(n),
+            None => Framing::Close,
+        },
+        false,
+    ))
+}
+
+/// A decimal number of ASCII digits only.
+fn digits(s: &[u8]) -> Option<u64> {
+    if s.is_empty() || s.len() > 19 {
+        return None;
+    }
+    s.iter().try_fold(0u64, |n, b| {
+        b.is_ascii_digit().then(|| n * 10 + u64::from(b - b'0'))
+    })
+}
+
+fn has_token(value: &HeaderValue, token: &[u8]) -> bool {
+    value
+        .as_bytes()
+        .split(|b| *b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
+}
+
+/// What the body decoder made of the bytes it had.
+#[derive(Debug)]
+pub enum Decoded {
+    Data(Bytes),
+    Trailers(HeaderMap),
+    /// The body has ended; bytes after it stay in the buffer.
+    End,
+    /// More bytes are needed.
+    More,
+}
+
+/// Where a body decoder is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decoder {
+    Length(u64),
+    Chunked(Chunk),
+    Close,
+    Done,
+}
+
+/// Where a chunked body is (RFC 9112 §7.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Chunk {
+    /// A chunk-size line; `extensions` bytes seen so far in the body.
+    Size {
+        extensions: usize,
+    },
+    Data {
+        left: u64,
+        extensions: usize,
+    },
+    /// The CRLF after a chunk's data.
+    DataEnd {
+        extensions: usize,
+    },
+    Trailers,
+}
+
+/// Below this a data chunk is copied out of the read buffer, so that the
+/// buffer stays the connection's and is reused; above it the bytes are
+/// handed on as they lie (a new buffer is then allocated for the next read).
+const COPY_BELOW: usize = 4096;
+
+fn take(buf: &mut BytesMut, n: usize) -> Bytes {
+    if n < COPY_BELOW {
+        let data = Bytes::copy_from_slice(&buf[..n]);
+        buf.advance(n);
+        data
+    } else {
+        buf.split_to(n).freeze()
+    }
+}
+
+impl Decoder {
+    pub fn new(framing: Framing) -> Self {
+        match framing {
+            Framing::Empty => Decoder::Done,
+            Framing::Length(n) => Decoder::Length(n),
+            Framing::Chunked => Decoder::Chunked(Chunk::Size { extensions: 0 }),
+            Framing::Close => Decoder::Close,
+        }
+    }
+
+    pub fn is_done(&self) -> bool {
+        *self == Decoder::Done
+    }
+
+    /// Bytes of body still due, when known.
+    pub fn remaining(&self) -> Option<u64> {
+        match self {
+            Decoder::Length(n) => Some(*n),
+            Decoder::Done => Some(0),
+            _ => None,
+        }
+    }
+
+    /// The next piece of the body from `buf`.
+    pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Decoded, BodyError> {
+        loop {
+            match self {
+                Decoder::Done => return Ok(Decoded::End),
+                Decoder::Close if buf.is_empty() => return Ok(Decoded::More),
+                Decoder::Close => return Ok(Decoded::Data(take(buf, buf.len()))),
+                Decoder::Length(_) if buf.is_empty() => return Ok(Decoded::More),
+                Decoder::Length(left) => {
+                    let n = usize::try_from(*left).unwrap_or(usize::MAX).min(buf.len());
+                    *left -= n as u64;
+                    if *left == 0 {
+                        *self = Decoder::Done;
+                    }
+                    return Ok(Decoded::Data(take(buf, n)));
+                }
+                Decoder::Chunked(chunk) => match chunk_step(chunk, buf)? {
+                    Step::Again => {}
+                    Step::Out(out) => return Ok(out),
+                    Step::Last(trailers) => {
+                        *self = Decoder::Done;
+                        return Ok(Decoded::Trailers(trailers));
+                    }
+                    Step::End => {
+                        *self = Decoder::Done;
+                        return Ok(Decoded::End);
+                    }
+                },
+            }
+        }
+    }
+
+    /// The connection closed: the end of a close-delimited body, else an
+    /// error.
+    pub fn eof(&mut self) -> Result<(), BodyError> {
+        match self {
+            Decoder::Close | Decoder::Done => {
+                *self = Decoder::Done;
+                Ok(())
+            }
+            _ => Err(BodyError::Incomplete),
+        }
+    }
+}
+
+enum Step {
+    Again,
+    Out(Decoded),
+    /// The trailer section, the body's last frame.
+    Last(HeaderMap),
+    End,
+}
+
+fn chunk_step(chunk: &mut Chunk, buf: &mut BytesMut) -> Result<Step, BodyError> {
+    match *chunk {
+        Chunk::Size { extensions } => {
+            let Some(lf) = buf.iter().position(|b| *b == b'\n') else {
+                if buf.len() > EXTENSIONS_LIMIT + 32 {
+                    return Err(BodyError::Chunked("chunk-size line too long"));
+                }
+                return Ok(Step::Out(Decoded::More));
+            };
+            let line = &buf[..lf];
+            let Some(line) = line.strip_suffix(b"\r") else {
+                return Err(BodyError::Chunked("chunk-size line without CR"));
+            };
+            let hex_end = line
+                .iter()
+                .position(|b| !b.is_ascii_hexdigit())
+                .unwrap_or(line.len());
+            if hex_end == 0 {
+                return Err(BodyError::Chunked("no chunk size"));
+            }
+            let mut size: u64 = 0;
+            for b in &line[..hex_end] {
+                let d = (*b as char).to_digit(16).unwrap_or_default();
+                size = size
+                    .checked_mul(16)
+                    .and_then(|s| s.checked_add(u64::from(d)))
+                    .ok_or(BodyError::Chunked("chunk size overflows"))?;
+            }
+            let rest = &line[hex_end..];
+            let after_ws = rest
+                .iter()
+                .position(|b| *b != b' ' && *b != b'\t')
+                .unwrap_or(rest.len());
+            let ext = &rest[after_ws..];
+            if !ext.is_empty() && ext[0] != b';' {
+                return Err(BodyError::Chunked("invalid chunk size"));
+            }
+            let extensions = extensions + ext.len();
+            if extensions > EXTENSIONS_LIMIT {
+                return Err(BodyError::Chunked("chunk extensions over the limit"));
+            }
+            buf.advance(lf + 1);
+            *chunk = if size == 0 {
+                Chunk::Trailers
+            } else {
+                Chunk::Data {
+                    left: size,
+                    extensions,
+                }
+            };
+            Ok(Step::Again)
+        }
+        Chunk::Data { left, extensions } => {
+            if buf.is_empty() {
+                return Ok(Step::Out(Decoded::More));
+            }
+            let n = usize::try_from(left).unwrap_or(usize::MAX).min(buf.len());
+            let left = left - n as u64;
+            *chunk = if left == 0 {
+                Chunk::DataEnd { extensions }
+            } else {
+                Chunk::Data { left, extensions }
+            };
+            Ok(Step::Out(Decoded::Data(take(buf, n))))
+        }
+        Chunk::DataEnd { extensions } => {
+            if buf.len() < 2 {
+                if buf.first().is_some_and(|b| *b != b'\r') {
+                    return Err(BodyError::Chunked("no CRLF after chunk data"));
+                }
+                return Ok(Step::Out(Decoded::More));
+            }
+            if &buf[..2] != b"\r\n" {
+                return Err(BodyError::Chunked("no CRLF after chunk data"));
+            }
+            buf.advance(2);
+            *chunk = Chunk::Size { extensions };
+            Ok(Step::Again)
+        }
+        Chunk::Trailers => {
+            if buf.len() < 2 {
+                if buf.first().is_some_and(|b| *b != b'\r') {
+                    // A trailer line: wait for the whole section.
+                } else {
+                    return Ok(Step::Out(Decoded::More));
+                }
+            } else if &buf[..2] == b"\r\n" {
+                buf.advance(2);
+                return Ok(Step::End);
+            }
+            let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                if buf.len() > TRAILERS_LIMIT {
+                    return Err(BodyError::Trailers("larger than 16 KiB"));
+                }
+                return Ok(Step::Out(Decoded::More));
+            };
+            let len = end + 4;
+            if len > TRAILERS_LIMIT {
+                return Err(BodyError::Trailers("larger than 16 KiB"));
+            }
+            let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            let parsed = match httparse::parse_headers(&buf[..len], &mut headers) {
+                Ok(httparse::Status::Complete((_, parsed))) => parsed,
+                Ok(httparse::Status::Partial) => return Err(BodyError::Trailers("partial")),
+                Err(_) => return Err(BodyError::Trailers("syntax")),
+            };
+            let mut map = HeaderMap::with_capacity(parsed.len());
+            for h in parsed.iter() {
+                let name = HeaderName::from_bytes(h.name.as_bytes())
+                    .map_err(|_| BodyError::Trailers("name"))?;
+                let value =
+                    HeaderValue::from_bytes(h.value).map_err(|_| BodyError::Trailers("value"))?;
+                map.append(name, value);
+            }
+            buf.advance(len);
+            Ok(Step::Last(map))
+        }
+    }
+}

@@ -1,0 +1,517 @@
+//! levee's own HTTP/1 client for node connections.
+//!
+//! hyper's client puts every request through a channel to a connection task
+//! and back, and wakes two tasks per request. Here the request's own future
+//! writes the request head (and a kept body in the same write) and reads
+//! the response head from the connection, and the response body reads the
+//! rest straight from the socket; whichever is polled also drives a
+//! request body still streaming, so a node may answer before it has read
+//! the whole request (an echo, an early error). When the response body ends
+//! cleanly, with the request written whole and the node allowing it, the
+//! connection goes back to its pool ([`Reuse`]); else it is dropped, which
+//! closes it. Nothing is spawned.
+//!
+//! Framing follows RFC 9112 §6.3 as hyper's client does ([`decode`]), and
+//! so does the choice of request framing ([`encode`]).
+
+mod decode;
+mod encode;
+
+use std::fmt;
+use std::future::poll_fn;
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{ready, Context, Poll, Waker};
+
+use bytes::{Buf as _, Bytes, BytesMut};
+use http::{Method, Request, Response};
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio_util::io::poll_read_buf;
+
+use crate::body::{ClientBodyError, RequestBody};
+pub use decode::{BodyError, HeadError, MAX_HEAD};
+use decode::{Decoded, Decoder, Parsed};
+
+use encode::{BodyLength, Encoder};
+
+/// A read buffer starts (and, for small responses, stays) this size.
+const READ_BYTES: usize = 8 * 1024;
+/// A read is not started with less room than this.
+const MIN_READ: usize = 1024;
+
+/// Why an exchange on a node connection failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("node connection failed: {0}")]
+    Io(#[source] io::Error),
+    #[error("the node closed the connection before a complete response head")]
+    Closed,
+    #[error("{0}")]
+    Head(#[source] HeadError),
+    #[error("{0}")]
+    Body(#[source] BodyError),
+    /// The client's request body failed while it was forwarded.
+    #[error("{0}")]
+    Client(#[source] ClientBodyError),
+    #[error("the request body ended before its Content-Length")]
+    ShortBody,
+    #[error("the request body is longer than its Content-Length")]
+    LongBody,
+}
+
+/// A request that failed, and whether any byte of it reached the node.
+#[derive(Debug)]
+pub enum SendError {
+    /// Nothing was written: the request comes back, to go elsewhere.
+    Unsent(Box<Request<RequestBody>>, Error),
+    Sent(Error),
+}
+
+/// Takes a connection whose exchange ended cleanly, for another request.
+pub trait Reuse<IO> {
+    fn reuse(self, conn: Box<Conn<IO>>);
+}
+
+/// A node connection and its buffers, kept across requests.
+pub struct Conn<IO> {
+    io: IO,
+    read: BytesMut,
+    /// The request head, or a chunk-size line, being written from `wpos`.
+    write: Vec<u8>,
+    wpos: usize,
+    /// Body bytes being written, after `write`.
+    data: Bytes,
+    /// Written after `data`: a chunk's CRLF, or the last chunk.
+    tail: &'static [u8],
+    /// The request body, until it has ended.
+    body: Option<RequestBody>,
+    encoder: Encoder,
+    /// Some byte of the request was written.
+    written: bool,
+    /// The request was written whole and flushed.
+    sent: bool,
+    decoder: Decoder,
+    keep_alive: bool,
+}
+
+impl<IO> fmt::Debug for Conn<IO> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Conn")
+            .field("buffered", &self.read.len())
+            .field("sent", &self.sent)
+            .field("decoder", &self.decoder)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
+    pub fn new(io: IO) -> Box<Self> {
+        Box::new(Self {
+            io,
+            read: BytesMut::new(),
+            write: Vec::new(),
+            wpos: 0,
+            data: Bytes::new(),
+            tail: b"",
+            body: None,
+            encoder: Encoder::Length(0),
+            written: false,
+            sent: true,
+            decoder: Decoder::Done,
+            keep_alive: false,
+        })
+    }
+
+    /// Whether an idle connection can take a request: the node has not
+    /// closed it, nor sent anything unasked (either makes it unusable).
+    /// Costs no system call unless the socket turned readable.
+    pub fn is_open(&mut self) -> bool {
+        let mut cx = Context::from_waker(Waker::noop());
+        self.poll_fill(&mut cx).is_pending()
+    }
+
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.read.capacity() - self.read.len() < MIN_READ {
+            self.read.reserve(READ_BYTES);
+        }
+        poll_read_buf(Pin::new(&mut self.io), cx, &mut self.read)
+    }
+
+    /// Writes what is pending and the request body as it comes; ready once
+    /// the whole request is written and flushed.
+    fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        if self.sent {
+            return Poll::Ready(Ok(()));
+        }
+        loop {
+            while self.wpos < self.write.len() || !self.data.is_empty() || !self.tail.is_empty() {
+                let slices = [
+                    IoSlice::new(&self.write[self.wpos..]),
+                    IoSlice::new(&self.data),
+                    IoSlice::new(self.tail),
+                ];
+                let n = ready!(Pin::new(&mut self.io).poll_write_vectored(cx, &slices))
+                    .map_err(Error::Io)?;
+                if n == 0 {
+                    return Poll::Ready(Err(Error::Io(io::ErrorKind::WriteZero.into())));
+                }
+                self.written = true;
+                self.consume(n);
+            }
+            let Some(body) = &mut self.body else {
+                ready!(Pin::new(&mut self.io).poll_flush(cx)).map_err(Error::Io)?;
+                self.sent = true;
+                return Poll::Ready(Ok(()));
+            };
+            match Pin::new(body).poll_frame(cx) {
+                Poll::Pending => {
+                    // What was written goes out while the client is slow.
+                    if let Poll::Ready(Err(e)) = Pin::new(&mut self.io).poll_flush(cx) {
+                        return Poll::Ready(Err(Error::Io(e)));
+                    }
+                    return Poll::Pending;
+                }
+                Poll::Ready(None) => {
+                    self.body = None;
+                    match self.encoder {
+                        Encoder::Chunked => self.tail = b"0\r\n\r\n",
+                        Encoder::Length(0) => {}
+                        Encoder::Length(_) => return Poll::Ready(Err(Error::ShortBody)),
+                    }
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    self.body = None;
+                    return Poll::Ready(Err(Error::Client(e)));
+                }
+                Poll::Ready(Some(Ok(frame))) => {
+                    // Request trailers are never forwarded (`Trailer` is hop-by-hop).
+                    let Ok(data) = frame.into_data() else {
+                        continue;
+                    };
+                    if data.is_empty() {
+                        continue;
+                    }
+                    match &mut self.encoder {
+                        Encoder::Chunked => {
+                            self.write.clear();
+                            self.wpos = 0;
+                            encode::chunk_size(data.len(), &mut self.write);
+                            self.tail = b"\r\n";
+                        }
+                        Encoder::Length(left) => {
+                            *left = left.checked_sub(data.len() as u64).ok_or(Error::LongBody)?;
+                        }
+                    }
+                    self.data = data;
+                }
+            }
+        }
+    }
+
+    /// Drops `n` written bytes from the front of what is pending.
+    fn consume(&mut self, mut n: usize) {
+        let head = (self.write.len() - self.wpos).min(n);
+        self.wpos += head;
+        n -= head;
+        let data = self.data.len().min(n);
+        self.data.advance(data);
+        n -= data;
+        self.tail = &self.tail[n.min(self.tail.len())..];
+    }
+
+    /// Sends what is due and reads the response head.
+    fn poll_head(&mut self, cx: &mut Context<'_>, method: &Method) -> Poll<Result<Parsed, Error>> {
+        if let Poll::Ready(Err(e)) = self.poll_send(cx) {
+            return Poll::Ready(Err(e));
+        }
+        loop {
+            if !self.read.is_empty() {
+                if let Some(parsed) =
+                    decode::parse_head(&mut self.read, method).map_err(Error::Head)?
+                {
+                    return Poll::Ready(Ok(parsed));
+                }
+            }
+            match ready!(self.poll_fill(cx)) {
+                Ok(0) => return Poll::Ready(Err(Error::Closed)),
+                Ok(_) => {}
+                Err(e) => return Poll::Ready(Err(Error::Io(e))),
+            }
+        }
+    }
+
+    /// Drives a request body still streaming, and reads the next frame of
+    /// the response body (`None`: it has ended).
+    fn poll_body(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<Frame<Bytes>>, Error>> {
+        if let Poll::Ready(Err(e)) = self.poll_send(cx) {
+            return Poll::Ready(Err(e));
+        }
+        loop {
+            match self.decoder.decode(&mut self.read).map_err(Error::Body)? {
+                Decoded::Data(data) => return Poll::Ready(Ok(Some(Frame::data(data)))),
+                Decoded::Trailers(t) => return Poll::Ready(Ok(Some(Frame::trailers(t)))),
+                Decoded::End => return Poll::Ready(Ok(None)),
+                Decoded::More => match ready!(self.poll_fill(cx)).map_err(Error::Io)? {
+                    0 => {
+                        self.decoder.eof().map_err(Error::Body)?;
+                        // Closed by the node: not for another request.
+                        self.keep_alive = false;
+                        return Poll::Ready(Ok(None));
+                    }
+                    _ => continue,
+                },
+            }
+        }
+    }
+
+    /// The exchange is over and the connection can carry another one.
+    fn reusable(&self) -> bool {
+        self.keep_alive && self.sent && self.decoder.is_done() && self.read.is_empty()
+    }
+}
+
+/// Sends `req` on `conn` and waits for the response head. `reuse` takes
+/// the connection back once the response body has ended (at once when it
+/// has none).
+pub async fn send<IO, R>(
+    mut conn: Box<Conn<IO>>,
+    req: Request<RequestBody>,
+    reuse: R,
+) -> Result<Response<Body<IO, R>>, SendError>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    R: Reuse<IO> + Unpin,
+{
+    let (mut parts, mut body) = req.into_parts();
+    let length = if body.is_end_stream() {
+        BodyLength::Empty
+    } else {
+        body.size_hint()
+            .exact()
+            .map_or(BodyLength::Unknown, BodyLength::Known)
+    };
+    conn.write.clear();
+    conn.wpos = 0;
+    let mut encoder = encode::head(&mut parts, length, &mut conn.write);
+    // A kept body goes out with the head, in one write.
+    if let (RequestBody::Kept(kept), Encoder::Length(n)) = (&mut body, encoder) {
+        if let Some(data) = kept.take_if(|d| d.len() as u64 == n) {
+            conn.data = data;
+            encoder = Encoder::Length(0);
+        }
+    }
+    conn.encoder = encoder;
+    conn.body = Some(body);
+    conn.written = false;
+    conn.sent = false;
+    let parsed = match poll_fn(|cx| conn.poll_head(cx, &parts.method)).await {
+        Ok(parsed) => parsed,
+        Err(e) if !conn.written => {
+            let mut body = conn.body.take().unwrap_or(RequestBody::Kept(None));
+            if !conn.data.is_empty() {
+                body = RequestBody::Kept(Some(std::mem::take(&mut conn.data)));
+            }
+            return Err(SendError::Unsent(
+                Box::new(Request::from_parts(parts, body)),
+                e,
+            ));
+        }
+        Err(e) => return Err(SendError::Sent(e)),
+    };
+    let Parsed {
+        response,
+        framing,
+        keep_alive,
+        upgrade,
+    } = parsed;
+    conn.decoder = Decoder::new(framing);
+    conn.keep_alive = keep_alive;
+    if upgrade {
+        let Conn { io, read, .. } = *conn;
+        let mut response = response.map(|()| Body::empty());
+        response.extensions_mut().insert(Upgrade::new(Upgraded {
+            prefix: read.freeze(),
+            io,
+        }));
+        return Ok(response);
+    }
+    let mut body = Body {
+        conn: Some(conn),
+        reuse: Some(reuse),
+        failed: None,
+    };
+    body.end_if_done();
+    Ok(response.map(|()| body))
+}
+
+/// A response body read from its node connection.
+pub struct Body<IO, R> {
+    /// `None` once the body has ended (or failed).
+    conn: Option<Box<Conn<IO>>>,
+    reuse: Option<R>,
+    /// An error to give on the next poll.
+    failed: Option<Error>,
+}
+
+impl<IO, R> fmt::Debug for Body<IO, R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Body").field("conn", &self.conn).finish()
+    }
+}
+
+impl<IO, R> Body<IO, R> {
+    fn empty() -> Self {
+        Self {
+            conn: None,
+            reuse: None,
+            failed: None,
+        }
+    }
+}
+
+impl<IO: AsyncRead + AsyncWrite + Unpin, R: Reuse<IO>> Body<IO, R> {
+    /// Once the body is through, hands the connection back (or drops it) at
+    /// once: whoever reads the body may stop at its last frame.
+    fn end_if_done(&mut self) {
+        if !self.conn.as_ref().is_some_and(|c| c.decoder.is_done()) {
+            return;
+        }
+        if let (Some(conn), Some(reuse)) = (self.conn.take(), self.reuse.take()) {
+            if conn.reusable() {
+                reuse.reuse(conn);
+            }
+        }
+    }
+
+    /// The connection is dropped at once, and the error given on the next
+    /// poll: whoever reads the body then sends on the data read before it
+    /// first (hyper's server drops what it has not flushed when a body
+    /// fails).
+    fn fail(
+        &mut self,
+        e: Error,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
+        self.conn = None;
+        self.failed = Some(e);
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+}
+
+impl<IO: AsyncRead + AsyncWrite + Unpin, R: Reuse<IO> + Unpin> HttpBody for Body<IO, R> {
+    type Data = Bytes;
+    type Error = Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
+        let this = self.get_mut();
+        let Some(conn) = this.conn.as_mut() else {
+            return Poll::Ready(this.failed.take().map(Err));
+        };
+        match ready!(conn.poll_body(cx)) {
+            Err(e) => this.fail(e, cx),
+            Ok(frame) => {
+                this.end_if_done();
+                Poll::Ready(frame.map(Ok))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.conn.is_none() && self.failed.is_none()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.conn {
+            None => SizeHint::with_exact(0),
+            Some(conn) => conn
+                .decoder
+                .remaining()
+                .map_or_else(SizeHint::default, SizeHint::with_exact),
+        }
+    }
+}
+
+/// A connection the node switched to another protocol (101), with the
+/// bytes it sent after the response head.
+pub struct Upgraded<IO> {
+    prefix: Bytes,
+    io: IO,
+}
+
+impl<IO> fmt::Debug for Upgraded<IO> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Upgraded")
+            .field("prefix", &self.prefix.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for Upgraded<IO> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.prefix.is_empty() {
+            return Pin::new(&mut this.io).poll_read(cx, buf);
+        }
+        let n = this.prefix.len().min(buf.remaining());
+        buf.put_slice(&this.prefix.split_to(n));
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for Upgraded<IO> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+/// The upgraded connection, in the 101 response's extensions (which must
+/// be `Clone`) until the tunnel takes it; dropped with the response else.
+pub struct Upgrade<IO>(Arc<Mutex<Option<Upgraded<IO>>>>);
+
+impl<IO> Upgrade<IO> {
+    fn new(upgraded: Upgraded<IO>) -> Self {
+        Self(Arc::new(Mutex::new(Some(upgraded))))
+    }
+
+    pub fn take(&self) -> Option<Upgraded<IO>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).take()
+    }
+}
+
+impl<IO> Clone for Upgrade<IO> {
+    fn clone(&self) -> Self {
+        Self(Arc::clone(&self.0))
+    }
+}
+
+impl<IO> fmt::Debug for Upgrade<IO> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Upgrade")
+    }
+}
+
+#[cfg(test)]
+#[path = "tests.rs"]
+mod tests;

@@ -1,0 +1,494 @@
+//! The codec on bytes (one at a time where it matters) and the client over
+//! an in-memory connection.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::{Arc, Mutex};
+
+use bytes::{Bytes, BytesMut};
+use http::{Method, Request, StatusCode, Version};
+use http_body_util::BodyExt as _;
+use proptest::prelude::*;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _, DuplexStream};
+
+use super::decode::{parse_head, BodyError, Decoded, Decoder, Framing, HeadError, MAX_HEAD};
+use super::encode::{self, BodyLength, Encoder};
+use super::{send, Conn, Error, Reuse, SendError};
+use crate::body::RequestBody;
+
+fn head(bytes: &[u8], method: Method) -> Result<Option<super::decode::Parsed>, HeadError> {
+    parse_head(&mut BytesMut::from(bytes), &method)
+}
+
+fn framing(bytes: &[u8], method: Method) -> Framing {
+    head(bytes, method).unwrap().unwrap().framing
+}
+
+#[test]
+fn a_head_fed_one_byte_at_a_time_parses_once_whole() {
+    let raw = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-A: b\r\n\r\nok";
+    let mut buf = BytesMut::new();
+    let end = raw.len() - 2;
+    for (i, b) in raw[..end].iter().enumerate() {
+        buf.extend_from_slice(&[*b]);
+        let got = parse_head(&mut buf, &Method::GET).unwrap();
+        assert_eq!(got.is_some(), i == end - 1, "after {} bytes", i + 1);
+        if let Some(p) = got {
+            assert_eq!(p.response.status(), StatusCode::OK);
+            assert_eq!(p.response.headers()["x-a"], "b");
+            assert_eq!(p.framing, Framing::Length(2));
+            assert!(p.keep_alive);
+            assert!(buf.is_empty(), "the head is taken out of the buffer");
+        }
+    }
+}
+
+#[test]
+fn interim_responses_are_skipped_but_101_is_final() {
+    let mut buf = BytesMut::from(
+        &b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: x\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n"[..],
+    );
+    let p = parse_head(&mut buf, &Method::POST).unwrap().unwrap();
+    assert_eq!(p.response.status(), StatusCode::CREATED);
+    assert_eq!(p.framing, Framing::Empty);
+    // Only an interim response so far: wait for the final one.
+    let mut buf = BytesMut::from(&b"HTTP/1.1 100 Continue\r\n\r\n"[..]);
+    assert!(parse_head(&mut buf, &Method::POST).unwrap().is_none());
+    assert!(buf.is_empty());
+    let p = head(
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n",
+        Method::GET,
+    )
+    .unwrap()
+    .unwrap();
+    assert!(p.upgrade && !p.keep_alive);
+}
+
+#[test]
+fn bodiless_responses_by_status_and_method() {
+    for status in ["204 No Content", "304 Not Modified"] {
+        let raw = format!("HTTP/1.1 {status}\r\nContent-Length: 10\r\n\r\n");
+        assert_eq!(framing(raw.as_bytes(), Method::GET), Framing::Empty);
+    }
+    let raw = b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n";
+    assert_eq!(framing(raw, Method::HEAD), Framing::Empty);
+    assert_eq!(framing(raw, Method::GET), Framing::Length(10));
+    let raw = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n";
+    assert_eq!(framing(raw, Method::GET), Framing::Chunked);
+    let raw = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\n";
+    assert_eq!(framing(raw, Method::GET), Framing::Close);
+    assert_eq!(
+        framing(b"HTTP/1.1 200 OK\r\n\r\n", Method::GET),
+        Framing::Close
+    );
+}
+
+#[test]
+fn content_length_must_be_one_number() {
+    let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2, 2\r\nContent-Length: 2\r\n\r\n";
+    assert_eq!(framing(ok, Method::GET), Framing::Length(2));
+    for bad in [
+        &b"HTTP/1.1 200 OK\r\nContent-Length: 2, 3\r\n\r\n"[..],
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: +2\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: \r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 99999999999999999999\r\n\r\n",
+    ] {
+        let got = head(bad, Method::GET);
+        assert!(matches!(got, Err(HeadError::ContentLength)), "{got:?}");
+    }
+}
+
+#[test]
+fn broken_heads_are_refused() {
+    let both =
+        b"HTTP/1.1 204 No Content\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n";
+    assert!(matches!(head(both, Method::GET), Err(HeadError::Framing)));
+    let te10 = b"HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n";
+    assert!(matches!(
+        head(te10, Method::GET),
+        Err(HeadError::TransferEncoding10)
+    ));
+    assert!(matches!(
+        head(b"NOT HTTP AT ALL\r\n\r\n", Method::GET),
+        Err(HeadError::Syntax(_))
+    ));
+    assert!(head(b"HTTP/1.1 2x0 OK\r\n\r\n", Method::GET).is_err());
+    let mut many = b"HTTP/1.1 200 OK\r\n".to_vec();
+    for i in 0..101 {
+        many.extend_from_slice(format!("x-{i}: v\r\n").as_bytes());
+    }
+    many.extend_from_slice(b"\r\n");
+    assert!(matches!(
+        head(&many, Method::GET),
+        Err(HeadError::Syntax(_))
+    ));
+    // Never whole within the bound.
+    let mut big = b"HTTP/1.1 200 OK\r\nx-big: ".to_vec();
+    big.resize(MAX_HEAD, b'a');
+    assert!(matches!(head(&big, Method::GET), Err(HeadError::TooLarge)));
+    big.truncate(MAX_HEAD - 1);
+    assert!(
+        head(&big, Method::GET).unwrap().is_none(),
+        "under the bound: wait"
+    );
+}
+
+#[test]
+fn keep_alive_follows_version_and_connection() {
+    let cases: [(&[u8], bool); 6] = [
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", true),
+        (b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n", false),
+        (b"HTTP/1.1 200 OK\r\nConnection: Close\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n", false),
+        (b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n", false),
+        (b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n", true),
+        (b"HTTP/1.1 200 OK\r\n\r\n", false),
+    ];
+    for (raw, keep) in cases {
+        let p = head(raw, Method::GET).unwrap().unwrap();
+        assert_eq!(p.keep_alive, keep, "{}", String::from_utf8_lossy(raw));
+    }
+    let p = head(b"HTTP/1.0 200 OK\r\n\r\n", Method::GET)
+        .unwrap()
+        .unwrap();
+    assert_eq!(p.response.version(), Version::HTTP_10);
+}
+
+/// Decodes `raw` fed one byte at a time: the data, the trailers, and the
+/// bytes left after the body.
+fn decode_bytewise(
+    mut decoder: Decoder,
+    raw: &[u8],
+) -> Result<(Vec<u8>, Option<http::HeaderMap>, Vec<u8>), BodyError> {
+    let mut buf = BytesMut::new();
+    let (mut data, mut trailers) = (Vec::new(), None);
+    let mut fed = 0;
+    loop {
+        match decoder.decode(&mut buf)? {
+            Decoded::Data(d) => data.extend_from_slice(&d),
+            Decoded::Trailers(t) => trailers = Some(t),
+            Decoded::End => {
+                let mut left = buf.to_vec();
+                left.extend_from_slice(&raw[fed..]);
+                return Ok((data, trailers, left));
+            }
+            Decoded::More if fed < raw.len() => {
+                buf.extend_from_slice(&raw[fed..=fed]);
+                fed += 1;
+            }
+            Decoded::More => {
+                decoder.eof()?;
+            }
+        }
+    }
+}
+
+#[test]
+fn chunked_bodies_byte_by_byte() {
+    let raw = b"5;ext=1\r\nhello\r\n6 \t;x\r\n world\r\n0\r\nx-t: 1\r\n\r\nGARBAGE";
+    let (data, trailers, left) = decode_bytewise(Decoder::new(Framing::Chunked), raw).unwrap();
+    assert_eq!(data, b"hello world");
+    assert_eq!(trailers.unwrap()["x-t"], "1");
+    assert_eq!(left, b"GARBAGE", "bytes after the body stay");
+    let (data, trailers, left) = decode_bytewise(
+        Decoder::new(Framing::Chunked),
+        b"a\r\n0123456789\r\n0\r\n\r\n",
+    )
+    .unwrap();
+    assert_eq!(data, b"0123456789");
+    assert!(trailers.is_none() && left.is_empty());
+}
+
+#[test]
+fn broken_chunked_bodies_fail() {
+    for bad in [
+        &b"x\r\n"[..],
+        b"\r\n",
+        b"5\nhello\r\n0\r\n\r\n",
+        b"5\r\nhelloXX0\r\n\r\n",
+        b"5 x\r\nhello\r\n",
+        b"fffffffffffffffff\r\n",
+        b"5\r\nhel",
+    ] {
+        let got = decode_bytewise(Decoder::new(Framing::Chunked), bad);
+        assert!(got.is_err(), "{}: {got:?}", String::from_utf8_lossy(bad));
+    }
+}
+
+#[test]
+fn length_and_close_delimited_bodies() {
+    let (data, _, left) = decode_bytewise(Decoder::new(Framing::Length(3)), b"abcdef").unwrap();
+    assert_eq!((&data[..], &left[..]), (&b"abc"[..], &b"def"[..]));
+    let got = decode_bytewise(Decoder::new(Framing::Length(5)), b"abc");
+    assert!(matches!(got, Err(BodyError::Incomplete)));
+    let (data, _, _) = decode_bytewise(Decoder::new(Framing::Close), b"to the end").unwrap();
+    assert_eq!(data, b"to the end");
+}
+
+proptest! {
+    /// Any data, chunked in any sizes and read in any splits, comes back whole.
+    #[test]
+    fn chunked_round_trip(data in proptest::collection::vec(any::<u8>(), 0..600), sizes in proptest::collection::vec(1usize..70, 1..20), split in 1usize..40) {
+        let mut raw = Vec::new();
+        let mut rest = &data[..];
+        let mut i = 0;
+        while !rest.is_empty() {
+            let n = sizes[i % sizes.len()].min(rest.len());
+            encode::chunk_size(n, &mut raw);
+            raw.extend_from_slice(&rest[..n]);
+            raw.extend_from_slice(b"\r\n");
+            rest = &rest[n..];
+            i += 1;
+        }
+        raw.extend_from_slice(b"0\r\n\r\n");
+        let mut decoder = Decoder::new(Framing::Chunked);
+        let mut buf = BytesMut::new();
+        let mut out = Vec::new();
+        let mut fed = 0;
+        loop {
+            match decoder.decode(&mut buf).unwrap() {
+                Decoded::Data(d) => out.extend_from_slice(&d),
+                Decoded::Trailers(_) => prop_assert!(false, "no trailers sent"),
+                Decoded::End => break,
+                Decoded::More => {
+                    prop_assert!(fed < raw.len(), "wants more than was sent");
+                    let end = (fed + split).min(raw.len());
+                    buf.extend_from_slice(&raw[fed..end]);
+                    fed = end;
+                }
+            }
+        }
+        prop_assert_eq!(out, data);
+        prop_assert_eq!(fed, raw.len());
+    }
+}
+
+fn encoded(req: Request<()>, body: BodyLength) -> (String, Encoder) {
+    let (mut parts, ()) = req.into_parts();
+    let mut dst = Vec::new();
+    let enc = encode::head(&mut parts, body, &mut dst);
+    (String::from_utf8(dst).unwrap(), enc)
+}
+
+#[test]
+fn request_framing_follows_hyper() {
+    let get = || Request::get("/a?b=1").header("host", "n").body(()).unwrap();
+    let (head, enc) = encoded(get(), BodyLength::Empty);
+    assert_eq!(head, "GET /a?b=1 HTTP/1.1\r\nhost: n\r\n\r\n");
+    assert_eq!(enc, Encoder::Length(0));
+    let (head, enc) = encoded(get(), BodyLength::Unknown);
+    assert_eq!(
+        enc,
+        Encoder::Length(0),
+        "GET with an unknown body sends none"
+    );
+    assert!(!head.contains("transfer-encoding"));
+    let post = || Request::post("/").body(()).unwrap();
+    let (head, enc) = encoded(post(), BodyLength::Known(5));
+    assert!(head.contains("content-length: 5\r\n"), "{head}");
+    assert_eq!(enc, Encoder::Length(5));
+    let (head, enc) = encoded(post(), BodyLength::Unknown);
+    assert!(head.contains("transfer-encoding: chunked\r\n"), "{head}");
+    assert_eq!(enc, Encoder::Chunked);
+    let declared = Request::post("/")
+        .header("content-length", "9")
+        .body(())
+        .unwrap();
+    assert_eq!(encoded(declared, BodyLength::Unknown).1, Encoder::Length(9));
+    let old = Request::post("/")
+        .version(Version::HTTP_10)
+        .body(())
+        .unwrap();
+    let (head, enc) = encoded(old, BodyLength::Unknown);
+    assert!(head.starts_with("POST / HTTP/1.0\r\n"), "{head}");
+    assert_eq!(enc, Encoder::Length(0), "HTTP/1.0 has no chunked");
+    let mut line = Vec::new();
+    encode::chunk_size(0x1a2b, &mut line);
+    assert_eq!(line, b"1A2B\r\n");
+}
+
+/// Keeps the connection a body hands back.
+#[derive(Clone, Default)]
+struct Kept(Arc<Mutex<Option<Box<Conn<DuplexStream>>>>>);
+
+impl Reuse<DuplexStream> for Kept {
+    fn reuse(self, conn: Box<Conn<DuplexStream>>) {
+        *self.0.lock().unwrap() = Some(conn);
+    }
+}
+
+impl Kept {
+    fn take(&self) -> Option<Box<Conn<DuplexStream>>> {
+        self.0.lock().unwrap().take()
+    }
+}
+
+fn get(path: &str) -> Request<RequestBody> {
+    Request::get(path)
+        .header("host", "node")
+        .body(RequestBody::kept(Bytes::new()))
+        .unwrap()
+}
+
+/// Reads one request head (and `body` more bytes) from the node's end.
+async fn read_request(node: &mut DuplexStream, body: usize) -> String {
+    let mut seen = Vec::new();
+    let mut byte = [0u8; 1];
+    while !seen.ends_with(b"\r\n\r\n") {
+        node.read_exact(&mut byte).await.unwrap();
+        seen.push(byte[0]);
+    }
+    let mut rest = vec![0u8; body];
+    node.read_exact(&mut rest).await.unwrap();
+    seen.extend_from_slice(&rest);
+    String::from_utf8(seen).unwrap()
+}
+
+#[tokio::test]
+async fn a_connection_goes_back_once_its_body_ends() {
+    let (client, mut node) = tokio::io::duplex(64);
+    let kept = Kept::default();
+    let call = tokio::spawn(send(Conn::new(client), get("/one"), kept.clone()));
+    assert_eq!(
+        read_request(&mut node, 0).await,
+        "GET /one HTTP/1.1\r\nhost: node\r\n\r\n"
+    );
+    // One byte at a time.
+    for b in b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello" {
+        node.write_all(&[*b]).await.unwrap();
+        tokio::task::yield_now().await;
+    }
+    let resp = call.await.unwrap().unwrap();
+    assert!(kept.take().is_none(), "not while its body is unread");
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body, "hello");
+    let mut conn = kept.take().expect("handed back");
+    assert!(conn.is_open());
+    // The same connection carries the next request.
+    let call = tokio::spawn(send(conn, get("/two"), kept.clone()));
+    assert!(read_request(&mut node, 0).await.starts_with("GET /two "));
+    node.write_all(b"HTTP/1.1 204 No Content\r\n\r\n")
+        .await
+        .unwrap();
+    let resp = call.await.unwrap().unwrap();
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    assert!(
+        kept.take().is_some(),
+        "a bodiless answer hands it back at once"
+    );
+}
+
+#[tokio::test]
+async fn connections_that_cannot_carry_another_request_are_dropped() {
+    for answer in [
+        // Bytes nobody asked for after the response.
+        &b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 200 OK\r\n\r\n"[..],
+        b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok",
+        b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok",
+    ] {
+        let (client, mut node) = tokio::io::duplex(1024);
+        let kept = Kept::default();
+        let call = tokio::spawn(send(Conn::new(client), get("/"), kept.clone()));
+        read_request(&mut node, 0).await;
+        node.write_all(answer).await.unwrap();
+        let resp = call.await.unwrap().unwrap();
+        resp.into_body().collect().await.unwrap();
+        assert!(kept.take().is_none(), "{}", String::from_utf8_lossy(answer));
+    }
+}
+
+#[tokio::test]
+async fn a_close_delimited_body_ends_with_the_connection() {
+    let (client, mut node) = tokio::io::duplex(1024);
+    let kept = Kept::default();
+    let call = tokio::spawn(send(Conn::new(client), get("/"), kept.clone()));
+    read_request(&mut node, 0).await;
+    node.write_all(b"HTTP/1.1 200 OK\r\n\r\nall of it")
+        .await
+        .unwrap();
+    drop(node);
+    let resp = call.await.unwrap().unwrap();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body, "all of it");
+    assert!(kept.take().is_none());
+}
+
+#[tokio::test]
+async fn a_kept_body_goes_with_its_head() {
+    let (client, mut node) = tokio::io::duplex(4096);
+    let req = Request::post("/p")
+        .body(RequestBody::kept(Bytes::from_static(b"payload")))
+        .unwrap();
+    let call = tokio::spawn(send(Conn::new(client), req, Kept::default()));
+    let seen = read_request(&mut node, 7).await;
+    assert_eq!(seen, "POST /p HTTP/1.1\r\ncontent-length: 7\r\n\r\npayload");
+    node.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(call.await.unwrap().unwrap().status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_request_the_node_never_read_comes_back() {
+    let (client, node) = tokio::io::duplex(64);
+    drop(node);
+    let req = Request::post("/p")
+        .body(RequestBody::kept(Bytes::from_static(b"payload")))
+        .unwrap();
+    match send(Conn::new(client), req, Kept::default()).await {
+        Err(SendError::Unsent(req, Error::Io(_))) => {
+            let body = req.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(body, "payload", "the body comes back whole");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_node_that_closes_after_reading_the_request_fails_it_as_sent() {
+    let (client, mut node) = tokio::io::duplex(1024);
+    let call = tokio::spawn(send(Conn::new(client), get("/"), Kept::default()));
+    read_request(&mut node, 0).await;
+    drop(node);
+    let got = call.await.unwrap();
+    assert!(
+        matches!(got, Err(SendError::Sent(Error::Closed))),
+        "{got:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_idle_connection_the_node_closed_is_not_open() {
+    let (client, node) = tokio::io::duplex(64);
+    let mut conn = Conn::new(client);
+    assert!(conn.is_open());
+    drop(node);
+    assert!(!conn.is_open());
+}
+
+#[tokio::test]
+async fn an_upgrade_hands_over_the_connection_with_what_followed_the_head() {
+    let (client, mut node) = tokio::io::duplex(1024);
+    let call = tokio::spawn(send(Conn::new(client), get("/ws"), Kept::default()));
+    read_request(&mut node, 0).await;
+    node.write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\nearly")
+        .await
+        .unwrap();
+    let mut resp = call.await.unwrap().unwrap();
+    assert_eq!(resp.status(), StatusCode::SWITCHING_PROTOCOLS);
+    let upgrade = resp
+        .extensions_mut()
+        .remove::<super::Upgrade<DuplexStream>>()
+        .unwrap();
+    let mut io = upgrade.take().unwrap();
+    let mut got = [0u8; 5];
+    io.read_exact(&mut got).await.unwrap();
+    assert_eq!(&got, b"early");
+    node.write_all(b"later").await.unwrap();
+    io.read_exact(&mut got).await.unwrap();
+    assert_eq!(&got, b"later");
+    io.write_all(b"up").await.unwrap();
+    let mut up = [0u8; 2];
+    node.read_exact(&mut up).await.unwrap();
+    assert_eq!(&up, b"up");
+}
