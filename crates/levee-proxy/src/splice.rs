@@ -17,9 +17,6 @@ use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use hyper::upgrade::{OnUpgrade, Upgraded};
-
-use crate::h1;
-use crate::node_io::NodeStream;
 use hyper_util::rt::TokioIo;
 use levee_resilience::BulkheadPermit;
 use levee_telemetry::{RouteStats, TunnelClose};
@@ -28,6 +25,8 @@ use tokio::time::{Instant, Sleep};
 use tracing::trace;
 
 use crate::activity::TunnelHold;
+use crate::h1;
+use crate::node_io::NodeStream;
 
 /// Bytes buffered per direction: a tunnel mostly idles, so keep it small.
 const BUF_BYTES: usize = 8 * 1024;

@@ -492,3 +492,40 @@ async fn an_upgrade_hands_over_the_connection_with_what_followed_the_head() {
     node.read_exact(&mut up).await.unwrap();
     assert_eq!(&up, b"up");
 }
+
+#[tokio::test]
+async fn a_streamed_body_goes_chunked_and_on_while_the_response_is_read() {
+    let incoming = crate::stack::testing::client_request_with(
+        Method::POST,
+        "/up",
+        &[("transfer-encoding", "chunked")],
+        "a body of unknown length",
+    )
+    .await;
+    let (parts, incoming) = incoming.into_parts();
+    let mut req = Request::from_parts(parts, RequestBody::stream(incoming, std::time::Duration::from_secs(10), None));
+    req.headers_mut().remove("transfer-encoding");
+    // A small pipe: the body cannot all be written before the node reads.
+    let (client, mut node) = tokio::io::duplex(16);
+    let kept = Kept::default();
+    let call = tokio::spawn(send(Conn::new(client), req, kept.clone()));
+    let head = read_request(&mut node, 0).await;
+    assert!(head.contains("transfer-encoding: chunked\r\n"), "{head}");
+    // The node answers before it has read the body...
+    node.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\n").await.unwrap();
+    let resp = call.await.unwrap().unwrap();
+    let reading = tokio::spawn(resp.into_body().collect());
+    // ...then reads it whole, and only then ends its own.
+    let mut seen = Vec::new();
+    let mut byte = [0u8; 1];
+    while !seen.ends_with(b"0\r\n\r\n") {
+        node.read_exact(&mut byte).await.unwrap();
+        seen.push(byte[0]);
+    }
+    let seen = String::from_utf8(seen).unwrap();
+    assert!(seen.contains("a body of unknown length"), "{seen}");
+    node.write_all(b"done").await.unwrap();
+    let body = reading.await.unwrap().unwrap().to_bytes();
+    assert_eq!(body, "done");
+    assert!(kept.take().is_some(), "request and response both whole: reused");
+}
