@@ -20,6 +20,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use levee_proxy::error::ProxyError;
 use levee_proxy::headers::Scheme;
+use levee_proxy::pool::NodeBody;
 use levee_proxy::stack::node::NodeRequest;
 use levee_proxy::stack::serve::Serve;
 use levee_proxy::{ProxyState, Shared};
@@ -115,9 +116,9 @@ impl MemoryNode {
 }
 
 impl tower::Service<NodeRequest> for MemoryNode {
-    type Response = Response<Incoming>;
+    type Response = Response<NodeBody>;
     type Error = ProxyError;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<Incoming>, ProxyError>> + Send>>;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<NodeBody>, ProxyError>> + Send>>;
 
     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
         Poll::Ready(Ok(()))
@@ -133,6 +134,7 @@ impl tower::Service<NodeRequest> for MemoryNode {
             sender
                 .send_request(out)
                 .await
+                .map(|resp| resp.map(NodeBody::from))
                 .map_err(|e| ProxyError::new(ErrorReason::UpstreamReset, e.to_string()))
         })
     }

@@ -154,12 +154,11 @@ fn keep_alive_follows_version_and_connection() {
     assert_eq!(p.response.version(), Version::HTTP_10);
 }
 
-/// Decodes `raw` fed one byte at a time: the data, the trailers, and the
-/// bytes left after the body.
-fn decode_bytewise(
-    mut decoder: Decoder,
-    raw: &[u8],
-) -> Result<(Vec<u8>, Option<http::HeaderMap>, Vec<u8>), BodyError> {
+/// The data, the trailers, and the bytes left after the body.
+type Decoded3 = (Vec<u8>, Option<http::HeaderMap>, Vec<u8>);
+
+/// Decodes `raw` fed one byte at a time.
+fn decode_bytewise(mut decoder: Decoder, raw: &[u8]) -> Result<Decoded3, BodyError> {
     let mut buf = BytesMut::new();
     let (mut data, mut trailers) = (Vec::new(), None);
     let mut fed = 0;
@@ -503,7 +502,10 @@ async fn a_streamed_body_goes_chunked_and_on_while_the_response_is_read() {
     )
     .await;
     let (parts, incoming) = incoming.into_parts();
-    let mut req = Request::from_parts(parts, RequestBody::stream(incoming, std::time::Duration::from_secs(10), None));
+    let mut req = Request::from_parts(
+        parts,
+        RequestBody::stream(incoming, std::time::Duration::from_secs(10), None),
+    );
     req.headers_mut().remove("transfer-encoding");
     // A small pipe: the body cannot all be written before the node reads.
     let (client, mut node) = tokio::io::duplex(16);
@@ -512,7 +514,9 @@ async fn a_streamed_body_goes_chunked_and_on_while_the_response_is_read() {
     let head = read_request(&mut node, 0).await;
     assert!(head.contains("transfer-encoding: chunked\r\n"), "{head}");
     // The node answers before it has read the body...
-    node.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\n").await.unwrap();
+    node.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\n")
+        .await
+        .unwrap();
     let resp = call.await.unwrap().unwrap();
     let reading = tokio::spawn(resp.into_body().collect());
     // ...then reads it whole, and only then ends its own.
@@ -527,5 +531,8 @@ async fn a_streamed_body_goes_chunked_and_on_while_the_response_is_read() {
     node.write_all(b"done").await.unwrap();
     let body = reading.await.unwrap().unwrap().to_bytes();
     assert_eq!(body, "done");
-    assert!(kept.take().is_some(), "request and response both whole: reused");
+    assert!(
+        kept.take().is_some(),
+        "request and response both whole: reused"
+    );
 }
