@@ -2,6 +2,8 @@
 //! framing (§6.3), the same rules hyper's HTTP/1 client applies, on bytes
 //! already read (no I/O here).
 
+use std::mem::MaybeUninit;
+
 use bytes::{Buf as _, Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Version};
@@ -76,9 +78,15 @@ pub struct Parsed {
 /// head is taken out of `buf`; what follows stays.
 pub fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Parsed>, HeadError> {
     loop {
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut res = httparse::Response::new(&mut headers);
-        let len = match res.parse(buf)? {
+        // Uninitialised: not 3 KiB of zeroes per response.
+        let mut headers = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+        let mut res = httparse::Response::new(&mut []);
+        let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+            &mut res,
+            buf,
+            &mut headers,
+        );
+        let len = match parsed? {
             httparse::Status::Complete(len) => len,
             httparse::Status::Partial if buf.len() >= MAX_HEAD => return Err(HeadError::TooLarge),
             httparse::Status::Partial => return Ok(None),

@@ -457,12 +457,18 @@ async fn a_node_that_closes_after_reading_the_request_fails_it_as_sent() {
 }
 
 #[tokio::test]
-async fn an_idle_connection_the_node_closed_is_not_open() {
+async fn an_idle_connection_the_node_closed_or_wrote_to_is_not_open() {
     let (client, node) = tokio::io::duplex(64);
     let mut conn = Conn::new(client);
     assert!(conn.is_open());
     drop(node);
     assert!(!conn.is_open());
+    let (client, mut node) = tokio::io::duplex(64);
+    let mut conn = Conn::new(client);
+    node.write_all(b"HTTP/1.1 408 Request Timeout\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(!conn.is_open(), "unasked bytes: the node is out of step");
 }
 
 #[tokio::test]
