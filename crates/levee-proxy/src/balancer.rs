@@ -89,9 +89,10 @@ impl LoadEstimate {
         }
     }
 
-    /// Feeds one call of `class`: its time to response headers and whether it failed.
-    pub fn observe(&self, class: usize, rtt: Duration, failed: bool) {
-        let now = self.origin.elapsed().as_micros() as u64;
+    /// Feeds one call of `class` that ended at `now`: its time to response
+    /// headers and whether it failed.
+    pub fn observe(&self, now: Instant, class: usize, rtt: Duration, failed: bool) {
+        let now = now.saturating_duration_since(self.origin).as_micros() as u64;
         let prev = self.latency.get();
         let rtt_us = rtt.as_micros() as f64;
         // Peak EWMA: jump up to a worse latency at once, decay down slowly.
@@ -489,9 +490,15 @@ mod tests {
     async fn p2c_ewma_avoids_a_slow_node_and_a_fast_failing_node() {
         let nodes = vec![fake(), fake(), fake()];
         for _ in 0..20 {
-            nodes[0].load.observe(0, Duration::from_millis(5), false);
-            nodes[1].load.observe(0, Duration::from_millis(200), false); // slow
-            nodes[2].load.observe(0, Duration::from_micros(300), true); // fast 500s
+            nodes[0]
+                .load
+                .observe(Instant::now(), 0, Duration::from_millis(5), false);
+            nodes[1]
+                .load
+                .observe(Instant::now(), 0, Duration::from_millis(200), false); // slow
+            nodes[2]
+                .load
+                .observe(Instant::now(), 0, Duration::from_micros(300), true); // fast 500s
             tokio::time::advance(Duration::from_millis(50)).await;
         }
         let counts = shares(LoadBalancing::P2cEwma, &nodes, 3000);
@@ -532,8 +539,8 @@ mod tests {
     async fn failures_of_one_class_do_not_penalise_another() {
         let l = LoadEstimate::new(2);
         for _ in 0..20 {
-            l.observe(1, Duration::from_millis(1), true);
-            l.observe(0, Duration::from_millis(1), false);
+            l.observe(Instant::now(), 1, Duration::from_millis(1), true);
+            l.observe(Instant::now(), 0, Duration::from_millis(1), false);
             tokio::time::advance(Duration::from_millis(50)).await;
         }
         assert!(l.penalty(1) > 100.0, "{}", l.penalty(1));
@@ -544,14 +551,14 @@ mod tests {
     async fn failure_score_decays_after_recovery() {
         let l = LoadEstimate::default();
         for _ in 0..10 {
-            l.observe(0, Duration::from_millis(1), true);
+            l.observe(Instant::now(), 0, Duration::from_millis(1), true);
             tokio::time::advance(Duration::from_millis(100)).await;
         }
         let high = l.failure_score(0);
         assert!(high > 0.5, "{high}");
         for _ in 0..100 {
             tokio::time::advance(Duration::from_millis(500)).await;
-            l.observe(0, Duration::from_millis(1), false);
+            l.observe(Instant::now(), 0, Duration::from_millis(1), false);
         }
         assert!(l.failure_score(0) < 0.05, "{}", l.failure_score(0));
         assert!(l.latency() < Duration::from_millis(20), "{:?}", l.latency());

@@ -134,6 +134,7 @@ async fn a_changed_answer_adds_removes_and_keeps_nodes() {
         .unwrap();
     before.backends[0].nodes.record(
         &mut pick,
+        tokio::time::Instant::now(),
         Duration::from_millis(1),
         Outcome::Failed(levee_telemetry::ErrorReason::UpstreamReset),
     );

@@ -10,7 +10,8 @@ use std::net::IpAddr;
 use bytes::BytesMut;
 
 use http::header::{
-    HeaderMap, HeaderName, HeaderValue, CONNECTION, HOST, TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
+    Entry, HeaderMap, HeaderName, HeaderValue, CONNECTION, HOST, TE, TRAILER, TRANSFER_ENCODING,
+    UPGRADE,
 };
 
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -159,33 +160,40 @@ pub fn set_forwarded_from(
     proto: &'static str,
     host: Option<&HeaderValue>,
 ) {
-    // Every prior line, in order (several lines are one comma list).
-    let mut prior = headers
-        .get_all(&X_FORWARDED_FOR)
-        .iter()
-        .map(HeaderValue::as_bytes)
-        .filter(|p| !p.iter().all(u8::is_ascii_whitespace))
-        .peekable();
-    let value = if prior.peek().is_none() {
-        Some(peer.clone())
-    } else {
-        // "a.b.c.d" or an IPv6 text, after the prior list: built in one
-        // buffer, copied once into the header value.
-        let mut buf: Vec<u8> = Vec::with_capacity(64);
-        for p in prior {
-            buf.extend_from_slice(p);
-            buf.extend_from_slice(b", ");
+    // One lookup for the common case, no prior `X-Forwarded-For`.
+    match headers.entry(X_FORWARDED_FOR) {
+        Entry::Vacant(e) => {
+            e.insert(peer.clone());
         }
-        buf.extend_from_slice(peer.as_bytes());
-        HeaderValue::from_bytes(&buf).ok()
-    };
-    // Any lines are folded into one: `insert` replaces them all.
-    match value {
-        Some(v) => {
-            headers.insert(X_FORWARDED_FOR, v);
-        }
-        None => {
-            headers.remove(&X_FORWARDED_FOR);
+        Entry::Occupied(mut e) => {
+            // Every prior line, in order (several lines are one comma list).
+            let mut prior = e
+                .iter()
+                .map(HeaderValue::as_bytes)
+                .filter(|p| !p.iter().all(u8::is_ascii_whitespace))
+                .peekable();
+            let value = if prior.peek().is_none() {
+                Some(peer.clone())
+            } else {
+                // "a.b.c.d" or an IPv6 text, after the prior list: built in one
+                // buffer, copied once into the header value.
+                let mut buf: Vec<u8> = Vec::with_capacity(64);
+                for p in prior {
+                    buf.extend_from_slice(p);
+                    buf.extend_from_slice(b", ");
+                }
+                buf.extend_from_slice(peer.as_bytes());
+                HeaderValue::from_bytes(&buf).ok()
+            };
+            // Any lines are folded into one: `insert` replaces them all.
+            match value {
+                Some(v) => {
+                    e.insert(v);
+                }
+                None => {
+                    e.remove();
+                }
+            }
         }
     }
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));

@@ -624,10 +624,16 @@ impl NodeSet {
         }
     }
 
-    /// Feeds one call's outcome back: the node's counters, its load
-    /// estimate and its breaker for the pick's class (logging and counting
-    /// any move). Returns whether the call counts as a failure.
-    pub fn record(&self, pick: &mut Pick, elapsed: Duration, outcome: Outcome) -> bool {
+    /// Feeds one call's outcome, known at `now`, back: the node's counters,
+    /// its load estimate and its breaker for the pick's class (logging and
+    /// counting any move). Returns whether the call counts as a failure.
+    pub fn record(
+        &self,
+        pick: &mut Pick,
+        now: Instant,
+        elapsed: Duration,
+        outcome: Outcome,
+    ) -> bool {
         let node = &pick.node;
         let (failed, unreachable) = match outcome {
             Outcome::Status(status) => {
@@ -646,11 +652,11 @@ impl NodeSet {
                 )
             }
         };
-        node.load.observe(pick.class, elapsed, failed);
+        node.load.observe(now, pick.class, elapsed, failed);
         // A node's ramp has no gradient limit: steady, it has nothing to
         // learn from a call (and its policy, behind an ArcSwap, is not read).
         if node.ramp.is_ramping() {
-            node.ramp.record(elapsed, failed);
+            node.ramp.record_at(now, elapsed, failed);
         }
         let probe = std::mem::take(&mut pick.probe);
         if !self.breakers_enabled {
@@ -666,7 +672,7 @@ impl NodeSet {
             unreachable,
         };
         let faster_peer = || self.faster_peer(pick.index, pick.class);
-        match b.breaker.record(probe, call, budget, faster_peer) {
+        match b.breaker.record_at(now, probe, call, budget, faster_peer) {
             Recorded::Nothing => {}
             Recorded::NoFasterPeer(w) => {
                 debug!(backend = %self.backend, node = %node.addr, class = %b.class, calls = w.calls, slow = w.slow, "breaker would open on slow calls but no faster usable peer could take them: the node stays in");
@@ -869,6 +875,7 @@ mod tests {
             };
             set.record(
                 &mut pick,
+                Instant::now(),
                 Duration::from_millis(1),
                 Outcome::Failed(ErrorReason::UpstreamReset),
             );
@@ -879,7 +886,7 @@ mod tests {
     fn answer(set: &NodeSet, index: usize, elapsed: Duration, n: usize) {
         for _ in 0..n {
             let mut pick = set.chosen(index, ClassTable::SAFE, false);
-            set.record(&mut pick, elapsed, Outcome::Status(200));
+            set.record(&mut pick, Instant::now(), elapsed, Outcome::Status(200));
         }
     }
 

@@ -15,6 +15,7 @@ use levee_resilience::{
 };
 use levee_telemetry::{BackendStats, BackendTopology, NameTopology, NodeTopology, NodeView};
 
+use tokio::time::Instant;
 use tracing::warn;
 
 use crate::classes::ClassTable;
@@ -183,10 +184,10 @@ impl Backend {
         &self.stats.admission
     }
 
-    /// Feeds one call to the admission limit; a limit that moved resizes
-    /// the bulkhead (at most once a sample window).
-    pub fn record(&self, rtt: Duration, failed: bool) {
-        if self.admission().record(rtt, failed).is_some() {
+    /// Feeds one call, ended at `now`, to the admission limit; a limit that
+    /// moved resizes the bulkhead (at most once a sample window).
+    pub fn record(&self, now: Instant, rtt: Duration, failed: bool) {
+        if self.admission().record_at(now, rtt, failed).is_some() {
             self.apply_limit();
         }
     }

@@ -99,6 +99,9 @@ impl LimitPhase {
 #[derive(Debug)]
 pub struct AdaptiveLimit {
     policy: ArcSwap<LimitPolicy>,
+    /// The policy's `gradient`, so that a steady limit without one answers
+    /// [`AdaptiveLimit::record_at`] without loading the policy.
+    gradient: AtomicBool,
     origin: Instant,
     limit: AtomicU64,
     phase: AtomicU8,
@@ -126,6 +129,7 @@ impl AdaptiveLimit {
     pub fn new(policy: LimitPolicy) -> Self {
         let ceiling = policy.ceiling;
         Self {
+            gradient: AtomicBool::new(policy.gradient),
             policy: ArcSwap::from_pointee(policy),
             origin: Instant::now(),
             limit: AtomicU64::new(ceiling.to_bits()),
@@ -160,6 +164,7 @@ impl AdaptiveLimit {
             self.limit().clamp(policy.floor, policy.ceiling)
         };
         self.set_limit(limit);
+        self.gradient.store(policy.gradient, Ordering::Release);
         self.policy.store(Arc::new(policy));
     }
 
@@ -266,9 +271,21 @@ impl AdaptiveLimit {
     /// Returns the new limit when this call closed a window that changed it
     /// or ended a ramp.
     pub fn record(&self, rtt: Duration, failed: bool) -> Option<f64> {
-        let p = self.policy.load();
+        self.record_at(Instant::now(), rtt, failed)
+    }
+
+    /// [`AdaptiveLimit::record`] of a call that ended at `now` (the request
+    /// path has just read the clock for its time). A steady limit without a
+    /// gradient returns at once, without loading the policy.
+    pub fn record_at(&self, now: Instant, rtt: Duration, failed: bool) -> Option<f64> {
         let phase = self.phase();
-        if phase == LimitPhase::Out || (phase == LimitPhase::Steady && !p.gradient) {
+        if phase == LimitPhase::Out
+            || (phase == LimitPhase::Steady && !self.gradient.load(Ordering::Acquire))
+        {
+            return None;
+        }
+        let p = self.policy.load();
+        if phase == LimitPhase::Steady && !p.gradient {
             return None;
         }
         let rtt_us = duration_us(rtt);
@@ -285,7 +302,7 @@ impl AdaptiveLimit {
                 self.slow.fetch_add(1, Ordering::AcqRel);
             }
         }
-        let now = self.now_us();
+        let now = self.us_at(now);
         let started = self.window_started_us.load(Ordering::Acquire);
         // Long enough that most calls judged were admitted at the limit
         // being judged: two round trips, loaded or not.
@@ -424,7 +441,12 @@ impl AdaptiveLimit {
     }
 
     fn now_us(&self) -> u64 {
-        duration_us(self.origin.elapsed())
+        self.us_at(Instant::now())
+    }
+
+    /// Microseconds from the origin to `at`.
+    fn us_at(&self, at: Instant) -> u64 {
+        duration_us(at.saturating_duration_since(self.origin))
     }
 }
 

@@ -447,12 +447,25 @@ impl Breaker {
         budget: &EjectionBudget,
         faster_peer: impl FnOnce() -> bool,
     ) -> Recorded {
+        self.record_at(Instant::now(), probe, outcome, budget, faster_peer)
+    }
+
+    /// [`Breaker::record`] of an outcome known at `now`: the request path
+    /// has just read the clock for the call's time, and passes it on.
+    pub fn record_at(
+        &self,
+        now: Instant,
+        probe: bool,
+        outcome: CallOutcome,
+        budget: &EjectionBudget,
+        faster_peer: impl FnOnce() -> bool,
+    ) -> Recorded {
         let slow = outcome.elapsed >= self.policy.slow_call_duration;
         match self.state.load(Ordering::Acquire) {
             HALF_OPEN if probe => {
                 self.record_probe(outcome.failed || (slow && faster_peer()), budget)
             }
-            CLOSED => self.record_closed(outcome, slow, budget, faster_peer),
+            CLOSED => self.record_closed(self.us_at(now), outcome, slow, budget, faster_peer),
             _ => Recorded::Nothing,
         }
     }
@@ -502,6 +515,7 @@ impl Breaker {
 
     fn record_closed(
         &self,
+        now_us: u64,
         outcome: CallOutcome,
         slow: bool,
         budget: &EjectionBudget,
@@ -512,7 +526,7 @@ impl Breaker {
             unreachable,
             ..
         } = outcome;
-        let now_s = self.now_us() / 1_000_000;
+        let now_s = now_us / 1_000_000;
         self.add_to_window(now_s, failed, slow);
         let consecutive = if failed {
             self.consecutive.fetch_add(1, Ordering::AcqRel) + 1
@@ -556,7 +570,7 @@ impl Breaker {
         // Re-opening soon after a close escalates the open period.
         let closed_at = self.closed_at_us.load(Ordering::Acquire);
         let recently_closed = closed_at != NEVER
-            && self.now_us().saturating_sub(closed_at) < duration_us(self.policy.open_for_max);
+            && now_us.saturating_sub(closed_at) < duration_us(self.policy.open_for_max);
         let level = if recently_closed {
             self.reopen_level.fetch_add(1, Ordering::AcqRel) + 1
         } else {
@@ -643,7 +657,12 @@ impl Breaker {
     }
 
     fn now_us(&self) -> u64 {
-        duration_us(self.origin.elapsed())
+        self.us_at(Instant::now())
+    }
+
+    /// Microseconds from the origin to `at`.
+    fn us_at(&self, at: Instant) -> u64 {
+        duration_us(at.saturating_duration_since(self.origin))
     }
 }
 

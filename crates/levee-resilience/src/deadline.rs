@@ -80,6 +80,11 @@ impl Deadline {
         }
     }
 
+    /// When the request started: the clock reading it was counted from.
+    pub fn start(&self) -> Instant {
+        self.start
+    }
+
     /// When the response headers are due.
     pub fn at(&self) -> Instant {
         self.at

@@ -113,9 +113,16 @@ impl RetryBudget {
 
     /// Counts one original request (not a retry).
     pub fn record_request(&self) {
+        self.record_request_at(Instant::now());
+    }
+
+    /// Counts one original request in the second of `at`, a clock reading
+    /// the caller has just made; should a later second hold its bucket
+    /// already, the reading was stale and the clock is read again.
+    pub fn record_request_at(&self, at: Instant) {
         let mut ahead_seen = None;
+        let mut now_s = at.saturating_duration_since(self.origin).as_secs();
         loop {
-            let now_s = self.now_s();
             let tag = now_s & TAG_MASK;
             let done =
                 self.buckets[index(now_s)].fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| {
@@ -124,6 +131,7 @@ impl RetryBudget {
             if done.is_ok() {
                 return;
             }
+            now_s = self.now_s();
         }
     }
 

@@ -218,7 +218,9 @@ where
                 else {
                     return Poll::Ready(Err(TryFailed::NoNode(None)));
                 };
-                let elapsed = sent.elapsed();
+                // One clock read for the call's time and every record of it.
+                let now = Instant::now();
+                let elapsed = now.saturating_duration_since(sent);
                 let index = pick.index;
                 Poll::Ready(match result {
                     Ok(response) => {
@@ -226,8 +228,8 @@ where
                         let failed =
                             backend
                                 .nodes
-                                .record(&mut pick, elapsed, Outcome::Status(status));
-                        backend.record(elapsed, failed);
+                                .record(&mut pick, now, elapsed, Outcome::Status(status));
+                        backend.record(now, elapsed, failed);
                         Ok(Answer {
                             response,
                             failed,
@@ -239,10 +241,13 @@ where
                     }
                     Err(error) => {
                         if error.reason.blames_node() {
-                            backend
-                                .nodes
-                                .record(&mut pick, elapsed, Outcome::Failed(error.reason));
-                            backend.record(elapsed, true);
+                            backend.nodes.record(
+                                &mut pick,
+                                now,
+                                elapsed,
+                                Outcome::Failed(error.reason),
+                            );
+                            backend.record(now, elapsed, true);
                         }
                         Err(TryFailed::Call { error, index })
                     }

@@ -135,6 +135,7 @@ where
             match permit {
                 Ok(permit) => {
                     set_slot(&mut req, scope, permit);
+                    req.queued = true;
                     inner.call(req).await
                 }
                 Err(e) => Err(full(&req, scope, e)),

@@ -136,6 +136,7 @@ where
             route_slot: None,
             backend_slot: None,
             websocket,
+            queued: false,
             ignore_state: false,
             state: Arc::clone(&state),
         };

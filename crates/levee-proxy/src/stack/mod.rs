@@ -92,6 +92,9 @@ pub struct Routed {
     pub backend_slot: Option<BulkheadPermit>,
     /// A WebSocket handshake ([`tunnel::handshake_of`]).
     pub websocket: bool,
+    /// It waited in a bulkhead's queue: the clock has moved since
+    /// `deadline`'s start, which layers below may not take for now.
+    pub queued: bool,
 }
 
 impl Routed {

@@ -11,7 +11,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
-use http::header::HeaderValue;
+use http::header::{Entry, HeaderValue};
 use http::{Request, Response};
 use tower::{Layer, Service};
 
@@ -48,11 +48,17 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let id = match req.headers().get(&X_REQUEST_ID) {
-            Some(v) if headers::usable_request_id(v) => v.clone(),
-            _ => {
+        // One lookup, whether the id is kept, replaced or added.
+        let id = match req.headers_mut().entry(X_REQUEST_ID) {
+            Entry::Occupied(e) if headers::usable_request_id(e.get()) => e.get().clone(),
+            Entry::Occupied(mut e) => {
                 let id = headers::new_request_id();
-                req.headers_mut().insert(X_REQUEST_ID, id.clone());
+                e.insert(id.clone());
+                id
+            }
+            Entry::Vacant(e) => {
+                let id = headers::new_request_id();
+                e.insert(id.clone());
                 id
             }
         };

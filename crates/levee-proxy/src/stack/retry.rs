@@ -90,11 +90,18 @@ where
             ignore_state,
             route_slot,
             backend_slot,
+            queued,
             ..
         } = req;
         let failed_over = backend != state.routes[route].backend_index;
         let backend = Arc::clone(&state.backends[backend]);
-        backend.retry_budget.record_request();
+        // A request that waited in no queue is counted at its start: the
+        // clock has not moved since but for levee's own microseconds.
+        if queued {
+            backend.retry_budget.record_request();
+        } else {
+            backend.retry_budget.record_request_at(deadline.start());
+        }
         let body_limit = state.routes[route].max_request_body_bytes;
         let tries = Tries {
             body_limit,
@@ -240,9 +247,10 @@ where
     if t.tried.is_empty() {
         t.max = tries_allowed(t);
     }
-    // The last try takes the headers; so does one after which every node
-    // has been tried (a retry goes to another node), sparing the copy,
-    // unless the request may still fail over to another backend.
+    // The last try takes the head (method, target, headers); so does one
+    // after which every node has been tried (a retry goes to another node),
+    // sparing the copy, unless the request may still fail over to another
+    // backend.
     let tried = t.tried.len() + 1;
     let last = tried >= t.max || (tried >= t.backend.nodes.len() && !may_fail_over(t));
     let mut request = Request::new(match &mut t.body {
@@ -257,14 +265,17 @@ where
             None => RequestBody::kept(Bytes::new()),
         },
     });
-    *request.method_mut() = t.parts.method.clone();
-    *request.uri_mut() = t.parts.uri.clone();
+    let head = &mut t.parts;
     *request.version_mut() = Version::HTTP_11;
-    *request.headers_mut() = if last {
-        std::mem::take(&mut t.parts.headers)
+    if last {
+        *request.method_mut() = std::mem::take(&mut head.method);
+        *request.uri_mut() = std::mem::take(&mut head.uri);
+        *request.headers_mut() = std::mem::take(&mut head.headers);
     } else {
-        t.parts.headers.clone()
-    };
+        *request.method_mut() = head.method.clone();
+        *request.uri_mut() = head.uri.clone();
+        *request.headers_mut() = head.headers.clone();
+    }
     call_with(t, inner, request)
 }
 

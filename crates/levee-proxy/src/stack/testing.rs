@@ -120,6 +120,7 @@ pub fn routed(state: &Arc<ProxyState>, req: Request<Incoming>) -> Routed {
         route_slot: None,
         backend_slot: None,
         websocket: false,
+        queued: false,
         ignore_state: false,
     }
 }
@@ -151,6 +152,7 @@ pub fn open_every_node(backend: &Backend, class: usize) {
         };
         backend.nodes.record(
             &mut pick,
+            tokio::time::Instant::now(),
             Duration::from_millis(1),
             Outcome::Failed(ErrorReason::UpstreamConnect),
         );
@@ -173,6 +175,7 @@ pub fn open_node(backend: &Backend, class: usize, index: usize) {
     assert_eq!(pick.index, index);
     backend.nodes.record(
         &mut pick,
+        tokio::time::Instant::now(),
         Duration::from_millis(1),
         Outcome::Failed(ErrorReason::UpstreamConnect),
     );
