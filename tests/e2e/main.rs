@@ -18,6 +18,7 @@ mod framing;
 mod h2_limits;
 mod hygiene;
 mod node_responses;
+mod parking;
 mod pki;
 mod pool;
 mod rate_limits;

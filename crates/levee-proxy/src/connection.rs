@@ -10,14 +10,17 @@
 //!
 //! hyper keeps a read and a write buffer (8 KiB each at least) for as long
 //! as an HTTP/1 connection of its lives, so an HTTP/1 connection idle for
-//! [`PARK_AFTER`](crate::gate::PARK_AFTER) parks instead, holding only its
-//! socket, the gate's small state and its service, and gets a new hyper
-//! connection when the client sends again:
+//! [`PARK_AFTER`](crate::gate::PARK_AFTER) parks instead, without hyper's
+//! connection, and gets a new one when the client sends again. A plain-TCP
+//! connection parks in its worker's [`Lot`] (its task ends; the lot keeps
+//! its socket, peer and slot); a TLS one, or any when the lot drains,
+//! parks in its task, with a peek at the socket:
 //!
 //! ```text
-//! park (peek, no buffer) ──bytes──▶ hyper conn: requests, their responses
-//!   ▲                                   │ idle: the gate ends hyper's stream,
-//!   └──── Parts { io: gate, service } ◀─┘ hyper closes, no shutdown
+//! park ─┬─ plain TCP: in the Lot, no task ───┬─ bytes ─▶ hyper conn: requests,
+//!   ▲   └─ TLS: in its task, peek, no buffer ┘           their responses
+//!   │                                                    │ idle: the gate ends
+//!   └──────────────── Parts { io: gate } ◀───────────────┘ hyper's stream
 //! ```
 //!
 //! A connection hyper closes itself (`Connection: close`, an error, a
@@ -42,8 +45,10 @@ use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::{sleep_until, Instant};
+use tokio_rustls::server::TlsStream;
 use tower::Service;
 use tracing::trace;
 
@@ -51,6 +56,8 @@ use crate::activity::{ActivityGuard, ConnActivity, Upgrading};
 use crate::body::ProxyBody;
 use crate::gate::{Gate, Park, Protocol};
 use crate::headers::Scheme;
+use crate::parking::Lot;
+use crate::server::ConnSlot;
 use crate::stack::{self, Stack};
 use crate::state::Shared;
 
@@ -63,47 +70,59 @@ pub(crate) struct Protocols {
 type ConnService = stack::serve::Serve<TrackActivity<Stack>>;
 
 /// What every phase of one connection is served with.
-struct Conn {
-    protocols: Arc<Protocols>,
-    shared: Arc<Shared>,
-    worker: usize,
-    peer: SocketAddr,
-    scheme: Scheme,
-    idle_timeout: Duration,
+pub(crate) struct Conn {
+    pub protocols: Arc<Protocols>,
+    pub shared: Arc<Shared>,
+    pub worker: usize,
+    pub peer: SocketAddr,
+    pub scheme: Scheme,
+    pub idle_timeout: Duration,
+}
+
+/// Where a connection's task starts.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Start {
+    /// A new connection, from its first bytes.
+    Accepted,
+    /// Out of the [`Lot`], at its next request; `draining` if the server
+    /// drains (that request is answered with `Connection: close`).
+    Resumed { draining: bool },
 }
 
 /// Serves one connection until it closes, idles out, or shutdown drains it.
-/// `stream` is any byte stream (plain TCP, or TLS after its handshake).
+/// `stream` is any byte stream (plain TCP, or TLS after its handshake);
+/// `slot` is its place under `max_connections`, held until it closes.
 ///
-/// Between requests the task is small: everything that serves requests
+/// An idle connection parks in `lot` if it can (its task ends), else in
+/// its task: then the task is small, as everything that serves requests
 /// (the gate, the service, hyper's connection and buffers) lives in a box
 /// that exists only while the connection is not parked. Not an `async fn`,
 /// which would keep its arguments besides its locals.
-#[allow(clippy::too_many_arguments)]
+#[allow(clippy::manual_async_fn)]
 pub(crate) fn serve<I>(
-    protocols: Arc<Protocols>,
-    shared: Arc<Shared>,
-    worker: usize,
+    conn: Conn,
     mut stream: I,
-    peer: SocketAddr,
-    scheme: Scheme,
-    idle_timeout: Duration,
     mut shutdown: watch::Receiver<bool>,
+    mut slot: ConnSlot,
+    lot: Option<Arc<Lot>>,
+    start: Start,
 ) -> impl Future<Output = ()> + Send + 'static
 where
-    I: Park + AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    I: Park + IntoLot + AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let conn = Conn {
-        protocols,
-        shared,
-        worker,
-        peer,
-        scheme,
-        idle_timeout,
-    };
     async move {
-        let mut first = true;
-        let mut draining = false;
+        let (mut first, mut draining) = match start {
+            Start::Accepted => (true, false),
+            Start::Resumed { draining } => (false, draining),
+        };
+        if !first {
+            // Out of the lot, the socket is new to tokio: wait until tokio
+            // sees the client's bytes, or hyper's first read would find
+            // none and a drain would take the connection for idle.
+            if !matches!(poll_fn(|cx| stream.poll_parked(cx)).await, Ok(true)) {
+                return;
+            }
+        }
         loop {
             let served = Box::pin(serve_awake(
                 &conn,
@@ -118,14 +137,24 @@ where
             };
             stream = parked.stream;
             first = false;
-            // Parked: a peek at the socket, no buffer.
+            let deadline = parked.last_change + conn.idle_timeout;
+            if let Some(lot) = &lot {
+                match stream.into_lot(lot, conn.peer, slot, deadline) {
+                    Ok(()) => return,
+                    Err((back, back_slot)) => {
+                        stream = back;
+                        slot = back_slot;
+                    }
+                }
+            }
+            // Parked in the task: a peek at the socket, no buffer.
             tokio::select! {
                 next = poll_fn(|cx| stream.poll_parked(cx)) => {
                     if !matches!(next, Ok(true)) {
                         return;
                     }
                 }
-                () = sleep_until(parked.last_change + conn.idle_timeout) => {
+                () = sleep_until(deadline) => {
                     trace!("closing idle client connection");
                     return;
                 }
@@ -140,6 +169,45 @@ where
                 }
             }
         }
+    }
+}
+
+/// A client stream an idle connection can leave in the [`Lot`].
+pub(crate) trait IntoLot: Sized {
+    /// Hands the connection to `lot`, or gives it back with its slot.
+    fn into_lot(
+        self,
+        lot: &Lot,
+        peer: SocketAddr,
+        slot: ConnSlot,
+        deadline: Instant,
+    ) -> Result<(), (Self, ConnSlot)>;
+}
+
+impl IntoLot for TcpStream {
+    fn into_lot(
+        self,
+        lot: &Lot,
+        peer: SocketAddr,
+        slot: ConnSlot,
+        deadline: Instant,
+    ) -> Result<(), (Self, ConnSlot)> {
+        lot.park(self, peer, slot, deadline)
+            .map_err(|r| (r.stream, r.slot))
+    }
+}
+
+impl IntoLot for TlsStream<TcpStream> {
+    /// rustls's state cannot be dropped between requests: a TLS
+    /// connection parks in its task.
+    fn into_lot(
+        self,
+        _lot: &Lot,
+        _peer: SocketAddr,
+        slot: ConnSlot,
+        _deadline: Instant,
+    ) -> Result<(), (Self, ConnSlot)> {
+        Err((self, slot))
     }
 }
 
@@ -396,9 +464,10 @@ mod tests {
     use levee_telemetry::{Telemetry, Topology};
     use tokio::net::{TcpListener, TcpStream};
 
-    /// Parked, a connection's task holds its socket and little else: the
-    /// gate, the service and hyper's connection (with its buffers) are
-    /// boxed while it is awake.
+    /// Parked in its task (a TLS connection, or when the lot drains), a
+    /// connection's task holds its socket and little else: the gate, the
+    /// service and hyper's connection (with its buffers) are boxed while it
+    /// is awake.
     #[tokio::test]
     async fn a_connection_task_carries_no_hyper_state_inline() {
         let state = crate::stack::testing::state(
@@ -411,16 +480,20 @@ mod tests {
         let (stream, peer) = listener.accept().await.unwrap();
         let protocols = Arc::new(crate::server::protocols(&shared.state().config.server));
         let (_tx, rx) = watch::channel(false);
-        let task = serve(
+        let permit = Arc::new(tokio::sync::Semaphore::new(1))
+            .try_acquire_owned()
+            .unwrap();
+        let conn = Conn {
             protocols,
-            Arc::clone(&shared),
-            0,
-            stream,
+            shared: Arc::clone(&shared),
+            worker: 0,
             peer,
-            Scheme::Http,
-            Duration::from_secs(60),
-            rx,
-        );
+            scheme: Scheme::Http,
+            idle_timeout: Duration::from_secs(60),
+        };
+        let lot = Arc::new(Lot::new(Arc::clone(&shared), 0).unwrap());
+        let slot = ConnSlot::new(permit, Arc::clone(&shared.telemetry));
+        let task = serve(conn, stream, rx, slot, Some(lot), Start::Accepted);
         let size = std::mem::size_of_val(&task);
         let hyper_conn = std::mem::size_of::<
             http1::UpgradeableConnection<TokioIo<Gate<TcpStream>>, ConnService>,

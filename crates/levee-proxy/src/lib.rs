@@ -51,6 +51,7 @@ pub mod headers;
 pub mod health;
 pub mod node_io;
 pub mod nodes;
+mod parking;
 pub mod pool;
 pub mod routing;
 pub mod server;

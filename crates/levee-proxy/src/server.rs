@@ -19,12 +19,14 @@ use std::time::Duration;
 use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use levee_config::ServerConfig;
+use levee_telemetry::Telemetry;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tracing::{info, warn};
 
-use crate::connection::{self, Protocols};
+use crate::connection::{self, Conn, Protocols, Start};
 use crate::headers::Scheme;
+use crate::parking::Lot;
 use crate::state::Shared;
 use crate::tls;
 
@@ -54,13 +56,35 @@ impl ServerHandle {
 
 /// The connection settings of one config version, rebuilt only when a
 /// reload changes them.
-struct ConnSettings {
-    server: ServerConfig,
-    protocols: Arc<Protocols>,
+pub(crate) struct ConnSettings {
+    pub server: ServerConfig,
+    pub protocols: Arc<Protocols>,
+}
+
+/// A connection's place under `max_connections`: taken at accept, given
+/// back (and the connection counted closed) when it drops.
+pub(crate) struct ConnSlot {
+    _permit: OwnedSemaphorePermit,
+    telemetry: Arc<Telemetry>,
+}
+
+impl ConnSlot {
+    pub(crate) fn new(permit: OwnedSemaphorePermit, telemetry: Arc<Telemetry>) -> Self {
+        Self {
+            _permit: permit,
+            telemetry,
+        }
+    }
+}
+
+impl Drop for ConnSlot {
+    fn drop(&mut self) {
+        self.telemetry.connection_closed();
+    }
 }
 
 impl ConnSettings {
-    fn of(server: &ServerConfig) -> Self {
+    pub(crate) fn of(server: &ServerConfig) -> Self {
         Self {
             server: server.clone(),
             protocols: Arc::new(protocols(server)),
@@ -68,7 +92,7 @@ impl ConnSettings {
     }
 
     /// Follows the live config: new connections get its settings.
-    fn refresh(&mut self, shared: &Shared) {
+    pub(crate) fn refresh(&mut self, shared: &Shared) {
         let state = shared.state();
         let live = &state.config.server;
         if live.header_read_timeout != self.server.header_read_timeout
@@ -117,12 +141,24 @@ impl ProxyServer {
     /// connections were still open when the grace period ended.
     pub async fn run(mut self, handle_rx: watch::Receiver<bool>) -> usize {
         let max = self.max_connections.clamp(1, Semaphore::MAX_PERMITS);
+        let lot = match Lot::new(Arc::clone(&self.shared), self.worker) {
+            Ok(lot) => {
+                let lot = Arc::new(lot);
+                tokio::spawn(Arc::clone(&lot).run(handle_rx.clone()));
+                Some(lot)
+            }
+            Err(e) => {
+                warn!(worker = self.worker, error = %e, "no parking lot: idle connections wait in their tasks");
+                None
+            }
+        };
         let mut conns = Conns {
             settings: ConnSettings::of(&self.shared.state().config.server),
             slots: Arc::new(Semaphore::new(max)),
             shared: Arc::clone(&self.shared),
             worker: self.worker,
             shutdown: handle_rx.clone(),
+            lot,
         };
         let mut stop = handle_rx;
         loop {
@@ -211,6 +247,8 @@ struct Conns {
     shared: Arc<Shared>,
     worker: usize,
     shutdown: watch::Receiver<bool>,
+    /// Where its idle plain-TCP HTTP/1 connections park.
+    lot: Option<Arc<Lot>>,
 }
 
 impl Conns {
@@ -227,54 +265,55 @@ impl Conns {
         let _ = stream.set_nodelay(true);
         let telemetry = Arc::clone(&self.shared.telemetry);
         telemetry.connection_opened();
+        let slot = ConnSlot::new(slot, Arc::clone(&telemetry));
         self.settings.refresh(&self.shared);
-        let protocols = Arc::clone(&self.settings.protocols);
-        let shared = Arc::clone(&self.shared);
-        let shutdown = self.shutdown.clone();
-        let idle = self.settings.server.idle_timeout;
-        let worker = self.worker;
-        let tls = match scheme {
-            Scheme::Http => None,
-            Scheme::Https => self
-                .shared
-                .state()
-                .config
-                .server
-                .tls
-                .as_ref()
-                .map(|t| (Arc::clone(&t.rustls), t.handshake_timeout)),
+        let conn = Conn {
+            protocols: Arc::clone(&self.settings.protocols),
+            shared: Arc::clone(&self.shared),
+            worker: self.worker,
+            peer,
+            scheme,
+            idle_timeout: self.settings.server.idle_timeout,
         };
-        tokio::spawn(async move {
-            match (scheme, tls) {
-                (Scheme::Http, _) => {
-                    connection::serve(
-                        protocols, shared, worker, stream, peer, scheme, idle, shutdown,
-                    )
-                    .await;
-                }
-                (Scheme::Https, Some((config, timeout))) => {
-                    // Boxed: a TLS connection's futures carry rustls's state
-                    // (kilobytes), and every plain connection's task would
-                    // be as large.
-                    Box::pin(async {
-                        if let Some(stream) =
-                            tls::accept(config, stream, peer, timeout, &telemetry).await
-                        {
-                            connection::serve(
-                                protocols, shared, worker, stream, peer, scheme, idle, shutdown,
-                            )
-                            .await;
-                        }
-                    })
-                    .await;
-                }
+        let shutdown = self.shutdown.clone();
+        match scheme {
+            Scheme::Http => {
+                tokio::spawn(connection::serve(
+                    conn,
+                    stream,
+                    shutdown,
+                    slot,
+                    self.lot.clone(),
+                    Start::Accepted,
+                ));
+            }
+            Scheme::Https => {
+                let tls = self
+                    .shared
+                    .state()
+                    .config
+                    .server
+                    .tls
+                    .as_ref()
+                    .map(|t| (Arc::clone(&t.rustls), t.handshake_timeout));
                 // The TLS listener outlives a config without [server.tls]
                 // only until the restart that reload asked for.
-                (Scheme::Https, None) => {}
+                let Some((config, timeout)) = tls else {
+                    return;
+                };
+                // Boxed: a TLS connection's futures carry rustls's state
+                // (kilobytes), and every plain connection's task would be
+                // as large.
+                tokio::spawn(Box::pin(async move {
+                    if let Some(stream) =
+                        tls::accept(config, stream, peer, timeout, &telemetry).await
+                    {
+                        connection::serve(conn, stream, shutdown, slot, None, Start::Accepted)
+                            .await;
+                    }
+                }));
             }
-            telemetry.connection_closed();
-            drop(slot);
-        });
+        }
     }
 }
 
@@ -395,6 +434,7 @@ mod tests {
             shared: Arc::clone(&shared),
             worker: 0,
             shutdown: stop,
+            lot: None,
         };
         let new = bind_workers("127.0.0.1:0".parse().unwrap(), 1)
             .unwrap()
