@@ -88,7 +88,10 @@ where
 
     fn call(&mut self, req: Request<Incoming>) -> Self::Future {
         let started = Instant::now();
-        let state = self.shared.current();
+        // A guard, not an owned `Arc`: the request's own reference (in
+        // `Routed`) is the one write to the state's count, which every
+        // worker shares.
+        let state = self.shared.state();
         // Boxed: it rides in the response future and body, which every layer
         // moves; most requests have no entry.
         let mut log = AccessEntry::new(&state, &req, self.peer, started).map(Box::new);
@@ -138,7 +141,7 @@ where
             websocket,
             queued: false,
             ignore_state: false,
-            state: Arc::clone(&state),
+            state: Arc::clone(&*state),
         };
         let stats = Arc::clone(&r.stats);
         EdgeFuture::Routed {
