@@ -16,6 +16,10 @@ pub const MAX_HEAD: usize = 8192 + 4096 * 100;
 pub const MAX_HEADERS: usize = 100;
 /// Chunk extensions over a whole body, at most (as hyper).
 const EXTENSIONS_LIMIT: usize = 16 * 1024;
+/// A chunk-size line, at most: the extensions' limit and room for the size
+/// and whitespace. Checked on the line, found whole or not, so that the
+/// verdict does not depend on how the bytes arrived.
+const SIZE_LINE_LIMIT: usize = EXTENSIONS_LIMIT + 32;
 /// A trailer section, at most (as hyper).
 const TRAILERS_LIMIT: usize = 16 * 1024;
 
@@ -109,7 +113,12 @@ pub fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Parsed>,
         // connection's own, to be reused by the next response.
         let bytes = Bytes::copy_from_slice(&buf[..len]);
         let base = buf.as_ptr() as usize;
+        // httparse gives an empty reason phrase (none, or one of obs-text)
+        // as a `""` of its own, not a slice of `buf`.
         let copied = |s: &[u8]| {
+            if s.is_empty() {
+                return Bytes::new();
+            }
             let at = s.as_ptr() as usize - base;
             bytes.slice(at..at + s.len())
         };
@@ -366,10 +375,11 @@ enum Step {
 fn chunk_step(chunk: &mut Chunk, buf: &mut BytesMut) -> Result<Step, BodyError> {
     match *chunk {
         Chunk::Size { extensions } => {
-            let Some(lf) = buf.iter().position(|b| *b == b'\n') else {
-                if buf.len() > EXTENSIONS_LIMIT + 32 {
-                    return Err(BodyError::Chunked("chunk-size line too long"));
-                }
+            let lf = buf.iter().position(|b| *b == b'\n');
+            if lf.unwrap_or(buf.len()) > SIZE_LINE_LIMIT {
+                return Err(BodyError::Chunked("chunk-size line too long"));
+            }
+            let Some(lf) = lf else {
                 return Ok(Step::Out(Decoded::More));
             };
             let line = &buf[..lf];
@@ -399,6 +409,12 @@ fn chunk_step(chunk: &mut Chunk, buf: &mut BytesMut) -> Result<Step, BodyError> 
             let ext = &rest[after_ws..];
             if !ext.is_empty() && ext[0] != b';' {
                 return Err(BodyError::Chunked("invalid chunk size"));
+            }
+            // Tokens and quoted strings (§7.1.1) hold no control bytes but
+            // HTAB: a bare CR would end the line for a reader that stops at
+            // CR, as hyper's does.
+            if ext.iter().any(|b| (*b < b' ' && *b != b'\t') || *b == 0x7f) {
+                return Err(BodyError::Chunked("control byte in a chunk extension"));
             }
             let extensions = extensions + ext.len();
             if extensions > EXTENSIONS_LIMIT {
@@ -463,8 +479,17 @@ fn chunk_step(chunk: &mut Chunk, buf: &mut BytesMut) -> Result<Step, BodyError> 
             if len > TRAILERS_LIMIT {
                 return Err(BodyError::Trailers("larger than 16 KiB"));
             }
+            // httparse also ends lines at a bare LF, and so would end the
+            // section before the CRLF found here: where the body ends would
+            // be in doubt.
+            let section = &buf[..len];
+            let bare_lf = section.first() == Some(&b'\n')
+                || section.windows(2).any(|w| w[1] == b'\n' && w[0] != b'\r');
+            if bare_lf {
+                return Err(BodyError::Trailers("a line ends without CR"));
+            }
             let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-            let parsed = match httparse::parse_headers(&buf[..len], &mut headers) {
+            let parsed = match httparse::parse_headers(section, &mut headers) {
                 Ok(httparse::Status::Complete((_, parsed))) => parsed,
                 Ok(httparse::Status::Partial) => return Err(BodyError::Trailers("partial")),
                 Err(_) => return Err(BodyError::Trailers("syntax")),

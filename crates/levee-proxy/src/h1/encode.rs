@@ -97,6 +97,9 @@ fn set_length(parts: &mut Parts, body: BodyLength) -> Encoder {
         }
         _ => {
             headers.insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+            // A valid Content-Length would have been used above: an invalid
+            // one must not go out beside chunked (as hyper).
+            headers.remove(CONTENT_LENGTH);
             Encoder::Chunked
         }
     }

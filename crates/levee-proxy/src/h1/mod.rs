@@ -16,6 +16,8 @@
 
 mod decode;
 mod encode;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod pieces;
 
 use std::fmt;
 use std::future::poll_fn;

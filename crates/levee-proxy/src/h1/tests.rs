@@ -224,6 +224,137 @@ fn length_and_close_delimited_bodies() {
     assert_eq!(data, b"to the end");
 }
 
+#[test]
+fn a_status_line_without_a_reason_phrase_parses() {
+    // httparse gives these reasons (none, or obs-text) as a `""` that is
+    // not a slice of the buffer.
+    for raw in [
+        &b"HTTP/1.1 200\r\nContent-Length: 0\r\n\r\n"[..],
+        b"HTTP/1.1 204\nX-Empty:\n\n",
+        b"HTTP/1.1 200 \xe9t\xe9\r\nX-Empty: \r\nContent-Length: 0\r\n\r\n",
+    ] {
+        let p = head(raw, Method::GET).unwrap().unwrap();
+        let reason = p.response.extensions().get::<hyper::ext::ReasonPhrase>();
+        assert_eq!(
+            reason.map(|r| r.as_bytes()),
+            Some(&b""[..]),
+            "as hyper: an empty reason is kept"
+        );
+    }
+    let p = head(b"HTTP/1.1 204\r\nX-Empty:\r\n\r\n", Method::GET)
+        .unwrap()
+        .unwrap();
+    assert_eq!(p.response.headers()["x-empty"], "");
+}
+
+#[test]
+fn chunk_extensions_hold_no_control_bytes() {
+    for bad in [
+        &b"5;a\rb\r\nhello\r\n0\r\n\r\n"[..],
+        b"5;a\x00\r\nhello\r\n0\r\n\r\n",
+        b"5;a=\x7f\r\nhello\r\n0\r\n\r\n",
+    ] {
+        let got = decode_bytewise(Decoder::new(Framing::Chunked), bad);
+        assert!(got.is_err(), "{}: {got:?}", String::from_utf8_lossy(bad));
+    }
+    let (data, _, _) = decode_bytewise(
+        Decoder::new(Framing::Chunked),
+        b"5 ; a=\"b\tc\"\r\nhello\r\n0\r\n\r\n",
+    )
+    .unwrap();
+    assert_eq!(data, b"hello");
+}
+
+#[test]
+fn a_trailer_line_ending_without_cr_fails() {
+    for bad in [
+        // httparse would end the section at the bare LF and the "response"
+        // after it would be eaten as trailers.
+        &b"0\r\nX: y\n\nHTTP/1.1 200 OK\r\n\r\n"[..],
+        b"0\r\nX: y\nZ: w\r\n\r\n",
+        b"0\r\n\nX: y\r\n\r\n",
+    ] {
+        let got = decode_bytewise(Decoder::new(Framing::Chunked), bad);
+        assert!(
+            matches!(got, Err(BodyError::Trailers(_))),
+            "{}: {got:?}",
+            String::from_utf8_lossy(bad)
+        );
+    }
+}
+
+#[test]
+fn a_long_chunk_size_line_fails_however_it_arrives() {
+    let mut raw = b"5".to_vec();
+    raw.resize(20_000, b' ');
+    raw.extend_from_slice(b"\r\nhello\r\n0\r\n\r\n");
+    let whole = Decoder::new(Framing::Chunked).decode(&mut BytesMut::from(&raw[..]));
+    assert!(matches!(whole, Err(BodyError::Chunked(_))), "{whole:?}");
+    let bytewise = decode_bytewise(Decoder::new(Framing::Chunked), &raw);
+    assert!(
+        matches!(bytewise, Err(BodyError::Chunked(_))),
+        "{bytewise:?}"
+    );
+}
+
+#[test]
+fn a_response_reads_the_same_in_any_pieces() {
+    use super::pieces::{response_in_pieces, Failed};
+    let chunked = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\nx-t: 1\r\n\r\n";
+    /// The bytes, whether the node closes after them, and the data, end
+    /// and reusability read.
+    type Case<'a> = (
+        &'a [u8],
+        bool,
+        Result<(&'a [u8], Option<usize>, bool), Failed>,
+    );
+    let cases: [Case<'_>; 6] = [
+        (chunked, false, Ok((b"hello", Some(chunked.len()), true))),
+        (
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokX",
+            false,
+            Ok((b"ok", Some(40), false)),
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\n\r\nto the end",
+            true,
+            Ok((b"to the end", Some(29), false)),
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nok",
+            true,
+            Err(Failed::Body),
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\nContent-Length: 1, 2\r\n\r\n",
+            false,
+            Err(Failed::Head),
+        ),
+        (
+            b"HTTP/1.1 304 Not Modified\r\nContent-Length: 5\r\n\r\n",
+            false,
+            Ok((b"", Some(48), true)),
+        ),
+    ];
+    for (raw, closed, want) in cases {
+        for cuts in [&[][..], &[1, 7, 30], &(0..raw.len()).collect::<Vec<_>>()] {
+            let got = response_in_pieces(raw, cuts, &Method::GET, closed)
+                .map(|r| r.unwrap())
+                .map(|r| (r.data, r.end, r.reusable));
+            let got = got
+                .as_ref()
+                .map(|(d, e, r)| (&d[..], *e, *r))
+                .map_err(|e| *e);
+            assert_eq!(
+                got,
+                want,
+                "{} cut at {cuts:?}",
+                String::from_utf8_lossy(raw)
+            );
+        }
+    }
+}
+
 proptest! {
     /// Any data, chunked in any sizes and read in any splits, comes back whole.
     #[test]
@@ -294,6 +425,16 @@ fn request_framing_follows_hyper() {
         .body(())
         .unwrap();
     assert_eq!(encoded(declared, BodyLength::Unknown).1, Encoder::Length(9));
+    let invalid = Request::post("/")
+        .header("content-length", "1, 2")
+        .body(())
+        .unwrap();
+    let (head, enc) = encoded(invalid, BodyLength::Unknown);
+    assert_eq!(enc, Encoder::Chunked);
+    assert!(
+        !head.contains("content-length"),
+        "never beside chunked: {head}"
+    );
     let old = Request::post("/")
         .version(Version::HTTP_10)
         .body(())
