@@ -13,7 +13,7 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _, DuplexStream};
 
 use super::decode::{parse_head, BodyError, Decoded, Decoder, Framing, HeadError, MAX_HEAD};
 use super::encode::{self, BodyLength, Encoder};
-use super::{send, Conn, Error, Reuse, SendError};
+use super::{send, Conn, Error, Reuse, SendError, SPARE, SPARE_BUFFERS};
 use crate::body::RequestBody;
 
 fn head(bytes: &[u8], method: Method) -> Result<Option<super::decode::Parsed>, HeadError> {
@@ -610,6 +610,33 @@ async fn an_idle_connection_the_node_closed_or_wrote_to_is_not_open() {
         .await
         .unwrap();
     assert!(!conn.is_open(), "unasked bytes: the node is out of step");
+}
+
+#[tokio::test]
+async fn a_node_connection_holds_a_read_buffer_only_while_it_holds_bytes() {
+    let (client, mut node) = tokio::io::duplex(1024);
+    let mut conn = Conn::new(client);
+    assert!(conn.is_open());
+    assert_eq!(
+        conn.read.capacity(),
+        0,
+        "a read that found nothing gives its buffer back"
+    );
+    let kept = Kept::default();
+    let call = tokio::spawn(send(conn, get("/"), kept.clone()));
+    read_request(&mut node, 0).await;
+    node.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        .await
+        .unwrap();
+    let resp = call.await.unwrap().unwrap();
+    assert_eq!(resp.into_body().collect().await.unwrap().to_bytes(), "ok");
+    let conn = kept.take().expect("handed back");
+    assert_eq!(conn.read.capacity(), 0, "idle in its pool: no read buffer");
+    let spare = SPARE.with_borrow(Vec::len);
+    assert!(
+        (1..=SPARE_BUFFERS).contains(&spare),
+        "the buffer waits for the thread's next read: {spare}"
+    );
 }
 
 #[tokio::test]
