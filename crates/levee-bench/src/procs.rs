@@ -1,6 +1,7 @@
 //! The processes the harness starts (proxies), and what /proc says about
-//! them: CPU time (utime + stime) and resident memory, summed over a
-//! process and its descendants (nginx and HAProxy run a master and workers).
+//! them: CPU time (utime + stime), time spent runnable but waiting for a
+//! CPU, and resident memory, summed over a process and its descendants
+//! (nginx and HAProxy run a master and workers).
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -30,6 +31,12 @@ pub fn stat_ppid(stat: &str) -> Option<u32> {
 pub fn status_rss_kib(status: &str) -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
     line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Nanoseconds spent waiting on a run queue (runnable, not running), the
+/// second field of `/proc/PID/task/TID/schedstat`.
+pub fn schedstat_wait_ns(schedstat: &str) -> Option<u64> {
+    schedstat.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// CPU microseconds per request from a tick delta.
@@ -95,6 +102,20 @@ pub fn tree_cpu_ticks(pid: u32) -> u64 {
         .iter()
         .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/stat")).ok())
         .filter_map(|s| stat_cpu_ticks(&s))
+        .sum()
+}
+
+/// Time the threads of a process tree waited for a CPU while runnable, in
+/// nanoseconds (0 where the kernel keeps no schedstats). Over a run, it
+/// tells how much other work on the proxy's CPU took from it: a latency
+/// tail with a large wait is the machine's, not the proxy's.
+pub fn tree_runq_wait_ns(pid: u32) -> u64 {
+    process_tree(pid)
+        .iter()
+        .filter_map(|p| std::fs::read_dir(format!("/proc/{p}/task")).ok())
+        .flat_map(|tasks| tasks.flatten())
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| schedstat_wait_ns(&s))
         .sum()
 }
 
@@ -226,6 +247,12 @@ mod tests {
         let status = "Name:\tlevee\nVmPeak:\t  9000 kB\nVmRSS:\t    8123 kB\nThreads:\t3\n";
         assert_eq!(status_rss_kib(status), Some(8123));
         assert_eq!(status_rss_kib("Name:\tx\n"), None);
+    }
+
+    #[test]
+    fn run_queue_wait_from_schedstat() {
+        assert_eq!(schedstat_wait_ns("1927381 55210 31\n"), Some(55210));
+        assert_eq!(schedstat_wait_ns("1927381\n"), None);
     }
 
     #[test]

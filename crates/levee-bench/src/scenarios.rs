@@ -16,7 +16,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::load::{self, Outcome, Spec};
-use crate::procs::{cpu_us_per_request, pin_self, ticks_per_sec, tree_cpu_ticks, tree_rss_kib};
+use crate::procs::{
+    cpu_us_per_request, pin_self, ticks_per_sec, tree_cpu_ticks, tree_rss_kib, tree_runq_wait_ns,
+};
 use crate::proxies::{find_program, Kind, Programs, Running, Setup};
 use crate::summary::{fmt_added_us, fmt_count, fmt_share, fmt_us};
 use crate::table::Table;
@@ -95,6 +97,15 @@ impl Target<'_> {
             Target::Proxy(p) => Some(p.pid()),
         }
     }
+}
+
+/// One measured run: the load's outcomes and, for a proxy, its CPU time
+/// (clock ticks), its wait for a CPU and its resident memory at the end.
+struct Measured {
+    outs: Vec<Outcome>,
+    ticks: Option<u64>,
+    waited: Option<Duration>,
+    rss_kib: Option<u64>,
 }
 
 /// State shared by the scenarios of one run.
@@ -273,13 +284,9 @@ impl Bench {
         })
     }
 
-    /// Warm-up, then `specs` with the proxy's CPU time measured around them.
-    fn measure(
-        &self,
-        target: &Target,
-        label: &str,
-        specs: Vec<Spec>,
-    ) -> (Vec<Outcome>, Option<u64>) {
+    /// Warm-up, then `specs` with the proxy's CPU time, its wait for a CPU
+    /// and its resident memory measured around them.
+    fn measure(&self, target: &Target, label: &str, specs: Vec<Spec>) -> Measured {
         if !self.opts.warmup.is_zero() {
             let warm: Vec<Spec> = specs
                 .iter()
@@ -290,13 +297,24 @@ impl Bench {
                 .collect();
             self.drive(&format!("{label} warm-up"), warm, async {});
         }
-        let before = target.pid().map(tree_cpu_ticks);
+        let pid = target.pid();
+        let before = pid.map(|p| (tree_cpu_ticks(p), tree_runq_wait_ns(p)));
         let outs = self.drive(label, specs, async {});
-        let ticks = match (target.pid(), before) {
-            (Some(pid), Some(b)) => Some(tree_cpu_ticks(pid).saturating_sub(b)),
-            _ => None,
-        };
-        (outs, ticks)
+        let after = pid.map(|p| (tree_cpu_ticks(p), tree_runq_wait_ns(p), tree_rss_kib(p)));
+        match (before, after) {
+            (Some((t0, w0)), Some((t1, w1, rss))) => Measured {
+                outs,
+                ticks: Some(t1.saturating_sub(t0)),
+                waited: Some(Duration::from_nanos(w1.saturating_sub(w0))),
+                rss_kib: Some(rss),
+            },
+            _ => Measured {
+                outs,
+                ticks: None,
+                waited: None,
+                rss_kib: None,
+            },
+        }
     }
 
     fn throughput(&self) -> anyhow::Result<(Table, serde_json::Value)> {
@@ -314,6 +332,8 @@ impl Bench {
                 "p99.9",
                 "max",
                 "proxy CPU µs/req",
+                "waited for CPU",
+                "RSS at end",
                 "failed",
             ],
         );
@@ -332,14 +352,16 @@ impl Bench {
                         Some(r) => Target::Proxy(r),
                     };
                     let label = format!("{} {}B x{conns}", target.name(), body);
-                    let (outs, ticks) =
+                    let m =
                         self.measure(&target, &label, vec![Spec::reads(target.addr(), conns, d)]);
-                    let o = &outs[0];
+                    let o = &m.outs[0];
                     let rps = o.ok_per_sec();
                     if t.is_none() {
                         direct_rps[ci] = rps;
                     }
-                    let cpu = ticks.and_then(|t| cpu_us_per_request(t, self.hz, o.answered()));
+                    let cpu = m
+                        .ticks
+                        .and_then(|t| cpu_us_per_request(t, self.hz, o.answered()));
                     let l = o.latency();
                     table.row(vec![
                         target.name().into(),
@@ -352,17 +374,22 @@ impl Bench {
                         fmt_us(l.p999_us),
                         fmt_us(l.max_us),
                         cpu.map_or("-".into(), |c| format!("{c:.1}")),
+                        m.waited.map_or("-".into(), fmt_ms),
+                        m.rss_kib
+                            .map_or("-".into(), |k| fmt_bytes(k as usize * 1024)),
                         fmt_count(o.failed()),
                     ]);
                     raw.push(
                         json!({"target": target.name(), "body_bytes": body, "conns": conns,
-                        "cpu_us_per_request": cpu, "load": o.json()}),
+                        "cpu_us_per_request": cpu,
+                        "runq_wait_ms": m.waited.map(|w| w.as_secs_f64() * 1e3),
+                        "rss_kib_at_end": m.rss_kib, "load": o.json()}),
                     );
                 }
             }
         }
         table.note(format!(
-            "{} s per row after {} s of warm-up; one app node; req/s counts 2xx answers; proxy CPU is utime+stime of the proxy's processes per answered request.",
+            "{} s per row after {} s of warm-up; one app node; req/s counts 2xx answers; proxy CPU is utime+stime of the proxy's processes per answered request; waited for CPU: how long its threads were runnable but not running (other work on its CPU: a long wait makes a latency tail the machine's); RSS at end: the proxy's processes' VmRSS as the load ends.",
             secs(d),
             secs(self.opts.warmup)
         ));
@@ -386,6 +413,7 @@ impl Bench {
                 "added p50",
                 "added p99",
                 "added p99.9",
+                "waited for CPU",
                 "failed",
             ],
         );
@@ -404,12 +432,12 @@ impl Bench {
                 rate: Some(rate),
                 ..Spec::reads(target.addr(), conns, d)
             };
-            let (outs, _) = self.measure(
+            let m = self.measure(
                 &target,
                 &format!("{} at {rate:.0}/s", target.name()),
                 vec![spec],
             );
-            let o = &outs[0];
+            let o = &m.outs[0];
             let l = o.latency();
             let base = *direct.get_or_insert(l);
             table.row(vec![
@@ -422,14 +450,16 @@ impl Bench {
                 added(k, l.p50_us, base.p50_us),
                 added(k, l.p99_us, base.p99_us),
                 added(k, l.p999_us, base.p999_us),
+                m.waited.map_or("-".into(), fmt_ms),
                 fmt_count(o.failed()),
             ]);
             raw.push(
-                json!({"target": target.name(), "rate": rate, "conns": conns, "load": o.json()}),
+                json!({"target": target.name(), "rate": rate, "conns": conns,
+                "runq_wait_ms": m.waited.map(|w| w.as_secs_f64() * 1e3), "load": o.json()}),
             );
         }
         table.note(format!(
-            "{} s per row, {conns} keep-alive connections, open loop: latency counts from when each request was due, so stalls are charged in full.",
+            "{} s per row, {conns} keep-alive connections, open loop: latency counts from when each request was due, so stalls are charged in full; waited for CPU: how long the proxy's threads were runnable but not running.",
             secs(d)
         ));
         Ok((table, json!(raw)))
@@ -809,6 +839,10 @@ fn fmt_bytes(b: usize) -> String {
     } else {
         format!("{b} B")
     }
+}
+
+fn fmt_ms(d: Duration) -> String {
+    format!("{:.0} ms", d.as_secs_f64() * 1e3)
 }
 
 fn secs(d: Duration) -> String {
