@@ -319,6 +319,17 @@ impl Decoder {
         }
     }
 
+    /// Bytes the body is known to need next (a body's rest, a chunk's data
+    /// and its CRLF); 0 when that is not known.
+    pub fn due(&self) -> usize {
+        let due = match self {
+            Decoder::Length(n) => *n,
+            Decoder::Chunked(Chunk::Data { left, .. }) => left.saturating_add(2),
+            _ => 0,
+        };
+        usize::try_from(due).unwrap_or(usize::MAX)
+    }
+
     /// The next piece of the body from `buf`.
     pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Decoded, BodyError> {
         loop {

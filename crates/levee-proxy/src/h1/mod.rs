@@ -43,6 +43,9 @@ use encode::{BodyLength, Encoder};
 const READ_BYTES: usize = 8 * 1024;
 /// A read is not started with less room than this.
 const MIN_READ: usize = 1024;
+/// A body whose next bytes are known to be due gets room for up to this
+/// much in one read, so that a 16 KiB answer takes two reads, not three.
+const MAX_BODY_READ: usize = 64 * 1024;
 /// Empty read buffers a thread keeps for its node connections' next reads.
 const SPARE_BUFFERS: usize = 8;
 
@@ -143,15 +146,20 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
     /// Costs no system call unless the socket turned readable.
     pub fn is_open(&mut self) -> bool {
         let mut cx = Context::from_waker(Waker::noop());
-        self.poll_fill(&mut cx).is_pending()
+        self.poll_fill(&mut cx, MIN_READ).is_pending()
     }
 
-    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+    /// Reads what the node sent, with room for `due` bytes and one more
+    /// (at least [`MIN_READ`], at most [`MAX_BODY_READ`]): a read that
+    /// takes all that is due comes back short, which tells tokio the
+    /// socket is drained, so the next read waits instead of failing.
+    fn poll_fill(&mut self, cx: &mut Context<'_>, due: usize) -> Poll<io::Result<usize>> {
         if self.read.capacity() == 0 {
             self.read = SPARE.with_borrow_mut(Vec::pop).unwrap_or_default();
         }
-        if self.read.capacity() - self.read.len() < MIN_READ {
-            self.read.reserve(READ_BYTES);
+        let room = due.saturating_add(1).clamp(MIN_READ, MAX_BODY_READ);
+        if self.read.capacity() - self.read.len() < room {
+            self.read.reserve(room.max(READ_BYTES));
         }
         let read = poll_read_buf(Pin::new(&mut self.io), cx, &mut self.read);
         self.release_read();
@@ -265,7 +273,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
                     return Poll::Ready(Ok(parsed));
                 }
             }
-            match ready!(self.poll_fill(cx)) {
+            match ready!(self.poll_fill(cx, MIN_READ)) {
                 Ok(0) => return Poll::Ready(Err(Error::Closed)),
                 Ok(_) => {}
                 Err(e) => return Poll::Ready(Err(Error::Io(e))),
@@ -286,15 +294,17 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
                 Decoded::Data(data) => return Poll::Ready(Ok(Some(Frame::data(data)))),
                 Decoded::Trailers(t) => return Poll::Ready(Ok(Some(Frame::trailers(t)))),
                 Decoded::End => return Poll::Ready(Ok(None)),
-                Decoded::More => match ready!(self.poll_fill(cx)).map_err(Error::Io)? {
-                    0 => {
-                        self.decoder.eof().map_err(Error::Body)?;
-                        // Closed by the node: not for another request.
-                        self.keep_alive = false;
-                        return Poll::Ready(Ok(None));
+                Decoded::More => {
+                    match ready!(self.poll_fill(cx, self.decoder.due())).map_err(Error::Io)? {
+                        0 => {
+                            self.decoder.eof().map_err(Error::Body)?;
+                            // Closed by the node: not for another request.
+                            self.keep_alive = false;
+                            return Poll::Ready(Ok(None));
+                        }
+                        _ => continue,
                     }
-                    _ => continue,
-                },
+                }
             }
         }
     }

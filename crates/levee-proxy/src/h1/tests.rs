@@ -710,3 +710,25 @@ async fn a_streamed_body_goes_chunked_and_on_while_the_response_is_read() {
         "request and response both whole: reused"
     );
 }
+
+#[tokio::test]
+async fn a_body_of_known_length_already_sent_is_read_in_two_reads() {
+    let (client, mut node) = tokio::io::duplex(128 * 1024);
+    let kept = Kept::default();
+    let call = tokio::spawn(send(Conn::new(client), get("/big"), kept.clone()));
+    read_request(&mut node, 0).await;
+    let body = vec![b'x'; 40_000];
+    let mut answer = b"HTTP/1.1 200 OK\r\nContent-Length: 40000\r\n\r\n".to_vec();
+    answer.extend_from_slice(&body);
+    node.write_all(&answer).await.unwrap();
+    let mut resp = call.await.unwrap().unwrap();
+    let mut frames = Vec::new();
+    while let Some(frame) = resp.body_mut().frame().await {
+        frames.push(frame.unwrap().into_data().unwrap().len());
+    }
+    assert_eq!(frames.iter().sum::<usize>(), body.len());
+    // The head's read fills the first 8 KiB; the rest is due, and comes
+    // in one more read rather than 8 KiB at a time.
+    assert_eq!(frames.len(), 2, "{frames:?}");
+    assert!(kept.take().is_some());
+}
