@@ -1,7 +1,7 @@
 //! levee's node connection pool seen from the node: one connection for
-//! sequential requests, a connection the node closed while idle costs no
-//! request, and a request that reached the node is never sent again behind
-//! the retry layer's back.
+//! sequential requests, a burst's connections kept for the next burst, a
+//! connection the node closed while idle costs no request, and a request
+//! that reached the node is never sent again behind the retry layer's back.
 
 use http::{Method, StatusCode};
 use levee::Levee;
@@ -89,5 +89,46 @@ async fn a_request_that_reached_the_node_is_sent_once() {
         "the POST reached the node once: {stats:?}"
     );
     assert_eq!(stats.connections, 1, "{stats:?}");
+    levee.shutdown().await;
+}
+
+#[tokio::test]
+async fn waves_of_concurrent_requests_reuse_the_connections_of_the_first() {
+    const CONCURRENT: usize = 150;
+    let app = node(Behavior::Slow {
+        delay: std::time::Duration::from_millis(200),
+        body_bytes: 16,
+    })
+    .await;
+    let levee = levee_for(&app).await;
+    let http = client();
+    for wave in 0..3 {
+        let calls: Vec<_> = (0..CONCURRENT)
+            .map(|i| {
+                let (http, url) = (http.clone(), url(&levee, &format!("/w{wave}/{i}")));
+                tokio::spawn(async move {
+                    send(
+                        &http,
+                        request(Method::GET, &url),
+                        std::time::Duration::from_secs(20),
+                    )
+                    .await
+                })
+            })
+            .collect();
+        for call in calls {
+            let got = call.await.unwrap();
+            assert_eq!(got.status, StatusCode::OK, "{:?}", got.reason());
+        }
+    }
+    let stats = app.stats();
+    assert_eq!(stats.requests, 3 * CONCURRENT as u64, "{stats:?}");
+    // More in flight at once than the old default of 64 idle per node...
+    assert!(stats.peak_in_flight > 64, "{stats:?}");
+    // ...and still the later waves found the first wave's connections.
+    assert!(
+        stats.connections <= CONCURRENT as u64,
+        "a connection per request in flight, not per request: {stats:?}"
+    );
     levee.shutdown().await;
 }

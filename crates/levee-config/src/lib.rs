@@ -210,7 +210,8 @@ pub struct BackendConfig {
     pub queue_timeout: Duration,
     /// Idle keep-alive connections to a node are closed after this (default 90s).
     pub pool_idle_timeout: Duration,
-    /// Idle keep-alive connections kept per node (default 64; 0 disables reuse).
+    /// Idle keep-alive connections each worker keeps per node (default 1024;
+    /// 0 disables reuse).
     pub pool_max_idle_per_node: usize,
     /// How a node is picked for each request (default [`LoadBalancing::P2cEwma`]).
     pub load_balancing: LoadBalancing,

@@ -115,7 +115,7 @@ fn defaults_are_applied() {
     assert_eq!(b.max_queue, 128);
     assert_eq!(b.queue_timeout, ms(100));
     assert_eq!(b.pool_idle_timeout, secs(90));
-    assert_eq!(b.pool_max_idle_per_node, 64);
+    assert_eq!(b.pool_max_idle_per_node, 1024);
 
     let r = &c.routes[0];
     assert_eq!(r.name, "route-0");

@@ -66,7 +66,7 @@ const ROUTE_MAX_TUNNELS: usize = 1024;
 const BACKEND_MAX_QUEUE: usize = 128;
 const BACKEND_QUEUE_TIMEOUT: Duration = Duration::from_millis(100);
 const BACKEND_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
-const BACKEND_POOL_MAX_IDLE_PER_NODE: usize = 64;
+const BACKEND_POOL_MAX_IDLE_PER_NODE: usize = 1024;
 const BACKEND_DNS_REFRESH: Duration = Duration::from_secs(5);
 /// Shorter refreshes would put a resolver query on the wire several times a second per name.
 const BACKEND_MIN_DNS_REFRESH: Duration = Duration::from_millis(100);
