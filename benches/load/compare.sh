@@ -52,7 +52,7 @@ error_log $WORK/nginx-error.log;
 events { worker_connections 4096; }
 http {
   access_log off;
-  upstream app { server 127.0.0.1:$NODE_PORT; keepalive 64; }
+  upstream app { server 127.0.0.1:$NODE_PORT; keepalive 1024; }
   server {
     listen 127.0.0.1:$NGINX_PORT;
     location / {

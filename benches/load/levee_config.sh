@@ -1,7 +1,8 @@
 # Sourced by the load scripts: the levee config they all measure with.
 # levee_config FILE LEVEE_PORT ADMIN_PORT NODE_PORT [TLS_PORT] writes it: one
 # worker, one node, bulkheads wide enough never to refuse the benchmark's
-# load. With TLS_PORT, a TLS listener too, serving tls.pem/tls.key from
+# load, and a keep-alive pool as large as its connections (spelled out, so
+# that builds from before 1024 became the default keep as many). With TLS_PORT, a TLS listener too, serving tls.pem/tls.key from
 # FILE's directory (see tls_pair).
 # With LEVEE_ACCESS_LOG set, it also writes the access log to that path.
 levee_config() {
@@ -27,6 +28,7 @@ name = "app"
 nodes = ["127.0.0.1:$4"]
 max_in_flight = 4096
 max_queue = 1024
+pool_max_idle_per_node = 1024
 [[route]]
 path_prefix = "/"
 backend = "app"
