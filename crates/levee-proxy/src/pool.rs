@@ -35,8 +35,9 @@
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
+use std::future::Future;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 
 use bytes::Bytes;
 use futures_util::future::{BoxFuture, FutureExt as _, Shared};
@@ -148,8 +149,99 @@ impl Body for NodeBody {
 /// The upgraded connection of a node's `101`, in its response's extensions.
 pub type NodeUpgrade = h1::Upgrade<NodeStream>;
 
-/// A node's response headers, or why there are none.
-pub type ResponseFuture = BoxFuture<'static, Result<Response<NodeBody>, PoolError>>;
+/// A node's response headers, or why there are none. An HTTP/1 exchange
+/// on a pooled connection is not boxed; a new connection's connect and
+/// hyper's HTTP/2 exchange are.
+#[derive(Debug)]
+pub struct ResponseFuture {
+    inner: Arc<Inner>,
+    state: State,
+}
+
+type Connect = Pin<Box<dyn Future<Output = Result<NodeStream, ConnectError>> + Send>>;
+type H2Send = Pin<Box<dyn Future<Output = Result<Response<NodeBody>, PoolError>> + Send>>;
+
+enum State {
+    /// On a pooled connection: a request it turns out closed on before
+    /// any byte was written comes back, and goes on a new one.
+    Reused(h1::Sending<NodeStream, Checkin>),
+    Connecting(Connect, Option<Box<Request<RequestBody>>>),
+    New(h1::Sending<NodeStream, Checkin>),
+    H2(H2Send),
+    Done,
+}
+
+impl std::fmt::Debug for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            State::Reused(_) => "Reused",
+            State::Connecting(..) => "Connecting",
+            State::New(_) => "New",
+            State::H2(_) => "H2",
+            State::Done => "Done",
+        })
+    }
+}
+
+impl State {
+    fn connect(inner: &Arc<Inner>, req: Box<Request<RequestBody>>) -> Self {
+        let pool = Arc::clone(inner);
+        let connect = Box::pin(async move { pool.connector.connect().await });
+        State::Connecting(connect, Some(req))
+    }
+}
+
+impl Future for ResponseFuture {
+    type Output = Result<Response<NodeBody>, PoolError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        loop {
+            match &mut this.state {
+                State::Reused(send) => match ready!(Pin::new(send).poll(cx)) {
+                    Err(SendError::Unsent(req, e)) => {
+                        debug!(error = %e, "pooled node connection closed before use; sending on a new one");
+                        this.state = State::connect(&this.inner, req);
+                    }
+                    result => {
+                        this.state = State::Done;
+                        return Poll::Ready(result.map(|r| r.map(NodeBody::H1)).map_err(sent));
+                    }
+                },
+                State::Connecting(connect, req) => {
+                    let io = match ready!(connect.as_mut().poll(cx)) {
+                        Ok(io) => io,
+                        Err(e) => {
+                            this.state = State::Done;
+                            return Poll::Ready(Err(PoolError::Connect(e)));
+                        }
+                    };
+                    let Some(req) = req.take() else {
+                        this.state = State::Done;
+                        return Poll::Ready(Err(spent()));
+                    };
+                    let checkin = Checkin(Arc::downgrade(&this.inner));
+                    this.state = State::New(h1::send(h1::Conn::new(io), *req, checkin));
+                }
+                State::New(send) => {
+                    let result = ready!(Pin::new(send).poll(cx));
+                    this.state = State::Done;
+                    return Poll::Ready(match result {
+                        Ok(resp) => Ok(resp.map(NodeBody::H1)),
+                        Err(SendError::Unsent(_, e)) => Err(PoolError::NotSent(NodeError::H1(e))),
+                        Err(e) => Err(sent(e)),
+                    });
+                }
+                State::H2(send) => {
+                    let result = ready!(send.as_mut().poll(cx));
+                    this.state = State::Done;
+                    return Poll::Ready(result);
+                }
+                State::Done => return Poll::Ready(Err(spent())),
+            }
+        }
+    }
+}
 
 /// The keep-alive connections of one node for one worker.
 #[derive(Debug, Clone)]
@@ -234,13 +326,14 @@ impl NodePool {
     /// ([`crate::stack::balance`] aims it).
     pub fn send(&self, req: Request<RequestBody>) -> ResponseFuture {
         let inner = Arc::clone(&self.inner);
-        Box::pin(async move {
-            if inner.config.http2 {
-                inner.send_h2(req).await
-            } else {
-                inner.send_h1(req).await
-            }
-        })
+        let state = if inner.config.http2 {
+            State::H2(Box::pin(Arc::clone(&inner).send_h2(req)))
+        } else if let Some(conn) = inner.checkout_h1() {
+            State::Reused(h1::send(conn, req, Checkin(Arc::downgrade(&inner))))
+        } else {
+            State::connect(&inner, Box::new(req))
+        };
+        ResponseFuture { inner, state }
     }
 
     /// HTTP/1 connections idle in the pool now.
@@ -253,28 +346,6 @@ impl NodePool {
 impl Inner {
     fn lock(&self) -> MutexGuard<'_, Conns> {
         self.conns.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    async fn send_h1(
-        self: Arc<Self>,
-        mut req: Request<RequestBody>,
-    ) -> Result<Response<NodeBody>, PoolError> {
-        if let Some(conn) = self.checkout_h1() {
-            match h1::send(conn, req, Checkin(Arc::downgrade(&self))).await {
-                Ok(resp) => return Ok(resp.map(NodeBody::H1)),
-                Err(SendError::Unsent(back, e)) => {
-                    debug!(error = %e, "pooled node connection closed before use; sending on a new one");
-                    req = *back;
-                }
-                Err(SendError::Sent(e)) => return Err(sent(e)),
-            }
-        }
-        let conn = h1::Conn::new(self.connector.connect().await?);
-        match h1::send(conn, req, Checkin(Arc::downgrade(&self))).await {
-            Ok(resp) => Ok(resp.map(NodeBody::H1)),
-            Err(SendError::Unsent(_, e)) => Err(PoolError::NotSent(NodeError::H1(e))),
-            Err(SendError::Sent(e)) => Err(sent(e)),
-        }
     }
 
     async fn send_h2(
@@ -442,11 +513,16 @@ async fn reap(pool: Weak<Inner>) {
     }
 }
 
+/// The answer of a future polled after it answered, which no caller does.
+fn spent() -> PoolError {
+    PoolError::Send(NodeError::H1(h1::Error::Closed))
+}
+
 /// The error of an HTTP/1 request that (perhaps partly) reached the node.
-fn sent(e: h1::Error) -> PoolError {
+fn sent(e: SendError) -> PoolError {
     match e {
-        h1::Error::Head(HeadError::Framing) => PoolError::Framing,
-        e => PoolError::Send(NodeError::H1(e)),
+        SendError::Sent(h1::Error::Head(HeadError::Framing)) => PoolError::Framing,
+        SendError::Sent(e) | SendError::Unsent(_, e) => PoolError::Send(NodeError::H1(e)),
     }
 }
 

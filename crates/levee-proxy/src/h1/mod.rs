@@ -21,7 +21,7 @@ pub mod pieces;
 
 use std::cell::RefCell;
 use std::fmt;
-use std::future::poll_fn;
+use std::future::Future;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -111,6 +111,9 @@ pub struct Conn<IO> {
     sent: bool,
     decoder: Decoder,
     keep_alive: bool,
+    /// The request being sent, until its response head comes: kept here,
+    /// on the heap already, so that the future sending it stays small.
+    head: Option<http::request::Parts>,
 }
 
 impl<IO> fmt::Debug for Conn<IO> {
@@ -138,6 +141,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
             sent: true,
             decoder: Decoder::Done,
             keep_alive: false,
+            head: None,
         })
     }
 
@@ -261,12 +265,13 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
     }
 
     /// Sends what is due and reads the response head.
-    fn poll_head(&mut self, cx: &mut Context<'_>, method: &Method) -> Poll<Result<Parsed, Error>> {
+    fn poll_head(&mut self, cx: &mut Context<'_>) -> Poll<Result<Parsed, Error>> {
         if let Poll::Ready(Err(e)) = self.poll_send(cx) {
             return Poll::Ready(Err(e));
         }
         loop {
             if !self.read.is_empty() {
+                let method = self.head.as_ref().map_or(&Method::GET, |h| &h.method);
                 let parsed = decode::parse_head(&mut self.read, method);
                 self.release_read();
                 if let Some(parsed) = parsed.map_err(Error::Head)? {
@@ -317,15 +322,11 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
 
 /// Sends `req` on `conn` and waits for the response head. `reuse` takes
 /// the connection back once the response body has ended (at once when it
-/// has none).
-pub async fn send<IO, R>(
-    mut conn: Box<Conn<IO>>,
-    req: Request<RequestBody>,
-    reuse: R,
-) -> Result<Response<Body<IO, R>>, SendError>
+/// has none). The head is written into the connection's buffer here; the
+/// future writes it out and reads the answer.
+pub fn send<IO, R>(mut conn: Box<Conn<IO>>, req: Request<RequestBody>, reuse: R) -> Sending<IO, R>
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    R: Reuse<IO> + Unpin,
 {
     let (mut parts, mut body) = req.into_parts();
     let length = if body.is_end_stream() {
@@ -349,9 +350,61 @@ where
     conn.body = Some(body);
     conn.written = false;
     conn.sent = false;
-    let parsed = match poll_fn(|cx| conn.poll_head(cx, &parts.method)).await {
-        Ok(parsed) => parsed,
-        Err(e) if !conn.written => {
+    conn.head = Some(parts);
+    Sending {
+        exchange: Some((conn, reuse)),
+    }
+}
+
+/// A request on its way to a node, until the response head ([`send`]).
+pub struct Sending<IO, R> {
+    /// `None` once it has answered.
+    exchange: Option<(Box<Conn<IO>>, R)>,
+}
+
+impl<IO, R> fmt::Debug for Sending<IO, R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Sending")
+            .field("conn", &self.exchange.as_ref().map(|e| &e.0))
+            .finish_non_exhaustive()
+    }
+}
+
+impl<IO, R> Future for Sending<IO, R>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    R: Reuse<IO> + Unpin,
+{
+    type Output = Result<Response<Body<IO, R>>, SendError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        let Some((conn, _)) = this.exchange.as_mut() else {
+            // Polled after it answered, which no caller does.
+            return Poll::Ready(Err(SendError::Sent(Error::Closed)));
+        };
+        let result = ready!(conn.poll_head(cx));
+        let Some((conn, reuse)) = this.exchange.take() else {
+            return Poll::Ready(Err(SendError::Sent(Error::Closed)));
+        };
+        Poll::Ready(answered(conn, reuse, result))
+    }
+}
+
+/// The exchange once the response head came, or why it did not.
+fn answered<IO, R>(
+    mut conn: Box<Conn<IO>>,
+    reuse: R,
+    result: Result<Parsed, Error>,
+) -> Result<Response<Body<IO, R>>, SendError>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    R: Reuse<IO> + Unpin,
+{
+    let head = conn.head.take();
+    let parsed = match (result, head) {
+        (Ok(parsed), _) => parsed,
+        (Err(e), Some(parts)) if !conn.written => {
             let mut body = conn.body.take().unwrap_or(RequestBody::Kept(None));
             if !conn.data.is_empty() {
                 body = RequestBody::Kept(Some(std::mem::take(&mut conn.data)));
@@ -361,7 +414,7 @@ where
                 e,
             ));
         }
-        Err(e) => return Err(SendError::Sent(e)),
+        (Err(e), _) => return Err(SendError::Sent(e)),
     };
     let Parsed {
         response,
