@@ -21,7 +21,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use levee_proxy::error::ProxyError;
 use levee_proxy::headers::Scheme;
 use levee_proxy::pool::NodeBody;
-use levee_proxy::stack::node::NodeRequest;
+use levee_proxy::stack::node::{NodeRequest, NotReplied, Replied};
 use levee_proxy::stack::serve::Serve;
 use levee_proxy::{ProxyState, Shared};
 use levee_telemetry::{ErrorReason, Telemetry, Topology};
@@ -116,26 +116,34 @@ impl MemoryNode {
 }
 
 impl tower::Service<NodeRequest> for MemoryNode {
-    type Response = Response<NodeBody>;
-    type Error = ProxyError;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<NodeBody>, ProxyError>> + Send>>;
+    type Response = Replied;
+    type Error = NotReplied;
+    type Future = Pin<Box<dyn Future<Output = Result<Replied, NotReplied>> + Send>>;
 
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), NotReplied>> {
         Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, req: NodeRequest) -> Self::Future {
+        let head_back = req.head_back;
         let (parts, _body) = req.request.into_parts();
         let mut sender = self.sender.clone();
         Box::pin(async move {
             let mut out = Request::new(Empty::new());
-            *out.method_mut() = parts.method;
-            *out.uri_mut() = parts.uri;
+            *out.method_mut() = parts.method.clone();
+            *out.uri_mut() = parts.uri.clone();
+            // It gives the request head back when asked, as levee's HTTP/1
+            // client does.
             sender
                 .send_request(out)
                 .await
-                .map(|resp| resp.map(NodeBody::from))
-                .map_err(|e| ProxyError::new(ErrorReason::UpstreamReset, e.to_string()))
+                .map(|resp| Replied {
+                    response: resp.map(NodeBody::from),
+                    head: head_back.then(|| Box::new(parts)),
+                })
+                .map_err(|e| {
+                    NotReplied::from(ProxyError::new(ErrorReason::UpstreamReset, e.to_string()))
+                })
         })
     }
 }

@@ -156,6 +156,7 @@ pub type NodeUpgrade = h1::Upgrade<NodeStream>;
 pub struct ResponseFuture {
     inner: Arc<Inner>,
     state: State,
+    head_back: bool,
 }
 
 type Connect = Pin<Box<dyn Future<Output = Result<NodeStream, ConnectError>> + Send>>;
@@ -191,55 +192,80 @@ impl State {
     }
 }
 
-impl Future for ResponseFuture {
-    type Output = Result<Response<NodeBody>, PoolError>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.get_mut();
+impl ResponseFuture {
+    /// As [`Future::poll`], and the request head back too when asked for
+    /// and the HTTP/1 client gives it back (see
+    /// [`h1::Sending::poll_exchange`]), as does a new connection that failed
+    /// before the request was written. hyper's HTTP/2 client keeps it.
+    pub fn poll_exchange(&mut self, cx: &mut Context<'_>) -> Poll<Exchanged> {
         loop {
-            match &mut this.state {
-                State::Reused(send) => match ready!(Pin::new(send).poll(cx)) {
-                    Err(SendError::Unsent(req, e)) => {
+            match &mut self.state {
+                State::Reused(send) => match ready!(send.poll_exchange(cx)) {
+                    (Err(SendError::Unsent(req, e)), _) => {
                         debug!(error = %e, "pooled node connection closed before use; sending on a new one");
-                        this.state = State::connect(&this.inner, req);
+                        self.state = State::connect(&self.inner, req);
                     }
-                    result => {
-                        this.state = State::Done;
-                        return Poll::Ready(result.map(|r| r.map(NodeBody::H1)).map_err(sent));
+                    (result, head) => {
+                        self.state = State::Done;
+                        let result = result.map(|r| r.map(NodeBody::H1)).map_err(sent);
+                        return Poll::Ready((result, head));
                     }
                 },
                 State::Connecting(connect, req) => {
                     let io = match ready!(connect.as_mut().poll(cx)) {
                         Ok(io) => io,
                         Err(e) => {
-                            this.state = State::Done;
-                            return Poll::Ready(Err(PoolError::Connect(e)));
+                            let head = req.take().filter(|_| self.head_back);
+                            let head = head.map(|req| Box::new(req.into_parts().0));
+                            self.state = State::Done;
+                            return Poll::Ready((Err(PoolError::Connect(e)), head));
                         }
                     };
                     let Some(req) = req.take() else {
-                        this.state = State::Done;
-                        return Poll::Ready(Err(spent()));
+                        self.state = State::Done;
+                        return Poll::Ready((Err(spent()), None));
                     };
-                    let checkin = Checkin(Arc::downgrade(&this.inner));
-                    this.state = State::New(h1::send(h1::Conn::new(io), *req, checkin));
+                    let checkin = Checkin(Arc::downgrade(&self.inner));
+                    let send = h1::send(h1::Conn::new(io), *req, checkin);
+                    self.state = State::New(send.head_back(self.head_back));
                 }
                 State::New(send) => {
-                    let result = ready!(Pin::new(send).poll(cx));
-                    this.state = State::Done;
+                    let (result, head) = ready!(send.poll_exchange(cx));
+                    self.state = State::Done;
                     return Poll::Ready(match result {
-                        Ok(resp) => Ok(resp.map(NodeBody::H1)),
-                        Err(SendError::Unsent(_, e)) => Err(PoolError::NotSent(NodeError::H1(e))),
-                        Err(e) => Err(sent(e)),
+                        Ok(resp) => (Ok(resp.map(NodeBody::H1)), head),
+                        Err(SendError::Unsent(req, e)) => (
+                            Err(PoolError::NotSent(NodeError::H1(e))),
+                            Some(req)
+                                .filter(|_| self.head_back)
+                                .map(|req| Box::new(req.into_parts().0)),
+                        ),
+                        Err(e) => (Err(sent(e)), head),
                     });
                 }
                 State::H2(send) => {
                     let result = ready!(send.as_mut().poll(cx));
-                    this.state = State::Done;
-                    return Poll::Ready(result);
+                    self.state = State::Done;
+                    return Poll::Ready((result, None));
                 }
-                State::Done => return Poll::Ready(Err(spent())),
+                State::Done => return Poll::Ready((Err(spent()), None)),
             }
         }
+    }
+}
+
+/// What [`ResponseFuture::poll_exchange`] gives: the response or why there
+/// is none, and the request head.
+pub type Exchanged = (
+    Result<Response<NodeBody>, PoolError>,
+    Option<Box<http::request::Parts>>,
+);
+
+impl Future for ResponseFuture {
+    type Output = Result<Response<NodeBody>, PoolError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.get_mut().poll_exchange(cx).map(|(result, _)| result)
     }
 }
 
@@ -324,16 +350,23 @@ impl NodePool {
     /// the response headers. Its URI is as the node takes it: origin form
     /// for HTTP/1, absolute with the node's authority for HTTP/2
     /// ([`crate::stack::balance`] aims it).
-    pub fn send(&self, req: Request<RequestBody>) -> ResponseFuture {
+    /// With `head_back`, an HTTP/1 exchange gives the request head back
+    /// ([`ResponseFuture::poll_exchange`]).
+    pub fn send(&self, req: Request<RequestBody>, head_back: bool) -> ResponseFuture {
         let inner = Arc::clone(&self.inner);
         let state = if inner.config.http2 {
             State::H2(Box::pin(Arc::clone(&inner).send_h2(req)))
         } else if let Some(conn) = inner.checkout_h1() {
-            State::Reused(h1::send(conn, req, Checkin(Arc::downgrade(&inner))))
+            let checkin = Checkin(Arc::downgrade(&inner));
+            State::Reused(h1::send(conn, req, checkin).head_back(head_back))
         } else {
             State::connect(&inner, Box::new(req))
         };
-        ResponseFuture { inner, state }
+        ResponseFuture {
+            inner,
+            state,
+            head_back,
+        }
     }
 
     /// HTTP/1 connections idle in the pool now.

@@ -353,6 +353,7 @@ where
     conn.head = Some(parts);
     Sending {
         exchange: Some((conn, reuse)),
+        head_back: false,
     }
 }
 
@@ -360,6 +361,8 @@ where
 pub struct Sending<IO, R> {
     /// `None` once it has answered.
     exchange: Option<(Box<Conn<IO>>, R)>,
+    /// Give the request head back ([`Sending::poll_exchange`]).
+    head_back: bool,
 }
 
 impl<IO, R> fmt::Debug for Sending<IO, R> {
@@ -370,6 +373,44 @@ impl<IO, R> fmt::Debug for Sending<IO, R> {
     }
 }
 
+impl<IO, R> Sending<IO, R>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    R: Reuse<IO> + Unpin,
+{
+    /// Whether [`Sending::poll_exchange`] gives the request head back
+    /// (boxed, so that it costs nothing to a request that cannot be sent
+    /// again).
+    pub fn head_back(mut self, yes: bool) -> Self {
+        self.head_back = yes;
+        self
+    }
+
+    /// As [`Future::poll`], and the request head back too if asked for,
+    /// once written (or failed) and of no more use here, for a retry to
+    /// send again: on an answer, and on a failure after some of it was
+    /// written. A request nothing of which was written comes back whole in
+    /// [`SendError::Unsent`] instead.
+    pub fn poll_exchange(&mut self, cx: &mut Context<'_>) -> Poll<Exchanged<IO, R>> {
+        let Some((conn, _)) = self.exchange.as_mut() else {
+            // Polled after it answered, which no caller does.
+            return Poll::Ready((Err(SendError::Sent(Error::Closed)), None));
+        };
+        let result = ready!(conn.poll_head(cx));
+        let Some((conn, reuse)) = self.exchange.take() else {
+            return Poll::Ready((Err(SendError::Sent(Error::Closed)), None));
+        };
+        Poll::Ready(answered(conn, reuse, result, self.head_back))
+    }
+}
+
+/// What [`Sending::poll_exchange`] gives: the response or why there is
+/// none, and the request head.
+pub type Exchanged<IO, R> = (
+    Result<Response<Body<IO, R>>, SendError>,
+    Option<Box<http::request::Parts>>,
+);
+
 impl<IO, R> Future for Sending<IO, R>
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -378,16 +419,7 @@ where
     type Output = Result<Response<Body<IO, R>>, SendError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.get_mut();
-        let Some((conn, _)) = this.exchange.as_mut() else {
-            // Polled after it answered, which no caller does.
-            return Poll::Ready(Err(SendError::Sent(Error::Closed)));
-        };
-        let result = ready!(conn.poll_head(cx));
-        let Some((conn, reuse)) = this.exchange.take() else {
-            return Poll::Ready(Err(SendError::Sent(Error::Closed)));
-        };
-        Poll::Ready(answered(conn, reuse, result))
+        self.get_mut().poll_exchange(cx).map(|(result, _)| result)
     }
 }
 
@@ -396,26 +428,27 @@ fn answered<IO, R>(
     mut conn: Box<Conn<IO>>,
     reuse: R,
     result: Result<Parsed, Error>,
-) -> Result<Response<Body<IO, R>>, SendError>
+    head_back: bool,
+) -> Exchanged<IO, R>
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     R: Reuse<IO> + Unpin,
 {
     let head = conn.head.take();
+    let back = |head: Option<http::request::Parts>| head.filter(|_| head_back).map(Box::new);
     let parsed = match (result, head) {
-        (Ok(parsed), _) => parsed,
+        (Ok(parsed), head) => (parsed, head),
         (Err(e), Some(parts)) if !conn.written => {
             let mut body = conn.body.take().unwrap_or(RequestBody::Kept(None));
             if !conn.data.is_empty() {
                 body = RequestBody::Kept(Some(std::mem::take(&mut conn.data)));
             }
-            return Err(SendError::Unsent(
-                Box::new(Request::from_parts(parts, body)),
-                e,
-            ));
+            let request = Box::new(Request::from_parts(parts, body));
+            return (Err(SendError::Unsent(request, e)), None);
         }
-        (Err(e), _) => return Err(SendError::Sent(e)),
+        (Err(e), head) => return (Err(SendError::Sent(e)), back(head)),
     };
+    let (parsed, head) = parsed;
     let Parsed {
         response,
         framing,
@@ -431,7 +464,7 @@ where
             prefix: read.freeze(),
             io,
         }));
-        return Ok(response);
+        return (Ok(response), back(head));
     }
     let mut body = Body {
         conn: Some(conn),
@@ -439,7 +472,7 @@ where
         failed: None,
     };
     body.end_if_done();
-    Ok(response.map(|()| body))
+    (Ok(response.map(|()| body)), back(head))
 }
 
 /// A response body read from its node connection.

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
+use http::request::Parts;
 use http::uri::{Authority, PathAndQuery};
 use http::{Request, Response, Uri};
 use levee_resilience::Deadline;
@@ -15,7 +16,7 @@ use levee_telemetry::{ErrorReason, InFlightGuard};
 use tokio::time::Instant;
 use tower::{Layer, Service};
 
-use super::node::NodeRequest;
+use super::node::{NodeRequest, NotReplied, Replied};
 use crate::body::RequestBody;
 use crate::error::ProxyError;
 use crate::nodes::{Node, Outcome, Pick};
@@ -75,6 +76,8 @@ pub struct Attempt {
     pub deadline: Deadline,
     /// Its URI holds the path and query; the node's authority is set here.
     pub request: Request<RequestBody>,
+    /// Ask the node client for the request head back, for a retry.
+    pub head_back: bool,
 }
 
 /// A node answered (any status).
@@ -89,6 +92,8 @@ pub struct Answer {
     pub in_flight: InFlightGuard,
     /// From sending the request to the response headers.
     pub elapsed: Duration,
+    /// The request head, when the node client gave it back.
+    pub head: Option<Box<Parts>>,
 }
 
 /// A try that got no answer.
@@ -97,8 +102,13 @@ pub enum TryFailed {
     /// No node may take the request now; the request, unsent, when the
     /// pick found none (it may go on to a failover backend).
     NoNode(Option<Box<Request<RequestBody>>>),
-    /// The call to node `index` failed.
-    Call { error: ProxyError, index: usize },
+    /// The call to node `index` failed; the request head, when the node
+    /// client gave it back.
+    Call {
+        error: ProxyError,
+        index: usize,
+        head: Option<Box<Parts>>,
+    },
 }
 
 /// Adds [`Balance`].
@@ -121,16 +131,17 @@ pub struct Balance<S> {
 
 impl<S> Service<Attempt> for Balance<S>
 where
-    S: Service<NodeRequest, Response = Response<NodeBody>, Error = ProxyError>,
+    S: Service<NodeRequest, Response = Replied, Error = NotReplied>,
 {
     type Response = Answer;
     type Error = TryFailed;
     type Future = BalanceFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), TryFailed>> {
-        self.inner.poll_ready(cx).map_err(|error| TryFailed::Call {
-            error,
+        self.inner.poll_ready(cx).map_err(|e| TryFailed::Call {
+            error: e.error,
             index: usize::MAX,
+            head: None,
         })
     }
 
@@ -143,19 +154,20 @@ where
             ignore_state,
             deadline,
             mut request,
+            head_back,
         } = attempt;
         let Some(pick) = backend
             .nodes
             .pick(class, tried.as_slice(), allow_probe, ignore_state)
         else {
             return BalanceFuture::Done {
-                result: Some(Err(TryFailed::NoNode(Some(Box::new(request))))),
+                refused: Some(Refused::NoNode(Box::new(request))),
             };
         };
         let index = pick.index;
         if let Err(error) = aim(request.uri_mut(), &pick.node) {
             return BalanceFuture::Done {
-                result: Some(Err(TryFailed::Call { error, index })),
+                refused: Some(Refused::Target(error, index)),
             };
         }
         let in_flight = pick.node.enter();
@@ -163,6 +175,7 @@ where
             node: Arc::clone(&pick.node),
             request,
             deadline,
+            head_back,
         });
         BalanceFuture::Calling {
             fut,
@@ -192,21 +205,35 @@ pin_project_lite::pin_project! {
     #[project = BalanceProj]
     pub enum BalanceFuture<F> {
         Calling { #[pin] fut: F, call: Option<Call> },
-        Done { result: Option<Result<Answer, TryFailed>> },
+        Done { refused: Option<Refused> },
     }
+}
+
+/// A try refused before any call, kept small: no node to pick (the request
+/// comes back unsent), or a target node `index` cannot take (never retried).
+#[derive(Debug)]
+pub enum Refused {
+    NoNode(Box<Request<RequestBody>>),
+    Target(ProxyError, usize),
 }
 
 impl<F> Future for BalanceFuture<F>
 where
-    F: Future<Output = Result<Response<NodeBody>, ProxyError>>,
+    F: Future<Output = Result<Replied, NotReplied>>,
 {
     type Output = Result<Answer, TryFailed>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project() {
-            BalanceProj::Done { result } => {
-                Poll::Ready(result.take().unwrap_or(Err(TryFailed::NoNode(None))))
-            }
+            BalanceProj::Done { refused } => Poll::Ready(Err(match refused.take() {
+                Some(Refused::NoNode(request)) => TryFailed::NoNode(Some(request)),
+                Some(Refused::Target(error, index)) => TryFailed::Call {
+                    error,
+                    index,
+                    head: None,
+                },
+                None => TryFailed::NoNode(None),
+            })),
             BalanceProj::Calling { fut, call } => {
                 let result = ready!(fut.poll(cx));
                 let Some(Call {
@@ -223,7 +250,7 @@ where
                 let elapsed = now.saturating_duration_since(sent);
                 let index = pick.index;
                 Poll::Ready(match result {
-                    Ok(response) => {
+                    Ok(Replied { response, head }) => {
                         let status = response.status().as_u16();
                         let failed =
                             backend
@@ -237,9 +264,10 @@ where
                             node: Arc::clone(&pick.node),
                             in_flight,
                             elapsed,
+                            head,
                         })
                     }
-                    Err(error) => {
+                    Err(NotReplied { error, head }) => {
                         if error.reason.blames_node() {
                             backend.nodes.record(
                                 &mut pick,
@@ -249,7 +277,7 @@ where
                             );
                             backend.record(now, elapsed, true);
                         }
-                        Err(TryFailed::Call { error, index })
+                        Err(TryFailed::Call { error, index, head })
                     }
                 })
             }

@@ -9,10 +9,11 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
+use http::request::Parts;
 use http::{Request, Response};
 use levee_resilience::{Deadline, Phase};
 use levee_telemetry::ErrorReason;
-use tokio::time::Timeout;
+use tokio::time::Sleep;
 use tower::Service;
 
 use crate::body::{ClientBodyError, RequestBody};
@@ -29,6 +30,30 @@ pub struct NodeRequest {
     pub node: Arc<Node>,
     pub request: Request<RequestBody>,
     pub deadline: Deadline,
+    /// Give the request head back, for a retry.
+    pub head_back: bool,
+}
+
+/// A node's response, and the request head when asked for and the node
+/// client gave it back (HTTP/1), for a retry to send again without a copy.
+#[derive(Debug)]
+pub struct Replied {
+    pub response: Response<NodeBody>,
+    pub head: Option<Box<Parts>>,
+}
+
+/// A call that got no response, and the request head when the node client
+/// gave it back.
+#[derive(Debug)]
+pub struct NotReplied {
+    pub error: ProxyError,
+    pub head: Option<Box<Parts>>,
+}
+
+impl From<ProxyError> for NotReplied {
+    fn from(error: ProxyError) -> Self {
+        Self { error, head: None }
+    }
 }
 
 /// Sends a request through the node's pool of data-plane worker `worker`.
@@ -44,18 +69,19 @@ impl NodeCall {
 }
 
 impl Service<NodeRequest> for NodeCall {
-    type Response = Response<NodeBody>;
-    type Error = ProxyError;
+    type Response = Replied;
+    type Error = NotReplied;
     type Future = NodeCallFuture;
 
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), NotReplied>> {
         Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, req: NodeRequest) -> NodeCallFuture {
-        let call = req.node.pool(self.worker).send(req.request);
+        let call = req.node.pool(self.worker).send(req.request, req.head_back);
         NodeCallFuture {
-            call: tokio::time::timeout_at(req.deadline.at(), call),
+            call,
+            deadline: tokio::time::sleep_until(req.deadline.at()),
             addr: req.node.addr,
             budget: req.deadline.budget(),
         }
@@ -63,33 +89,40 @@ impl Service<NodeRequest> for NodeCall {
 }
 
 pin_project_lite::pin_project! {
-    /// The node's response headers, or why there are none.
+    /// The node's response headers by the deadline, or why there are none.
     pub struct NodeCallFuture {
+        call: ResponseFuture,
         #[pin]
-        call: Timeout<ResponseFuture>,
+        deadline: Sleep,
         addr: SocketAddr,
         budget: Duration,
     }
 }
 
 impl Future for NodeCallFuture {
-    type Output = Result<Response<NodeBody>, ProxyError>;
+    type Output = Result<Replied, NotReplied>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        Poll::Ready(match ready!(this.call.poll(cx)) {
-            Ok(Ok(resp)) => Ok(resp),
-            Ok(Err(e)) => Err(classify(&e, *this.addr)),
-            Err(_elapsed) => Err(ProxyError::new(
-                ErrorReason::Deadline,
-                format!(
-                    "no {} from {} within {:?}",
-                    Phase::Headers,
-                    this.addr,
-                    this.budget
-                ),
-            )),
-        })
+        if let Poll::Ready((result, head)) = this.call.poll_exchange(cx) {
+            return Poll::Ready(match result {
+                Ok(response) => Ok(Replied { response, head }),
+                Err(e) => Err(NotReplied {
+                    error: classify(&e, *this.addr),
+                    head,
+                }),
+            });
+        }
+        ready!(this.deadline.poll(cx));
+        Poll::Ready(Err(NotReplied::from(ProxyError::new(
+            ErrorReason::Deadline,
+            format!(
+                "no {} from {} within {:?}",
+                Phase::Headers,
+                this.addr,
+                this.budget
+            ),
+        ))))
     }
 }
 

@@ -108,6 +108,7 @@ where
             client_body: None,
             idempotent: is_idempotent(&parts.method),
             parts,
+            has_head: true,
             body: Outgoing::Stream(None),
             tried: Tried::default(),
             max: 1,
@@ -132,7 +133,11 @@ where
 
 /// Everything a request keeps across its tries.
 struct Tries {
+    /// The request head (method, target, headers) a try is built from.
     parts: http::request::Parts,
+    /// `parts` holds the head: not while a try that took it runs, nor after
+    /// one that did not give it back.
+    has_head: bool,
     body: Outgoing,
     idempotent: bool,
     tried: Tried,
@@ -247,12 +252,6 @@ where
     if t.tried.is_empty() {
         t.max = tries_allowed(t);
     }
-    // The last try takes the head (method, target, headers); so does one
-    // after which every node has been tried (a retry goes to another node),
-    // sparing the copy, unless the request may still fail over to another
-    // backend.
-    let tried = t.tried.len() + 1;
-    let last = tried >= t.max || (tried >= t.backend.nodes.len() && !may_fail_over(t));
     let mut request = Request::new(match &mut t.body {
         Outgoing::Kept(data) => RequestBody::kept(data.clone()),
         Outgoing::Stream(body) => match body.take() {
@@ -265,18 +264,40 @@ where
             None => RequestBody::kept(Bytes::new()),
         },
     });
+    // The try takes the head (method, target, headers); see `call_with`.
     let head = &mut t.parts;
     *request.version_mut() = Version::HTTP_11;
-    if last {
-        *request.method_mut() = std::mem::take(&mut head.method);
-        *request.uri_mut() = std::mem::take(&mut head.uri);
-        *request.headers_mut() = std::mem::take(&mut head.headers);
-    } else {
-        *request.method_mut() = head.method.clone();
-        *request.uri_mut() = head.uri.clone();
-        *request.headers_mut() = head.headers.clone();
-    }
+    *request.method_mut() = std::mem::take(&mut head.method);
+    *request.uri_mut() = std::mem::take(&mut head.uri);
+    *request.headers_mut() = std::mem::take(&mut head.headers);
+    t.has_head = false;
     call_with(t, inner, request)
+}
+
+/// Whether the next try is the last: the last allowed, or one after which
+/// every node has been tried (a retry goes to another node) and the request
+/// may not fail over to another backend.
+fn is_last(t: &Tries) -> bool {
+    let tried = t.tried.len() + 1;
+    tried >= t.max || (tried >= t.backend.nodes.len() && !may_fail_over(t))
+}
+
+/// Whether `backend`'s nodes speak HTTP/2 (a backend's nodes share its
+/// protocol).
+fn speaks_http2(backend: &Backend) -> bool {
+    backend
+        .nodes
+        .nodes()
+        .first()
+        .is_some_and(|n| n.speaks_http2())
+}
+
+/// Keeps the head a try gave back, for the next one.
+fn head_back(t: &mut Tries, head: Option<Box<http::request::Parts>>) {
+    if let Some(head) = head {
+        t.parts = *head;
+        t.has_head = true;
+    }
 }
 
 /// Tries allowed on the request's backend: 1, or 1 + its retries when the
@@ -295,6 +316,16 @@ where
     S: Service<Attempt>,
 {
     t.attempts = t.attempts.saturating_add(1);
+    // A try that another may follow asks the HTTP/1 node client to give the
+    // head back with the outcome. hyper's HTTP/2 client keeps it: the
+    // request keeps a copy.
+    let head_back = !is_last(t);
+    if head_back && !t.has_head && speaks_http2(&t.backend) {
+        t.parts.method = request.method().clone();
+        t.parts.uri = request.uri().clone();
+        t.parts.headers = request.headers().clone();
+        t.has_head = true;
+    }
     let attempt = Attempt {
         backend: Arc::clone(&t.backend),
         class: t.class,
@@ -303,6 +334,7 @@ where
         ignore_state: t.ignore_state,
         deadline: t.deadline,
         request,
+        head_back,
     };
     Step::Calling {
         fut: inner.call(attempt),
@@ -358,7 +390,7 @@ fn failed(t: &Tries, mut error: ProxyError, index: usize) -> ProxyError {
 /// backend.
 fn retry_after<F>(t: &mut Tries, index: usize) -> Option<Step<F>> {
     t.tried.push(index);
-    if t.tried.len() >= t.max {
+    if t.tried.len() >= t.max || !t.has_head {
         return None;
     }
     let here = t
@@ -490,7 +522,8 @@ where
                     this.step.set(Step::Idle);
                     let t = &mut *this.tries;
                     match result {
-                        Ok(answer) => {
+                        Ok(mut answer) => {
+                            head_back(t, answer.head.take());
                             let status = answer.response.status().as_u16();
                             // Never give up an answer unless another node can be asked.
                             let worth =
@@ -515,7 +548,8 @@ where
                                 Err(shed) => return Poll::Ready(Err(shed)),
                             }
                         }
-                        Err(TryFailed::Call { error, index }) => {
+                        Err(TryFailed::Call { error, index, head }) => {
+                            head_back(t, head);
                             // Any method if the request never reached the
                             // node, idempotent ones also after a reset or a
                             // bad response.

@@ -202,5 +202,6 @@ pub async fn answer(
         in_flight: node.enter(),
         node,
         elapsed: std::time::Duration::ZERO,
+        head: None,
     }
 }

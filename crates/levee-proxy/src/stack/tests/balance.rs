@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, Response, Uri};
+use http::{Request, Uri};
 use levee_resilience::{BreakerState, Deadline};
 use levee_telemetry::{ErrorReason, StatusClass};
 use tower::{Layer, Service, ServiceExt};
@@ -16,9 +16,8 @@ use tower::{Layer, Service, ServiceExt};
 use crate::body::RequestBody;
 use crate::classes::ClassTable;
 use crate::error::ProxyError;
-use crate::pool::NodeBody;
 use crate::stack::balance::{Answer, Attempt, BalanceLayer, Tried, TryFailed};
-use crate::stack::node::NodeRequest;
+use crate::stack::node::{NodeRequest, NotReplied, Replied};
 use crate::stack::testing;
 use crate::upstream::Backend;
 
@@ -65,13 +64,13 @@ impl Record {
     }
 }
 
-type NodeFuture = Pin<Box<dyn Future<Output = Result<Response<NodeBody>, ProxyError>> + Send>>;
+type NodeFuture = Pin<Box<dyn Future<Output = Result<Replied, NotReplied>> + Send>>;
 
 fn node_mock(
     record: &Record,
     reply: Reply,
-) -> impl Service<NodeRequest, Response = Response<NodeBody>, Error = ProxyError, Future = NodeFuture>
-       + Clone {
+) -> impl Service<NodeRequest, Response = Replied, Error = NotReplied, Future = NodeFuture> + Clone
+{
     let record = record.clone();
     tower::service_fn(move |req: NodeRequest| -> NodeFuture {
         record.0.lock().unwrap().push(Call {
@@ -81,8 +80,11 @@ fn node_mock(
         });
         Box::pin(async move {
             match reply {
-                Reply::Status(status) => Ok(testing::node_response(status, "from node").await),
-                Reply::Fail(reason) => Err(ProxyError::new(reason, "mock")),
+                Reply::Status(status) => Ok(Replied {
+                    response: testing::node_response(status, "from node").await,
+                    head: None,
+                }),
+                Reply::Fail(reason) => Err(NotReplied::from(ProxyError::new(reason, "mock"))),
                 Reply::Never => std::future::pending().await,
             }
         })
@@ -105,6 +107,7 @@ fn attempt(backend: &Arc<Backend>, tried: &[usize], allow_probe: bool) -> Attemp
             .uri("/p/a?q=1")
             .body(RequestBody::kept(Bytes::new()))
             .unwrap(),
+        head_back: false,
     }
 }
 
@@ -227,7 +230,7 @@ async fn an_error_that_blames_the_node_is_recorded_against_it() {
         let app = &state.backends[0];
         let record = Record::default();
         let failed = try_once(&record, Reply::Fail(reason), attempt(app, &[1], true)).await;
-        let Err(TryFailed::Call { error, index }) = failed else {
+        let Err(TryFailed::Call { error, index, .. }) = failed else {
             panic!("{reason:?}: {failed:?}");
         };
         assert_eq!(error.reason, reason);
@@ -252,7 +255,7 @@ async fn a_client_body_error_is_not_recorded_against_the_node() {
         attempt(app, &[1], true),
     )
     .await;
-    let Err(TryFailed::Call { error, index }) = failed else {
+    let Err(TryFailed::Call { error, index, .. }) = failed else {
         panic!("{failed:?}");
     };
     assert_eq!(error.reason, ErrorReason::ClientBody);

@@ -14,9 +14,8 @@ use tower::{Layer, Service, ServiceExt};
 use crate::body::ProxyBody;
 use crate::classes::ClassTable;
 use crate::error::ProxyError;
-use crate::pool::NodeBody;
 use crate::stack::balance::BalanceLayer;
-use crate::stack::node::NodeRequest;
+use crate::stack::node::{NodeRequest, NotReplied, Replied};
 use crate::stack::retry::RetryLayer;
 use crate::stack::{testing, Routed};
 use crate::state::ProxyState;
@@ -43,13 +42,13 @@ path_prefix = "/"
 backend = "primary"
 "#;
 
-type NodeFuture = Pin<Box<dyn Future<Output = Result<Response<NodeBody>, ProxyError>> + Send>>;
+type NodeFuture = Pin<Box<dyn Future<Output = Result<Replied, NotReplied>> + Send>>;
 
 /// The primary's node refuses connections; the standby's answers 200 to a
 /// request that kept the client's headers, else 400.
 fn nodes_mock(
-) -> impl Service<NodeRequest, Response = Response<NodeBody>, Error = ProxyError, Future = NodeFuture>
-       + Clone {
+) -> impl Service<NodeRequest, Response = Replied, Error = NotReplied, Future = NodeFuture> + Clone
+{
     tower::service_fn(|req: NodeRequest| -> NodeFuture {
         let primary = req.node.addr.port() == 9001;
         let status = if req.request.headers().contains_key(CLIENT_HEADER) {
@@ -57,11 +56,17 @@ fn nodes_mock(
         } else {
             400
         };
+        // As levee's HTTP/1 client, it gives the request head back.
+        let head = Some(Box::new(req.request.into_parts().0));
         Box::pin(async move {
             if primary {
-                Err(ProxyError::new(ErrorReason::UpstreamConnect, "refused"))
+                Err(NotReplied {
+                    error: ProxyError::new(ErrorReason::UpstreamConnect, "refused"),
+                    head,
+                })
             } else {
-                Ok(testing::node_response(status, "standby").await)
+                let response = testing::node_response(status, "standby").await;
+                Ok(Replied { response, head })
             }
         })
     })

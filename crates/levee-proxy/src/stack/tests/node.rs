@@ -64,12 +64,14 @@ fn node_request(
         node,
         request,
         deadline,
+        head_back: false,
     }
 }
 
 async fn call(req: NodeRequest) -> Result<Response<NodeBody>, ProxyError> {
     let mut svc = NodeCall::new(0);
-    svc.ready().await?.call(req).await
+    let svc = svc.ready().await.map_err(|e| e.error)?;
+    svc.call(req).await.map(|r| r.response).map_err(|e| e.error)
 }
 
 /// A port on loopback with nothing listening on it.

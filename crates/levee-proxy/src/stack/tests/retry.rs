@@ -92,9 +92,9 @@ fn scripted(
                     allow_probe: attempt.allow_probe,
                     ignore_state: attempt.ignore_state,
                     class: attempt.class,
-                    method: parts.method,
-                    uri: parts.uri,
-                    headers: parts.headers,
+                    method: parts.method.clone(),
+                    uri: parts.uri.clone(),
+                    headers: parts.headers.clone(),
                     body,
                 });
                 seen.len() - 1
@@ -104,12 +104,16 @@ fn scripted(
                 .find(|i| !tried.contains(i))
                 .expect("the mock is asked only while a node is left");
             match script.get(n).copied().expect("a reply for every try") {
+                // As levee's HTTP/1 client, it gives the request head back.
                 Reply::Answer(status, body, failed) => {
-                    Ok(testing::answer(backend, index, status, body, failed).await)
+                    let mut answer = testing::answer(backend, index, status, body, failed).await;
+                    answer.head = Some(Box::new(parts));
+                    Ok(answer)
                 }
                 Reply::Fail(reason) => Err(TryFailed::Call {
                     error: ProxyError::new(reason, "mock"),
                     index,
+                    head: Some(Box::new(parts)),
                 }),
                 Reply::NoNode => Err(TryFailed::NoNode(None)),
             }
