@@ -21,7 +21,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use http::header::{HeaderValue, HOST};
 use http::{Method, Request, Uri, Version};
 use http_body::Body as _;
-use hyper::body::Incoming;
 use levee_config::AccessTarget;
 use levee_telemetry::{ErrorReason, NodeStats};
 use tokio::time::Instant;
@@ -205,7 +204,7 @@ impl AccessEntry {
     /// request's parts are reference counts, not copies.
     pub fn new(
         state: &Arc<ProxyState>,
-        req: &Request<Incoming>,
+        req: &Request<crate::body::ClientBody>,
         peer: SocketAddr,
         started: Instant,
     ) -> Option<Self> {

@@ -22,13 +22,78 @@ use tokio::time::{Instant, Sleep};
 use crate::access_log::{AccessEntry, UpstreamInfo};
 use crate::activity::ActivityGuard;
 use crate::gate::Violation;
+use crate::h1;
 use crate::pool::{NodeBody, NodeError};
+
+/// A client's request body as the stack takes it: none, read by levee's
+/// HTTP/1 connection, or hyper's for HTTP/2.
+#[derive(Debug)]
+pub enum ClientBody {
+    Empty,
+    H1(h1::server::RequestBody),
+    H2(Incoming),
+}
+
+/// Reading a client's request body failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientReadError {
+    #[error(transparent)]
+    H1(#[from] h1::server::ReadError),
+    #[error(transparent)]
+    H2(#[from] hyper::Error),
+}
+
+impl ClientReadError {
+    /// The framing rule the body broke, if that is why it failed.
+    pub fn violation(&self) -> Option<Violation> {
+        match self {
+            ClientReadError::H1(h1::server::ReadError::Framing(v)) => Some(*v),
+            _ => None,
+        }
+    }
+}
+
+impl Body for ClientBody {
+    type Data = Bytes;
+    type Error = ClientReadError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, ClientReadError>>> {
+        match self.get_mut() {
+            ClientBody::Empty => Poll::Ready(None),
+            ClientBody::H1(body) => Pin::new(body)
+                .poll_frame(cx)
+                .map(|f| f.map(|r| r.map_err(ClientReadError::from))),
+            ClientBody::H2(body) => Pin::new(body)
+                .poll_frame(cx)
+                .map(|f| f.map(|r| r.map_err(ClientReadError::from))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ClientBody::Empty => true,
+            ClientBody::H1(body) => body.is_end_stream(),
+            ClientBody::H2(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ClientBody::Empty => SizeHint::with_exact(0),
+            ClientBody::H1(body) => body.size_hint(),
+            ClientBody::H2(body) => body.size_hint(),
+        }
+    }
+}
 
 /// The client's request body failed while levee forwarded it.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientBodyError {
     #[error("reading the client's request body failed: {0}")]
-    Read(#[source] hyper::Error),
+    Read(#[source] ClientReadError),
     #[error("the client sent no request body data for {0:?}")]
     Idle(Duration),
     #[error("the request body passed the route's limit of {0} bytes")]
@@ -139,7 +204,7 @@ pub enum RequestBody {
 pub struct Streaming {
     /// Bytes already read from `inner`, sent first.
     prefix: Option<Bytes>,
-    inner: Incoming,
+    inner: ClientBody,
     idle: IdleTimer,
     limit: Option<u64>,
     read: u64,
@@ -148,7 +213,7 @@ pub struct Streaming {
 
 impl RequestBody {
     /// `limit`: most bytes the body may have (`None`: no limit).
-    pub fn stream(inner: Incoming, idle_timeout: Duration, limit: Option<u64>) -> Self {
+    pub fn stream(inner: ClientBody, idle_timeout: Duration, limit: Option<u64>) -> Self {
         RequestBody::Stream(Box::new(Streaming {
             prefix: None,
             inner,
@@ -224,7 +289,7 @@ impl Body for RequestBody {
                             _ => Ok(frame),
                         }
                     }
-                    Poll::Ready(Some(Err(e))) => Err(match Violation::find(&e) {
+                    Poll::Ready(Some(Err(e))) => Err(match e.violation() {
                         Some(v) => ClientBodyError::Framing(v),
                         None => ClientBodyError::Read(e),
                     }),

@@ -39,10 +39,11 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll, Waker};
 use std::time::Duration;
 
+use bytes::BytesMut;
 use http::header::UPGRADE;
 use http::{Request, Response};
 use hyper::body::Incoming;
-use hyper::server::conn::{http1, http2};
+use hyper::server::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
@@ -53,17 +54,18 @@ use tower::Service;
 use tracing::trace;
 
 use crate::activity::{ActivityGuard, ConnActivity, Upgrading};
-use crate::body::ProxyBody;
-use crate::gate::{Gate, Park, Protocol};
+use crate::body::{ClientBody, ProxyBody};
+use crate::gate::Park;
+use crate::h1::{self, server::Rewind};
 use crate::headers::Scheme;
 use crate::parking::Lot;
 use crate::server::ConnSlot;
 use crate::stack::{self, Stack};
 use crate::state::Shared;
 
-/// The hyper settings of one config version, for both protocols.
+/// The hyper settings of one config version, for HTTP/2 (levee serves
+/// HTTP/1 itself: [`h1::server`]).
 pub(crate) struct Protocols {
-    pub http1: http1::Builder,
     pub http2: http2::Builder<TokioExecutor>,
 }
 
@@ -221,7 +223,7 @@ struct Parked<I> {
 /// next request's) until it closes or parks again.
 async fn serve_awake<I>(
     conn: &Conn,
-    stream: I,
+    mut stream: I,
     shutdown: watch::Receiver<bool>,
     first: bool,
     mut draining: bool,
@@ -231,86 +233,66 @@ where
 {
     let peer = conn.peer;
     let activity = Arc::new(ConnActivity::new());
-    let mut gate = Gate::new(
-        stream,
-        Arc::clone(&conn.shared),
-        Arc::clone(&activity),
-        peer,
-    )
-    .park_when_idle();
-    let service = stack::serve::Serve::new(TrackActivity {
+    let mut service = TrackActivity {
         inner: stack::stack(Arc::clone(&conn.shared), conn.worker, peer, conn.scheme),
         activity: Arc::clone(&activity),
-    });
+    };
     let closing = closing(Arc::clone(&activity), conn.idle_timeout, shutdown);
     tokio::pin!(closing);
-    let protocol = if !first {
-        gate.resume();
-        Ok(Protocol::Http1)
+    let (protocol, read) = if first {
+        let head_timeout = conn.shared.state().config.server.header_read_timeout;
+        let mut read = BytesMut::new();
+        let protocol = sniff(
+            &mut stream,
+            &mut read,
+            closing.as_mut(),
+            &mut draining,
+            head_timeout,
+        )
+        .await?;
+        (protocol, read)
     } else {
-        tokio::select! {
-            protocol = poll_fn(|cx| gate.poll_protocol(cx)) => protocol,
-            () = closing.as_mut() => {
-                draining = true;
-                // What the client already sent is read; a head under way
-                // may finish.
-                let now = gate.poll_protocol(&mut Context::from_waker(Waker::noop()));
-                match now {
-                    Poll::Ready(protocol) => protocol,
-                    Poll::Pending if gate.receiving() => {
-                        poll_fn(|cx| gate.poll_protocol(cx)).await
-                    }
-                    Poll::Pending => return None,
-                }
-            }
-        }
+        (Protocol::Http1, BytesMut::new())
     };
     match protocol {
-        Ok(Protocol::Http1) => {
-            let mut hyper_conn = conn
-                .protocols
-                .http1
-                .serve_connection(TokioIo::new(gate), service)
-                .with_upgrades();
-            let res = drive(
+        Protocol::Http1 => {
+            let env = h1::server::Env {
+                shared: &conn.shared,
+                activity: &activity,
+                peer,
+            };
+            let ended = h1::server::serve(
+                stream,
+                read,
+                &mut service,
                 closing.as_mut(),
                 &mut draining,
-                &activity,
-                Pin::new(&mut hyper_conn),
+                !first,
+                env,
             )
             .await;
-            if let Err(e) = res {
-                trace!(%peer, error = %e, "client connection ended with an error");
-                return None;
-            }
-            // None: upgraded, the tunnel has the socket.
-            if let Some(parts) = hyper_conn.into_parts() {
-                let gate = parts.io.into_inner();
-                // hyper reads only what the gate validated: none of it is
-                // left unread when the gate parks.
-                if draining || !gate.parked() || !parts.read_buf.is_empty() {
-                    return None;
+            match ended {
+                h1::server::Ended::Closed => return None,
+                h1::server::Ended::Parked(stream) => {
+                    return (!draining).then(|| Parked {
+                        stream,
+                        last_change: activity.last_change(),
+                    })
                 }
-                return Some(Parked {
-                    stream: gate.into_io(),
-                    last_change: activity.last_change(),
-                });
+                h1::server::Ended::Upgraded => {}
             }
         }
-        Ok(Protocol::Http2) => {
+        Protocol::Http2 => {
+            let io = TokioIo::new(Rewind::new(stream, read.freeze()));
             let hyper_conn = conn
                 .protocols
                 .http2
-                .serve_connection(TokioIo::new(gate), service);
+                .serve_connection(io, stack::serve::Serve::new(service));
             tokio::pin!(hyper_conn);
-            let res = drive(closing.as_mut(), &mut draining, &activity, hyper_conn).await;
+            let res = drive(closing.as_mut(), &mut draining, hyper_conn).await;
             if let Err(e) = res {
                 trace!(%peer, error = %e, "client connection ended with an error");
             }
-        }
-        Err(e) => {
-            trace!(%peer, error = %e, "client connection ended before its first request");
-            return None;
         }
     }
     // An upgraded connection lives on as a tunnel: its task and slot stay
@@ -319,50 +301,79 @@ where
     None
 }
 
-/// A hyper connection that can be asked to finish gracefully.
-trait Graceful: Future<Output = hyper::Result<()>> {
-    fn graceful_shutdown(self: Pin<&mut Self>);
+/// The protocol a client speaks, told by its first bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Protocol {
+    Http1,
+    /// The prior-knowledge preface (also what HTTP/2 over TLS sends).
+    Http2,
 }
 
-impl<I> Graceful for http1::UpgradeableConnection<TokioIo<Gate<I>>, ConnService>
-where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    fn graceful_shutdown(self: Pin<&mut Self>) {
-        http1::UpgradeableConnection::graceful_shutdown(self);
-    }
-}
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-impl<I> Graceful for http2::Connection<TokioIo<Gate<I>>, ConnService, TokioExecutor>
-where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    fn graceful_shutdown(self: Pin<&mut Self>) {
-        http2::Connection::graceful_shutdown(self);
-    }
-}
-
-/// Drives a hyper connection to its end, finishing it gracefully once
-/// `closing` resolves (then `draining` is set, and `closing` not polled
-/// again). While the gate holds a head under way, hyper would take the
-/// connection for idle and close it: the graceful finish waits until hyper
-/// has the head (or the gate's `header_read_timeout` ends it).
-async fn drive<C: Graceful + ?Sized>(
+/// Reads the first bytes into `read` until they tell the protocol. `None`:
+/// the connection ended first (closed, idled out or drained before a
+/// byte, or its first bytes took longer than `header_read_timeout`).
+async fn sniff<I: AsyncRead + Unpin>(
+    stream: &mut I,
+    read: &mut BytesMut,
     mut closing: Pin<&mut impl Future<Output = ()>>,
     draining: &mut bool,
-    activity: &ConnActivity,
+    head_timeout: Duration,
+) -> Option<Protocol> {
+    let mut timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
+    poll_fn(|cx| loop {
+        let n = read.len().min(H2_PREFACE.len());
+        if read[..n] != H2_PREFACE[..n] {
+            return Poll::Ready(Some(Protocol::Http1));
+        }
+        if n == H2_PREFACE.len() {
+            return Poll::Ready(Some(Protocol::Http2));
+        }
+        if !*draining && closing.as_mut().poll(cx).is_ready() {
+            *draining = true;
+        }
+        if read.is_empty() {
+            if *draining {
+                return Poll::Ready(None);
+            }
+        } else {
+            let timer = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(head_timeout)));
+            if timer.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(None);
+            }
+        }
+        if read.capacity() - read.len() < 1024 {
+            read.reserve(4096);
+        }
+        match ready!(tokio_util::io::poll_read_buf(Pin::new(&mut *stream), cx, read)) {
+            Ok(0) | Err(_) => return Poll::Ready(None),
+            Ok(_) => {}
+        }
+    })
+    .await
+}
+
+/// Drives hyper's HTTP/2 connection to its end, finishing it gracefully
+/// once `closing` resolves (then `draining` is set, and `closing` not
+/// polled again).
+async fn drive<C>(
+    mut closing: Pin<&mut impl Future<Output = ()>>,
+    draining: &mut bool,
     mut conn: Pin<&mut C>,
-) -> hyper::Result<()> {
+) -> hyper::Result<()>
+where
+    C: Graceful,
+{
     let mut finishing = false;
     poll_fn(|cx| loop {
         if !*draining && closing.as_mut().poll(cx).is_ready() {
             *draining = true;
         }
-        // Polled before deciding: the gate reads what the client sent.
         if let Poll::Ready(res) = conn.as_mut().poll(cx) {
             return Poll::Ready(res);
         }
-        if *draining && !finishing && !activity.receiving() {
+        if *draining && !finishing {
             finishing = true;
             conn.as_mut().graceful_shutdown();
             continue;
@@ -370,6 +381,20 @@ async fn drive<C: Graceful + ?Sized>(
         return Poll::Pending;
     })
     .await
+}
+
+/// hyper's HTTP/2 connection, which can be asked to finish gracefully.
+trait Graceful: Future<Output = hyper::Result<()>> {
+    fn graceful_shutdown(self: Pin<&mut Self>);
+}
+
+impl<I> Graceful for http2::Connection<TokioIo<Rewind<I>>, ConnService, TokioExecutor>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    fn graceful_shutdown(self: Pin<&mut Self>) {
+        http2::Connection::graceful_shutdown(self);
+    }
 }
 
 /// Resolves once the connection has had no request in flight for
@@ -408,9 +433,9 @@ pub struct TrackActivity<S> {
     activity: Arc<ConnActivity>,
 }
 
-impl<S> Service<Request<Incoming>> for TrackActivity<S>
+impl<S> Service<Request<ClientBody>> for TrackActivity<S>
 where
-    S: Service<Request<Incoming>, Response = Response<ProxyBody>, Error = Infallible>,
+    S: Service<Request<ClientBody>, Response = Response<ProxyBody>, Error = Infallible>,
 {
     type Response = Response<ProxyBody>;
     type Error = Infallible;
@@ -420,7 +445,7 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut req: Request<Incoming>) -> Self::Future {
+    fn call(&mut self, mut req: Request<ClientBody>) -> Self::Future {
         if req.headers().contains_key(UPGRADE) && req.version() < http::Version::HTTP_2 {
             req.extensions_mut()
                 .insert(Upgrading::new(Arc::clone(&self.activity)));
@@ -429,6 +454,24 @@ where
             guard: Some(self.activity.begin()),
             fut: self.inner.call(req),
         }
+    }
+}
+
+/// HTTP/2 requests, as hyper reads them.
+impl<S> Service<Request<Incoming>> for TrackActivity<S>
+where
+    S: Service<Request<ClientBody>, Response = Response<ProxyBody>, Error = Infallible>,
+{
+    type Response = Response<ProxyBody>;
+    type Error = Infallible;
+    type Future = TrackFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<Incoming>) -> Self::Future {
+        self.call(req.map(ClientBody::H2))
     }
 }
 
@@ -495,9 +538,6 @@ mod tests {
         let slot = ConnSlot::new(permit, Arc::clone(&shared.telemetry));
         let task = serve(conn, stream, rx, slot, Some(lot), Start::Accepted);
         let size = std::mem::size_of_val(&task);
-        let hyper_conn = std::mem::size_of::<
-            http1::UpgradeableConnection<TokioIo<Gate<TcpStream>>, ConnService>,
-        >();
-        assert!(size < 512, "{size} bytes, hyper's connection {hyper_conn}");
+        assert!(size < 512, "{size} bytes");
     }
 }

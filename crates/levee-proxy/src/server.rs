@@ -16,7 +16,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::server::conn::{http1, http2};
+use hyper::server::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use levee_config::ServerConfig;
 use levee_telemetry::Telemetry;
@@ -366,30 +366,8 @@ pub fn shutdown_channel() -> (ServerHandle, watch::Receiver<bool>) {
     (ServerHandle { shutdown: tx }, rx)
 }
 
-/// hyper's own HTTP/1 header-count limit when none is set (kept on the
-/// stack; setting one moves hyper's parse buffers to the heap).
-const HYPER_DEFAULT_MAX_HEADERS: usize = 100;
-
 pub(crate) fn protocols(server: &ServerConfig) -> Protocols {
-    let max_header_bytes = server.max_header_bytes;
-    let max_headers = server.max_headers;
-    let mut http1 = http1::Builder::new();
-    // hyper answers a head over its buffer with a bare 431; levee's own check
-    // (with x-levee-error) runs below that, at max_header_bytes.
-    let buf = (max_header_bytes * 2).max(8 * 1024);
-    http1
-        .timer(TokioTimer::new())
-        .header_read_timeout(server.header_read_timeout)
-        .max_buf_size(buf)
-        .keep_alive(true);
-    // The header count: at or below hyper's default, hyper keeps its limit
-    // (and its parse buffers on the stack: setting any limit moves them to
-    // the heap, about 10% more user CPU per request measured here), so a
-    // head over 100 lines gets hyper's bare 431. Above it, hyper's limit is
-    // twice levee's, so levee answers with its reason first.
-    if max_headers > HYPER_DEFAULT_MAX_HEADERS {
-        http1.max_headers(max_headers.saturating_mul(2));
-    }
+    let buf = (server.max_header_bytes * 2).max(8 * 1024);
     // A header list over this reaches the edge without its fields, marked by
     // the patched h2 (vendor/README.md): 431 header-too-large.
     let h2 = &server.h2;
@@ -402,7 +380,7 @@ pub(crate) fn protocols(server: &ServerConfig) -> Protocols {
         .max_local_error_reset_streams(h2.max_local_error_reset_streams)
         .keep_alive_interval(h2.keep_alive_interval)
         .keep_alive_timeout(h2.keep_alive_timeout);
-    Protocols { http1, http2 }
+    Protocols { http2 }
 }
 
 #[cfg(test)]

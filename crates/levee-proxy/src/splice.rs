@@ -16,8 +16,6 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use hyper::upgrade::{OnUpgrade, Upgraded};
-use hyper_util::rt::TokioIo;
 use levee_resilience::BulkheadPermit;
 use levee_telemetry::{RouteStats, TunnelClose};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -26,6 +24,7 @@ use tracing::trace;
 
 use crate::activity::TunnelHold;
 use crate::h1;
+use crate::h1::server::{OnUpgrade, Upgraded};
 use crate::node_io::NodeStream;
 
 /// Bytes buffered per direction: a tunnel mostly idles, so keep it small.
@@ -58,7 +57,7 @@ impl Drop for Closing {
 pub async fn run(client: OnUpgrade, node: h1::Upgraded<NodeStream>, idle: Duration, open: Open) {
     let mut closing = Closing { open, why: None };
     let why = match handed_over(client, idle).await {
-        Ok(client) => Splice::new(TokioIo::new(client), node, idle).await,
+        Ok(client) => Splice::new(client, node, idle).await,
         Err(why) => why,
     };
     closing.why = Some(why);

@@ -18,6 +18,7 @@ mod decode;
 mod encode;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod pieces;
+pub mod server;
 
 use std::cell::RefCell;
 use std::fmt;

@@ -13,7 +13,6 @@ use h2::ext::HeaderListTooLarge;
 use http::header::{HeaderValue, HOST, UPGRADE};
 use http::{Method, Request, Response, Version};
 use http_body::Body as _;
-use hyper::body::Incoming;
 use levee_config::ServerConfig;
 use levee_resilience::Deadline;
 use levee_telemetry::{ErrorReason, OutcomeCounters, RouteStats};
@@ -23,7 +22,7 @@ use tracing::debug;
 
 use super::{tunnel, ProxyResult, Routed};
 use crate::access_log::AccessEntry;
-use crate::body::ProxyBody;
+use crate::body::{ClientBody, ProxyBody};
 use crate::error::ProxyError;
 use crate::headers::{self, Scheme, X_REQUEST_ID};
 use crate::state::Shared;
@@ -72,7 +71,7 @@ pub struct Edge<S> {
     scheme: Scheme,
 }
 
-impl<S> Service<Request<Incoming>> for Edge<S>
+impl<S> Service<Request<ClientBody>> for Edge<S>
 where
     S: Service<Routed, Response = Response<ProxyBody>, Error = ProxyError>,
 {
@@ -86,7 +85,7 @@ where
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, req: Request<Incoming>) -> Self::Future {
+    fn call(&mut self, req: Request<ClientBody>) -> Self::Future {
         let started = Instant::now();
         // A guard, not an owned `Arc`: the request's own reference (in
         // `Routed`) is the one write to the state's count, which every
@@ -261,7 +260,7 @@ where
 /// ([`check_limits`]; the gate checked HTTP/1 heads on their bytes), a
 /// target that is not origin- or absolute-form (400, `*` allowed for
 /// OPTIONS only), and the Host rules of [`check_host`] (400 bad-host).
-fn check_request(req: &Request<Incoming>, server: &ServerConfig) -> Result<(), ProxyError> {
+fn check_request(req: &Request<ClientBody>, server: &ServerConfig) -> Result<(), ProxyError> {
     if req.method() == Method::CONNECT {
         return Err(ProxyError::new(
             ErrorReason::Unsupported,
@@ -278,7 +277,7 @@ fn check_request(req: &Request<Incoming>, server: &ServerConfig) -> Result<(), P
 /// A header list over SETTINGS_MAX_HEADER_LIST_SIZE (431: h2 dropped its
 /// fields and marked it), too many header lines (431), a target over
 /// `max_uri_bytes` (414), a head over `max_header_bytes` (431).
-fn check_limits(req: &Request<Incoming>, server: &ServerConfig) -> Result<(), ProxyError> {
+fn check_limits(req: &Request<ClientBody>, server: &ServerConfig) -> Result<(), ProxyError> {
     if req.extensions().get::<HeaderListTooLarge>().is_some() {
         return Err(ProxyError::new(
             ErrorReason::HeaderTooLarge,
@@ -311,7 +310,7 @@ fn check_limits(req: &Request<Incoming>, server: &ServerConfig) -> Result<(), Pr
 }
 
 /// The target forms levee forwards: origin and absolute (http/https).
-fn check_target(req: &Request<Incoming>) -> Result<(), ProxyError> {
+fn check_target(req: &Request<ClientBody>) -> Result<(), ProxyError> {
     let uri = req.uri();
     match uri.path_and_query().map(|pq| pq.as_str()) {
         // Authority-form is for CONNECT only (RFC 9112 §3.2.3).
@@ -350,7 +349,7 @@ fn check_target(req: &Request<Incoming>) -> Result<(), ProxyError> {
 /// absolute-form target: levee forwards as HTTP/1.1, which needs a Host, and
 /// does not make one up. HTTP/2 requires `:authority` or Host, and when it
 /// has both they must name the same authority.
-fn check_host(req: &Request<Incoming>) -> Result<(), ProxyError> {
+fn check_host(req: &Request<ClientBody>) -> Result<(), ProxyError> {
     let bad = |detail: &'static str| Err(ProxyError::new(ErrorReason::BadHost, detail));
     let mut hosts = req.headers().get_all(HOST).iter();
     let host = hosts.next();
@@ -384,7 +383,7 @@ fn check_host(req: &Request<Incoming>) -> Result<(), ProxyError> {
 /// A declared body length (Content-Length) over the route's limit is refused
 /// before anything is forwarded; bodies without one are counted as they
 /// stream ([`crate::body::RequestBody`]).
-fn check_body_length(req: &Request<Incoming>, limit: Option<u64>) -> Result<(), ProxyError> {
+fn check_body_length(req: &Request<ClientBody>, limit: Option<u64>) -> Result<(), ProxyError> {
     match limit {
         Some(limit) if req.body().size_hint().lower() > limit => Err(ProxyError::new(
             ErrorReason::BodyTooLarge,

@@ -62,11 +62,10 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::Response;
-use hyper::body::Incoming;
 use levee_resilience::{BulkheadPermit, Deadline};
 use tower::{Layer, Service, ServiceBuilder};
 
-use crate::body::ProxyBody;
+use crate::body::{ClientBody, ProxyBody};
 use crate::error::ProxyError;
 use crate::headers::Scheme;
 use crate::state::{ProxyState, Route, Shared};
@@ -76,7 +75,7 @@ use crate::upstream::Backend;
 #[derive(Debug)]
 pub struct Routed {
     pub parts: http::request::Parts,
-    pub body: Incoming,
+    pub body: ClientBody,
     pub peer: SocketAddr,
     /// The config version this request runs on, start to end.
     pub state: Arc<ProxyState>,

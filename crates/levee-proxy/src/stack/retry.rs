@@ -28,7 +28,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Method, Request, Response, Version};
 use http_body::Body as _;
-use hyper::body::Incoming;
 use levee_config::WhenAllDown;
 use levee_resilience::{BulkheadFull, BulkheadPermit, Deadline, Phase};
 use levee_telemetry::{BackendEvent, ErrorReason, NodeStats};
@@ -206,7 +205,7 @@ pin_project_lite::pin_project! {
 /// it is chunked: then its framing is checked whole ([`crate::gate`])
 /// before any of it reaches a node. A larger chunked body streams on after
 /// the bytes read so far.
-fn first_step<S>(t: &mut Tries, inner: &mut S, body: Incoming) -> Step<S::Future>
+fn first_step<S>(t: &mut Tries, inner: &mut S, body: crate::body::ClientBody) -> Step<S::Future>
 where
     S: Service<Attempt>,
 {

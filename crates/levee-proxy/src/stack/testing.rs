@@ -1,10 +1,13 @@
-//! Test support for the layers: real hyper bodies over in-memory
-//! connections (hyper has no other way to make an `Incoming`), a config
-//! version built from TOML, and requests already routed.
+//! Test support for the layers: client requests with bodies fed as
+//! levee's HTTP/1 connection feeds them, node responses with real hyper
+//! bodies over in-memory connections, a config version built from TOML,
+//! and requests already routed.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::convert::Infallible;
-use std::sync::{Arc, Mutex};
+use std::future::poll_fn;
+use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -15,18 +18,19 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use levee_resilience::Deadline;
 use levee_telemetry::ErrorReason;
-use tokio::sync::oneshot;
 
 use super::balance::Answer;
 use super::Routed;
-use crate::body::ProxyBody;
+use crate::body::{ClientBody, ProxyBody};
+use crate::h1::{self, server::Want};
 use crate::nodes::Outcome;
 use crate::pool::NodeBody;
 use crate::state::ProxyState;
 use crate::upstream::Backend;
 
-/// A request as a client sent it, with its body as hyper's `Incoming`.
-pub async fn client_request(method: Method, path: &str, body: &'static str) -> Request<Incoming> {
+/// A request as a client sent it over HTTP/1, its body (with its
+/// Content-Length) fed as levee's connection feeds it.
+pub async fn client_request(method: Method, path: &str, body: &'static str) -> Request<ClientBody> {
     client_request_with(method, path, &[], body).await
 }
 
@@ -36,26 +40,7 @@ pub async fn client_request_with(
     path: &str,
     headers: &[(&str, &str)],
     body: &'static str,
-) -> Request<Incoming> {
-    let (client_io, server_io) = tokio::io::duplex(64 * 1024);
-    let (tx, rx) = oneshot::channel();
-    let tx = Arc::new(Mutex::new(Some(tx)));
-    tokio::spawn(async move {
-        let service = service_fn(move |req: Request<Incoming>| {
-            if let Some(tx) = tx.lock().unwrap().take() {
-                let _ = tx.send(req);
-            }
-            // Never answer: the connection keeps streaming the body.
-            std::future::pending::<Result<Response<Full<Bytes>>, Infallible>>()
-        });
-        let _ = hyper::server::conn::http1::Builder::new()
-            .serve_connection(TokioIo::new(server_io), service)
-            .await;
-    });
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(client_io))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+) -> Request<ClientBody> {
     let mut req = Request::builder()
         .method(method)
         .uri(path)
@@ -63,13 +48,41 @@ pub async fn client_request_with(
     for (name, value) in headers {
         req = req.header(*name, *value);
     }
-    let req = req
-        .body(Full::new(Bytes::from_static(body.as_bytes())))
-        .unwrap();
+    let chunked = headers
+        .iter()
+        .any(|(name, _)| name.eq_ignore_ascii_case("transfer-encoding"));
+    if !body.is_empty() && !chunked {
+        req = req.header("content-length", body.len());
+    }
+    req.body(client_body(body, !chunked)).unwrap()
+}
+
+/// `data` as a client's HTTP/1 body, one frame when asked for; `sized`:
+/// its length is declared.
+fn client_body(data: &'static str, sized: bool) -> ClientBody {
+    if data.is_empty() {
+        return ClientBody::Empty;
+    }
+    let (reader, body) = h1::server::channel(sized.then_some(data.len() as u64));
     tokio::spawn(async move {
-        let _ = sender.send_request(req).await;
+        let mut data = Some(Bytes::from_static(data.as_bytes()));
+        let done = poll_fn(|cx| match reader.want(cx) {
+            Want::Gone => Poll::Ready(false),
+            Want::Nothing => Poll::Pending,
+            Want::Frame => match data.take() {
+                Some(d) => {
+                    reader.send(d);
+                    Poll::Pending
+                }
+                None => Poll::Ready(true),
+            },
+        })
+        .await;
+        if done {
+            reader.end(Ok(()));
+        }
     });
-    rx.await.unwrap()
+    ClientBody::H1(body)
 }
 
 /// A node's response with `status`, its body hyper's `Incoming` (as an
@@ -102,7 +115,7 @@ pub fn state(toml: &str) -> Arc<ProxyState> {
 }
 
 /// `req` routed on `state` as the edge would route it.
-pub fn routed(state: &Arc<ProxyState>, req: Request<Incoming>) -> Routed {
+pub fn routed(state: &Arc<ProxyState>, req: Request<ClientBody>) -> Routed {
     let route = state
         .route_index(None, req.method(), req.uri().path())
         .expect("a route");

@@ -23,8 +23,6 @@ use std::time::Duration;
 
 use http::header::{HeaderValue, CONNECTION, UPGRADE};
 use http::{HeaderMap, Method, Request, Response, StatusCode, Version};
-use hyper::body::Incoming;
-use hyper::upgrade::OnUpgrade;
 use levee_config::UpstreamProtocol;
 use levee_resilience::BulkheadPermit;
 use levee_telemetry::{ErrorReason, RouteStats};
@@ -32,7 +30,8 @@ use tower::{Layer, Service};
 
 use super::{ProxyResult, Routed};
 use crate::activity::Upgrading;
-use crate::body::ProxyBody;
+use crate::body::{ClientBody, ProxyBody};
+use crate::h1::server::OnUpgrade;
 use crate::error::ProxyError;
 use crate::pool::NodeUpgrade;
 use crate::splice;
@@ -47,7 +46,7 @@ use crate::state::{ProxyState, Route};
 /// on HTTP/2, which has no upgrades). `Err`: 400 `bad-upgrade`, a WebSocket
 /// handshake levee will not pass: not a GET, or other protocols offered
 /// beside websocket.
-pub fn handshake_of(req: &Request<Incoming>) -> Result<bool, ProxyError> {
+pub fn handshake_of(req: &Request<ClientBody>) -> Result<bool, ProxyError> {
     let headers = req.headers();
     if req.version() != Version::HTTP_11
         || !headers.contains_key(UPGRADE)
@@ -181,7 +180,7 @@ pub struct Handshake {
     permit: BulkheadPermit,
     stats: Arc<RouteStats>,
     idle: Duration,
-    /// The client's side, fulfilled by hyper once the 101 is written.
+    /// The client's side, handed over once the 101 is written.
     client: Option<OnUpgrade>,
     conn: Option<Upgrading>,
 }

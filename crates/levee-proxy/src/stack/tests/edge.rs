@@ -7,11 +7,10 @@ use std::time::Duration;
 
 use http::header::{HOST, RETRY_AFTER};
 use http::{HeaderMap, Method, Request, Response, StatusCode, Version};
-use hyper::body::Incoming;
 use levee_telemetry::{ErrorReason, StatusClass, Telemetry, Topology};
 use tower::{Layer, Service, ServiceExt};
 
-use crate::body::ProxyBody;
+use crate::body::{ClientBody, ProxyBody};
 use crate::classes::ClassTable;
 use crate::error::{ProxyError, X_LEVEE_ERROR};
 use crate::stack::edge::EdgeLayer;
@@ -68,7 +67,7 @@ fn shared(toml: &str) -> (Arc<Shared>, Arc<ProxyState>) {
 /// answers with `reply`.
 async fn run(
     shared: &Arc<Shared>,
-    req: Request<Incoming>,
+    req: Request<ClientBody>,
     reply: Reply,
 ) -> (Response<ProxyBody>, Vec<Seen>) {
     let seen = Arc::new(Mutex::new(Vec::new()));
@@ -143,7 +142,7 @@ async fn no_matching_route_is_404_no_route_and_counted_as_unrouted() {
 
 /// The edge checks the head limits of HTTP/2 requests only (the gate
 /// checks HTTP/1 heads on their bytes).
-fn as_http2(mut req: Request<Incoming>) -> Request<Incoming> {
+fn as_http2(mut req: Request<ClientBody>) -> Request<ClientBody> {
     *req.version_mut() = Version::HTTP_2;
     req
 }

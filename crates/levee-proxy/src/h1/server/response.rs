@@ -1,0 +1,292 @@
+//! Writing a response head by hyper's server rules (its `role.rs`), so
+//! that clients see what they saw when hyper served HTTP/1: the status
+//! line and reason, framing headers from the body's known length (else
+//! chunked on HTTP/1.1, else close-delimited), none for HEAD/204/304/1xx
+//! and a 2xx to CONNECT, `Connection: close` or `keep-alive` as the
+//! connection's fate asks, and a `date` from a per-thread cache.
+
+use std::cell::RefCell;
+use std::io::Write as _;
+use std::time::{Duration, SystemTime};
+
+use http::header::{HeaderValue, CONNECTION, CONTENT_LENGTH, DATE, TRAILER, TRANSFER_ENCODING};
+use http::response::Parts;
+use http::{StatusCode, Version};
+
+use super::request::{has_token, Facts};
+
+/// How the response body goes out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoder {
+    /// Exactly this many bytes are still due.
+    Length(u64),
+    Chunked,
+    /// Until the connection closes (HTTP/1.0 with no known length).
+    Close,
+}
+
+/// What is known of the response body before it is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyLength {
+    /// It has ended already.
+    Empty,
+    Known(u64),
+    Unknown,
+}
+
+/// A head written, how its body goes, and whether the connection ends
+/// after it.
+#[derive(Debug, Clone, Copy)]
+pub struct Written {
+    pub encoder: Encoder,
+    pub last: bool,
+}
+
+/// Writes the head of `parts` to `dst`. `keep_alive`: the connection may
+/// serve another request after this one (the client's wish, and no drain
+/// or error); it may come back false.
+pub fn head(
+    parts: &mut Parts,
+    body: BodyLength,
+    req: &Facts,
+    keep_alive: &mut bool,
+    dst: &mut Vec<u8>,
+) -> Written {
+    enforce_version(parts, req.version, keep_alive);
+    let status = parts.status;
+    let (mut wrote_len, mut last) = if status == StatusCode::SWITCHING_PROTOCOLS {
+        (false, true)
+    } else if req.connect && status.is_success() {
+        (true, true)
+    } else {
+        (false, !*keep_alive)
+    };
+    let reason = parts.extensions.get::<hyper::ext::ReasonPhrase>();
+    if parts.version == Version::HTTP_11 && status == StatusCode::OK && reason.is_none() {
+        dst.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
+    } else {
+        dst.extend_from_slice(if parts.version == Version::HTTP_10 {
+            b"HTTP/1.0 "
+        } else {
+            b"HTTP/1.1 "
+        });
+        dst.extend_from_slice(status.as_str().as_bytes());
+        dst.push(b' ');
+        match reason {
+            Some(reason) => dst.extend_from_slice(reason.as_bytes()),
+            None => dst.extend_from_slice(status.canonical_reason().unwrap_or("<none>").as_bytes()),
+        }
+        dst.extend_from_slice(b"\r\n");
+    }
+    let chunkable = parts.version != Version::HTTP_10 && can_chunk(req, status);
+    let mut encoder = Encoder::Length(0);
+    let mut wrote_date = false;
+    for name in parts.headers.keys() {
+        let mut values = parts.headers.get_all(name).iter();
+        match *name {
+            CONTENT_LENGTH => match body {
+                BodyLength::Known(n) => {
+                    if wrote_len {
+                        continue;
+                    }
+                    if let Some(v) = values.next() {
+                        line(dst, b"content-length", v);
+                    }
+                    encoder = Encoder::Length(n);
+                    wrote_len = true;
+                }
+                BodyLength::Unknown => {
+                    if wrote_len {
+                        continue;
+                    }
+                    if let Some(v) = values.next() {
+                        let n = std::str::from_utf8(v.as_bytes())
+                            .ok()
+                            .and_then(|s| s.parse::<u64>().ok());
+                        if let Some(n) = n {
+                            line(dst, b"content-length", v);
+                            encoder = Encoder::Length(n);
+                            wrote_len = true;
+                        }
+                    }
+                }
+                BodyLength::Empty if req.head => {
+                    for v in values {
+                        line(dst, b"content-length", v);
+                    }
+                    wrote_len = true;
+                }
+                BodyLength::Empty => {}
+            },
+            TRANSFER_ENCODING => {
+                if !chunkable || wrote_len {
+                    continue;
+                }
+                wrote_len = true;
+                encoder = Encoder::Chunked;
+                let mut last_value = None;
+                joined(dst, b"transfer-encoding", values.inspect(|v| last_value = Some(*v)));
+                let chunked = last_value.is_some_and(|v| {
+                    v.as_bytes()
+                        .rsplit(|&b| b == b',')
+                        .next()
+                        .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked"))
+                });
+                if !chunked {
+                    dst.truncate(dst.len() - 2);
+                    dst.extend_from_slice(b", chunked\r\n");
+                }
+            }
+            CONNECTION => {
+                let mut close = false;
+                joined(
+                    dst,
+                    b"connection",
+                    values.inspect(|v| {
+                        close |= v
+                            .as_bytes()
+                            .split(|&b| b == b',')
+                            .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"));
+                    }),
+                );
+                last |= close;
+            }
+            TRAILER => {
+                if chunkable {
+                    joined(dst, b"trailer", values);
+                }
+            }
+            _ => {
+                wrote_date |= *name == DATE;
+                for v in values {
+                    line(dst, name.as_str().as_bytes(), v);
+                }
+            }
+        }
+    }
+    if !wrote_len {
+        encoder = match body {
+            BodyLength::Unknown if chunkable => {
+                dst.extend_from_slice(b"transfer-encoding: chunked\r\n");
+                Encoder::Chunked
+            }
+            BodyLength::Unknown => Encoder::Close,
+            BodyLength::Empty | BodyLength::Known(0) => {
+                if can_have_length(req, status) && !req.head {
+                    dst.extend_from_slice(b"content-length: 0\r\n");
+                }
+                Encoder::Length(0)
+            }
+            BodyLength::Known(n) => {
+                if can_have_length(req, status) {
+                    let _ = write!(dst, "content-length: {n}\r\n");
+                    Encoder::Length(n)
+                } else {
+                    Encoder::Length(0)
+                }
+            }
+        };
+    }
+    if !can_chunk(req, status) {
+        encoder = Encoder::Length(0);
+    }
+    if !wrote_date {
+        dst.extend_from_slice(b"date: ");
+        date(dst);
+        dst.extend_from_slice(b"\r\n");
+    }
+    dst.extend_from_slice(b"\r\n");
+    last |= encoder == Encoder::Close;
+    if last {
+        *keep_alive = false;
+    }
+    Written { encoder, last }
+}
+
+/// hyper's `enforce_version`: an HTTP/1.0 client gets an HTTP/1.0 answer
+/// (with `Connection: keep-alive` if it keeps the connection); an HTTP/1.1
+/// one that will not keep it gets `Connection: close`.
+fn enforce_version(parts: &mut Parts, client: Version, keep_alive: &mut bool) {
+    if client == Version::HTTP_10 {
+        if !has_token(&parts.headers, b"keep-alive") {
+            match parts.version {
+                Version::HTTP_10 => *keep_alive = false,
+                Version::HTTP_11 if *keep_alive => {
+                    parts
+                        .headers
+                        .append(CONNECTION, HeaderValue::from_static("keep-alive"));
+                }
+                _ => {}
+            }
+        }
+        parts.version = Version::HTTP_10;
+    } else {
+        if parts.version != Version::HTTP_10 {
+            parts.version = Version::HTTP_11;
+        }
+        if !*keep_alive && !has_token(&parts.headers, b"close") {
+            parts
+                .headers
+                .append(CONNECTION, HeaderValue::from_static("close"));
+        }
+    }
+}
+
+fn can_chunk(req: &Facts, status: StatusCode) -> bool {
+    !(req.head || req.connect && status.is_success() || status.is_informational())
+        && !matches!(status, StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED)
+}
+
+fn can_have_length(req: &Facts, status: StatusCode) -> bool {
+    !(status.is_informational() || req.connect && status.is_success())
+        && !matches!(status, StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED)
+}
+
+fn line(dst: &mut Vec<u8>, name: &[u8], value: &HeaderValue) {
+    dst.extend_from_slice(name);
+    dst.extend_from_slice(b": ");
+    dst.extend_from_slice(value.as_bytes());
+    dst.extend_from_slice(b"\r\n");
+}
+
+/// All values of one header on one line, comma-separated.
+fn joined<'a>(dst: &mut Vec<u8>, name: &[u8], values: impl Iterator<Item = &'a HeaderValue>) {
+    let mut first = true;
+    for v in values {
+        if first {
+            dst.extend_from_slice(name);
+            dst.extend_from_slice(b": ");
+            first = false;
+        } else {
+            dst.extend_from_slice(b", ");
+        }
+        dst.extend_from_slice(v.as_bytes());
+    }
+    if !first {
+        dst.extend_from_slice(b"\r\n");
+    }
+}
+
+/// The IMF-fixdate of now, formatted at most once a second per thread
+/// (tokio's clock tells when the second is over).
+fn date(dst: &mut Vec<u8>) {
+    thread_local! {
+        static CACHE: RefCell<(Option<tokio::time::Instant>, [u8; 29])> =
+            const { RefCell::new((None, [0; 29])) };
+    }
+    CACHE.with_borrow_mut(|(next, text)| {
+        let now = tokio::time::Instant::now();
+        if next.is_none_or(|next| now >= next) {
+            let wall = SystemTime::now();
+            let formatted = httpdate::fmt_http_date(wall);
+            if formatted.len() == text.len() {
+                text.copy_from_slice(formatted.as_bytes());
+            }
+            let into = wall
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.subsec_nanos());
+            *next = Some(now + Duration::from_nanos(u64::from(1_000_000_000 - into)));
+        }
+        dst.extend_from_slice(text);
+    });
+}
