@@ -11,15 +11,15 @@ if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
   exit 0
 fi
 
-mkdir -p corpus/config corpus/headers corpus/gate_head corpus/gate_chunked corpus/node_response
+mkdir -p corpus/config corpus/headers corpus/gate_head corpus/gate_chunked corpus/client_chunked corpus/node_response
 cp ../config/*.toml corpus/config/ 2>/dev/null || true
 
 status=0
-for target in config headers gate_head gate_chunked node_response; do
+for target in config headers gate_head gate_chunked client_chunked node_response; do
   extra=()
   case "$target" in
     config) extra=(-dict=dict/config.dict) ;;
-    gate_* | node_response) extra=(-dict=dict/http.dict) ;;
+    gate_* | client_chunked | node_response) extra=(-dict=dict/http.dict) ;;
   esac
   echo "== fuzz $target for ${secs}s"
   if ! cargo +nightly fuzz run "$target" "corpus/$target" -- \

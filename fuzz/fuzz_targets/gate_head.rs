@@ -4,7 +4,9 @@
 //! * the verdict does not depend on where the bytes were cut;
 //! * a head the gate accepts is one hyper accepts too: httparse (hyper's
 //!   HTTP/1 parser) parses it completely, to the same length, and its
-//!   method, target and field names are valid for the `http` crate;
+//!   method, target and field names are valid for the `http` crate; and
+//!   levee's HTTP/1 server builds its request with that method, target
+//!   and fields;
 //! * the framing agrees with the head: a Content-Length is its one
 //!   `1*DIGIT` value, chunked only with a single `Transfer-Encoding:
 //!   chunked`, and never both.
@@ -13,6 +15,7 @@
 use arbitrary::Arbitrary;
 use levee_proxy::gate::pieces::head_in_pieces;
 use levee_proxy::gate::{Framing, Head, HeadScan, Limits, Violation};
+use levee_proxy::h1::server::pieces::request_of;
 use libfuzzer_sys::fuzz_target;
 
 const LIMITS: Limits = Limits {
@@ -54,6 +57,14 @@ fuzz_target!(|input: Input<'_>| {
         http::Uri::try_from(target).is_ok(),
         "accepted target {target:?} is not a URI"
     );
+    let built = request_of(&input.bytes[..head.len]).expect("levee builds what the gate accepts");
+    assert_eq!(built.method().as_str(), method);
+    assert_eq!(built.uri(), &http::Uri::try_from(target).expect("a URI"));
+    assert_eq!(built.headers().len(), req.headers.len());
+    for field in req.headers.iter() {
+        let values = built.headers().get_all(field.name);
+        assert!(values.iter().any(|v| v.as_bytes() == field.value.trim_ascii()));
+    }
     let mut lengths = Vec::new();
     let mut codings = Vec::new();
     for field in req.headers.iter() {

@@ -1,17 +1,13 @@
 //! What a client connection knows of its own requests: how many are in
-//! flight and when that last changed, so it can close itself when idle;
-//! how many have ended and whether one upgraded the connection, so the
-//! [`gate`](crate::gate) knows when it may go on. A response body carries
-//! an [`ActivityGuard`] until it ends. An upgraded connection's tunnel
+//! flight and when that last changed, so it can close itself when idle,
+//! or park. A response body carries an [`ActivityGuard`] until it ends. An upgraded connection's tunnel
 //! carries a [`TunnelHold`], so the connection's task (and its slot under
 //! `max_connections`) lasts as long as the tunnel.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::task::Waker;
 use std::time::Duration;
 
-use futures_util::task::AtomicWaker;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -23,13 +19,6 @@ pub struct ConnActivity {
     last_change_us: AtomicU64,
     tunnels: AtomicU32,
     tunnel_closed: Notify,
-    /// Requests whose response ended (or was dropped).
-    ended: AtomicU64,
-    upgraded: AtomicBool,
-    /// The gate, when it waits for a response to end.
-    waiter: AtomicWaker,
-    /// The gate holds bytes of a request hyper has not read yet.
-    receiving: AtomicBool,
 }
 
 impl Default for ConnActivity {
@@ -46,48 +35,13 @@ impl ConnActivity {
             last_change_us: AtomicU64::new(0),
             tunnels: AtomicU32::new(0),
             tunnel_closed: Notify::new(),
-            ended: AtomicU64::new(0),
-            upgraded: AtomicBool::new(false),
-            waiter: AtomicWaker::new(),
-            receiving: AtomicBool::new(false),
         }
-    }
-
-    /// Requests on this connection whose response has ended.
-    pub fn ended(&self) -> u64 {
-        self.ended.load(Ordering::Acquire)
-    }
-
-    pub fn upgraded(&self) -> bool {
-        self.upgraded.load(Ordering::Acquire)
-    }
-
-    /// A request's bytes are arriving that hyper has not seen: a drain
-    /// lets its head finish rather than close the connection as idle.
-    pub fn receiving(&self) -> bool {
-        self.receiving.load(Ordering::Relaxed)
-    }
-
-    pub fn set_receiving(&self, receiving: bool) {
-        self.receiving.store(receiving, Ordering::Relaxed);
     }
 
     /// When a request last began or ended (the connection's start if
     /// none has).
     pub fn last_change(&self) -> Instant {
         self.origin + Duration::from_micros(self.last_change_us.load(Ordering::Relaxed))
-    }
-
-    /// Wakes `waker` when a response ends or the connection is upgraded.
-    pub fn register(&self, waker: &Waker) {
-        self.waiter.register(waker);
-    }
-
-    /// The connection now carries another protocol: the gate passes its
-    /// bytes unchecked from here on.
-    pub fn mark_upgraded(&self) {
-        self.upgraded.store(true, Ordering::Release);
-        self.waiter.wake();
     }
 
     fn touch(&self) {
@@ -123,10 +77,8 @@ impl ConnActivity {
 }
 
 /// What a request that asks for an upgrade finds in its extensions: the
-/// connection it may take over. Until it does ([`Upgrading::hold_tunnel`],
-/// right before the `101` is returned), the gate holds the bytes that follow
-/// the request; without it, they are read as the next request once the
-/// response ends.
+/// connection whose task a tunnel holds ([`Upgrading::hold_tunnel`], right
+/// before the `101` is returned).
 #[derive(Debug, Clone)]
 pub struct Upgrading(Arc<ConnActivity>);
 
@@ -135,11 +87,9 @@ impl Upgrading {
         Self(activity)
     }
 
-    /// Keeps the connection's task waiting, after hyper hands the socket
-    /// over, until the guard drops; and tells the gate that the bytes that
-    /// follow are the tunnel's, not HTTP/1.
+    /// Keeps the connection's task waiting, after the connection hands the
+    /// socket over, until the guard drops.
     pub fn hold_tunnel(&self) -> TunnelHold {
-        self.0.mark_upgraded();
         self.0.tunnels.fetch_add(1, Ordering::AcqRel);
         TunnelHold(Arc::clone(&self.0))
     }
@@ -164,7 +114,5 @@ impl Drop for ActivityGuard {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
         self.0.touch();
-        self.0.ended.fetch_add(1, Ordering::Release);
-        self.0.waiter.wake();
     }
 }

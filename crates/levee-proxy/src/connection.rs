@@ -1,35 +1,33 @@
-//! One client connection: its service, its idle bound and its share of a
-//! graceful shutdown.
+//! One client connection: its protocol, its service, its idle bound and
+//! its share of a graceful shutdown.
 //!
-//! The client's bytes pass the [`Gate`] before hyper reads them. The gate
-//! bounds the time to read a request head (`header_read_timeout`: it holds
-//! a head's bytes until the head is whole, and hyper's timer runs only once
-//! it has some). `idle_timeout` is levee's own: a connection with no
-//! request in flight for that long is closed gracefully, on HTTP/1 and
-//! HTTP/2 alike.
+//! The first bytes tell the protocol: the HTTP/2 preface goes to hyper's
+//! HTTP/2 server; anything else is HTTP/1, served by levee's own
+//! [`h1::server`], which reads each head through the gate (bounded by
+//! `header_read_timeout` once its first byte arrived). `idle_timeout` is
+//! levee's own: a connection with no request in flight for that long is
+//! closed gracefully, on HTTP/1 and HTTP/2 alike.
 //!
-//! hyper keeps a read and a write buffer (8 KiB each at least) for as long
-//! as an HTTP/1 connection of its lives, so an HTTP/1 connection idle for
-//! [`PARK_AFTER`](crate::gate::PARK_AFTER) parks instead, without hyper's
-//! connection, and gets a new one when the client sends again. A plain-TCP
-//! connection parks in its worker's [`Lot`] (its task ends; the lot keeps
-//! its socket, peer and slot); a TLS one, or any when the lot drains,
-//! parks in its task, with a peek at the socket:
+//! An HTTP/1 connection idle for [`PARK_AFTER`](crate::gate::PARK_AFTER)
+//! parks: its service stack is dropped and it keeps only its socket. A
+//! plain-TCP connection parks in its worker's [`Lot`] (its task ends; the
+//! lot keeps its socket, peer and slot); a TLS one, or any when the lot
+//! drains, parks in its task, with a peek at the socket:
 //!
 //! ```text
-//! park ─┬─ plain TCP: in the Lot, no task ───┬─ bytes ─▶ hyper conn: requests,
+//! park ─┬─ plain TCP: in the Lot, no task ───┬─ bytes ─▶ h1::server: requests,
 //!   ▲   └─ TLS: in its task, peek, no buffer ┘           their responses
-//!   │                                                    │ idle: the gate ends
-//!   └──────────────── Parts { io: gate } ◀───────────────┘ hyper's stream
+//!   │                                                    │ idle for PARK_AFTER
+//!   └──────────────── Ended::Parked(socket) ◀────────────┘
 //! ```
 //!
-//! A connection hyper closes itself (`Connection: close`, an error, a
-//! refused head) or that is upgraded ends there. HTTP/2 keeps one hyper
-//! connection for its life.
+//! A connection that closes (`Connection: close`, an error, a refused
+//! head) or is upgraded ends there. HTTP/2 keeps one hyper connection for
+//! its life.
 //!
 //! A drain closes an idle connection at once. A request whose first bytes
-//! arrived gets to finish its head (within `header_read_timeout`, which the
-//! gate enforces) and is answered with `Connection: close`.
+//! arrived gets to finish its head (within `header_read_timeout`) and is
+//! answered with `Connection: close`.
 
 use std::convert::Infallible;
 use std::future::{poll_fn, Future};
@@ -97,8 +95,8 @@ pub(crate) enum Start {
 ///
 /// An idle connection parks in `lot` if it can (its task ends), else in
 /// its task: then the task is small, as everything that serves requests
-/// (the gate, the service, hyper's connection and buffers) lives in a box
-/// that exists only while the connection is not parked. Not an `async fn`,
+/// (the service stack, the HTTP/1 connection's state) lives in a box that
+/// exists only while the connection is not parked. Not an `async fn`,
 /// which would keep its arguments besides its locals.
 #[allow(clippy::manual_async_fn)]
 pub(crate) fn serve<I>(
@@ -119,7 +117,7 @@ where
         };
         if !first {
             // Out of the lot, the socket is new to tokio: wait until tokio
-            // sees the client's bytes, or hyper's first read would find
+            // sees the client's bytes, or the first read would find
             // none and a drain would take the connection for idle.
             if !matches!(poll_fn(|cx| stream.poll_parked(cx)).await, Ok(true)) {
                 return;
@@ -346,7 +344,11 @@ async fn sniff<I: AsyncRead + Unpin>(
         if read.capacity() - read.len() < 1024 {
             read.reserve(4096);
         }
-        match ready!(tokio_util::io::poll_read_buf(Pin::new(&mut *stream), cx, read)) {
+        match ready!(tokio_util::io::poll_read_buf(
+            Pin::new(&mut *stream),
+            cx,
+            read
+        )) {
             Ok(0) | Err(_) => return Poll::Ready(None),
             Ok(_) => {}
         }
@@ -508,9 +510,8 @@ mod tests {
     use tokio::net::{TcpListener, TcpStream};
 
     /// Parked in its task (a TLS connection, or when the lot drains), a
-    /// connection's task holds its socket and little else: the gate, the
-    /// service and hyper's connection (with its buffers) are boxed while it
-    /// is awake.
+    /// connection's task holds its socket and little else: the service and
+    /// the HTTP/1 connection are boxed while it is awake.
     #[tokio::test]
     async fn a_connection_task_carries_no_hyper_state_inline() {
         let state = crate::stack::testing::state(

@@ -10,7 +10,7 @@
 //! A request's life (each line a layer of [`stack`], outermost first):
 //! ```text
 //! client ──accept (max_connections)──▶ [TLS handshake (handshake_timeout; h2 or http/1.1 by ALPN)]
-//!        ──▶ connection task (header read / idle timeouts)
+//!        ──▶ connection task (header read / idle timeouts; HTTP/1 levee's own, HTTP/2 hyper's)
 //!  gate (HTTP/1)    strict head syntax, limits and body framing on the raw bytes:
 //!                   400 / 414 / 431 / 501 with a reason, the connection closed
 //!  request id       keep a usable x-request-id or make one; echoed on every response

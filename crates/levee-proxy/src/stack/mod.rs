@@ -9,7 +9,8 @@
 //! call to one node.
 //!
 //! ```text
-//! Serve               hyper's service: the connection's one stack, called in place
+//! h1::server / Serve   calls the connection's one stack in place: levee's HTTP/1 server, or
+//!                     hyper's HTTP/2 one through Serve
 //! TrackActivity       connection idle bookkeeping                  (connection.rs)
 //! RequestId           keep a usable x-request-id or make one; stamp every response
 //! Edge                CONNECT, header count, target length, head size, target form,

@@ -21,6 +21,8 @@
 //! with its socket alone.
 
 mod body;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod pieces;
 mod refuse;
 pub mod request;
 pub mod response;
@@ -248,11 +250,9 @@ where
     S: Service<Request<ClientBody>, Response = Response<ProxyBody>, Error = Infallible>,
     C: Future<Output = ()>,
 {
+    // The head's bytes go with the request (its header values share them);
+    // the rest of the buffer reads the next ones.
     let head_bytes = conn.buf.split_to(head.len).freeze();
-    if conn.buf.is_empty() {
-        // Free the read buffer: the head's bytes now belong to the request.
-        conn.buf = BytesMut::new();
-    }
     let (body, mut reading) = match head.framing {
         Framing::Empty => (ClientBody::Empty, None),
         Framing::Length(n) => {
@@ -261,12 +261,7 @@ where
         }
         Framing::Chunked => {
             let (reader, body) = channel(None);
-            let decode = Decode::Chunked {
-                scan: ChunkedScan::default(),
-                valid: 0,
-                decoder: decode::Decoder::new(decode::Framing::Chunked),
-            };
-            (ClientBody::H1(body), Some((reader, decode)))
+            (ClientBody::H1(body), Some((reader, Decode::chunked())))
         }
     };
     let (mut req, facts) = match request::build(head_bytes, body) {
@@ -289,7 +284,8 @@ where
     }
     let fut = service.call(req);
     let mut fut = std::pin::pin!(fut);
-    let mut out = Out::default();
+    // A 100 Continue on its way out.
+    let mut continued = Out::default();
     // The body failed: the connection is not reused; `linger` if it broke
     // the framing (the client may still be sending).
     let mut read_failed = false;
@@ -300,7 +296,7 @@ where
             *draining = true;
         }
         if let Some(r) = &mut reading {
-            match conn.poll_body(cx, r, &mut out) {
+            match conn.poll_body(cx, r, &mut continued) {
                 BodyStep::Pending => {}
                 BodyStep::Done => end_body(&mut reading, Ok(())),
                 BodyStep::Failed(e) => {
@@ -323,7 +319,10 @@ where
         return Next::Abort;
     };
     // Out before the answer: a 100 Continue under way.
-    if poll_fn(|cx| out.poll_write(&mut conn.io, cx)).await.is_err() {
+    if poll_fn(|cx| continued.poll_write(&mut conn.io, cx))
+        .await
+        .is_err()
+    {
         return Next::Abort;
     }
     let (mut parts, mut body) = resp.into_parts();
@@ -347,12 +346,22 @@ where
         r.expect_continue = false;
     }
     let mut keep_alive = facts.keep_alive && !*draining && !read_failed;
+    // Room for the head and a small first frame behind it.
+    let fields: usize = parts
+        .headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum();
+    let mut out = Out::for_head(fields + 128 + 1024);
     let written = response::head(&mut parts, length, &facts, &mut keep_alive, &mut out.head);
     let upgraded = parts.status == StatusCode::SWITCHING_PROTOCOLS;
     let mut encoder = written.encoder;
     if encoder == Encoder::Length(0) || length == BodyLength::Empty {
         drop(body);
-        if poll_fn(|cx| out.poll_write(&mut conn.io, cx)).await.is_err() {
+        if poll_fn(|cx| out.poll_write(&mut conn.io, cx))
+            .await
+            .is_err()
+        {
             return Next::Abort;
         }
     } else {
@@ -485,14 +494,13 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
                 Poll::Pending => {
                     if self.buf.is_empty() {
                         // Nothing sent: a drain closes the connection, an
-                        // idle one parks, and no buffer is kept meanwhile.
+                        // idle one parks (its buffer freed with it).
                         if *draining {
                             return Poll::Ready(HeadEvent::Close);
                         }
                         if park.is_some_and(|activity| self.park_due(cx, activity)) {
                             return Poll::Ready(HeadEvent::Park);
                         }
-                        self.buf = BytesMut::new();
                     }
                     return Poll::Pending;
                 }
@@ -600,52 +608,8 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
         }
     }
 
-    /// The next data of the body from the buffer (`None`: none there, or
-    /// the body is done).
     fn decode(&mut self, r: &mut BodyRead) -> Result<Option<Bytes>, ReadError> {
-        match &mut r.decode {
-            Decode::Length(0) => Ok(None),
-            Decode::Length(left) => {
-                if self.buf.is_empty() {
-                    return Ok(None);
-                }
-                let n = usize::try_from(*left)
-                    .unwrap_or(usize::MAX)
-                    .min(self.buf.len());
-                *left -= n as u64;
-                Ok(Some(self.buf.split_to(n).freeze()))
-            }
-            Decode::Chunked {
-                scan,
-                valid,
-                decoder,
-            } => loop {
-                if *valid < self.buf.len() && !scan.is_done() {
-                    let (n, violation) = scan.scan(&self.buf[*valid..]);
-                    *valid += n;
-                    if let Some(v) = violation {
-                        return Err(ReadError::Framing(v));
-                    }
-                }
-                if *valid == 0 {
-                    return Ok(None);
-                }
-                let mut valid_bytes = self.buf.split_to(*valid);
-                let decoded = decoder.decode(&mut valid_bytes);
-                *valid = valid_bytes.len();
-                if !valid_bytes.is_empty() {
-                    valid_bytes.unsplit(std::mem::take(&mut self.buf));
-                    self.buf = valid_bytes;
-                }
-                match decoded {
-                    Ok(Decoded::Data(data)) if data.is_empty() => {}
-                    Ok(Decoded::Data(data)) => return Ok(Some(data)),
-                    Ok(Decoded::Trailers(_)) | Ok(Decoded::End) => return Ok(None),
-                    Ok(Decoded::More) => return Ok(None),
-                    Err(_) => return Err(ReadError::Framing(Violation::BadChunkSize)),
-                }
-            },
-        }
+        r.decode.next(&mut self.buf)
     }
 
     /// Reads what the buffer holds of a body nobody reads any more; true
@@ -671,9 +635,71 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
 
 impl BodyRead {
     fn done(&self) -> bool {
-        match &self.decode {
+        self.decode.done()
+    }
+}
+
+impl Decode {
+    fn chunked() -> Self {
+        Decode::Chunked {
+            scan: ChunkedScan::default(),
+            valid: 0,
+            decoder: decode::Decoder::new(decode::Framing::Chunked),
+        }
+    }
+
+    fn done(&self) -> bool {
+        match self {
             Decode::Length(left) => *left == 0,
             Decode::Chunked { decoder, .. } => decoder.is_done(),
+        }
+    }
+
+    /// The next data of the body from `buf` (`None`: none there yet, or
+    /// the body is done); what it took is gone from `buf`.
+    fn next(&mut self, buf: &mut BytesMut) -> Result<Option<Bytes>, ReadError> {
+        match self {
+            Decode::Length(0) => Ok(None),
+            Decode::Length(left) => {
+                if buf.is_empty() {
+                    return Ok(None);
+                }
+                let n = usize::try_from(*left).unwrap_or(usize::MAX).min(buf.len());
+                *left -= n as u64;
+                Ok(Some(buf.split_to(n).freeze()))
+            }
+            Decode::Chunked {
+                scan,
+                valid,
+                decoder,
+            } => loop {
+                if *valid < buf.len() && !scan.is_done() {
+                    let (n, violation) = scan.scan(&buf[*valid..]);
+                    *valid += n;
+                    if let Some(v) = violation {
+                        return Err(ReadError::Framing(v));
+                    }
+                }
+                if *valid == 0 || decoder.is_done() {
+                    return Ok(None);
+                }
+                // The decoder sees the validated bytes only.
+                let mut validated = buf.split_to(*valid);
+                let decoded = decoder.decode(&mut validated);
+                *valid = validated.len();
+                if !validated.is_empty() {
+                    validated.unsplit(std::mem::take(buf));
+                    *buf = validated;
+                }
+                match decoded {
+                    Ok(Decoded::Data(data)) if data.is_empty() => {}
+                    Ok(Decoded::Data(data)) => return Ok(Some(data)),
+                    Ok(Decoded::Trailers(_) | Decoded::End | Decoded::More) => return Ok(None),
+                    // The gate's scan took these bytes: the decoder is not
+                    // stricter (the `client_chunked` fuzz target checks).
+                    Err(_) => return Err(ReadError::Framing(Violation::BadChunkSize)),
+                }
+            },
         }
     }
 }
@@ -689,9 +715,31 @@ struct Out {
     tail: &'static [u8],
     /// The body's last bytes are in (or out).
     ended: bool,
+    /// Written, not flushed yet.
+    flushing: bool,
 }
 
+thread_local! {
+    /// One spare write buffer per worker thread: a response head is encoded
+    /// into it and it comes back once written, so that a connection keeps
+    /// no write buffer between responses and a busy worker allocates none.
+    static SPARE: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// The largest write buffer kept spare.
+const SPARE_MAX: usize = 64 * 1024;
+
 impl Out {
+    /// A buffer for a response head: the worker's spare if it has one.
+    fn for_head(capacity: usize) -> Self {
+        let mut head = SPARE.take();
+        head.reserve(capacity);
+        Self {
+            head,
+            ..Self::default()
+        }
+    }
+
     fn is_empty(&self) -> bool {
         self.at == self.head.len() && self.data.is_empty() && self.tail.is_empty()
     }
@@ -755,6 +803,7 @@ impl Out {
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
+            self.flushing = true;
             let mut n = n;
             let head = (self.head.len() - self.at).min(n);
             self.at += head;
@@ -764,10 +813,18 @@ impl Out {
             n -= data;
             self.tail = &self.tail[n.min(self.tail.len())..];
         }
+        if !self.flushing {
+            return Poll::Ready(Ok(()));
+        }
         ready!(Pin::new(&mut *io).poll_flush(cx))?;
-        // Written out: nothing kept between writes.
-        self.head = Vec::new();
+        self.flushing = false;
+        // Written out: the buffer goes back to the worker.
+        let mut head = std::mem::take(&mut self.head);
         self.at = 0;
+        if head.capacity() > 0 && head.capacity() <= SPARE_MAX {
+            head.clear();
+            SPARE.set(head);
+        }
         Poll::Ready(Ok(()))
     }
 }

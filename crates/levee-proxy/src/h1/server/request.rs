@@ -49,7 +49,10 @@ pub fn build<B>(head: Bytes, body: B) -> Result<(Request<B>, Facts), Violation> 
     };
     let target = head.slice(line.start + sp1 + 1..line.start + sp2);
     let uri = Uri::from_maybe_shared(target).map_err(|_| Violation::BadTarget)?;
-    let mut headers = HeaderMap::new();
+    // One map allocation: a line per field, besides the request line and
+    // the final empty one.
+    let fields = head[lines.at..].iter().filter(|&&b| b == b'\n').count();
+    let mut headers = HeaderMap::with_capacity(fields.saturating_sub(1));
     for line in lines {
         if line.is_empty() {
             break;

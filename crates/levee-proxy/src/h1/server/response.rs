@@ -125,7 +125,11 @@ pub fn head(
                 wrote_len = true;
                 encoder = Encoder::Chunked;
                 let mut last_value = None;
-                joined(dst, b"transfer-encoding", values.inspect(|v| last_value = Some(*v)));
+                joined(
+                    dst,
+                    b"transfer-encoding",
+                    values.inspect(|v| last_value = Some(*v)),
+                );
                 let chunked = last_value.is_some_and(|v| {
                     v.as_bytes()
                         .rsplit(|&b| b == b',')
@@ -232,14 +236,19 @@ fn enforce_version(parts: &mut Parts, client: Version, keep_alive: &mut bool) {
     }
 }
 
+/// 1xx, 204 and 304 have no body, nor a 2xx to CONNECT (the tunnel's).
+fn bodiless(req: &Facts, status: StatusCode) -> bool {
+    status.is_informational()
+        || matches!(status, StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED)
+        || req.connect && status.is_success()
+}
+
 fn can_chunk(req: &Facts, status: StatusCode) -> bool {
-    !(req.head || req.connect && status.is_success() || status.is_informational())
-        && !matches!(status, StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED)
+    !(req.head || bodiless(req, status))
 }
 
 fn can_have_length(req: &Facts, status: StatusCode) -> bool {
-    !(status.is_informational() || req.connect && status.is_success())
-        && !matches!(status, StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED)
+    !bodiless(req, status)
 }
 
 fn line(dst: &mut Vec<u8>, name: &[u8], value: &HeaderValue) {

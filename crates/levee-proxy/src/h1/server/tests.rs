@@ -1,1 +1,627 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+
+use http::{Method, Version};
+use http_body_util::BodyExt as _;
+use levee_telemetry::{Telemetry, Topology};
+use tokio::io::{duplex, AsyncReadExt, AsyncWriteExt, DuplexStream};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use super::request::Facts;
+use super::*;
+
+const PEER: &str = "127.0.0.1:40000";
+
+fn shared_with(state: Arc<crate::ProxyState>) -> Arc<Shared> {
+    Arc::new(Shared::new(state, Telemetry::new(Topology::default(), 1)))
+}
+
+fn shared() -> Arc<Shared> {
+    shared_with(crate::stack::testing::state(
+        "[[backend]]\nname = \"app\"\nnodes = [\"127.0.0.1:1\"]\n[[route]]\npath_prefix = \"/\"\nbackend = \"app\"\n",
+    ))
+}
+
+/// A connection served with `service` over one end of a pipe (the test
+/// is the client at the other end), and the sender that drains it.
+fn start<S>(
+    shared: Arc<Shared>,
+    service: S,
+) -> (
+    DuplexStream,
+    JoinHandle<Ended<DuplexStream>>,
+    watch::Sender<bool>,
+)
+where
+    S: Service<Request<ClientBody>, Response = Response<ProxyBody>, Error = Infallible>
+        + Send
+        + 'static,
+    S::Future: Send,
+{
+    let (client, server) = duplex(64 * 1024);
+    let (tx, mut rx) = watch::channel(false);
+    let task = tokio::spawn(async move {
+        let activity = ConnActivity::new();
+        let env = Env {
+            shared: &shared,
+            activity: &activity,
+            peer: PEER.parse().unwrap(),
+        };
+        let closing = async move {
+            let _ = rx.changed().await;
+        };
+        tokio::pin!(closing);
+        let mut draining = false;
+        let mut service = service;
+        serve(
+            server,
+            BytesMut::new(),
+            &mut service,
+            closing.as_mut(),
+            &mut draining,
+            false,
+            env,
+        )
+        .await
+    });
+    (client, task, tx)
+}
+
+fn text(status: u16, body: &str) -> Response<ProxyBody> {
+    let mut resp = Response::new(ProxyBody::local(Bytes::copy_from_slice(body.as_bytes())));
+    *resp.status_mut() = StatusCode::from_u16(status).unwrap();
+    resp
+}
+
+/// Answers each request with its method, path and whole body.
+async fn echo(req: Request<ClientBody>) -> Result<Response<ProxyBody>, Infallible> {
+    let line = format!("{} {}", req.method(), req.uri().path());
+    let body = match req.into_body().collect().await {
+        Ok(body) => String::from_utf8_lossy(&body.to_bytes()).into_owned(),
+        Err(e) => format!("error: {e}"),
+    };
+    Ok(text(200, &format!("{line} {body}")))
+}
+
+/// What the client has received until nothing more comes (the clock is
+/// paused: the wait ends when every task waits).
+async fn read_now(client: &mut DuplexStream) -> String {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        match tokio::time::timeout(Duration::from_millis(50), client.read(&mut buf)).await {
+            Ok(Ok(0)) | Err(_) | Ok(Err(_)) => return String::from_utf8(out).unwrap(),
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+/// The bodies of the responses in `got`, in order (each has a
+/// Content-Length).
+fn bodies(got: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut rest = got;
+    while let Some(end) = rest.find("\r\n\r\n") {
+        let head = &rest[..end];
+        let len: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length: "))
+            .map_or(0, |v| v.parse().unwrap());
+        out.push(&rest[end + 4..end + 4 + len]);
+        rest = &rest[end + 4 + len..];
+    }
+    out
+}
+
+#[tokio::test(start_paused = true)]
+async fn heads_and_bodies_arrive_in_pieces_of_any_size() {
+    let (mut client, _task, _drain) = start(shared(), tower::service_fn(echo));
+    let requests: &[u8] = b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello\
+        POST /b HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3;x=y\r\nabc\r\n2\r\nde\r\n0\r\nT: 1\r\n\r\n";
+    for piece in requests.chunks(3) {
+        client.write_all(piece).await.unwrap();
+        tokio::task::yield_now().await;
+    }
+    let got = read_now(&mut client).await;
+    assert_eq!(bodies(&got), ["POST /a hello", "POST /b abcde"], "{got}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn pipelined_requests_are_answered_in_order() {
+    let service = tower::service_fn(|req: Request<ClientBody>| async move {
+        // The first is the slowest.
+        if req.uri().path() == "/1" {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        echo(req).await
+    });
+    let (mut client, _task, _drain) = start(shared(), service);
+    client
+        .write_all(b"GET /1 HTTP/1.1\r\n\r\nPOST /2 HTTP/1.1\r\nContent-Length: 2\r\n\r\nhiGET /3 HTTP/1.1\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = String::new();
+    for _ in 0..100 {
+        if bodies(&got).len() == 3 {
+            break;
+        }
+        got.push_str(&read_now(&mut client).await);
+    }
+    assert_eq!(bodies(&got), ["GET /1 ", "POST /2 hi", "GET /3 "]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn expect_100_continue_is_answered_when_the_body_is_first_read() {
+    let polled = Arc::new(AtomicBool::new(false));
+    let service = {
+        let polled = Arc::clone(&polled);
+        tower::service_fn(move |req: Request<ClientBody>| {
+            let polled = Arc::clone(&polled);
+            async move {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                polled.store(true, Ordering::SeqCst);
+                echo(req).await
+            }
+        })
+    };
+    let (mut client, _task, _drain) = start(shared(), service);
+    client
+        .write_all(b"PUT /up HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 4\r\n\r\n")
+        .await
+        .unwrap();
+    let mut continued = [0u8; 25];
+    client.read_exact(&mut continued).await.unwrap();
+    assert!(polled.load(Ordering::SeqCst), "only once the body is read");
+    assert_eq!(&continued, b"HTTP/1.1 100 Continue\r\n\r\n");
+    client.write_all(b"data").await.unwrap();
+    let got = read_now(&mut client).await;
+    assert!(got.starts_with("HTTP/1.1 200 OK\r\n"), "{got}");
+    assert_eq!(bodies(&got), ["PUT /up data"]);
+
+    // Answered without reading the body: no 100, and the connection closes
+    // (its body would be read as the next request).
+    let service = tower::service_fn(|_req: Request<ClientBody>| async { Ok(text(417, "no")) });
+    let (mut client, task, _drain) = start(shared(), service);
+    client
+        .write_all(b"PUT /up HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 4\r\n\r\n")
+        .await
+        .unwrap();
+    let got = read_now(&mut client).await;
+    assert!(
+        got.starts_with("HTTP/1.1 417 Expectation Failed\r\n"),
+        "{got}"
+    );
+    assert!(got.contains("\r\nconnection: close\r\n"), "{got}");
+    assert!(matches!(task.await.unwrap(), Ended::Closed));
+}
+
+#[tokio::test(start_paused = true)]
+async fn head_204_and_304_answers_carry_no_body() {
+    let service = tower::service_fn(|req: Request<ClientBody>| async move {
+        Ok(match req.uri().path() {
+            "/204" => text(204, ""),
+            "/304" => text(304, "stale"),
+            _ => text(200, "abcd"),
+        })
+    });
+    let (mut client, _task, _drain) = start(shared(), service);
+    client
+        .write_all(b"HEAD / HTTP/1.1\r\n\r\nGET /204 HTTP/1.1\r\n\r\nGET /304 HTTP/1.1\r\n\r\nGET / HTTP/1.1\r\n\r\n")
+        .await
+        .unwrap();
+    let got = read_now(&mut client).await;
+    let answers: Vec<&str> = got.split_inclusive("\r\n\r\n").collect();
+    assert_eq!(answers.len(), 5, "four heads, then a body: {got}");
+    assert!(answers[0].starts_with("HTTP/1.1 200 OK\r\n"));
+    assert!(answers[0].contains("content-length: 4\r\n"), "{got}");
+    assert!(answers[1].starts_with("HTTP/1.1 204 No Content\r\n"));
+    assert!(answers[2].starts_with("HTTP/1.1 304 Not Modified\r\n"));
+    for answer in &answers[1..3] {
+        assert!(!answer.contains("content-length"), "{answer}");
+        assert!(!answer.contains("transfer-encoding"), "{answer}");
+    }
+    assert!(
+        got.ends_with("\r\n\r\nabcd"),
+        "only the GET has a body: {got}"
+    );
+    assert!(answers[0].contains("\r\ndate: "), "{got}");
+}
+
+fn facts(version: Version, keep_alive: bool) -> Facts {
+    Facts {
+        version,
+        head: false,
+        connect: false,
+        keep_alive,
+        expect_continue: false,
+    }
+}
+
+#[test]
+fn a_body_of_unknown_length_goes_chunked_on_http11_and_close_delimited_on_http10() {
+    let (mut parts, ()) = Response::new(()).into_parts();
+    let mut keep_alive = true;
+    let mut out = Out::default();
+    let written = response::head(
+        &mut parts,
+        BodyLength::Unknown,
+        &facts(Version::HTTP_11, true),
+        &mut keep_alive,
+        &mut out.head,
+    );
+    let mut encoder = written.encoder;
+    assert_eq!(encoder, Encoder::Chunked);
+    assert!(keep_alive && !written.last);
+    // What a write takes out of `out`.
+    let mut wire = Vec::new();
+    let mut write = |out: &mut Out| {
+        wire.extend_from_slice(&out.head[out.at..]);
+        wire.extend_from_slice(&out.data);
+        wire.extend_from_slice(out.tail);
+        *out = Out {
+            ended: out.ended,
+            ..Out::default()
+        };
+    };
+    out.data(&mut encoder, Bytes::from_static(b"hello"), true);
+    write(&mut out);
+    out.data(&mut encoder, Bytes::from(vec![b'x'; 2000]), true);
+    // The large chunk's data is kept apart, for one vectored write.
+    assert_eq!(out.data.len(), 2000);
+    assert_eq!(out.tail, b"\r\n");
+    write(&mut out);
+    assert!(out.end(encoder));
+    write(&mut out);
+    let wire = String::from_utf8(wire).unwrap();
+    assert!(wire.starts_with("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ndate: "));
+    let body = &wire[wire.find("\r\n\r\n").unwrap() + 4..];
+    let big = "x".repeat(2000);
+    assert_eq!(body, format!("5\r\nhello\r\n7D0\r\n{big}\r\n0\r\n\r\n"));
+
+    let (mut parts, ()) = Response::new(()).into_parts();
+    let mut keep_alive = false;
+    let mut head = Vec::new();
+    let written = response::head(
+        &mut parts,
+        BodyLength::Unknown,
+        &facts(Version::HTTP_10, false),
+        &mut keep_alive,
+        &mut head,
+    );
+    assert_eq!(written.encoder, Encoder::Close);
+    assert!(written.last);
+    let head = String::from_utf8(head).unwrap();
+    assert!(head.starts_with("HTTP/1.0 200 OK\r\ndate: "), "{head}");
+    assert!(!head.contains("transfer-encoding"), "{head}");
+}
+
+#[test]
+fn connection_headers_follow_the_connections_fate() {
+    // HTTP/1.0 with keep-alive: kept, and said so.
+    let (mut parts, ()) = Response::new(()).into_parts();
+    let mut keep_alive = true;
+    let mut head = Vec::new();
+    let written = response::head(
+        &mut parts,
+        BodyLength::Known(2),
+        &facts(Version::HTTP_10, true),
+        &mut keep_alive,
+        &mut head,
+    );
+    let head = String::from_utf8(head).unwrap();
+    assert!(
+        head.contains("\r\nconnection: keep-alive\r\ncontent-length: 2\r\n"),
+        "{head}"
+    );
+    assert!(keep_alive && !written.last);
+    // HTTP/1.1 not kept (the client asked, a drain, an error).
+    let (mut parts, ()) = Response::new(()).into_parts();
+    let mut keep_alive = false;
+    let mut head = Vec::new();
+    let written = response::head(
+        &mut parts,
+        BodyLength::Empty,
+        &facts(Version::HTTP_11, true),
+        &mut keep_alive,
+        &mut head,
+    );
+    let head = String::from_utf8(head).unwrap();
+    assert!(
+        head.contains("\r\nconnection: close\r\ncontent-length: 0\r\n"),
+        "{head}"
+    );
+    assert!(written.last);
+    // A status without a reason phrase gets hyper's placeholder.
+    let (mut parts, ()) = Response::new(()).into_parts();
+    parts.status = StatusCode::from_u16(599).unwrap();
+    let mut head = Vec::new();
+    response::head(
+        &mut parts,
+        BodyLength::Empty,
+        &facts(Version::HTTP_11, true),
+        &mut true,
+        &mut head,
+    );
+    assert!(head.starts_with(b"HTTP/1.1 599 <none>\r\n"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn http10_without_keep_alive_is_answered_in_http10_and_closed() {
+    let (mut client, task, _drain) = start(shared(), tower::service_fn(echo));
+    client
+        .write_all(b"GET /old HTTP/1.0\r\n\r\n")
+        .await
+        .unwrap();
+    let got = read_now(&mut client).await;
+    assert!(got.starts_with("HTTP/1.0 200 OK\r\n"), "{got}");
+    assert_eq!(bodies(&got), ["GET /old "]);
+    assert!(matches!(task.await.unwrap(), Ended::Closed));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_101_hands_the_socket_and_the_bytes_read_past_the_head_to_the_tunnel() {
+    let tunnel = Arc::new(Mutex::new(None));
+    let service = {
+        let tunnel = Arc::clone(&tunnel);
+        tower::service_fn(move |mut req: Request<ClientBody>| {
+            let on = req.extensions_mut().remove::<OnUpgrade>().unwrap();
+            *tunnel.lock().unwrap() = Some(tokio::spawn(async move {
+                let mut io = on.await.unwrap();
+                let mut got = [0u8; 10];
+                io.read_exact(&mut got).await.unwrap();
+                io.write_all(b"up").await.unwrap();
+                got
+            }));
+            async { Ok(text(101, "")) }
+        })
+    };
+    let (mut client, task, _drain) = start(shared(), service);
+    client
+        .write_all(b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\nearly")
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        head.push(client.read_u8().await.unwrap());
+    }
+    let head = String::from_utf8(head).unwrap();
+    assert!(
+        head.starts_with("HTTP/1.1 101 Switching Protocols\r\n"),
+        "{head}"
+    );
+    assert!(!head.contains("content-length"), "{head}");
+    assert!(matches!(task.await.unwrap(), Ended::Upgraded));
+    client.write_all(b"later").await.unwrap();
+    let mut up = [0u8; 2];
+    client.read_exact(&mut up).await.unwrap();
+    assert_eq!(&up, b"up");
+    let tunnel = tunnel.lock().unwrap().take().unwrap();
+    assert_eq!(&tunnel.await.unwrap(), b"earlylater");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_client_gone_mid_body_fails_the_body_and_gone_while_waiting_drops_the_call() {
+    let (mut client, task, _drain) = start(shared(), tower::service_fn(echo));
+    client
+        .write_all(b"POST / HTTP/1.1\r\nContent-Length: 10\r\n\r\nabc")
+        .await
+        .unwrap();
+    client.shutdown().await.unwrap();
+    let got = read_now(&mut client).await;
+    assert_eq!(
+        bodies(&got),
+        [format!("POST / error: {}", ReadError::Closed).as_str()]
+    );
+    assert!(matches!(task.await.unwrap(), Ended::Closed));
+
+    let dropped = Arc::new(AtomicBool::new(false));
+    struct Flag(Arc<AtomicBool>);
+    impl Drop for Flag {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+    let service = {
+        let dropped = Arc::clone(&dropped);
+        tower::service_fn(move |_req: Request<ClientBody>| {
+            let flag = Flag(Arc::clone(&dropped));
+            async move {
+                let _flag = flag;
+                std::future::pending::<Result<Response<ProxyBody>, Infallible>>().await
+            }
+        })
+    };
+    let (mut client, task, _drain) = start(shared(), service);
+    client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(!dropped.load(Ordering::SeqCst));
+    drop(client);
+    assert!(matches!(task.await.unwrap(), Ended::Closed));
+    assert!(dropped.load(Ordering::SeqCst), "the call is abandoned");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_bad_head_after_a_good_one_is_refused_once_the_first_is_answered() {
+    let (mut client, task, _drain) = start(shared(), tower::service_fn(echo));
+    client
+        .write_all(b"GET /1 HTTP/1.1\r\n\r\nGET / HTTP/1.1\r\nBad Name: 1\r\n\r\n")
+        .await
+        .unwrap();
+    let got = read_now(&mut client).await;
+    let (first, answer) = got.split_at(got.find("HTTP/1.1 400").unwrap());
+    assert_eq!(bodies(first), ["GET /1 "]);
+    assert!(
+        answer.contains("\r\nx-levee-error: bad-request\r\n"),
+        "{answer}"
+    );
+    assert!(answer.contains("\r\nconnection: close\r\n"), "{answer}");
+    assert!(
+        answer.ends_with("\r\n\r\n400 bad-request: the request is malformed\n"),
+        "{answer}"
+    );
+    drop(client);
+    assert!(matches!(task.await.unwrap(), Ended::Closed));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_bad_chunked_body_fails_with_its_violation_and_the_connection_closes() {
+    let service = tower::service_fn(|req: Request<ClientBody>| async move {
+        let err = req.into_body().collect().await.unwrap_err();
+        assert_eq!(err.violation(), Some(Violation::MissingChunkCrlf));
+        Ok(text(400, "bad"))
+    });
+    let (mut client, task, _drain) = start(shared(), service);
+    client
+        .write_all(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nxyz")
+        .await
+        .unwrap();
+    let got = read_now(&mut client).await;
+    assert!(got.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{got}");
+    assert!(got.contains("\r\nconnection: close\r\n"), "{got}");
+    drop(client);
+    assert!(matches!(task.await.unwrap(), Ended::Closed));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_head_in_pieces_is_cut_at_header_read_timeout() {
+    let shared = shared();
+    let timeout = shared.state().config.server.header_read_timeout;
+    let (mut client, task, _drain) = start(shared, tower::service_fn(echo));
+    client
+        .write_all(b"GET / HTTP/1.1\r\nX-Slow: ")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    assert!(matches!(task.await.unwrap(), Ended::Closed));
+    assert_eq!(started.elapsed(), timeout);
+    assert_eq!(read_now(&mut client).await, "", "closed without an answer");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_idle_connection_parks_after_park_after_with_its_socket_alone() {
+    let (mut client, task, _drain) = start(shared(), tower::service_fn(echo));
+    client.write_all(b"GET /1 HTTP/1.1\r\n\r\n").await.unwrap();
+    assert_eq!(bodies(&read_now(&mut client).await), ["GET /1 "]);
+    let Ended::Parked(mut io) = task.await.unwrap() else {
+        panic!("parked");
+    };
+    io.write_all(b"still open").await.unwrap();
+    let mut got = [0u8; 10];
+    client.read_exact(&mut got).await.unwrap();
+    assert_eq!(&got, b"still open");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_drain_closes_an_idle_connection_and_answers_a_head_under_way_with_close() {
+    let (_client, task, drain) = start(shared(), tower::service_fn(echo));
+    drain.send_replace(true);
+    assert!(matches!(task.await.unwrap(), Ended::Closed));
+
+    let (mut client, task, drain) = start(shared(), tower::service_fn(echo));
+    client.write_all(b"GET /1 HTTP/1.1\r\n").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    drain.send_replace(true);
+    client.write_all(b"\r\n").await.unwrap();
+    let got = read_now(&mut client).await;
+    assert!(got.contains("\r\nconnection: close\r\n"), "{got}");
+    assert_eq!(bodies(&got), ["GET /1 "]);
+    assert!(matches!(task.await.unwrap(), Ended::Closed));
+}
+
+/// A client gone before levee's answer to its refused head still gets its
+/// access log line, marked incomplete, with no body bytes sent.
+#[tokio::test]
+async fn a_refused_head_is_logged_even_when_its_answer_never_went_out() {
+    let dir = std::env::temp_dir().join(format!("levee-h1-refused-log-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("access.log");
+    let config = levee_config::parse(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[[backend]]\nname = \"app\"\nnodes = [\"127.0.0.1:1\"]\n[[route]]\npath_prefix = \"/\"\nbackend = \"app\"\n",
+        "test.toml",
+    )
+    .unwrap();
+    let mut state = crate::ProxyState::build(Arc::new(config), 1, None);
+    state.access_log = crate::access_log::AccessLog::open(
+        &levee_config::AccessTarget::File(path.clone()),
+        Arc::default(),
+    )
+    .unwrap();
+    // A pipe too small for the answer, whose client never reads.
+    let (mut client, server) = duplex(16);
+    let shared = shared_with(Arc::new(state));
+    let refusing = tokio::spawn(async move {
+        let activity = ConnActivity::new();
+        let env = Env {
+            shared: &shared,
+            activity: &activity,
+            peer: PEER.parse().unwrap(),
+        };
+        let head = BytesMut::from(&b"DELETE /x?y HTTP/1.1\r\nBad Name: 1\r\n\r\n"[..]);
+        refuse::refuse(server, head, Violation::BadFieldName, env).await;
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    refusing.abort();
+    let _ = refusing.await;
+    client.shutdown().await.unwrap();
+
+    let mut text = String::new();
+    for _ in 0..100 {
+        text = std::fs::read_to_string(&path).unwrap_or_default();
+        if !text.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    let line: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
+    assert_eq!(line["status"], 400, "{line}");
+    assert_eq!(line["error"], "bad-request");
+    assert_eq!(line["client"], PEER);
+    assert_eq!(line["method"], "DELETE");
+    assert_eq!(line["path"], "/x");
+    assert_eq!(line["bytes_out"], 0);
+    assert_eq!(line["complete"], false);
+}
+
+#[test]
+fn a_request_is_built_from_its_head_without_a_second_parse() {
+    let head = Bytes::from_static(
+        b"\r\nPOST /p?q=1 HTTP/1.0\r\nHost:  example.com \r\nConnection: Keep-Alive\r\nX-A: 1\r\nx-a: 2\r\n\r\n",
+    );
+    let (req, facts) = request::build(head, ()).unwrap();
+    assert_eq!(req.method(), Method::POST);
+    assert_eq!(req.uri(), "/p?q=1");
+    assert_eq!(req.version(), Version::HTTP_10);
+    assert_eq!(req.headers()["host"], "example.com");
+    let xa: Vec<_> = req.headers().get_all("x-a").iter().collect();
+    assert_eq!(xa, ["1", "2"]);
+    assert!(facts.keep_alive && !facts.head && !facts.connect);
+}
+
+#[test]
+fn a_chunked_body_decodes_the_same_however_it_is_cut() {
+    let body = b"3;x=y\r\nabc\r\n10\r\n0123456789abcdef\r\n0\r\nT: 1\r\n\r\nGET";
+    let whole = pieces::chunked_in_pieces(body, &[]).unwrap();
+    assert_eq!(
+        whole,
+        pieces::Decoded {
+            data: b"abc0123456789abcdef".to_vec(),
+            done: true,
+            after: 3,
+        }
+    );
+    for a in 0..body.len() {
+        for b in a..body.len() {
+            assert_eq!(pieces::chunked_in_pieces(body, &[a, b]).unwrap(), whole);
+        }
+    }
+    let bad = b"3\r\nabc\r\n2\r\nxyz";
+    for cut in 0..bad.len() {
+        assert!(matches!(
+            pieces::chunked_in_pieces(bad, &[cut]),
+            Err(ReadError::Framing(Violation::MissingChunkCrlf))
+        ));
+    }
+}
