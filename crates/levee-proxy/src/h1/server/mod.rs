@@ -21,6 +21,7 @@
 //! with its socket alone.
 
 mod body;
+mod out;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod pieces;
 mod refuse;
@@ -33,14 +34,14 @@ mod tests;
 
 use std::convert::Infallible;
 use std::future::{poll_fn, Future};
-use std::io::{self, IoSlice, Write as _};
+use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll, Waker};
 use std::time::Duration;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use http::{Request, Response, StatusCode};
 use http_body::Body as _;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -50,6 +51,7 @@ use tower::Service;
 pub use body::{channel, ReadError, Reader, RequestBody, Want};
 pub use upgrade::{ClientIo, OnUpgrade, Rewind, Upgraded};
 
+use self::out::Out;
 use self::response::{BodyLength, Encoder};
 use crate::activity::ConnActivity;
 use crate::body::{ClientBody, ProxyBody};
@@ -366,9 +368,6 @@ where
         }
     } else {
         let vectored = conn.io.is_write_vectored();
-        // The head waits for the first frame if it is ready at once: both
-        // go in one write.
-        let mut head_only = true;
         let sent = poll_fn(|cx| loop {
             if let Some(r) = &mut reading {
                 match conn.poll_body(cx, r, &mut Out::default()) {
@@ -380,10 +379,11 @@ where
                     }
                 }
             }
-            if !out.ended && (out.is_empty() || std::mem::take(&mut head_only)) {
+            // What the body has ready goes in one write (the head with the
+            // first frames).
+            while out.has_room() {
                 match Pin::new(&mut body).poll_frame(cx) {
-                    Poll::Pending if out.is_empty() => return Poll::Pending,
-                    Poll::Pending => {}
+                    Poll::Pending => break,
                     Poll::Ready(Some(Ok(frame))) => {
                         if let Ok(data) = frame.into_data() {
                             out.data(&mut encoder, data, vectored);
@@ -397,9 +397,10 @@ where
                     }
                 }
             }
-            if !out.is_empty() {
-                ready!(out.poll_write(&mut conn.io, cx))?;
+            if out.is_done() && !out.ended {
+                return Poll::Pending;
             }
+            ready!(out.poll_write(&mut conn.io, cx))?;
             if out.ended {
                 return Poll::Ready(Ok::<_, io::Error>(true));
             }
@@ -701,130 +702,5 @@ impl Decode {
                 }
             },
         }
-    }
-}
-
-/// Bytes on their way to the client: a head (or chunk-size line), then
-/// data, then a static tail; written with one vectored write when the
-/// stream takes them.
-#[derive(Default)]
-struct Out {
-    head: Vec<u8>,
-    at: usize,
-    data: Bytes,
-    tail: &'static [u8],
-    /// The body's last bytes are in (or out).
-    ended: bool,
-    /// Written, not flushed yet.
-    flushing: bool,
-}
-
-thread_local! {
-    /// One spare write buffer per worker thread: a response head is encoded
-    /// into it and it comes back once written, so that a connection keeps
-    /// no write buffer between responses and a busy worker allocates none.
-    static SPARE: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
-}
-
-/// The largest write buffer kept spare.
-const SPARE_MAX: usize = 64 * 1024;
-
-impl Out {
-    /// A buffer for a response head: the worker's spare if it has one.
-    fn for_head(capacity: usize) -> Self {
-        let mut head = SPARE.take();
-        head.reserve(capacity);
-        Self {
-            head,
-            ..Self::default()
-        }
-    }
-
-    fn is_empty(&self) -> bool {
-        self.at == self.head.len() && self.data.is_empty() && self.tail.is_empty()
-    }
-
-    /// Frames `data` as `encoder` wants (bytes past a Content-Length are
-    /// dropped, as no client would read them). `vectored`: else small data
-    /// is copied behind the head, so that it goes in one write.
-    fn data(&mut self, encoder: &mut Encoder, mut data: Bytes, vectored: bool) {
-        if data.is_empty() {
-            return;
-        }
-        match encoder {
-            Encoder::Length(left) => {
-                let n = usize::try_from(*left).unwrap_or(usize::MAX).min(data.len());
-                data.truncate(n);
-                *left -= n as u64;
-            }
-            Encoder::Chunked => {
-                let _ = write!(self.head, "{:X}\r\n", data.len());
-                self.tail = b"\r\n";
-            }
-            Encoder::Close => {}
-        }
-        if !vectored || data.len() < 1024 {
-            self.head.extend_from_slice(&data);
-            self.head.extend_from_slice(self.tail);
-            self.tail = b"";
-        } else {
-            self.data = data;
-        }
-        if *encoder == Encoder::Length(0) {
-            self.ended = true;
-        }
-    }
-
-    /// The body ended; false if it ended short of its Content-Length.
-    fn end(&mut self, encoder: Encoder) -> bool {
-        self.ended = true;
-        match encoder {
-            Encoder::Chunked => {
-                self.head.extend_from_slice(b"0\r\n\r\n");
-                true
-            }
-            Encoder::Length(left) => left == 0,
-            Encoder::Close => true,
-        }
-    }
-
-    fn poll_write<W: AsyncWrite + Unpin>(
-        &mut self,
-        io: &mut W,
-        cx: &mut Context<'_>,
-    ) -> Poll<io::Result<()>> {
-        while !self.is_empty() {
-            let slices = [
-                IoSlice::new(&self.head[self.at..]),
-                IoSlice::new(&self.data),
-                IoSlice::new(self.tail),
-            ];
-            let n = ready!(Pin::new(&mut *io).poll_write_vectored(cx, &slices))?;
-            if n == 0 {
-                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
-            }
-            self.flushing = true;
-            let mut n = n;
-            let head = (self.head.len() - self.at).min(n);
-            self.at += head;
-            n -= head;
-            let data = self.data.len().min(n);
-            self.data.advance(data);
-            n -= data;
-            self.tail = &self.tail[n.min(self.tail.len())..];
-        }
-        if !self.flushing {
-            return Poll::Ready(Ok(()));
-        }
-        ready!(Pin::new(&mut *io).poll_flush(cx))?;
-        self.flushing = false;
-        // Written out: the buffer goes back to the worker.
-        let mut head = std::mem::take(&mut self.head);
-        self.at = 0;
-        if head.capacity() > 0 && head.capacity() <= SPARE_MAX {
-            head.clear();
-            SPARE.set(head);
-        }
-        Poll::Ready(Ok(()))
     }
 }

@@ -6,6 +6,8 @@ use http::{Method, Version};
 use http_body_util::BodyExt as _;
 use levee_telemetry::{Telemetry, Topology};
 use tokio::io::{duplex, AsyncReadExt, AsyncWriteExt, DuplexStream};
+
+use super::out::Out;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -239,11 +241,54 @@ fn facts(version: Version, keep_alive: bool) -> Facts {
     }
 }
 
-#[test]
-fn a_body_of_unknown_length_goes_chunked_on_http11_and_close_delimited_on_http10() {
+/// A client that takes vectored writes whole, and counts them.
+#[derive(Default)]
+struct Wire {
+    bytes: Vec<u8>,
+    writes: usize,
+}
+
+impl AsyncWrite for Wire {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.poll_write_vectored(cx, &[std::io::IoSlice::new(buf)])
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        this.writes += 1;
+        let before = this.bytes.len();
+        for buf in bufs {
+            this.bytes.extend_from_slice(buf);
+        }
+        Poll::Ready(Ok(this.bytes.len() - before))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+#[tokio::test]
+async fn a_body_of_unknown_length_goes_chunked_on_http11_and_close_delimited_on_http10() {
     let (mut parts, ()) = Response::new(()).into_parts();
     let mut keep_alive = true;
-    let mut out = Out::default();
+    let mut out = Out::for_head(256);
     let written = response::head(
         &mut parts,
         BodyLength::Unknown,
@@ -254,31 +299,22 @@ fn a_body_of_unknown_length_goes_chunked_on_http11_and_close_delimited_on_http10
     let mut encoder = written.encoder;
     assert_eq!(encoder, Encoder::Chunked);
     assert!(keep_alive && !written.last);
-    // What a write takes out of `out`.
-    let mut wire = Vec::new();
-    let mut write = |out: &mut Out| {
-        wire.extend_from_slice(&out.head[out.at..]);
-        wire.extend_from_slice(&out.data);
-        wire.extend_from_slice(out.tail);
-        *out = Out {
-            ended: out.ended,
-            ..Out::default()
-        };
-    };
+    // Frames ready together are gathered behind the head: one write.
     out.data(&mut encoder, Bytes::from_static(b"hello"), true);
-    write(&mut out);
     out.data(&mut encoder, Bytes::from(vec![b'x'; 2000]), true);
-    // The large chunk's data is kept apart, for one vectored write.
-    assert_eq!(out.data.len(), 2000);
-    assert_eq!(out.tail, b"\r\n");
-    write(&mut out);
+    out.data(&mut encoder, Bytes::from(vec![b'y'; 3000]), true);
     assert!(out.end(encoder));
-    write(&mut out);
-    let wire = String::from_utf8(wire).unwrap();
+    let mut wire = Wire::default();
+    poll_fn(|cx| out.poll_write(&mut wire, cx)).await.unwrap();
+    assert_eq!(wire.writes, 1);
+    let wire = String::from_utf8(wire.bytes).unwrap();
     assert!(wire.starts_with("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ndate: "));
     let body = &wire[wire.find("\r\n\r\n").unwrap() + 4..];
-    let big = "x".repeat(2000);
-    assert_eq!(body, format!("5\r\nhello\r\n7D0\r\n{big}\r\n0\r\n\r\n"));
+    let (x, y) = ("x".repeat(2000), "y".repeat(3000));
+    assert_eq!(
+        body,
+        format!("5\r\nhello\r\n7D0\r\n{x}\r\nBB8\r\n{y}\r\n0\r\n\r\n")
+    );
 
     let (mut parts, ()) = Response::new(()).into_parts();
     let mut keep_alive = false;
@@ -624,4 +660,44 @@ fn a_chunked_body_decodes_the_same_however_it_is_cut() {
             Err(ReadError::Framing(Violation::MissingChunkCrlf))
         ));
     }
+}
+
+/// A client that takes one byte per write: every piece still goes out, in
+/// order.
+#[derive(Default)]
+struct Trickle(Vec<u8>);
+
+impl AsyncWrite for Trickle {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.get_mut().0.extend_from_slice(&buf[..1]);
+        Poll::Ready(Ok(1))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+#[tokio::test]
+async fn gathered_frames_go_out_in_order_however_the_stream_takes_them() {
+    let mut out = Out::for_head(16);
+    out.head.extend_from_slice(b"HEAD|");
+    let mut encoder = Encoder::Length(4000);
+    out.data(&mut encoder, Bytes::from(vec![b'a'; 1500]), true);
+    out.data(&mut encoder, Bytes::from_static(b"bb"), true);
+    out.data(&mut encoder, Bytes::from(vec![b'c'; 2498]), true);
+    assert!(out.ended, "the Content-Length is reached");
+    let mut wire = Trickle::default();
+    poll_fn(|cx| out.poll_write(&mut wire, cx)).await.unwrap();
+    let expected = [&b"HEAD|"[..], &[b'a'; 1500], b"bb", &[b'c'; 2498]].concat();
+    assert_eq!(wire.0, expected);
+    assert!(out.is_done());
 }
