@@ -331,11 +331,7 @@ async fn sniff<I: AsyncRead + Unpin>(
         if !*draining && closing.as_mut().poll(cx).is_ready() {
             *draining = true;
         }
-        if read.is_empty() {
-            if *draining {
-                return Poll::Ready(None);
-            }
-        } else {
+        if !read.is_empty() {
             let timer = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(head_timeout)));
             if timer.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(None);
@@ -344,13 +340,13 @@ async fn sniff<I: AsyncRead + Unpin>(
         if read.capacity() - read.len() < 1024 {
             read.reserve(4096);
         }
-        match ready!(tokio_util::io::poll_read_buf(
-            Pin::new(&mut *stream),
-            cx,
-            read
-        )) {
-            Ok(0) | Err(_) => return Poll::Ready(None),
-            Ok(_) => {}
+        match tokio_util::io::poll_read_buf(Pin::new(&mut *stream), cx, read) {
+            Poll::Ready(Ok(0) | Err(_)) => return Poll::Ready(None),
+            Poll::Ready(Ok(_)) => {}
+            // What the client sent before a drain is read first; with
+            // nothing sent, the drain closes the connection.
+            Poll::Pending if read.is_empty() && *draining => return Poll::Ready(None),
+            Poll::Pending => return Poll::Pending,
         }
     })
     .await
