@@ -49,6 +49,8 @@ const MIN_READ: usize = 1024;
 const MAX_BODY_READ: usize = 64 * 1024;
 /// Empty read buffers a thread keeps for its node connections' next reads.
 const SPARE_BUFFERS: usize = 8;
+/// The largest buffer kept as a spare.
+const SPARE_MAX_BYTES: usize = 2 * READ_BYTES;
 
 thread_local! {
     /// A node connection holds a read buffer only while it holds bytes not
@@ -171,10 +173,14 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
         read
     }
 
-    /// Hands an empty read buffer back to the thread's spares.
+    /// Hands an empty read buffer back to the thread's spares; one grown
+    /// for a large body is freed instead, so that the spares stay small.
     fn release_read(&mut self) {
         if self.read.is_empty() && self.read.capacity() > 0 {
             let buf = std::mem::take(&mut self.read);
+            if buf.capacity() > SPARE_MAX_BYTES {
+                return;
+            }
             SPARE.with_borrow_mut(|spare| {
                 if spare.len() < SPARE_BUFFERS {
                     spare.push(buf);

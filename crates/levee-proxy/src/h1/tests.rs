@@ -13,7 +13,7 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _, DuplexStream};
 
 use super::decode::{parse_head, BodyError, Decoded, Decoder, Framing, HeadError, MAX_HEAD};
 use super::encode::{self, BodyLength, Encoder};
-use super::{send, Conn, Error, Reuse, SendError, SPARE, SPARE_BUFFERS};
+use super::{send, Conn, Error, Reuse, SendError, SPARE, SPARE_BUFFERS, SPARE_MAX_BYTES};
 use crate::body::RequestBody;
 
 fn head(bytes: &[u8], method: Method) -> Result<Option<super::decode::Parsed>, HeadError> {
@@ -637,6 +637,38 @@ async fn a_node_connection_holds_a_read_buffer_only_while_it_holds_bytes() {
         (1..=SPARE_BUFFERS).contains(&spare),
         "the buffer waits for the thread's next read: {spare}"
     );
+}
+
+#[tokio::test]
+async fn a_buffer_grown_for_a_large_body_is_not_kept_as_a_spare() {
+    let (client, mut node) = tokio::io::duplex(64 * 1024);
+    let kept = Kept::default();
+    let call = tokio::spawn(send(Conn::new(client), get("/"), kept.clone()));
+    read_request(&mut node, 0).await;
+    const LEN: usize = 48 * 1024;
+    const PIECE: usize = 6 * 1024;
+    node.write_all(format!("HTTP/1.1 200 OK\r\nContent-Length: {LEN}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut body = call.await.unwrap().unwrap().into_body();
+    let mut read = 0;
+    while read < LEN {
+        // Each read finds a piece, much less than the room made for the
+        // rest of the body; between pieces the connection holds no buffer.
+        node.write_all(&[b'x'; PIECE]).await.unwrap();
+        let frame = body.frame().await.unwrap().unwrap();
+        read += frame.into_data().unwrap().len();
+        SPARE.with_borrow(|spare| {
+            let sizes: Vec<usize> = spare.iter().map(|b| b.capacity()).collect();
+            assert!(
+                sizes.iter().all(|&c| c <= SPARE_MAX_BYTES),
+                "spares stay small: {sizes:?}"
+            );
+        });
+    }
+    assert_eq!(read, LEN);
+    assert!(body.frame().await.is_none());
+    assert!(kept.take().is_some(), "handed back");
 }
 
 #[tokio::test]
