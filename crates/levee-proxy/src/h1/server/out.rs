@@ -29,6 +29,9 @@ thread_local! {
     /// into it and it comes back once written, so that a connection keeps
     /// no write buffer between responses and a busy worker allocates none.
     static SPARE: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+    /// Likewise the queue of data slices gathered for one write.
+    static SPARE_DATAS: std::cell::Cell<VecDeque<(usize, Bytes)>> =
+        const { std::cell::Cell::new(VecDeque::new()) };
 }
 
 /// See the module doc.
@@ -107,6 +110,9 @@ impl Out {
         } else {
             let at = head.len();
             self.pending += data.len();
+            if self.datas.capacity() == 0 {
+                self.datas = SPARE_DATAS.take();
+            }
             self.datas.push_back((at, data));
         }
         if chunked {
@@ -162,12 +168,16 @@ impl Out {
         }
         ready!(Pin::new(&mut *io).poll_flush(cx))?;
         self.flushing = false;
-        // Written out: the buffer goes back to the worker.
+        // Written out: the buffers go back to the worker.
         let mut head = std::mem::take(&mut self.head);
         self.at = 0;
         if head.capacity() > 0 && head.capacity() <= SPARE_MAX {
             head.clear();
             SPARE.set(head);
+        }
+        let datas = std::mem::take(&mut self.datas);
+        if datas.capacity() > 0 {
+            SPARE_DATAS.set(datas);
         }
         Poll::Ready(Ok(()))
     }
