@@ -54,7 +54,7 @@ use tracing::trace;
 use crate::activity::{ActivityGuard, ConnActivity, Upgrading};
 use crate::body::{ClientBody, ProxyBody};
 use crate::gate::Park;
-use crate::h1::{self, server::Rewind};
+use crate::h1::{self, Rewind};
 use crate::headers::Scheme;
 use crate::parking::Lot;
 use crate::server::ConnSlot;

@@ -467,10 +467,9 @@ where
     if upgrade {
         let Conn { io, read, .. } = *conn;
         let mut response = response.map(|()| Body::empty());
-        response.extensions_mut().insert(Upgrade::new(Upgraded {
-            prefix: read.freeze(),
-            io,
-        }));
+        response
+            .extensions_mut()
+            .insert(Upgrade::new(Rewind::new(io, read.freeze())));
         return (Ok(response), back(head));
     }
     let mut body = Body {
@@ -573,54 +572,77 @@ impl<IO: AsyncRead + AsyncWrite + Unpin, R: Reuse<IO> + Unpin> HttpBody for Body
     }
 }
 
-/// A connection the node switched to another protocol (101), with the
-/// bytes it sent after the response head.
-pub struct Upgraded<IO> {
+/// A stream whose first bytes are `prefix`: a connection switched to
+/// another protocol (101), with the bytes read past the head, on either
+/// side.
+pub struct Rewind<T> {
     prefix: Bytes,
-    io: IO,
+    inner: T,
 }
 
-impl<IO> fmt::Debug for Upgraded<IO> {
+impl<T> Rewind<T> {
+    pub fn new(inner: T, prefix: Bytes) -> Self {
+        Self { prefix, inner }
+    }
+}
+
+impl<T> fmt::Debug for Rewind<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Upgraded")
+        f.debug_struct("Rewind")
             .field("prefix", &self.prefix.len())
             .finish_non_exhaustive()
     }
 }
 
-impl<IO: AsyncRead + Unpin> AsyncRead for Upgraded<IO> {
+impl<T: AsyncRead + Unpin> AsyncRead for Rewind<T> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if this.prefix.is_empty() {
-            return Pin::new(&mut this.io).poll_read(cx, buf);
+        if !this.prefix.is_empty() {
+            let n = this.prefix.len().min(buf.remaining());
+            buf.put_slice(&this.prefix[..n]);
+            this.prefix.advance(n);
+            return Poll::Ready(Ok(()));
         }
-        let n = this.prefix.len().min(buf.remaining());
-        buf.put_slice(&this.prefix.split_to(n));
-        Poll::Ready(Ok(()))
+        Pin::new(&mut this.inner).poll_read(cx, buf)
     }
 }
 
-impl<IO: AsyncWrite + Unpin> AsyncWrite for Upgraded<IO> {
+impl<T: AsyncWrite + Unpin> AsyncWrite for Rewind<T> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
     }
 }
+
+/// A connection the node switched to another protocol (101).
+pub type Upgraded<IO> = Rewind<IO>;
 
 /// The upgraded connection, in the 101 response's extensions (which must
 /// be `Clone`) until the tunnel takes it; dropped with the response else.

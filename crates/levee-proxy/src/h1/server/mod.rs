@@ -49,7 +49,7 @@ use tokio::time::{Instant, Sleep};
 use tower::Service;
 
 pub use body::{channel, ReadError, Reader, RequestBody, Want};
-pub use upgrade::{ClientIo, OnUpgrade, Rewind, Upgraded};
+pub use upgrade::{ClientIo, OnUpgrade, Upgraded};
 
 use self::out::Out;
 use self::response::{BodyLength, Encoder};
