@@ -132,3 +132,34 @@ async fn waves_of_concurrent_requests_reuse_the_connections_of_the_first() {
     );
     levee.shutdown().await;
 }
+
+#[tokio::test]
+async fn answers_of_changing_sizes_come_whole_over_one_node_connection() {
+    // levee's read room for a response head grows while answers fill it
+    // and shrinks after small ones: every size must still arrive whole,
+    // and the connection stay reusable.
+    let app = node(Behavior::Healthy { body_bytes: 16_384 }).await;
+    let levee = levee_for(&app).await;
+    let http = client();
+    let mut sent = 0;
+    for (size, times) in [(16_384, 4), (100, 3), (200_000, 3), (16_384, 2), (0, 1)] {
+        app.set_behavior(Behavior::Healthy { body_bytes: size })
+            .await
+            .unwrap();
+        for i in 0..times {
+            let got = get(&http, &url(&levee, &format!("/{size}/{i}"))).await;
+            assert_eq!(
+                got.status,
+                StatusCode::OK,
+                "{size} #{i}: {:?}",
+                got.reason()
+            );
+            assert_eq!(got.body.len(), size, "{size} #{i}");
+            sent += 1;
+        }
+    }
+    let stats = app.stats();
+    assert_eq!(stats.requests, sent);
+    assert_eq!(stats.connections, 1, "{stats:?}");
+    levee.shutdown().await;
+}

@@ -42,6 +42,11 @@ use encode::{BodyLength, Encoder};
 
 /// A read buffer starts (and, for small responses, stays) this size.
 const READ_BYTES: usize = 8 * 1024;
+/// A node connection's room for reading a response head starts at
+/// [`READ_BYTES`] and doubles, up to this, while its answers fill it (so a
+/// 16 KiB answer comes in one read, not two); it halves back after two
+/// answers in a row that fill less than half of it.
+const MAX_HEAD_READ: usize = 64 * 1024;
 /// A read is not started with less room than this.
 const MIN_READ: usize = 1024;
 /// A body whose next bytes are known to be due gets room for up to this
@@ -114,6 +119,10 @@ pub struct Conn<IO> {
     sent: bool,
     decoder: Decoder,
     keep_alive: bool,
+    /// Room for the next read of a response head ([`MAX_HEAD_READ`]).
+    head_room: usize,
+    /// Head reads in a row that filled less than half of `head_room`.
+    short_heads: u8,
     /// The request being sent, until its response head comes: kept here,
     /// on the heap already, so that the future sending it stays small.
     head: Option<http::request::Parts>,
@@ -144,6 +153,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
             sent: true,
             decoder: Decoder::Done,
             keep_alive: false,
+            head_room: READ_BYTES,
+            short_heads: 0,
             head: None,
         })
     }
@@ -165,8 +176,14 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
             self.read = SPARE.with_borrow_mut(Vec::pop).unwrap_or_default();
         }
         let room = due.saturating_add(1).clamp(MIN_READ, MAX_BODY_READ);
-        if self.read.capacity() - self.read.len() < room {
-            self.read.reserve(room.max(READ_BYTES));
+        if self.read.capacity() - self.read.len() < room && !self.read.try_reclaim(room) {
+            if self.read.is_empty() {
+                // Growing an empty buffer would copy its old allocation for
+                // nothing.
+                self.read = BytesMut::with_capacity(room.max(READ_BYTES));
+            } else {
+                self.read.reserve(room.max(READ_BYTES));
+            }
         }
         let read = poll_read_buf(Pin::new(&mut self.io), cx, &mut self.read);
         self.release_read();
@@ -285,11 +302,28 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
                     return Poll::Ready(Ok(parsed));
                 }
             }
-            match ready!(self.poll_fill(cx, MIN_READ)) {
+            match ready!(self.poll_fill(cx, self.head_room - 1)) {
                 Ok(0) => return Poll::Ready(Err(Error::Closed)),
-                Ok(_) => {}
+                Ok(n) => self.fit_head_room(n),
                 Err(e) => return Poll::Ready(Err(Error::Io(e))),
             }
+        }
+    }
+
+    /// A head read of `n` bytes: one that took all its room doubles the
+    /// room for the next; two in a row that took less than half halve it.
+    fn fit_head_room(&mut self, n: usize) {
+        if n >= self.head_room {
+            self.head_room = (self.head_room * 2).min(MAX_HEAD_READ);
+            self.short_heads = 0;
+        } else if n < self.head_room / 2 && self.head_room > READ_BYTES {
+            self.short_heads += 1;
+            if self.short_heads == 2 {
+                self.head_room /= 2;
+                self.short_heads = 0;
+            }
+        } else {
+            self.short_heads = 0;
         }
     }
 

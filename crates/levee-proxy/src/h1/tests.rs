@@ -764,3 +764,60 @@ async fn a_body_of_known_length_already_sent_is_read_in_two_reads() {
     assert_eq!(frames.len(), 2, "{frames:?}");
     assert!(kept.take().is_some());
 }
+
+/// A `LEN`-byte answer on `conn`; the frames its body came in, and the
+/// connection back.
+async fn answer_of(
+    conn: Box<Conn<DuplexStream>>,
+    node: &mut DuplexStream,
+    len: usize,
+) -> (usize, Box<Conn<DuplexStream>>) {
+    let kept = Kept::default();
+    let call = tokio::spawn(send(conn, get("/"), kept.clone()));
+    read_request(node, 0).await;
+    let mut answer = format!("HTTP/1.1 200 OK\r\nContent-Length: {len}\r\n\r\n").into_bytes();
+    answer.resize(answer.len() + len, b'x');
+    node.write_all(&answer).await.unwrap();
+    let mut resp = call.await.unwrap().unwrap();
+    let (mut frames, mut got) = (0, 0);
+    while let Some(frame) = resp.body_mut().frame().await {
+        got += frame.unwrap().into_data().unwrap().len();
+        frames += 1;
+    }
+    assert_eq!(got, len);
+    (frames, kept.take().expect("handed back"))
+}
+
+#[tokio::test]
+async fn answers_that_fill_the_head_read_get_room_to_come_in_one_read() {
+    SPARE.with_borrow_mut(Vec::clear);
+    let (client, mut node) = tokio::io::duplex(256 * 1024);
+    let mut conn = Conn::new(client);
+    let mut frames = Vec::new();
+    for _ in 0..4 {
+        let (n, back) = answer_of(conn, &mut node, 16 * 1024).await;
+        frames.push(n);
+        conn = back;
+    }
+    // 8 KiB of room, then 16 KiB (both filled: two reads), then 32 KiB.
+    assert_eq!(frames, [2, 2, 1, 1]);
+    assert_eq!(conn.head_room, 32 * 1024);
+    // One small answer keeps the room; two in a row halve it.
+    let (_, conn) = answer_of(conn, &mut node, 10).await;
+    assert_eq!(conn.head_room, 32 * 1024);
+    let (_, conn) = answer_of(conn, &mut node, 10).await;
+    assert_eq!(conn.head_room, 16 * 1024);
+    // Never past the most a body read takes, however large the answers.
+    let mut conn = conn;
+    for _ in 0..4 {
+        conn = answer_of(conn, &mut node, 200 * 1024).await.1;
+    }
+    assert_eq!(conn.head_room, super::MAX_HEAD_READ);
+    SPARE.with_borrow(|spare| {
+        let sizes: Vec<usize> = spare.iter().map(|b| b.capacity()).collect();
+        assert!(
+            sizes.iter().all(|&c| c <= SPARE_MAX_BYTES),
+            "spares stay small: {sizes:?}"
+        );
+    });
+}
