@@ -1,5 +1,5 @@
 //! What a client connection knows of its own requests: how many are in
-//! flight and when that last changed, so it can close itself when idle,
+//! flight and when the last one ended, so it can close itself when idle,
 //! or park. A response body carries an [`ActivityGuard`] until it ends. An upgraded connection's tunnel
 //! carries a [`TunnelHold`], so the connection's task (and its slot under
 //! `max_connections`) lasts as long as the tunnel.
@@ -38,8 +38,8 @@ impl ConnActivity {
         }
     }
 
-    /// When a request last began or ended (the connection's start if
-    /// none has).
+    /// When a request last ended (the connection's start if none has):
+    /// while none is in flight, when the connection became idle.
     pub fn last_change(&self) -> Instant {
         self.origin + Duration::from_micros(self.last_change_us.load(Ordering::Relaxed))
     }
@@ -49,10 +49,10 @@ impl ConnActivity {
         self.last_change_us.store(us, Ordering::Relaxed);
     }
 
-    /// Marks a request in flight until the guard drops.
+    /// Marks a request in flight until the guard drops. No clock read:
+    /// [`Self::last_change`] matters only while none is in flight.
     pub fn begin(self: &Arc<Self>) -> ActivityGuard {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
-        self.touch();
         ActivityGuard(Arc::clone(self))
     }
 

@@ -407,7 +407,9 @@ async fn closing(
     let check = sleep_until(Instant::now() + idle_timeout);
     tokio::pin!(check);
     loop {
+        // In order: no random draw for the branch to poll first.
         tokio::select! {
+            biased;
             () = check.as_mut() => match activity.idle_deadline(idle_timeout) {
                 Some(at) if at <= Instant::now() => {
                     trace!("closing idle client connection");

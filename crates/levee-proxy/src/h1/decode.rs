@@ -8,6 +8,8 @@ use bytes::{Buf as _, Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Version};
 
+use super::names;
+
 /// The largest response head levee reads: hyper's default buffer bound,
 /// which is what it answered before.
 pub const MAX_HEAD: usize = 8192 + 4096 * 100;
@@ -125,22 +127,26 @@ pub fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Parsed>,
         let mut map = HeaderMap::with_capacity(res.headers.len());
         let mut keep_alive = version == Version::HTTP_11;
         let mut close = false;
-        for h in res.headers.iter() {
-            let name =
-                HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| HeadError::Header("name"))?;
-            let value = HeaderValue::from_maybe_shared(copied(h.value))
-                .map_err(|_| HeadError::Header("value"))?;
-            if name == CONNECTION {
-                // Once any line asks to close, a later keep-alive cannot undo it.
-                if close || has_token(&value, b"close") {
-                    close = true;
-                    keep_alive = false;
-                } else if !keep_alive {
-                    keep_alive = has_token(&value, b"keep-alive");
+        names::RESPONSES.with_borrow_mut(|names| {
+            for (i, h) in res.headers.iter().enumerate() {
+                let name = names
+                    .name(i, h.name.as_bytes())
+                    .map_err(|_| HeadError::Header("name"))?;
+                let value = HeaderValue::from_maybe_shared(copied(h.value))
+                    .map_err(|_| HeadError::Header("value"))?;
+                if name == CONNECTION {
+                    // Once any line asks to close, a later keep-alive cannot undo it.
+                    if close || has_token(&value, b"close") {
+                        close = true;
+                        keep_alive = false;
+                    } else if !keep_alive {
+                        keep_alive = has_token(&value, b"keep-alive");
+                    }
                 }
+                map.append(name, value);
             }
-            map.append(name, value);
-        }
+            Ok::<_, HeadError>(())
+        })?;
         let reason = res.reason.unwrap_or_default();
         let canonical = status.canonical_reason().unwrap_or_default();
         let reason = (reason != canonical)

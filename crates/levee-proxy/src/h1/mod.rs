@@ -16,6 +16,7 @@
 
 mod decode;
 mod encode;
+mod names;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod pieces;
 pub mod server;

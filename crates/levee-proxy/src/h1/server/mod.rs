@@ -293,10 +293,9 @@ where
     let mut read_failed = false;
     let mut linger = false;
     // Wait for the answer, reading the body as the stack asks for it.
+    // `closing` is not polled while the stack works: a drain only decides
+    // whether the answer keeps the connection, looked at once it is ready.
     let resp = poll_fn(|cx| {
-        if !*draining && closing.as_mut().poll(cx).is_ready() {
-            *draining = true;
-        }
         if let Some(r) = &mut reading {
             match conn.poll_body(cx, r, &mut continued) {
                 BodyStep::Pending => {}
@@ -309,6 +308,9 @@ where
             }
         }
         if let Poll::Ready(Ok(resp)) = fut.as_mut().poll(cx) {
+            if !*draining && closing.as_mut().poll(cx).is_ready() {
+                *draining = true;
+            }
             return Poll::Ready(Some(resp));
         }
         if reading.is_none() && !read_failed && conn.poll_client_gone(cx) {
@@ -483,9 +485,6 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
                     Ok(None) => {}
                 }
             }
-            if !*draining && closing.as_mut().poll(cx).is_ready() {
-                *draining = true;
-            }
             if self.eof || !self.buf.is_empty() && self.head_timed_out(cx, head_timeout) {
                 return Poll::Ready(HeadEvent::Close);
             }
@@ -493,6 +492,13 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
                 Poll::Ready(Ok(_)) => {}
                 Poll::Ready(Err(_)) => return Poll::Ready(HeadEvent::Close),
                 Poll::Pending => {
+                    // Only before waiting: `closing` keeps the task's waker
+                    // from then on, and the exchange looks again before it
+                    // answers. Polled on every pass it cost four polls (a
+                    // lock each) a request.
+                    if !*draining && closing.as_mut().poll(cx).is_ready() {
+                        *draining = true;
+                    }
                     if self.buf.is_empty() {
                         // Nothing sent: a drain closes the connection, an
                         // idle one parks (its buffer freed with it).

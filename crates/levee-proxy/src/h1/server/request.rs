@@ -3,10 +3,11 @@
 //! and fields, and shares the head's bytes with the header values.
 
 use bytes::Bytes;
-use http::header::{HeaderName, HeaderValue, CONNECTION, EXPECT};
+use http::header::{HeaderValue, CONNECTION, EXPECT};
 use http::{HeaderMap, Method, Request, Uri, Version};
 
 use crate::gate::Violation;
+use crate::h1::names::{self, Names};
 
 /// Headers the edge adds to a request for its node (forwarding headers, a
 /// request id, a Host from an absolute target).
@@ -57,7 +58,47 @@ pub fn build<B>(head: Bytes, body: B) -> Result<(Request<B>, Facts), Violation> 
     // for the headers the edge adds for the node.
     let fields = head[lines.at..].iter().filter(|&&b| b == b'\n').count();
     let mut headers = HeaderMap::with_capacity(fields + EDGE_ADDS);
-    for line in lines {
+    let seen = names::REQUESTS.with_borrow_mut(|names| fill(&mut headers, names, &head, lines))?;
+    let keep_alive = match version {
+        Version::HTTP_11 => !seen.close,
+        _ => seen.keep_alive,
+    };
+    let facts = Facts {
+        version,
+        head: method == Method::HEAD,
+        connect: method == Method::CONNECT,
+        keep_alive,
+        expect_continue: version == Version::HTTP_11 && seen.expect_continue == Some(true),
+    };
+    let mut req = Request::new(body);
+    *req.method_mut() = method;
+    *req.uri_mut() = uri;
+    *req.version_mut() = version;
+    *req.headers_mut() = headers;
+    Ok((req, facts))
+}
+
+/// What the field lines say of the connection and of a 100 Continue,
+/// noted as they are read: no lookup after.
+#[derive(Debug, Default)]
+struct Seen {
+    /// A `Connection` line lists `close`.
+    close: bool,
+    /// A `Connection` line lists `keep-alive`.
+    keep_alive: bool,
+    /// The first `Expect` line, if any: whether it asks for 100-continue.
+    expect_continue: Option<bool>,
+}
+
+/// Appends the field lines of `lines` (ranges of `head`) to `headers`.
+fn fill(
+    headers: &mut HeaderMap,
+    names: &mut Names,
+    head: &Bytes,
+    lines: Lines<'_>,
+) -> Result<Seen, Violation> {
+    let mut seen = Seen::default();
+    for (i, line) in lines.enumerate() {
         if line.is_empty() {
             break;
         }
@@ -66,7 +107,9 @@ pub fn build<B>(head: Bytes, body: B) -> Result<(Request<B>, Facts), Violation> 
             .iter()
             .position(|&b| b == b':')
             .ok_or(Violation::BadFieldName)?;
-        let name = HeaderName::from_bytes(&text[..colon]).map_err(|_| Violation::BadFieldName)?;
+        let name = names
+            .name(i, &text[..colon])
+            .map_err(|_| Violation::BadFieldName)?;
         let mut from = line.start + colon + 1;
         let mut to = line.end;
         while from < to && matches!(head[from], b' ' | b'\t') {
@@ -77,37 +120,28 @@ pub fn build<B>(head: Bytes, body: B) -> Result<(Request<B>, Facts), Violation> 
         }
         let value = HeaderValue::from_maybe_shared(head.slice(from..to))
             .map_err(|_| Violation::BadFieldValue)?;
+        if name == CONNECTION {
+            seen.close |= lists(&value, b"close");
+            seen.keep_alive |= lists(&value, b"keep-alive");
+        } else if name == EXPECT && seen.expect_continue.is_none() {
+            seen.expect_continue = Some(value.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+        }
         headers.append(name, value);
     }
-    let keep_alive = match version {
-        Version::HTTP_11 => !has_token(&headers, b"close"),
-        _ => has_token(&headers, b"keep-alive"),
-    };
-    let facts = Facts {
-        version,
-        head: method == Method::HEAD,
-        connect: method == Method::CONNECT,
-        keep_alive,
-        expect_continue: version == Version::HTTP_11
-            && headers
-                .get(EXPECT)
-                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue")),
-    };
-    let mut req = Request::new(body);
-    *req.method_mut() = method;
-    *req.uri_mut() = uri;
-    *req.version_mut() = version;
-    *req.headers_mut() = headers;
-    Ok((req, facts))
+    Ok(seen)
 }
 
 /// Whether a `Connection` line of `headers` lists `token`.
 pub fn has_token(headers: &HeaderMap, token: &[u8]) -> bool {
-    headers.get_all(CONNECTION).iter().any(|v| {
-        v.as_bytes()
-            .split(|&b| b == b',')
-            .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
-    })
+    headers.get_all(CONNECTION).iter().any(|v| lists(v, token))
+}
+
+/// Whether the comma-separated list `value` holds `token`.
+fn lists(value: &HeaderValue, token: &[u8]) -> bool {
+    value
+        .as_bytes()
+        .split(|&b| b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
 }
 
 /// The lines of a head, without their CRLF, as ranges of it.

@@ -42,7 +42,7 @@ pub struct Written {
     pub last: bool,
 }
 
-/// Writes the head of `parts` to `dst`. `keep_alive`: the connection may
+/// Writes the head of `parts` to `dst`, taking its headers. `keep_alive`: the connection may
 /// serve another request after this one (the client's wish, and no drain
 /// or error); it may come back false.
 pub fn head(
@@ -81,16 +81,22 @@ pub fn head(
     let chunkable = parts.version != Version::HTTP_10 && can_chunk(req, status);
     let mut encoder = Encoder::Length(0);
     let mut wrote_date = false;
-    for name in parts.headers.keys() {
-        let mut values = parts.headers.get_all(name).iter();
-        match *name {
+    // The headers are taken out in their order, each name once with all
+    // its values behind it: no lookup by name.
+    let mut fields = parts.headers.drain().peekable();
+    while let Some((name, first)) = fields.next() {
+        // The values of the name before that its arm left unread.
+        let Some(name) = name else { continue };
+        let rest = std::iter::from_fn(|| fields.next_if(|(n, _)| n.is_none()).map(|(_, v)| v));
+        let mut values = std::iter::once(first).chain(rest);
+        match name {
             CONTENT_LENGTH => match body {
                 BodyLength::Known(n) => {
                     if wrote_len {
                         continue;
                     }
                     if let Some(v) = values.next() {
-                        line(dst, b"content-length", v);
+                        line(dst, b"content-length", &v);
                     }
                     encoder = Encoder::Length(n);
                     wrote_len = true;
@@ -104,7 +110,7 @@ pub fn head(
                             .ok()
                             .and_then(|s| s.parse::<u64>().ok());
                         if let Some(n) = n {
-                            line(dst, b"content-length", v);
+                            line(dst, b"content-length", &v);
                             encoder = Encoder::Length(n);
                             wrote_len = true;
                         }
@@ -112,7 +118,7 @@ pub fn head(
                 }
                 BodyLength::Empty if req.head => {
                     for v in values {
-                        line(dst, b"content-length", v);
+                        line(dst, b"content-length", &v);
                     }
                     wrote_len = true;
                 }
@@ -124,18 +130,18 @@ pub fn head(
                 }
                 wrote_len = true;
                 encoder = Encoder::Chunked;
-                let mut last_value = None;
+                let mut chunked = false;
                 joined(
                     dst,
                     b"transfer-encoding",
-                    values.inspect(|v| last_value = Some(*v)),
+                    values.inspect(|v| {
+                        chunked = v
+                            .as_bytes()
+                            .rsplit(|&b| b == b',')
+                            .next()
+                            .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+                    }),
                 );
-                let chunked = last_value.is_some_and(|v| {
-                    v.as_bytes()
-                        .rsplit(|&b| b == b',')
-                        .next()
-                        .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked"))
-                });
                 if !chunked {
                     dst.truncate(dst.len() - 2);
                     dst.extend_from_slice(b", chunked\r\n");
@@ -161,9 +167,9 @@ pub fn head(
                 }
             }
             _ => {
-                wrote_date |= *name == DATE;
+                wrote_date |= name == DATE;
                 for v in values {
-                    line(dst, name.as_str().as_bytes(), v);
+                    line(dst, name.as_str().as_bytes(), &v);
                 }
             }
         }
@@ -259,7 +265,7 @@ fn line(dst: &mut Vec<u8>, name: &[u8], value: &HeaderValue) {
 }
 
 /// All values of one header on one line, comma-separated.
-fn joined<'a>(dst: &mut Vec<u8>, name: &[u8], values: impl Iterator<Item = &'a HeaderValue>) {
+fn joined(dst: &mut Vec<u8>, name: &[u8], values: impl Iterator<Item = HeaderValue>) {
     let mut first = true;
     for v in values {
         if first {
