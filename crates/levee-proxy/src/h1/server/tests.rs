@@ -2,7 +2,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
-use http::{Method, Version};
+use http::{HeaderValue, Method, Version};
 use http_body_util::BodyExt as _;
 use levee_telemetry::{Telemetry, Topology};
 use tokio::io::{duplex, AsyncReadExt, AsyncWriteExt, DuplexStream};
@@ -381,6 +381,61 @@ fn connection_headers_follow_the_connections_fate() {
         &mut head,
     );
     assert!(head.starts_with(b"HTTP/1.1 599 <none>\r\n"));
+}
+
+#[test]
+fn repeated_fields_keep_their_order_and_framing_fields_are_joined() {
+    let (mut parts, ()) = Response::new(()).into_parts();
+    let h = &mut parts.headers;
+    h.append("set-cookie", HeaderValue::from_static("a=1"));
+    h.append("transfer-encoding", HeaderValue::from_static("gzip"));
+    h.append("x-one", HeaderValue::from_static("1"));
+    h.append("set-cookie", HeaderValue::from_static("b=2"));
+    h.append("transfer-encoding", HeaderValue::from_static("chunked"));
+    h.append("connection", HeaderValue::from_static("x-hop"));
+    h.append("connection", HeaderValue::from_static("close"));
+    h.append(
+        "date",
+        HeaderValue::from_static("Tue, 01 Dec 2026 00:00:00 GMT"),
+    );
+    let mut keep_alive = true;
+    let mut head = Vec::new();
+    let written = response::head(
+        &mut parts,
+        BodyLength::Unknown,
+        &facts(Version::HTTP_11, true),
+        &mut keep_alive,
+        &mut head,
+    );
+    assert_eq!(
+        String::from_utf8(head).unwrap(),
+        "HTTP/1.1 200 OK\r\nset-cookie: a=1\r\nset-cookie: b=2\r\n\
+         transfer-encoding: gzip, chunked\r\nx-one: 1\r\nconnection: x-hop, close\r\n\
+         date: Tue, 01 Dec 2026 00:00:00 GMT\r\n\r\n"
+    );
+    assert_eq!(written.encoder, Encoder::Chunked);
+    assert!(written.last && !keep_alive, "the node's close ends it");
+    // A last transfer coding other than chunked gets chunked added.
+    let (mut parts, ()) = Response::new(()).into_parts();
+    parts
+        .headers
+        .append("transfer-encoding", HeaderValue::from_static("chunked"));
+    parts
+        .headers
+        .append("transfer-encoding", HeaderValue::from_static("gzip"));
+    let mut head = Vec::new();
+    response::head(
+        &mut parts,
+        BodyLength::Unknown,
+        &facts(Version::HTTP_11, true),
+        &mut true,
+        &mut head,
+    );
+    let head = String::from_utf8(head).unwrap();
+    assert!(
+        head.contains("\r\ntransfer-encoding: chunked, gzip, chunked\r\n"),
+        "{head}"
+    );
 }
 
 #[tokio::test(start_paused = true)]
