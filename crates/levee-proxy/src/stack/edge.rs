@@ -20,7 +20,7 @@ use tokio::time::Instant;
 use tower::{Layer, Service};
 use tracing::debug;
 
-use super::{tunnel, ProxyResult, Routed};
+use super::{tunnel, ProxyResult, Routed, RoutedRequest};
 use crate::access_log::AccessEntry;
 use crate::body::{ClientBody, ProxyBody};
 use crate::error::ProxyError;
@@ -127,7 +127,7 @@ where
         if let Some(upgrade) = upgrade {
             tunnel::restore_handshake(&mut parts.headers, upgrade);
         }
-        let routed = Routed {
+        let routed = Routed::new(RoutedRequest {
             class,
             deadline: Deadline::within_from(started, r.timeout, r.total_timeout),
             backend: r.backend_index,
@@ -141,7 +141,7 @@ where
             queued: false,
             ignore_state: false,
             state: Arc::clone(&*state),
-        };
+        });
         let stats = Arc::clone(&r.stats);
         EdgeFuture::Routed {
             fut: self.inner.call(routed),

@@ -37,7 +37,7 @@ use tower::{Layer, Service};
 use super::backend::fail_over_to;
 use super::balance::{Answer, Attempt, Tried, TryFailed, MAX_TRIES};
 use super::bulkhead::precedence;
-use super::{ProxyResult, Routed};
+use super::{ProxyResult, Routed, RoutedRequest};
 use crate::access_log::UpstreamInfo;
 use crate::body::{ClientBodyFailure, ProxyBody, RequestBody, RequestScope, UpstreamBody};
 use crate::error::ProxyError;
@@ -78,7 +78,7 @@ where
     }
 
     fn call(&mut self, req: Routed) -> RetryFuture<S> {
-        let Routed {
+        let RoutedRequest {
             parts,
             body,
             state,
@@ -91,7 +91,7 @@ where
             backend_slot,
             queued,
             ..
-        } = req;
+        } = req.into_inner();
         let failed_over = backend != state.routes[route].backend_index;
         let backend = Arc::clone(&state.backends[backend]);
         // A request that waited in no queue is counted at its start: the

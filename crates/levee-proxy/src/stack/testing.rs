@@ -20,7 +20,7 @@ use levee_resilience::Deadline;
 use levee_telemetry::ErrorReason;
 
 use super::balance::Answer;
-use super::Routed;
+use super::{Routed, RoutedRequest};
 use crate::body::{ClientBody, ProxyBody};
 use crate::h1::{self, server::Want};
 use crate::nodes::Outcome;
@@ -121,7 +121,7 @@ pub fn routed(state: &Arc<ProxyState>, req: Request<ClientBody>) -> Routed {
         .expect("a route");
     let r = &state.routes[route];
     let (parts, body) = req.into_parts();
-    Routed {
+    Routed::new(RoutedRequest {
         class: r.class_of(&parts.method),
         deadline: Deadline::within(r.timeout, r.total_timeout),
         backend: r.backend_index,
@@ -135,7 +135,7 @@ pub fn routed(state: &Arc<ProxyState>, req: Request<ClientBody>) -> Routed {
         websocket: false,
         queued: false,
         ignore_state: false,
-    }
+    })
 }
 
 /// A response levee's own layers would pass up, with a short local body.
