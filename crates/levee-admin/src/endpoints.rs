@@ -168,7 +168,7 @@ impl Endpoints {
                             "ramping": state.ramping(),
                             "anomalous": n.is_anomalous(),
                             "breakers": breakers.iter().map(breaker_json).collect::<Vec<_>>(),
-                            "in_flight": n.in_flight(),
+                            "in_flight": state.in_flight(),
                             "responses": by_class(&n.outcomes),
                             "errors": by_reason(&n.outcomes, |r| r.blames_node()),
                             "latency_mean_ms": mean_ms(n.latency.sum_seconds(), n.latency.count()),

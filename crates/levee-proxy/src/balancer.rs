@@ -9,7 +9,7 @@
 //! judge, is what ejects. Scores are lower-is-better: `latency × (in_flight + 1) ×
 //! (1 + FAILURE_WEIGHT × failure odds) / slow-start weight`.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use levee_config::LoadBalancing;
@@ -26,15 +26,54 @@ const EXPLORE: f64 = 0.02;
 /// Latency assumed for a node with no observations yet.
 const DEFAULT_LATENCY_US: f64 = 1_000.0;
 
-/// A node's latency estimate and, per traffic class, its failure score,
-/// updated with atomics (a lost update under a race only blurs an estimate).
-/// Failures are kept per class so that a node failing its writes loses write
-/// traffic while keeping its share of reads.
+/// A node's load: its requests in flight, its latency estimate and, per
+/// traffic class, its failure score, updated with atomics (a lost update
+/// under a race only blurs an estimate). Failures are kept per class so
+/// that a node failing its writes loses write traffic while keeping its
+/// share of reads.
+///
+/// It is what selection reads of a node, in one aligned slot (two cache
+/// lines, which the adjacent-line prefetcher loads as a pair): with 1,000
+/// nodes every pick meets cold nodes, and each further allocation it read
+/// would be a further miss. So the node's slow-start weight is copied here
+/// from its ramp ([`LoadEstimate::mirror_ramp`]), and the scores of the
+/// classes routes name, which a new class list starts afresh while the
+/// slot stays (its in-flight count must), are apart ([`NamedFailures`]).
 #[derive(Debug)]
+#[repr(align(128))]
 pub struct LoadEstimate {
+    in_flight: AtomicI64,
+    ramp: RampMirror,
     origin: Instant,
     latency: Decaying,
-    failure: Box<[Decaying]>,
+    /// The `safe` and `unsafe` classes' scores (their indices never change).
+    failure: [Decaying; 2],
+}
+
+/// A node's failure scores of the traffic classes routes name (class 2 on).
+#[derive(Debug, Default)]
+pub struct NamedFailures(Box<[Decaying]>);
+
+impl NamedFailures {
+    pub fn new(classes: usize) -> Self {
+        Self((2..classes).map(|_| Decaying::new(0.0)).collect())
+    }
+}
+
+/// A node ramp's weight and whether it is ramping, in one word: the
+/// weight's bits, negated while it ramps (a weight is always positive).
+#[derive(Debug)]
+struct RampMirror(AtomicU64);
+
+impl RampMirror {
+    fn encode(weight: f64, ramping: bool) -> u64 {
+        let w = weight.abs();
+        if ramping { -w } else { w }.to_bits()
+    }
+
+    fn get(&self) -> f64 {
+        f64::from_bits(self.0.load(Ordering::Relaxed))
+    }
 }
 
 /// A value and the time (µs from the origin) it was last updated.
@@ -76,22 +115,76 @@ impl Decaying {
 
 impl Default for LoadEstimate {
     fn default() -> Self {
-        Self::new(1)
+        Self {
+            in_flight: AtomicI64::new(0),
+            ramp: RampMirror(AtomicU64::new(RampMirror::encode(1.0, false))),
+            origin: Instant::now(),
+            latency: Decaying::new(DEFAULT_LATENCY_US),
+            failure: [Decaying::new(0.0), Decaying::new(0.0)],
+        }
     }
 }
 
 impl LoadEstimate {
-    pub fn new(classes: usize) -> Self {
-        Self {
-            origin: Instant::now(),
-            latency: Decaying::new(DEFAULT_LATENCY_US),
-            failure: (0..classes.max(1)).map(|_| Decaying::new(0.0)).collect(),
+    fn failure<'a>(&'a self, named: &'a NamedFailures, class: usize) -> Option<&'a Decaying> {
+        match self.failure.get(class) {
+            Some(f) => Some(f),
+            None => named.0.get(class - self.failure.len()),
         }
+    }
+
+    pub fn in_flight(&self) -> i64 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Counts a request in; [`LoadEstimate::exit`] counts it out.
+    pub fn enter(&self) {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn exit(&self) {
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Copies the weight and phase of the node's ramp (which it asks for
+    /// again after storing them, so that of two racing copies the last one
+    /// stored is current). Called after every change of the ramp.
+    pub fn mirror_ramp(&self, weight: impl Fn() -> (f64, bool)) {
+        let mut now = weight();
+        // Whoever changes the ramp copies it after: a copy that keeps
+        // seeing changes may leave the last one to that caller.
+        for _ in 0..4 {
+            self.ramp
+                .0
+                .store(RampMirror::encode(now.0, now.1), Ordering::Relaxed);
+            let again = weight();
+            if again == now {
+                return;
+            }
+            now = again;
+        }
+    }
+
+    /// The node's slow-start weight, in (0, 1].
+    pub fn weight(&self) -> f64 {
+        self.ramp.get().abs()
+    }
+
+    /// Whether the node is ramping back in.
+    pub fn ramping(&self) -> bool {
+        self.ramp.get().is_sign_negative()
     }
 
     /// Feeds one call of `class` that ended at `now`: its time to response
     /// headers and whether it failed.
-    pub fn observe(&self, now: Instant, class: usize, rtt: Duration, failed: bool) {
+    pub fn observe(
+        &self,
+        named: &NamedFailures,
+        now: Instant,
+        class: usize,
+        rtt: Duration,
+        failed: bool,
+    ) {
         let now = now.saturating_duration_since(self.origin).as_micros() as u64;
         let prev = self.latency.get();
         let rtt_us = rtt.as_micros() as f64;
@@ -104,7 +197,7 @@ impl LoadEstimate {
             prev * keep + rtt_us * (1.0 - keep)
         };
         self.latency.set(next);
-        let Some(f) = self.failure.get(class) else {
+        let Some(f) = self.failure(named, class) else {
             return;
         };
         // A zero score stays zero on a success, whatever the decay.
@@ -127,14 +220,14 @@ impl LoadEstimate {
     }
 
     /// 0.0 (no recent failures of `class`) to 1.0 (every recent call failed).
-    pub fn failure_score(&self, class: usize) -> f64 {
-        self.failure.get(class).map_or(0.0, Decaying::get)
+    pub fn failure_score(&self, named: &NamedFailures, class: usize) -> f64 {
+        self.failure(named, class).map_or(0.0, Decaying::get)
     }
 
     /// Grows with the odds of failure, so a node that fails nearly every
     /// call loses even to a slow node that succeeds.
-    pub fn penalty(&self, class: usize) -> f64 {
-        let s = self.failure_score(class).clamp(0.0, 0.99);
+    pub fn penalty(&self, named: &NamedFailures, class: usize) -> f64 {
+        let s = self.failure_score(named, class).clamp(0.0, 0.99);
         1.0 + FAILURE_WEIGHT * s / (1.0 - s)
     }
 }
@@ -344,7 +437,7 @@ mod tests {
             self[i].load.latency()
         }
         fn penalty(&self, i: usize) -> f64 {
-            self[i].load.penalty(0)
+            self[i].load.penalty(&NamedFailures::default(), 0)
         }
         fn weight(&self, i: usize) -> f64 {
             self[i].weight
@@ -490,15 +583,27 @@ mod tests {
     async fn p2c_ewma_avoids_a_slow_node_and_a_fast_failing_node() {
         let nodes = vec![fake(), fake(), fake()];
         for _ in 0..20 {
-            nodes[0]
-                .load
-                .observe(Instant::now(), 0, Duration::from_millis(5), false);
-            nodes[1]
-                .load
-                .observe(Instant::now(), 0, Duration::from_millis(200), false); // slow
-            nodes[2]
-                .load
-                .observe(Instant::now(), 0, Duration::from_micros(300), true); // fast 500s
+            nodes[0].load.observe(
+                &NamedFailures::default(),
+                Instant::now(),
+                0,
+                Duration::from_millis(5),
+                false,
+            );
+            nodes[1].load.observe(
+                &NamedFailures::default(),
+                Instant::now(),
+                0,
+                Duration::from_millis(200),
+                false,
+            ); // slow
+            nodes[2].load.observe(
+                &NamedFailures::default(),
+                Instant::now(),
+                0,
+                Duration::from_micros(300),
+                true,
+            ); // fast 500s
             tokio::time::advance(Duration::from_millis(50)).await;
         }
         let counts = shares(LoadBalancing::P2cEwma, &nodes, 3000);
@@ -537,30 +642,41 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn failures_of_one_class_do_not_penalise_another() {
-        let l = LoadEstimate::new(2);
+        let l = LoadEstimate::default();
+        // safe, unsafe and two classes routes name.
+        let named = NamedFailures::new(4);
         for _ in 0..20 {
-            l.observe(Instant::now(), 1, Duration::from_millis(1), true);
-            l.observe(Instant::now(), 0, Duration::from_millis(1), false);
+            l.observe(&named, Instant::now(), 1, Duration::from_millis(1), true);
+            l.observe(&named, Instant::now(), 3, Duration::from_millis(1), true);
+            l.observe(&named, Instant::now(), 0, Duration::from_millis(1), false);
+            l.observe(&named, Instant::now(), 2, Duration::from_millis(1), false);
             tokio::time::advance(Duration::from_millis(50)).await;
         }
-        assert!(l.penalty(1) > 100.0, "{}", l.penalty(1));
-        assert!(l.penalty(0) < 1.01, "{}", l.penalty(0));
+        for class in [1, 3] {
+            let p = l.penalty(&named, class);
+            assert!(p > 100.0, "{class}: {p}");
+        }
+        for class in [0, 2] {
+            let p = l.penalty(&named, class);
+            assert!(p < 1.01, "{class}: {p}");
+        }
     }
 
     #[tokio::test(start_paused = true)]
     async fn failure_score_decays_after_recovery() {
         let l = LoadEstimate::default();
+        let n = NamedFailures::default();
         for _ in 0..10 {
-            l.observe(Instant::now(), 0, Duration::from_millis(1), true);
+            l.observe(&n, Instant::now(), 0, Duration::from_millis(1), true);
             tokio::time::advance(Duration::from_millis(100)).await;
         }
-        let high = l.failure_score(0);
+        let high = l.failure_score(&n, 0);
         assert!(high > 0.5, "{high}");
         for _ in 0..100 {
             tokio::time::advance(Duration::from_millis(500)).await;
-            l.observe(Instant::now(), 0, Duration::from_millis(1), false);
+            l.observe(&n, Instant::now(), 0, Duration::from_millis(1), false);
         }
-        assert!(l.failure_score(0) < 0.05, "{}", l.failure_score(0));
+        assert!(l.failure_score(&n, 0) < 0.05, "{}", l.failure_score(&n, 0));
         assert!(l.latency() < Duration::from_millis(20), "{:?}", l.latency());
     }
 }

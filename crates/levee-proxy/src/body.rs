@@ -330,7 +330,7 @@ impl Body for RequestBody {
 pub struct RequestScope {
     pub route_slot: Option<BulkheadPermit>,
     pub backend_slot: Option<BulkheadPermit>,
-    pub node_in_flight: levee_telemetry::InFlightGuard,
+    pub node_in_flight: crate::nodes::InFlightGuard,
     pub node: Arc<NodeStats>,
     pub route: Arc<RouteStats>,
     /// Set if the request body (still streaming) failed on the client's side.

@@ -15,10 +15,11 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use levee_resilience::Bulkhead;
-use levee_telemetry::{ErrorReason, NodeStats, RouteStats};
+use levee_telemetry::{ErrorReason, RouteStats};
 use tokio::time::Instant;
 
 use super::*;
+use crate::nodes::Node;
 
 /// A node response whose body is `chunks` one-byte frames, one every
 /// `interval` (the first after one interval too), as hyper's `Incoming`.
@@ -53,21 +54,24 @@ async fn dripping(chunks: usize, interval: Duration) -> Response<Incoming> {
 }
 
 /// What a request holds, with a route slot taken from `bulkhead`.
-fn scope(bulkhead: &Bulkhead, node: &Arc<NodeStats>, route: &Arc<RouteStats>) -> RequestScope {
+fn scope(bulkhead: &Bulkhead, node: &Arc<Node>, route: &Arc<RouteStats>) -> RequestScope {
     RequestScope {
         route_slot: bulkhead.try_acquire().unwrap(),
         backend_slot: None,
         node_in_flight: node.enter(),
-        node: Arc::clone(node),
+        node: Arc::clone(&node.stats),
         route: Arc::clone(route),
         client_body: None,
     }
 }
 
-fn stats() -> (Bulkhead, Arc<NodeStats>, Arc<RouteStats>) {
+fn stats() -> (Bulkhead, Arc<Node>, Arc<RouteStats>) {
+    let state = crate::stack::testing::state(
+        "[[backend]]\nname = \"app\"\nnodes = [\"127.0.0.1:1\"]\n[[route]]\npath_prefix = \"/\"\nbackend = \"app\"\n",
+    );
     (
         Bulkhead::new(4, 0),
-        Arc::new(NodeStats::new("app", "127.0.0.1:1")),
+        Arc::clone(&state.backends[0].nodes.nodes()[0]),
         Arc::new(RouteStats::new("all", "app", None, 1)),
     )
 }
@@ -107,7 +111,7 @@ async fn a_dripping_body_is_cut_at_the_total_deadline() {
     assert_eq!(read, 6, "the frames before the deadline went through");
     assert_eq!(bulkhead.in_flight(), 0, "the slot is freed at the cut");
     assert_eq!(node.in_flight(), 0);
-    assert_eq!(node.outcomes.reason(ErrorReason::Deadline), 1);
+    assert_eq!(node.stats.outcomes.reason(ErrorReason::Deadline), 1);
     assert_eq!(route.outcomes.reason(ErrorReason::Deadline), 1);
 }
 

@@ -168,9 +168,9 @@ async fn a_changed_answer_adds_removes_and_keeps_nodes() {
     assert!(nodes[2].ramp().is_ramping(), "the new node ramps in");
     assert!(!nodes[0].ramp().is_ramping());
     // The removed node lives on in the old state until its request ends.
-    assert_eq!(removed.stats.in_flight(), 1);
+    assert_eq!(removed.in_flight(), 1);
     drop(in_flight);
-    assert_eq!(removed.stats.in_flight(), 0);
+    assert_eq!(removed.in_flight(), 0);
     assert_eq!(after.backends[0].stats.dns.resolutions(true), 2);
 
     // The same answer again changes nothing.

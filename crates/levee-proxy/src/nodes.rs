@@ -24,11 +24,11 @@ use levee_resilience::{
     AdaptiveLimit, Admission, Breaker, BreakerPolicy, BreakerState, CallOutcome, EjectionBudget,
     HealthTracker, LimitPhase, LimitPolicy, Recorded, Transition, TransitionReason,
 };
-use levee_telemetry::{BreakerMove, BreakerView, ErrorReason, InFlightGuard, NodeStats, NodeView};
+use levee_telemetry::{BreakerMove, BreakerView, ErrorReason, NodeStats, NodeView};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use crate::balancer::{pick, LoadEstimate, Pool};
+use crate::balancer::{pick, LoadEstimate, NamedFailures, Pool};
 use crate::classes::ClassTable;
 use crate::dns::Endpoint;
 use crate::node_io::NodeConnector;
@@ -41,10 +41,15 @@ const STRAINED_FAILURE_SCORE: f64 = 0.1;
 pub const MIN_WEIGHT: f64 = 0.1;
 
 /// One node's breaker for one traffic class, with counts that explain it.
+/// The breaker comes first, at the start of an aligned pair of cache lines
+/// (which the adjacent-line prefetcher loads together): what a request
+/// reads of it then costs one miss. Requests never clone its `Arc`, whose
+/// counts the alignment puts on lines of their own.
 #[derive(Debug)]
+#[repr(C, align(128))]
 pub struct ClassBreaker {
-    pub class: String,
     pub breaker: Breaker,
+    pub class: String,
     transitions: [AtomicU64; TransitionReason::ALL.len()],
     ejections_refused: AtomicU64,
     /// The latest move and when it happened, so `/status` can say why a
@@ -132,36 +137,53 @@ impl Pools {
 }
 
 /// One app node and the data plane's state for it.
+///
+/// In declared order: what a request reads of the node it was given (its
+/// breakers, its connection pools, its counters, its load) fits with the
+/// `Arc`'s counts, which it also touches, in the first 64 bytes.
 #[derive(Debug)]
+#[repr(C)]
 pub struct Node {
+    /// Indexed by traffic class.
+    breakers: Box<[Arc<ClassBreaker>]>,
+    /// `pools`' per-worker pools, held here so that a request reaches its
+    /// idle connections without another pointer to follow.
+    worker_pools: Box<[NodePool]>,
+    /// Counters the admin listener reads.
+    pub stats: Arc<NodeStats>,
+    /// In flight, latency, failure scores, slow-start weight.
+    load: Arc<LoadEstimate>,
+    named: Arc<NamedFailures>,
+    health_checked: bool,
     pub addr: SocketAddr,
     /// The name `addr` was found by, if the node was given by name.
     pub host: Option<String>,
     /// `addr` as a URI authority, built once so each request only clones it.
     pub authority: Authority,
-    /// Counters the admin listener reads.
-    pub stats: Arc<NodeStats>,
-    /// Indexed by traffic class.
-    breakers: Box<[Arc<ClassBreaker>]>,
     health: Arc<HealthTracker>,
-    health_checked: bool,
     /// Its share of traffic: ramps back in on observed health after it
     /// returns (weight `MIN_WEIGHT..=1`).
     ramp: Arc<AdaptiveLimit>,
-    load: Arc<LoadEstimate>,
     pools: Arc<Pools>,
 }
 
 impl Node {
     /// The connection pool of data-plane worker `worker`.
     pub fn pool(&self, worker: usize) -> &NodePool {
-        let pools = &self.pools.workers;
+        let pools = &self.worker_pools;
         &pools[worker % pools.len()]
     }
 
     /// Whether requests go to this node over HTTP/2.
     pub fn speaks_http2(&self) -> bool {
-        self.pools.settings.protocol == UpstreamProtocol::Http2
+        self.worker_pools.first().is_some_and(NodePool::http2)
+    }
+
+    /// Copies its ramp's weight and phase to the slot selection reads;
+    /// after every change of the ramp.
+    fn mirror_ramp(&self) {
+        self.load
+            .mirror_ramp(|| (self.ramp.limit(), self.ramp.is_ramping()));
     }
 
     pub fn health(&self) -> &HealthTracker {
@@ -191,8 +213,14 @@ impl Node {
     }
 
     /// Counts a request in flight to this node until the guard drops.
-    pub fn enter(&self) -> InFlightGuard {
-        self.stats.enter()
+    pub fn enter(self: &Arc<Self>) -> InFlightGuard {
+        self.load.enter();
+        InFlightGuard(Arc::clone(self))
+    }
+
+    /// Requests in flight to this node.
+    pub fn in_flight(&self) -> i64 {
+        self.load.in_flight()
     }
 
     /// Whether this node serves `endpoint`: same address, same name.
@@ -222,8 +250,24 @@ impl NodeView for Node {
         Node::usable(self, class)
     }
 
+    fn in_flight(&self) -> i64 {
+        Node::in_flight(self)
+    }
+
     fn breakers(&self) -> Vec<BreakerView> {
         self.breakers.iter().map(|b| b.view()).collect()
+    }
+}
+
+/// Counts a request out of its node's in-flight count when it drops,
+/// however the request ends. It holds the node (whose `Arc` a request
+/// holds anyway), not the load slot: one cache line fewer to touch.
+#[derive(Debug)]
+pub struct InFlightGuard(Arc<Node>);
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        self.0.load.exit();
     }
 }
 
@@ -268,6 +312,9 @@ pub enum Outcome {
 pub struct NodeSet {
     backend: String,
     nodes: Vec<Arc<Node>>,
+    /// By node index, what selection reads of each node, so that weighing
+    /// a candidate reads its two hot allocations and not the node's own.
+    slots: Box<[Slot]>,
     policy: LoadBalancing,
     breakers_enabled: bool,
     breaker_policy: BreakerPolicy,
@@ -361,9 +408,12 @@ impl NodeSet {
                         Arc::new(r)
                     }
                 };
-                let load = match old {
-                    Some(n) if n.breakers.len() == classes.names().len() => Arc::clone(&n.load),
-                    _ => Arc::new(LoadEstimate::new(classes.names().len())),
+                // The slot stays with the node (its in-flight count must);
+                // the scores of named classes start afresh with a new list.
+                let load = old.map_or_else(Arc::default, |n| Arc::clone(&n.load));
+                let named = match old {
+                    Some(n) if n.breakers.len() == classes.names().len() => Arc::clone(&n.named),
+                    _ => Arc::new(NamedFailures::new(classes.names().len())),
                 };
                 let pools = match old {
                     Some(n) if n.pools.settings == settings => Arc::clone(&n.pools),
@@ -373,7 +423,7 @@ impl NodeSet {
                     || Arc::new(NodeStats::new(&cfg.name, &endpoint.label)),
                     |n| Arc::clone(&n.stats),
                 );
-                Arc::new(Node {
+                let node = Node {
                     addr: endpoint.addr,
                     host: endpoint.host.clone(),
                     authority: authority_of(endpoint.addr),
@@ -383,10 +433,15 @@ impl NodeSet {
                     health_checked: health_cfg.is_some(),
                     ramp,
                     load,
+                    named,
+                    worker_pools: pools.workers.clone(),
                     pools,
-                })
+                };
+                node.mirror_ramp();
+                Arc::new(node)
             })
             .collect::<Vec<_>>();
+        let slots = nodes.iter().map(|n| Slot::of(n)).collect();
         let budgets = classes
             .names()
             .iter()
@@ -400,6 +455,7 @@ impl NodeSet {
             backend: cfg.name.clone(),
             usable,
             nodes,
+            slots,
             policy: cfg.load_balancing,
             breakers_enabled: cfg.breaker.enabled,
             breaker_policy,
@@ -480,7 +536,7 @@ impl NodeSet {
                 || n.breakers
                     .get(class)
                     .is_some_and(|b| b.breaker.state() != BreakerState::Closed)
-                || n.load.failure_score(class) >= STRAINED_FAILURE_SCORE
+                || n.load.failure_score(&n.named, class) >= STRAINED_FAILURE_SCORE
         });
         out_or_failing || (any_slow && self.faster_peer(usize::MAX, class))
     }
@@ -503,6 +559,7 @@ impl NodeSet {
     pub fn ramp_in(&self, node: &Node) {
         if self.pool.phase() == LimitPhase::Steady {
             node.ramp.begin_ramp();
+            node.mirror_ramp();
         }
     }
 
@@ -517,6 +574,7 @@ impl NodeSet {
         }
         for node in self.nodes.iter() {
             node.ramp.cancel_ramp();
+            node.mirror_ramp();
         }
         true
     }
@@ -652,11 +710,18 @@ impl NodeSet {
                 )
             }
         };
-        node.load.observe(now, pick.class, elapsed, failed);
+        // The named classes' scores through the slot selection read (the
+        // node's own field is past the first 64 bytes of it).
+        let named = match self.slots.get(pick.index) {
+            Some(slot) if Arc::ptr_eq(&slot.load, &node.load) => &slot.named,
+            _ => &node.named,
+        };
+        node.load.observe(named, now, pick.class, elapsed, failed);
         // A node's ramp has no gradient limit: steady, it has nothing to
-        // learn from a call (and its policy, behind an ArcSwap, is not read).
-        if node.ramp.is_ramping() {
+        // learn from a call (and neither it nor its policy is read).
+        if node.load.ramping() {
             node.ramp.record_at(now, elapsed, failed);
+            node.mirror_ramp();
         }
         let probe = std::mem::take(&mut pick.probe);
         if !self.breakers_enabled {
@@ -705,6 +770,23 @@ impl NodeSet {
             }
         }
         failed
+    }
+}
+
+/// What selection reads of one node: its load slot and, for a request of
+/// a class that routes name, that class's failure score.
+#[derive(Debug)]
+struct Slot {
+    load: Arc<LoadEstimate>,
+    named: Arc<NamedFailures>,
+}
+
+impl Slot {
+    fn of(node: &Node) -> Self {
+        Self {
+            load: Arc::clone(&node.load),
+            named: Arc::clone(&node.named),
+        }
     }
 }
 
@@ -778,19 +860,20 @@ impl Pool for PoolView<'_> {
     }
 
     fn in_flight(&self, i: usize) -> i64 {
-        self.set.nodes[i].stats.in_flight()
+        self.set.slots[i].load.in_flight()
     }
 
     fn latency(&self, i: usize) -> Duration {
-        self.set.nodes[i].load.latency()
+        self.set.slots[i].load.latency()
     }
 
     fn penalty(&self, i: usize) -> f64 {
-        self.set.nodes[i].load.penalty(self.class)
+        let slot = &self.set.slots[i];
+        slot.load.penalty(&slot.named, self.class)
     }
 
     fn weight(&self, i: usize) -> f64 {
-        self.set.nodes[i].ramp.limit()
+        self.set.slots[i].load.weight()
     }
 }
 
@@ -1047,6 +1130,31 @@ mod tests {
         assert!(!set.nodes[1].ramp().is_ramping());
     }
 
+    /// Selection reads a node's slow-start weight from the slot it weighs
+    /// nodes by: the copy follows the ramp from its start to its end.
+    #[tokio::test(start_paused = true)]
+    async fn selection_weighs_a_ramping_node_by_its_ramp() {
+        let cfg = config("\"127.0.0.1:1\", \"127.0.0.1:2\"", "");
+        let set = build(&cfg.backends[0], &ClassTable::new([]), None);
+        set.ramp_in(&set.nodes[1]);
+        let load = &set.slots[1].load;
+        assert!(load.ramping());
+        assert_eq!(load.weight(), MIN_WEIGHT);
+        let share = (0..2000)
+            .filter_map(|_| set.pick(ClassTable::SAFE, &[], true, false))
+            .filter(|p| p.index == 1)
+            .count();
+        assert!(share < 400, "a ramping node gets a smaller share: {share}");
+        for _ in 0..30 {
+            tokio::time::advance(Duration::from_secs(1)).await;
+            answer(&set, 0, FAST, 5);
+            answer(&set, 1, FAST, 5);
+        }
+        assert!(!set.nodes[1].ramp().is_ramping(), "the ramp ran its course");
+        assert!(!load.ramping());
+        assert_eq!(load.weight(), 1.0);
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_rebuild_keeps_state_of_kept_nodes_and_ramps_new_ones() {
         let classes = ClassTable::new([]);
@@ -1082,6 +1190,25 @@ mod tests {
                 .state(),
             BreakerState::Closed
         );
+    }
+
+    /// A request counts in its node's load slot until its guard drops,
+    /// also when a reload that changes the traffic classes has replaced
+    /// the node set meanwhile: the slot stays with the node, the named
+    /// classes' scores start afresh.
+    #[tokio::test(start_paused = true)]
+    async fn the_in_flight_count_follows_the_node_across_a_new_class_list() {
+        let cfg = config("\"127.0.0.1:1\"", "");
+        let old = build(&cfg.backends[0], &ClassTable::new([]), None);
+        let node = Arc::clone(&old.nodes[0]);
+        let guard = node.enter();
+        assert_eq!(node.in_flight(), 1);
+        let new = build(&cfg.backends[0], &ClassTable::new(["reports"]), Some(&old));
+        assert_eq!(new.nodes[0].in_flight(), 1, "the slot is kept");
+        assert!(!Arc::ptr_eq(&new.nodes[0].named, &old.nodes[0].named));
+        drop(guard);
+        assert_eq!(new.nodes[0].in_flight(), 0);
+        assert_eq!(NodeView::in_flight(&*new.nodes[0]), 0);
     }
 
     #[tokio::test]

@@ -275,11 +275,15 @@ pub struct NodePool {
     inner: Arc<Inner>,
 }
 
+/// In declared order: what every request reads (the idle list, the
+/// config) right after the `Arc`'s counts, which it also touches; the
+/// connector, used only to open a connection, last.
 #[derive(Debug)]
+#[repr(C)]
 struct Inner {
-    connector: NodeConnector,
-    config: PoolConfig,
     conns: Mutex<Conns>,
+    config: PoolConfig,
+    connector: NodeConnector,
 }
 
 #[derive(Debug, Default)]
@@ -367,6 +371,11 @@ impl NodePool {
             state,
             head_back,
         }
+    }
+
+    /// Whether it speaks HTTP/2 to the node.
+    pub fn http2(&self) -> bool {
+        self.inner.config.http2
     }
 
     /// HTTP/1 connections idle in the pool now.

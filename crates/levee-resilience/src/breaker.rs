@@ -32,16 +32,19 @@ pub const MAX_WINDOW_BUCKETS: usize = 60;
 
 /// What a breaker trips on and how it recovers. The defaults are
 /// levee-config's (`[backend.breaker]`): this mechanism has none of its own.
+///
+/// In declared order: what recording a call reads first (see [`Breaker`]).
 #[derive(Debug, Clone, PartialEq)]
+#[repr(C)]
 pub struct BreakerPolicy {
-    /// Window length in 1 s buckets (1..=60).
-    pub window_buckets: u32,
-    pub min_calls: u32,
+    pub slow_call_duration: Duration,
     pub failure_rate: f64,
     pub slow_call_rate: f64,
-    pub slow_call_duration: Duration,
+    /// Window length in 1 s buckets (1..=60).
+    pub window_buckets: u32,
     /// 0 turns this trigger off.
     pub consecutive_failures: u32,
+    pub min_calls: u32,
     pub open_for: Duration,
     pub open_for_max: Duration,
     pub half_open_calls: u32,
@@ -317,15 +320,24 @@ const HALF_OPEN: u8 = 2;
 const NEVER: u64 = u64::MAX;
 
 /// One node's breaker for one traffic class.
+///
+/// In declared order: what admitting a call and recording one that went
+/// well read and write (72 bytes, then that second's bucket), so that a
+/// breaker met cold costs few cache misses.
 #[derive(Debug)]
+#[repr(C)]
 pub struct Breaker {
-    policy: BreakerPolicy,
-    origin: Instant,
     state: AtomicU8,
+    consecutive: AtomicU32,
+    /// The second (plus one; 0 = never) of the latest failed or slow call:
+    /// while it is out of the window, a call that is neither cannot move
+    /// the gate, and recording it reads one bucket instead of the window.
+    last_bad_s: AtomicU64,
+    origin: Instant,
+    policy: BreakerPolicy,
     /// Microseconds from `origin` at which an open gate may half-open.
     open_until_us: AtomicU64,
     buckets: [Bucket; MAX_WINDOW_BUCKETS],
-    consecutive: AtomicU32,
     probes_started: AtomicU32,
     probes_passed: AtomicU32,
     /// How many times in a row the gate re-opened soon after closing.
@@ -348,6 +360,7 @@ impl Breaker {
             state: AtomicU8::new(CLOSED),
             open_until_us: AtomicU64::new(0),
             buckets: std::array::from_fn(|_| Bucket::default()),
+            last_bad_s: AtomicU64::new(0),
             consecutive: AtomicU32::new(0),
             probes_started: AtomicU32::new(0),
             probes_passed: AtomicU32::new(0),
@@ -531,9 +544,16 @@ impl Breaker {
         let consecutive = if failed {
             self.consecutive.fetch_add(1, Ordering::AcqRel) + 1
         } else {
-            self.consecutive.store(0, Ordering::Release);
+            if self.consecutive.load(Ordering::Acquire) != 0 {
+                self.consecutive.store(0, Ordering::Release);
+            }
             0
         };
+        if failed || slow {
+            self.last_bad_s.store(now_s + 1, Ordering::Release);
+        } else if self.clean_window(now_s) {
+            return Recorded::Nothing;
+        }
         let cf = self.policy.consecutive_failures;
         let window = self.window_at(now_s);
         let reason = if cf > 0 && consecutive >= cf {
@@ -616,6 +636,17 @@ impl Breaker {
     fn add_to_window(&self, now_s: u64, failed: bool, slow: bool) {
         let n = u64::from(self.policy.window_buckets);
         self.buckets[(now_s % n) as usize].add(now_s, failed, slow);
+    }
+
+    /// Whether the window ending at `now_s` holds no failed or slow call,
+    /// so that its failure and slow rates are zero (a rate threshold of
+    /// zero, met by any window, is never clean).
+    fn clean_window(&self, now_s: u64) -> bool {
+        let n = u64::from(self.policy.window_buckets);
+        let tag = self.last_bad_s.load(Ordering::Acquire);
+        self.policy.failure_rate > 0.0
+            && self.policy.slow_call_rate > 0.0
+            && (tag == 0 || (tag <= now_s + 1 && now_s + 1 - tag >= n))
     }
 
     fn window_at(&self, now_s: u64) -> WindowStats {

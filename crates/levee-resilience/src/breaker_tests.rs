@@ -241,6 +241,30 @@ async fn old_buckets_slide_out_of_the_window() {
     );
 }
 
+/// A call that is neither failed nor slow reads the whole window only
+/// while a failed or slow call is in it: it still trips the gate up to the
+/// window's last second, and never after.
+#[tokio::test(start_paused = true)]
+async fn a_good_call_trips_a_window_that_still_holds_bad_calls() {
+    for (bad, reason) in [
+        (FAIL, TransitionReason::FailureRate),
+        (SLOW, TransitionReason::SlowRate),
+    ] {
+        let b = Breaker::new(policy());
+        let budget = budget();
+        assert!(feed(&b, &budget, bad, 9).is_none());
+        tokio::time::advance(Duration::from_secs(9)).await;
+        let t = feed(&b, &budget, OK, 1).expect("the bad calls are 9 s old");
+        assert_eq!(t.reason, reason);
+
+        let b = Breaker::new(policy());
+        assert!(feed(&b, &budget, bad, 9).is_none());
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert!(feed(&b, &budget, OK, 1).is_none(), "slid out");
+        assert_eq!(b.window().calls, 1);
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn half_open_admits_limited_probes_and_closes_when_they_pass() {
     let b = Breaker::new(policy());
@@ -461,5 +485,22 @@ async fn jitter_spreads_the_open_period_within_bounds() {
             d >= Duration::from_secs(4) && d <= Duration::from_secs(6),
             "{d:?}"
         );
+    }
+}
+
+/// What a call admitted and recorded in the closed state reads stays in
+/// the breaker's first 72 bytes, as its layout says.
+#[test]
+fn the_fields_a_closed_call_reads_come_first() {
+    use std::mem::offset_of;
+    let hot_end = offset_of!(Breaker, policy) + offset_of!(BreakerPolicy, min_calls);
+    assert_eq!(hot_end, 72);
+    for field in [
+        offset_of!(Breaker, state),
+        offset_of!(Breaker, consecutive),
+        offset_of!(Breaker, last_bad_s),
+        offset_of!(Breaker, origin),
+    ] {
+        assert!(field < offset_of!(Breaker, policy));
     }
 }

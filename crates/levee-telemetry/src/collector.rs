@@ -452,9 +452,9 @@ impl Collector for TelemetryCollector {
             None,
             MetricType::Gauge,
         )?;
-        for (n, _) in nodes() {
+        for (n, state) in nodes() {
             m.encode_family(&[("backend", n.backend.as_str()), ("node", n.addr.as_str())])?
-                .encode_gauge(&n.in_flight())?;
+                .encode_gauge(&state.in_flight())?;
         }
         Ok(())
     }

@@ -26,9 +26,9 @@ pub use config_status::{ConfigStatus, ReloadFailure, ReloadResult};
 pub use heartbeat::Heartbeat;
 pub use stats::{
     BackendEvent, BackendStats, BackendTopology, BreakerMove, BreakerView, DnsStats, ErrorReason,
-    InFlightGuard, LatencyHistogram, NameTopology, NodeStats, NodeTopology, NodeView,
-    OutcomeCounters, RateLimitTopology, RouteStats, StatusClass, Topology, TunnelClose,
-    TunnelStats, LATENCY_BUCKETS,
+    LatencyHistogram, NameTopology, NodeStats, NodeTopology, NodeView, OutcomeCounters,
+    RateLimitTopology, RouteStats, StatusClass, Topology, TunnelClose, TunnelStats,
+    LATENCY_BUCKETS,
 };
 pub use tls::TlsHandshakeFailure;
 

@@ -3,7 +3,7 @@
 //! Every series a scrape can show exists from the moment a topology is built,
 //! so "no data" is never mistaken for "no errors".
 
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -167,6 +167,7 @@ impl StatusClass {
 
 /// Responses by status class and levee errors by reason.
 #[derive(Debug, Default)]
+#[repr(C)]
 pub struct OutcomeCounters {
     by_class: [AtomicU64; 5],
     by_reason: [AtomicU64; ErrorReason::ALL.len()],
@@ -200,12 +201,15 @@ pub const LATENCY_BUCKETS: [f64; 14] = [
 ];
 
 /// A Prometheus-style histogram of atomics (no lock per observation).
+/// The count and sum come first, beside the fastest buckets, which most
+/// observations land in.
 #[derive(Debug, Default)]
+#[repr(C)]
 pub struct LatencyHistogram {
-    /// Per-bucket (not cumulative) counts; the last slot is +Inf.
-    buckets: [AtomicU64; LATENCY_BUCKETS.len() + 1],
     count: AtomicU64,
     sum_us: AtomicU64,
+    /// Per-bucket (not cumulative) counts; the last slot is +Inf.
+    buckets: [AtomicU64; LATENCY_BUCKETS.len() + 1],
 }
 
 impl LatencyHistogram {
@@ -245,14 +249,21 @@ impl LatencyHistogram {
 
 /// One app node's counters. Its decision state (breakers, health, slow
 /// start) belongs to the data plane, which shows it through [`NodeView`].
+///
+/// Its requests in flight are the data plane's, shown through [`NodeView`]:
+/// selection reads them with the node's load, in one cache line.
+///
+/// In declared order, what every call's outcome counts comes first (a
+/// status class, then a latency): with many nodes each request meets its
+/// node's counters cold, and fewer cache lines are fewer misses.
 #[derive(Debug)]
+#[repr(C)]
 pub struct NodeStats {
-    pub backend: String,
-    pub addr: String,
+    anomalous: AtomicBool,
     pub outcomes: OutcomeCounters,
     pub latency: LatencyHistogram,
-    in_flight: AtomicI64,
-    anomalous: AtomicBool,
+    pub backend: String,
+    pub addr: String,
 }
 
 impl NodeStats {
@@ -262,7 +273,6 @@ impl NodeStats {
             addr: addr.to_owned(),
             outcomes: OutcomeCounters::default(),
             latency: LatencyHistogram::default(),
-            in_flight: AtomicI64::new(0),
             anomalous: AtomicBool::new(false),
         }
     }
@@ -274,26 +284,6 @@ impl NodeStats {
 
     pub fn set_anomalous(&self, anomalous: bool) {
         self.anomalous.store(anomalous, Ordering::Relaxed);
-    }
-
-    pub fn in_flight(&self) -> i64 {
-        self.in_flight.load(Ordering::Relaxed)
-    }
-
-    /// Counts a request in flight until the guard drops.
-    pub fn enter(self: &Arc<Self>) -> InFlightGuard {
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
-        InFlightGuard(Arc::clone(self))
-    }
-}
-
-/// Decrements a node's in-flight gauge when the request ends, however it ends.
-#[derive(Debug)]
-pub struct InFlightGuard(Arc<NodeStats>);
-
-impl Drop for InFlightGuard {
-    fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -588,6 +578,8 @@ pub trait NodeView: Send + Sync + std::fmt::Debug {
     fn ramping(&self) -> bool;
     /// Healthy and its breaker for `class` admits calls.
     fn usable(&self, class: usize) -> bool;
+    /// Requests in flight to it.
+    fn in_flight(&self) -> i64;
     /// One per traffic class, in class order.
     fn breakers(&self) -> Vec<BreakerView>;
 }
@@ -654,15 +646,6 @@ mod tests {
         assert_eq!(o.class(StatusClass::ServerError), 1);
         assert_eq!(o.reason(ErrorReason::BulkheadFull), 1);
         assert_eq!(o.total(), 3);
-    }
-
-    #[test]
-    fn in_flight_guard_decrements_on_drop() {
-        let n = Arc::new(NodeStats::new("app", "127.0.0.1:1"));
-        let g = n.enter();
-        assert_eq!(n.in_flight(), 1);
-        drop(g);
-        assert_eq!(n.in_flight(), 0);
     }
 
     #[test]

@@ -12,14 +12,14 @@ use http::request::Parts;
 use http::uri::{Authority, PathAndQuery};
 use http::{Request, Response, Uri};
 use levee_resilience::Deadline;
-use levee_telemetry::{ErrorReason, InFlightGuard};
+use levee_telemetry::ErrorReason;
 use tokio::time::Instant;
 use tower::{Layer, Service};
 
 use super::node::{NodeRequest, NotReplied, Replied};
 use crate::body::RequestBody;
 use crate::error::ProxyError;
-use crate::nodes::{Node, Outcome, Pick};
+use crate::nodes::{InFlightGuard, Node, Outcome, Pick};
 use crate::pool::NodeBody;
 use crate::upstream::Backend;
 

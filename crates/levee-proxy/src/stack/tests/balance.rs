@@ -76,7 +76,7 @@ fn node_mock(
         record.0.lock().unwrap().push(Call {
             addr: req.node.addr,
             uri: req.request.uri().clone(),
-            in_flight: req.node.stats.in_flight(),
+            in_flight: req.node.in_flight(),
         });
         Box::pin(async move {
             match reply {
@@ -138,9 +138,9 @@ async fn a_usable_node_is_picked_and_the_request_aimed_at_it() {
         assert!(!answer.failed);
         assert_eq!(answer.response.status(), 200);
         assert_eq!(answer.node.addr, app.nodes.nodes()[1].addr);
-        assert_eq!(answer.node.stats.in_flight(), 1, "held by the answer");
+        assert_eq!(answer.node.in_flight(), 1, "held by the answer");
         drop(answer);
-        assert_eq!(app.nodes.nodes()[1].stats.in_flight(), 0);
+        assert_eq!(app.nodes.nodes()[1].in_flight(), 0);
     }
     let calls = record.take();
     assert_eq!(calls.len(), 3);
@@ -238,7 +238,7 @@ async fn an_error_that_blames_the_node_is_recorded_against_it() {
         assert_eq!(record.take().len(), 1);
         let node = &app.nodes.nodes()[0];
         assert_eq!(node.stats.outcomes.reason(reason), 1, "{reason:?}");
-        assert_eq!(node.stats.in_flight(), 0);
+        assert_eq!(node.in_flight(), 0);
         assert_eq!(state_of(app, 0), BreakerState::Open, "{reason:?}");
         assert_eq!(state_of(app, 1), BreakerState::Closed);
     }
@@ -267,7 +267,7 @@ async fn a_client_body_error_is_not_recorded_against_the_node() {
     let breaker = node.breaker(SAFE).unwrap();
     assert_eq!(breaker.breaker.consecutive_failures(), 0);
     assert_eq!(breaker.breaker.window().calls, 0);
-    assert_eq!(node.stats.in_flight(), 0);
+    assert_eq!(node.in_flight(), 0);
 }
 
 #[tokio::test(start_paused = true)]
@@ -323,7 +323,7 @@ async fn a_dropped_trial_call_gives_its_slot_back() {
 
     // The client goes away before the node answers.
     drop(call);
-    assert_eq!(app.nodes.nodes()[0].stats.in_flight(), 0);
+    assert_eq!(app.nodes.nodes()[0].in_flight(), 0);
     assert_eq!(app.nodes.nodes()[0].stats.outcomes.total(), 0);
     let again = app.nodes.pick(SAFE, &[1], true, false);
     assert!(

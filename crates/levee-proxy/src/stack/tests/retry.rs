@@ -248,7 +248,7 @@ async fn a_503_for_get_is_retried_when_on_statuses_has_it() {
     assert_eq!(tried(&seen), [vec![], vec![0]]);
     assert_eq!(count(app, BackendEvent::Retry), 1);
     // The given-up answer released its node's in-flight count.
-    assert_eq!(app.nodes.nodes()[0].stats.in_flight(), 0);
+    assert_eq!(app.nodes.nodes()[0].in_flight(), 0);
 }
 
 #[tokio::test(start_paused = true)]
@@ -533,7 +533,7 @@ async fn the_answer_body_holds_the_slots_until_it_is_dropped() {
     assert!(req.backend_slot.is_some() && req.route_slot.is_some());
     let (result, _) = run(req, &[Reply::Answer(200, "a body", false)]).await;
     let resp = result.unwrap();
-    let node = &app.nodes.nodes()[0].stats;
+    let node = &app.nodes.nodes()[0];
     assert_eq!(app.bulkhead().in_flight(), 1, "held by the response body");
     assert_eq!(route_bulkhead.in_flight(), 1);
     assert_eq!(node.in_flight(), 1);
