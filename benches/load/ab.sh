@@ -20,6 +20,7 @@ bash benches/load/install.sh >/dev/null
 cargo build --release --locked -q -p levee-testkit --bin levee-node
 WORK=$(mktemp -d)
 . benches/load/levee_config.sh
+. benches/load/wrk_ok.sh
 levee_config "$WORK/a.toml" $LEVEE_PORT $ADMIN_PORT $NODE_PORT
 LEVEE_ACCESS_LOG=${B_ACCESS_LOG:+$WORK/access.log} \
   levee_config "$WORK/b.toml" $LEVEE_PORT $ADMIN_PORT $NODE_PORT
@@ -44,6 +45,7 @@ one() { # binary config -> "total (u user s system)" µs per request
   n=$(echo "$out" | awk '/requests in/ {print $1}')
   dropped=$(curl -s "http://127.0.0.1:$ADMIN_PORT/metrics" | awk '/^levee_access_log_dropped_total/ {print $2}')
   kill $p; wait $p 2>/dev/null || true
+  wrk_ok "$1" "$out"
   awk -v u=$((au - bu)) -v s=$((as - bs)) -v n="$n" -v hz="$(getconf CLK_TCK)" \
     'BEGIN { printf "%.1f (u %.1f s %.1f)", (u + s) / hz * 1e6 / n, u / hz * 1e6 / n, s / hz * 1e6 / n }'
   if [ -f "$WORK/access.log" ]; then

@@ -40,6 +40,7 @@ if [ "$(nproc)" -ge 2 ]; then PROXY_CPU=(taskset -c 0); LOAD_CPU=(taskset -c 1);
 PIDS+=($!)
 
 . benches/load/levee_config.sh
+. benches/load/wrk_ok.sh
 # The baseline may predate [server.tls]: it gets the plain config.
 levee_config "$WORK/levee-plain.toml" $LEVEE_PORT $ADMIN_PORT $NODE_PORT
 tls_pair "$WORK"
@@ -93,6 +94,7 @@ run() { # name port [pid [scheme]]
   [ -n "$pid" ] && before=$(cpu_ticks "$pid")
   out=$("${LOAD_CPU[@]}" wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "$scheme://127.0.0.1:$port/")
   [ -n "$pid" ] && after=$(cpu_ticks "$pid")
+  wrk_ok "$name" "$out"
   reqs=$(echo "$out" | awk '/requests in/ {print $1}')
   rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
   p50=$(echo "$out" | awk '$1=="50%" {print $2}')

@@ -13,6 +13,7 @@
 # connection state) shows beside levee's.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+. benches/load/wrk_ok.sh
 LEVEE=$1 ROUNDS=${2:-5} DUR=${3:-5} CONNS=${4:-64}
 # PORT_OFFSET (a multiple of 100: the ports below are 10 apart) moves every
 # port, so that runs side by side do not collide.
@@ -121,6 +122,7 @@ one() { # case -> CPU µs per request
   after=$(stat_of $p)
   n=$(echo "$out" | awk '/requests in/ {print $1}')
   kill $p; wait $p 2>/dev/null || true
+  wrk_ok "$1" "$out"
   awk -v t=$((after - before)) -v n="$n" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.2f", t / hz * 1e6 / n }'
 }
 median() { tr ' ' '\n' | grep . | sort -n | awk '{ a[NR] = $1 } END { print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
