@@ -84,6 +84,7 @@ fn main() -> ExitCode {
         .map(|a| if a.contains(' ') { format!("'{a}'") } else { a })
         .collect::<Vec<_>>()
         .join(" ");
+    stop_proxies_on_signal();
     let report = match levee_bench::run(opts, command) {
         Ok(r) => r,
         Err(e) => {
@@ -105,4 +106,34 @@ fn main() -> ExitCode {
     }
     eprintln!("JSON: {}", args.json.display());
     ExitCode::SUCCESS
+}
+
+/// On `SIGINT` or `SIGTERM`, stops the proxies the harness started before
+/// exiting: the signal ends the process without running their `Drop`, and a
+/// proxy left behind would answer on the ports of the next run.
+fn stop_proxies_on_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    std::thread::spawn(|| {
+        let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()
+        else {
+            return;
+        };
+        runtime.block_on(async {
+            let (Ok(mut int), Ok(mut term)) = (
+                signal(SignalKind::interrupt()),
+                signal(SignalKind::terminate()),
+            ) else {
+                return;
+            };
+            let code = tokio::select! {
+                _ = int.recv() => 130,
+                _ = term.recv() => 143,
+            };
+            eprintln!("levee-bench: stopped by a signal; stopping the proxies it started");
+            levee_bench::procs::terminate_running();
+            std::process::exit(code);
+        });
+    });
 }

@@ -5,6 +5,7 @@
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -147,6 +148,33 @@ pub fn pin_self(cpu: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The pids of the proxies started and not yet stopped, so that a harness
+/// stopped by a signal (which runs no `Drop`) can stop them too rather than
+/// leave them on the ports the next run will measure.
+static RUNNING: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+
+/// Sends `SIGTERM` to every proxy still running and its workers. For the
+/// harness's own signal handler.
+pub fn terminate_running() {
+    let pids = match RUNNING.lock() {
+        Ok(pids) => pids.clone(),
+        Err(poisoned) => poisoned.into_inner().clone(),
+    };
+    for pid in pids.into_iter().flat_map(process_tree) {
+        let _ = Command::new("kill")
+            .args(["-TERM".to_owned(), pid.to_string()])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+fn running(update: impl FnOnce(&mut Vec<u32>)) {
+    match RUNNING.lock() {
+        Ok(mut pids) => update(&mut pids),
+        Err(poisoned) => update(&mut poisoned.into_inner()),
+    }
+}
+
 /// A started proxy; stopped (SIGTERM, then SIGKILL for the whole tree after
 /// 5 s) when dropped.
 #[derive(Debug)]
@@ -180,6 +208,7 @@ impl Proc {
             .stderr(err)
             .spawn()
             .with_context(|| format!("starting {}", program.display()))?;
+        running(|pids| pids.push(child.id()));
         Ok(Proc { child })
     }
 
@@ -208,7 +237,9 @@ impl Proc {
 
 impl Drop for Proc {
     fn drop(&mut self) {
-        let tree = process_tree(self.pid());
+        let pid = self.pid();
+        running(|pids| pids.retain(|&p| p != pid));
+        let tree = process_tree(pid);
         let _ = self.signal("TERM");
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {
