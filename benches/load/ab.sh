@@ -12,10 +12,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 A=$1 B=$2 ROUNDS=${3:-6} DUR=${4:-5} CONNS=${5:-64} BODY=${6:-64}
-# PORT_OFFSET (a multiple of 100: the ports below are 10 apart) moves every
-# port, so that runs side by side do not collide.
+# PORT_OFFSET (a multiple of 100) moves every port, so that runs side by
+# side do not collide. Each load script's ports end in its own two digits
+# (compare.sh 01, 81-84, 91; ab.sh 05, 85, 95; scale.sh 06, 86, 96), so runs
+# of different scripts cannot collide whatever their offsets.
 P=${PORT_OFFSET:-0}
-NODE_PORT=$((19301+P)) LEVEE_PORT=$((18381+P)) ADMIN_PORT=$((18391+P))
+NODE_PORT=$((19305+P)) LEVEE_PORT=$((18385+P)) ADMIN_PORT=$((18395+P))
 bash benches/load/install.sh >/dev/null
 cargo build --release --locked -q -p levee-testkit --bin levee-node
 WORK=$(mktemp -d)

@@ -23,8 +23,10 @@ cd "$(dirname "$0")/../.."
 DURATION=${1:-10}
 CONNS=${2:-50}
 BODY=${3:-64}
-# PORT_OFFSET (a multiple of 100: the ports below are 10 apart) moves every
-# port, so that runs side by side do not collide.
+# PORT_OFFSET (a multiple of 100) moves every port, so that runs side by
+# side do not collide. Each load script's ports end in its own two digits
+# (compare.sh 01, 81-84, 91; ab.sh 05, 85, 95; scale.sh 06, 86, 96), so runs
+# of different scripts cannot collide whatever their offsets.
 P=${PORT_OFFSET:-0}
 NODE_PORT=$((19101+P)) LEVEE_PORT=$((18181+P)) ADMIN_PORT=$((18191+P)) NGINX_PORT=$((18182+P)) HAPROXY_PORT=$((18183+P)) TLS_PORT=$((18184+P))
 WORK=$(mktemp -d)

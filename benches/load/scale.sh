@@ -15,10 +15,12 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 . benches/load/wrk_ok.sh
 LEVEE=$1 ROUNDS=${2:-5} DUR=${3:-5} CONNS=${4:-64}
-# PORT_OFFSET (a multiple of 100: the ports below are 10 apart) moves every
-# port, so that runs side by side do not collide.
+# PORT_OFFSET (a multiple of 100) moves every port, so that runs side by
+# side do not collide. Each load script's ports end in its own two digits
+# (compare.sh 01, 81-84, 91; ab.sh 05, 85, 95; scale.sh 06, 86, 96), so runs
+# of different scripts cannot collide whatever their offsets.
 P=${PORT_OFFSET:-0}
-NODE_PORT=$((19401+P)) LEVEE_PORT=$((18481+P)) ADMIN_PORT=$((18491+P))
+NODE_PORT=$((19406+P)) LEVEE_PORT=$((18486+P)) ADMIN_PORT=$((18496+P))
 command -v wrk >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
 cargo build --release --locked -q -p levee-testkit --bin levee-node
 WORK=$(mktemp -d)
