@@ -505,14 +505,15 @@ impl ProxyBody {
         }
     }
 
-    pub fn with_activity(mut self, guard: ActivityGuard) -> Self {
+    /// Marks the connection busy until this body ends. In place, as
+    /// [`ProxyBody::log`]: a response is large, and is not moved for it.
+    pub fn track(&mut self, guard: ActivityGuard) {
         self.activity = Some(guard);
-        self
     }
 
     /// The line for `entry` is written when this body ends. `upstream`:
     /// the node that failed the request, when levee answers for it.
-    pub fn logged(mut self, entry: Box<AccessEntry>, upstream: Option<UpstreamInfo>) -> Self {
+    pub fn log(&mut self, entry: Box<AccessEntry>, upstream: Option<UpstreamInfo>) {
         if upstream.is_some() {
             self.upstream = upstream;
         }
@@ -520,7 +521,6 @@ impl ProxyBody {
             entry,
             bytes_out: 0,
         });
-        self
     }
 
     fn write_log(&mut self, complete: bool) {

@@ -34,7 +34,7 @@ use std::future::{poll_fn, Future};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{ready, Context, Poll, Waker};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -492,11 +492,14 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let resp = ready!(this.fut.poll(cx))?;
-        Poll::Ready(Ok(match this.guard.take() {
-            Some(guard) => resp.map(|b| b.with_activity(guard)),
-            None => resp,
-        }))
+        // The response is marked where it is, not moved out and back.
+        let mut poll = this.fut.poll(cx);
+        if let Poll::Ready(Ok(resp)) = &mut poll {
+            if let Some(guard) = this.guard.take() {
+                resp.body_mut().track(guard);
+            }
+        }
+        poll
     }
 }
 

@@ -21,7 +21,7 @@ use tower::{Layer, Service};
 use tracing::debug;
 
 use super::{tunnel, ProxyResult, Routed, RoutedRequest};
-use crate::access_log::AccessEntry;
+use crate::access_log::{AccessEntry, UpstreamInfo};
 use crate::body::{ClientBody, ProxyBody};
 use crate::error::ProxyError;
 use crate::headers::{self, Scheme, X_REQUEST_ID};
@@ -167,7 +167,10 @@ pin_project_lite::pin_project! {
             // only its stream.
             http2: bool,
         },
-        Unrouted { response: Option<Response<ProxyBody>> },
+        // The error, not its response: the stack's future is moved whole
+        // at every layer above and in the connection, and is as large as
+        // its largest state.
+        Unrouted { refused: Option<(ProxyError, Option<Box<AccessEntry>>)> },
     }
 }
 
@@ -176,7 +179,7 @@ impl<F> EdgeFuture<F> {
         counters.record_error(e.reason);
         counters.record_status(e.status().as_u16());
         EdgeFuture::Unrouted {
-            response: Some(answer(Err(e), log)),
+            refused: Some((e, log)),
         }
     }
 
@@ -191,7 +194,7 @@ impl<F> EdgeFuture<F> {
         stats.outcomes.record_status(e.status().as_u16());
         stats.latency.observe(started.elapsed());
         EdgeFuture::Unrouted {
-            response: Some(answer(Err(e), log)),
+            refused: Some((e, log)),
         }
     }
 }
@@ -199,22 +202,35 @@ impl<F> EdgeFuture<F> {
 /// The response for `result`; with the access log on, its body carries the
 /// request's entry, written when the body ends.
 fn answer(result: ProxyResult, log: Option<Box<AccessEntry>>) -> Response<ProxyBody> {
-    let (resp, reason, upstream) = match result {
-        Ok(resp) => (resp, None, None),
+    match result {
+        // The node's answer goes on as it is, not moved more than once.
+        Ok(mut resp) => {
+            if let Some(entry) = log {
+                log_to(&mut resp, entry, None, None);
+            }
+            resp
+        }
         Err(mut e) => {
             let upstream = e.upstream.take();
             let reason = e.reason;
-            (e.into_response(), Some(reason), upstream)
-        }
-    };
-    match log {
-        None => resp,
-        Some(mut entry) => {
-            entry.status = resp.status().as_u16();
-            entry.reason = reason;
-            resp.map(|body| body.logged(entry, upstream.map(|u| *u)))
+            let mut resp = e.into_response();
+            if let Some(entry) = log {
+                log_to(&mut resp, entry, Some(reason), upstream.map(|u| *u));
+            }
+            resp
         }
     }
+}
+
+fn log_to(
+    resp: &mut Response<ProxyBody>,
+    mut entry: Box<AccessEntry>,
+    reason: Option<ErrorReason>,
+    upstream: Option<UpstreamInfo>,
+) {
+    entry.status = resp.status().as_u16();
+    entry.reason = reason;
+    resp.body_mut().log(entry, upstream);
 }
 
 impl<F> Future for EdgeFuture<F>
@@ -225,9 +241,10 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project() {
-            EdgeProj::Unrouted { response } => Poll::Ready(Ok(response
-                .take()
-                .unwrap_or_else(|| ProxyError::new(ErrorReason::BadRequest, "").into_response()))),
+            EdgeProj::Unrouted { refused } => Poll::Ready(Ok(match refused.take() {
+                Some((e, log)) => answer(Err(e), log),
+                None => ProxyError::new(ErrorReason::BadRequest, "").into_response(),
+            })),
             EdgeProj::Routed {
                 fut,
                 stats,

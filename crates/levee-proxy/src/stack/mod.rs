@@ -1,10 +1,13 @@
 //! The request path as a stack of tower layers, outermost first.
 //!
 //! Each layer is one mechanism with the tower shape (layer, service,
-//! response future); the stack's type is concrete, and no layer boxes a
-//! future on its fast path (only a wait in a bulkhead queue, reading a body
-//! kept for retries, and a retry's backoff allocate). A request passes down
-//! as [`Routed`] once it has a route, and each layer adds what it decided.
+//! response future); the stack's type is concrete, and one future is boxed
+//! on the fast path: the retry layer's, which holds a request's tries (its
+//! head, its body, the try in progress) and would otherwise be moved whole
+//! by every layer above. Elsewhere only a wait in a bulkhead queue, reading
+//! a body kept for retries, and a retry's backoff allocate. A request passes
+//! down as [`Routed`] once it has a route, and each layer adds what it
+//! decided.
 //! Below [`retry`] each try is an [`balance::Attempt`]; below [`balance`] a
 //! call to one node.
 //!

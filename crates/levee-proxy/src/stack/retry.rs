@@ -37,12 +37,13 @@ use tower::{Layer, Service};
 use super::backend::fail_over_to;
 use super::balance::{Answer, Attempt, Tried, TryFailed, MAX_TRIES};
 use super::bulkhead::precedence;
-use super::{ProxyResult, Routed, RoutedRequest};
+use super::{ProxyResult, Routed};
 use crate::access_log::UpstreamInfo;
-use crate::body::{ClientBodyFailure, ProxyBody, RequestBody, RequestScope, UpstreamBody};
+use crate::body::{
+    ClientBody, ClientBodyFailure, ProxyBody, RequestBody, RequestScope, UpstreamBody,
+};
 use crate::error::ProxyError;
 use crate::headers;
-use crate::state::ProxyState;
 use crate::upstream::Backend;
 
 /// Adds [`Retry`].
@@ -77,64 +78,50 @@ where
             .map_err(|_| ProxyError::new(ErrorReason::NoHealthyNode, "no node is ready"))
     }
 
-    fn call(&mut self, req: Routed) -> RetryFuture<S> {
-        let RoutedRequest {
-            parts,
-            body,
-            state,
-            route,
-            backend,
-            class,
-            deadline,
-            ignore_state,
-            route_slot,
-            backend_slot,
-            queued,
-            ..
-        } = req.into_inner();
-        let failed_over = backend != state.routes[route].backend_index;
-        let backend = Arc::clone(&state.backends[backend]);
+    fn call(&mut self, mut req: Routed) -> RetryFuture<S> {
+        let failed_over = req.backend != req.route().backend_index;
+        let backend = Arc::clone(&req.state.backends[req.backend]);
         // A request that waited in no queue is counted at its start: the
         // clock has not moved since but for levee's own microseconds.
-        if queued {
+        if req.queued {
             backend.retry_budget.record_request();
         } else {
-            backend.retry_budget.record_request_at(deadline.start());
+            backend.retry_budget.record_request_at(req.deadline.start());
         }
-        let body_limit = state.routes[route].max_request_body_bytes;
-        let tries = Tries {
-            body_limit,
-            client_body: None,
-            idempotent: is_idempotent(&parts.method),
-            parts,
-            has_head: true,
-            body: Outgoing::Stream(None),
-            tried: Tried::default(),
-            max: 1,
-            last_error: None,
-            backend,
-            class,
-            deadline,
-            ignore_state,
-            route_slot,
-            backend_slot,
-            state,
-            route,
-            attempts: 0,
-            failed_over,
-        };
-        let mut inner = self.inner.clone();
-        let mut tries = tries;
-        let step = first_step(&mut tries, &mut inner, body);
-        RetryFuture { inner, tries, step }
+        let body = std::mem::replace(&mut req.body, ClientBody::Empty);
+        let mut run = Box::pin(Run {
+            inner: self.inner.clone(),
+            tries: Tries {
+                body_limit: req.route().max_request_body_bytes,
+                client_body: None,
+                idempotent: is_idempotent(&req.parts.method),
+                req,
+                has_head: true,
+                body: Outgoing::Stream(None),
+                tried: Tried::default(),
+                max: 1,
+                last_error: None,
+                backend,
+                attempts: 0,
+                failed_over,
+            },
+            step: Step::Idle,
+        });
+        let mut run_ = run.as_mut().project();
+        let step = first_step(run_.tries, run_.inner, body);
+        run_.step.set(step);
+        RetryFuture { run }
     }
 }
 
 /// Everything a request keeps across its tries.
 struct Tries {
-    /// The request head (method, target, headers) a try is built from.
-    parts: http::request::Parts,
-    /// `parts` holds the head: not while a try that took it runs, nor after
+    /// The request as the layers above passed it down: its head (method,
+    /// target, headers) is what a try is built from; its body has moved to
+    /// `body`; its backend index is the one it came down with (`backend`
+    /// is the one it runs on).
+    req: Routed,
+    /// `req` holds the head: not while a try that took it runs, nor after
     /// one that did not give it back.
     has_head: bool,
     body: Outgoing,
@@ -144,13 +131,6 @@ struct Tries {
     max: usize,
     last_error: Option<ProxyError>,
     backend: Arc<Backend>,
-    class: usize,
-    deadline: Deadline,
-    ignore_state: bool,
-    route_slot: Option<BulkheadPermit>,
-    backend_slot: Option<BulkheadPermit>,
-    state: Arc<ProxyState>,
-    route: usize,
     /// The route's request body limit.
     body_limit: Option<u64>,
     /// Set when the streamed body fails on the client's side.
@@ -186,9 +166,19 @@ pin_project_lite::pin_project! {
     }
 }
 
+/// A request's tries, from its first to its answer or final error.
+pub struct RetryFuture<S>
+where
+    S: Service<Attempt>,
+{
+    /// Boxed once: every layer above wraps this future in its own and
+    /// moves it, and a request's tries hold its head, its body and a try
+    /// in progress.
+    run: Pin<Box<Run<S>>>,
+}
+
 pin_project_lite::pin_project! {
-    /// A request's tries, from its first to its answer or final error.
-    pub struct RetryFuture<S>
+    struct Run<S>
     where
         S: Service<Attempt>,
     {
@@ -205,7 +195,7 @@ pin_project_lite::pin_project! {
 /// it is chunked: then its framing is checked whole ([`crate::gate`])
 /// before any of it reaches a node. A larger chunked body streams on after
 /// the bytes read so far.
-fn first_step<S>(t: &mut Tries, inner: &mut S, body: crate::body::ClientBody) -> Step<S::Future>
+fn first_step<S>(t: &mut Tries, inner: &mut S, body: ClientBody) -> Step<S::Future>
 where
     S: Service<Attempt>,
 {
@@ -214,10 +204,12 @@ where
         t.body = Outgoing::Kept(Bytes::new());
         return next_try(t, inner);
     }
-    let declared = body
-        .size_hint()
-        .exact()
-        .filter(|_| t.parts.headers.contains_key(http::header::CONTENT_LENGTH));
+    let declared = body.size_hint().exact().filter(|_| {
+        t.req
+            .parts
+            .headers
+            .contains_key(http::header::CONTENT_LENGTH)
+    });
     let read_first = match declared {
         Some(len) => len <= retry.buffer_bytes as u64 && retry.max_retries > 0,
         None => retry.buffer_bytes > 0,
@@ -227,7 +219,7 @@ where
         t.body = Outgoing::Stream(Some(body));
         return next_try(t, inner);
     }
-    let deadline = t.deadline;
+    let deadline = t.req.deadline;
     let max = retry.buffer_bytes;
     Step::Reading {
         read: Box::pin(async move {
@@ -264,7 +256,7 @@ where
         },
     });
     // The try takes the head (method, target, headers); see `call_with`.
-    let head = &mut t.parts;
+    let head = &mut t.req.parts;
     *request.version_mut() = Version::HTTP_11;
     *request.method_mut() = std::mem::take(&mut head.method);
     *request.uri_mut() = std::mem::take(&mut head.uri);
@@ -294,7 +286,7 @@ fn speaks_http2(backend: &Backend) -> bool {
 /// Keeps the head a try gave back, for the next one.
 fn head_back(t: &mut Tries, head: Option<Box<http::request::Parts>>) {
     if let Some(head) = head {
-        t.parts = *head;
+        t.req.parts = *head;
         t.has_head = true;
     }
 }
@@ -320,18 +312,18 @@ where
     // request keeps a copy.
     let head_back = !is_last(t);
     if head_back && !t.has_head && speaks_http2(&t.backend) {
-        t.parts.method = request.method().clone();
-        t.parts.uri = request.uri().clone();
-        t.parts.headers = request.headers().clone();
+        t.req.parts.method = request.method().clone();
+        t.req.parts.uri = request.uri().clone();
+        t.req.parts.headers = request.headers().clone();
         t.has_head = true;
     }
     let attempt = Attempt {
         backend: Arc::clone(&t.backend),
-        class: t.class,
+        class: t.req.class,
         tried: t.tried,
         allow_probe: t.tried.is_empty(),
-        ignore_state: t.ignore_state,
-        deadline: t.deadline,
+        ignore_state: t.req.ignore_state,
+        deadline: t.req.deadline,
         request,
         head_back,
     };
@@ -345,14 +337,14 @@ fn finish(t: &mut Tries, answer: Answer) -> Response<ProxyBody> {
     let (mut parts, body) = answer.response.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers);
     let scope = RequestScope {
-        route_slot: t.route_slot.take(),
-        backend_slot: t.backend_slot.take(),
+        route_slot: t.req.route_slot.take(),
+        backend_slot: t.req.backend_slot.take(),
         node_in_flight: answer.in_flight,
         node: Arc::clone(&answer.node.stats),
-        route: Arc::clone(&t.state.routes[t.route].stats),
+        route: Arc::clone(&t.req.route().stats),
         client_body: t.client_body.take(),
     };
-    let end = t.deadline.end().zip(t.deadline.total_budget());
+    let end = t.req.deadline.end().zip(t.req.deadline.total_budget());
     let body = UpstreamBody::new(body, t.backend.body_idle_timeout, end, scope);
     let upstream = logged(t, &answer.node.stats, Some(answer.elapsed));
     Response::from_parts(parts, ProxyBody::upstream(body, upstream))
@@ -364,7 +356,7 @@ fn logged(
     node: &Arc<NodeStats>,
     headers_after: Option<Duration>,
 ) -> Option<UpstreamInfo> {
-    t.state.access_log.as_ref()?;
+    t.req.state.access_log.as_ref()?;
     Some(UpstreamInfo {
         node: Arc::clone(node),
         attempts: t.attempts,
@@ -395,15 +387,15 @@ fn retry_after<F>(t: &mut Tries, index: usize) -> Option<Step<F>> {
     let here = t
         .backend
         .nodes
-        .has_alternative(t.class, t.tried.as_slice(), t.ignore_state);
+        .has_alternative(t.req.class, t.tried.as_slice(), t.req.ignore_state);
     let failover = if here {
         None
-    } else if t.backend.nodes.any_usable(t.class) {
+    } else if t.backend.nodes.any_usable(t.req.class) {
         return None;
     } else {
         Some(failover_of(t)?)
     };
-    let pause = retry_pause(&t.backend, &t.deadline, t.tried.len() - 1)?;
+    let pause = retry_pause(&t.backend, &t.req.deadline, t.tried.len() - 1)?;
     let backoff = Step::Backoff {
         sleep: Box::pin(tokio::time::sleep(pause)),
     };
@@ -427,8 +419,8 @@ fn failover_of(t: &Tries) -> Option<Arc<Backend>> {
     if !may_fail_over(t) {
         return None;
     }
-    let fb = t.state.backends.get(t.backend.failover?)?;
-    fb.nodes.any_usable(t.class).then(|| Arc::clone(fb))
+    let fb = t.req.state.backends.get(t.backend.failover?)?;
+    fb.nodes.any_usable(t.req.class).then(|| Arc::clone(fb))
 }
 
 /// Whether the request may yet go on to a failover backend.
@@ -444,9 +436,9 @@ fn may_fail_over(t: &Tries) -> bool {
 /// one), or returns the wait for one (by priority, within `fb`'s
 /// queue_timeout), and starts the request's tries afresh on `fb`.
 fn switch_to(t: &mut Tries, fb: Arc<Backend>) -> Result<Option<Waiting>, ProxyError> {
-    let priority = t.state.routes[t.route].priority;
+    let priority = t.req.route().priority;
     let within_budget = fail_over_to(&t.backend, priority, &fb)?;
-    t.backend_slot = None;
+    t.req.backend_slot = None;
     let slot = match within_budget {
         Some(slot) => Some(slot),
         None => fb.bulkhead().try_acquire().map_err(|e| full(&fb, e))?,
@@ -454,14 +446,14 @@ fn switch_to(t: &mut Tries, fb: Arc<Backend>) -> Result<Option<Waiting>, ProxyEr
     fb.retry_budget.record_request();
     t.backend = Arc::clone(&fb);
     t.tried = Tried::default();
-    t.ignore_state = false;
+    t.req.ignore_state = false;
     t.failed_over = true;
     t.max = tries_allowed(t);
     if let Some(permit) = slot {
-        t.backend_slot = Some(permit);
+        t.req.backend_slot = Some(permit);
         return Ok(None);
     }
-    let wait_until = t.deadline.capped(fb.queue_timeout);
+    let wait_until = t.req.deadline.capped(fb.queue_timeout);
     let precedence = precedence(priority);
     Ok(Some(Box::pin(async move {
         fb.bulkhead().acquire(precedence, wait_until).await
@@ -482,7 +474,7 @@ where
     type Output = ProxyResult;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<ProxyResult> {
-        let mut this = self.project();
+        let mut this = self.get_mut().run.as_mut().project();
         loop {
             let next = match this.step.as_mut().project() {
                 StepProj::Idle => return Poll::Ready(Err(no_node(this.tries))),
@@ -505,7 +497,7 @@ where
                 }
                 StepProj::Queued { wait, request } => match ready!(wait.as_mut().poll(cx)) {
                     Ok(permit) => {
-                        this.tries.backend_slot = Some(permit);
+                        this.tries.req.backend_slot = Some(permit);
                         match request.take() {
                             Some(request) => call_with(this.tries, this.inner, *request),
                             None => next_try(this.tries, this.inner),

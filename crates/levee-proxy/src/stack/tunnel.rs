@@ -160,13 +160,13 @@ where
                 }
             }
         };
-        let handshake = Handshake {
+        let handshake = Box::new(Handshake {
             permit,
             stats: Arc::clone(&route.stats),
             idle: route.tunnel_idle_timeout,
             client: req.parts.extensions.remove::<OnUpgrade>(),
             conn: req.parts.extensions.remove::<Upgrading>(),
-        };
+        });
         TunnelFuture::Handshake {
             fut: self.inner.call(req),
             handshake: Some(handshake),
@@ -216,7 +216,9 @@ pin_project_lite::pin_project! {
     #[project = TunnelProj]
     pub enum TunnelFuture<F> {
         Plain { #[pin] fut: F },
-        Handshake { #[pin] fut: F, handshake: Option<Handshake> },
+        // Boxed: rare, and the stack's future is as large as its largest
+        // state, moved whole at every layer above.
+        Handshake { #[pin] fut: F, handshake: Option<Box<Handshake>> },
         Refused { error: Option<ProxyError> },
     }
 }
@@ -230,16 +232,19 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<ProxyResult> {
         match self.project() {
             TunnelProj::Plain { fut } => {
-                let resp = ready!(fut.poll(cx))?;
-                if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-                    // Nothing asked for it; dropping the response closes
-                    // the node connection it took over.
-                    return Poll::Ready(Err(ProxyError::new(
-                        ErrorReason::UpstreamProtocol,
-                        "101 to a request that asked for no upgrade",
-                    )));
+                // Looked at where it is, not moved out and back.
+                let poll = fut.poll(cx);
+                if let Poll::Ready(Ok(resp)) = &poll {
+                    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+                        // Nothing asked for it; dropping the response closes
+                        // the node connection it took over.
+                        return Poll::Ready(Err(ProxyError::new(
+                            ErrorReason::UpstreamProtocol,
+                            "101 to a request that asked for no upgrade",
+                        )));
+                    }
                 }
-                Poll::Ready(Ok(resp))
+                poll
             }
             TunnelProj::Handshake { fut, handshake } => {
                 let resp = ready!(fut.poll(cx))?;
