@@ -45,7 +45,8 @@ impl ConnActivity {
     }
 
     fn touch(&self) {
-        let us = u64::try_from(self.origin.elapsed().as_micros()).unwrap_or(u64::MAX);
+        let since = crate::clock::now().saturating_duration_since(self.origin);
+        let us = u64::try_from(since.as_micros()).unwrap_or(u64::MAX);
         self.last_change_us.store(us, Ordering::Relaxed);
     }
 

@@ -53,6 +53,7 @@ use tracing::trace;
 
 use crate::activity::{ActivityGuard, ConnActivity, Upgrading};
 use crate::body::{ClientBody, ProxyBody};
+use crate::clock;
 use crate::gate::Park;
 use crate::h1::{self, Rewind};
 use crate::headers::Scheme;
@@ -110,7 +111,9 @@ pub(crate) fn serve<I>(
 where
     I: Park + IntoLot + AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    async move {
+    // A request reads the clock at several points of each event it meets
+    // in this task: one reading per poll serves them all.
+    clock::OneReading::new(async move {
         let (mut first, mut draining) = match start {
             Start::Accepted => (true, false),
             Start::Resumed { draining } => (false, draining),
@@ -169,7 +172,7 @@ where
                 }
             }
         }
-    }
+    })
 }
 
 /// A client stream an idle connection can leave in the [`Lot`].

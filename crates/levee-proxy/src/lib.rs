@@ -42,6 +42,7 @@ pub mod activity;
 pub mod balancer;
 pub mod body;
 pub mod classes;
+pub mod clock;
 pub mod connection;
 pub mod dns;
 pub mod error;

@@ -50,6 +50,7 @@ use tokio::time::Instant;
 use tracing::debug;
 
 use crate::body::RequestBody;
+use crate::clock;
 use crate::h1::{self, HeadError, SendError};
 use crate::node_io::{ConnectError, NodeConnector, NodeStream};
 
@@ -429,7 +430,7 @@ impl Inner {
         }
         conns.idle.push(Idle {
             conn,
-            since: Instant::now(),
+            since: clock::now(),
         });
         self.start_reaper(&mut conns);
     }

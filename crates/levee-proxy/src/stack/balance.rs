@@ -18,6 +18,7 @@ use tower::{Layer, Service};
 
 use super::node::{NodeRequest, NotReplied, Replied};
 use crate::body::RequestBody;
+use crate::clock;
 use crate::error::ProxyError;
 use crate::nodes::{InFlightGuard, Node, Outcome, Pick};
 use crate::pool::NodeBody;
@@ -183,7 +184,7 @@ where
                 backend,
                 pick,
                 in_flight,
-                sent: Instant::now(),
+                sent: clock::now(),
             }),
         }
     }
@@ -246,7 +247,7 @@ where
                     return Poll::Ready(Err(TryFailed::NoNode(None)));
                 };
                 // One clock read for the call's time and every record of it.
-                let now = Instant::now();
+                let now = clock::now();
                 let elapsed = now.saturating_duration_since(sent);
                 let index = pick.index;
                 Poll::Ready(match result {

@@ -23,6 +23,7 @@ use tracing::debug;
 use super::{tunnel, ProxyResult, Routed, RoutedRequest};
 use crate::access_log::{AccessEntry, UpstreamInfo};
 use crate::body::{ClientBody, ProxyBody};
+use crate::clock;
 use crate::error::ProxyError;
 use crate::headers::{self, Scheme, X_REQUEST_ID};
 use crate::state::Shared;
@@ -86,7 +87,7 @@ where
     }
 
     fn call(&mut self, req: Request<ClientBody>) -> Self::Future {
-        let started = Instant::now();
+        let started = clock::now();
         // A guard, not an owned `Arc`: the request's own reference (in
         // `Routed`) is the one write to the state's count, which every
         // worker shares.
@@ -265,7 +266,9 @@ where
                 }
                 let resp = answer(result, log.take());
                 stats.outcomes.record_status(resp.status().as_u16());
-                stats.latency.observe(started.elapsed());
+                stats
+                    .latency
+                    .observe(clock::now().saturating_duration_since(*started));
                 Poll::Ready(Ok(resp))
             }
         }

@@ -1,11 +1,17 @@
 //! The bottom of the stack: one call to one node over its keep-alive pool
 //! ([`crate::pool`]), until the request's deadline for the response headers.
+//!
+//! The deadline's timer is a connection's, kept across its requests: a
+//! tokio timer made per request is put in the runtime's timer wheel on its
+//! first poll and taken out when dropped, a lock and a wheel update each
+//! time. One moved to a later deadline stays in the wheel (tokio only
+//! notes the new instant), so a connection's requests pay for neither.
 
 use std::error::Error as StdError;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
@@ -13,7 +19,7 @@ use http::request::Parts;
 use http::{Request, Response};
 use levee_resilience::{Deadline, Phase};
 use levee_telemetry::ErrorReason;
-use tokio::time::Sleep;
+use tokio::time::{Instant, Sleep};
 use tower::Service;
 
 use crate::body::{ClientBodyError, RequestBody};
@@ -57,14 +63,46 @@ impl From<ProxyError> for NotReplied {
 }
 
 /// Sends a request through the node's pool of data-plane worker `worker`.
-#[derive(Debug, Clone, Copy)]
+/// One per client connection (the stack is), with the connection's spare
+/// deadline timer.
+#[derive(Debug, Clone)]
 pub struct NodeCall {
     worker: usize,
+    spare: SpareTimer,
 }
 
 impl NodeCall {
     pub fn new(worker: usize) -> Self {
-        Self { worker }
+        Self {
+            worker,
+            spare: SpareTimer::default(),
+        }
+    }
+}
+
+/// A connection's deadline timer between its calls. A slot that never
+/// waits: a call that finds it taken (HTTP/2 streams at once) makes its
+/// own timer, and one that finds it full drops its timer.
+#[derive(Debug, Clone, Default)]
+struct SpareTimer(Arc<Mutex<Option<Pin<Box<Sleep>>>>>);
+
+impl SpareTimer {
+    /// A timer set for `at`: the spare one, moved, or a new one.
+    fn take(&self, at: Instant) -> Pin<Box<Sleep>> {
+        let spare = self.0.try_lock().ok().and_then(|mut slot| slot.take());
+        match spare {
+            Some(mut sleep) => {
+                sleep.as_mut().reset(at);
+                sleep
+            }
+            None => Box::pin(tokio::time::sleep_until(at)),
+        }
+    }
+
+    fn give_back(&self, sleep: Pin<Box<Sleep>>) {
+        if let Ok(mut slot) = self.0.try_lock() {
+            slot.get_or_insert(sleep);
+        }
     }
 }
 
@@ -81,7 +119,8 @@ impl Service<NodeRequest> for NodeCall {
         let call = req.node.pool(self.worker).send(req.request, req.head_back);
         NodeCallFuture {
             call,
-            deadline: tokio::time::sleep_until(req.deadline.at()),
+            deadline: Some(self.spare.take(req.deadline.at())),
+            spare: self.spare.clone(),
             addr: req.node.addr,
             budget: req.deadline.budget(),
         }
@@ -92,8 +131,9 @@ pin_project_lite::pin_project! {
     /// The node's response headers by the deadline, or why there are none.
     pub struct NodeCallFuture {
         call: ResponseFuture,
-        #[pin]
-        deadline: Sleep,
+        // `None` once given back, when the call is over.
+        deadline: Option<Pin<Box<Sleep>>>,
+        spare: SpareTimer,
         addr: SocketAddr,
         budget: Duration,
     }
@@ -105,6 +145,9 @@ impl Future for NodeCallFuture {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         if let Poll::Ready((result, head)) = this.call.poll_exchange(cx) {
+            if let Some(sleep) = this.deadline.take() {
+                this.spare.give_back(sleep);
+            }
             return Poll::Ready(match result {
                 Ok(response) => Ok(Replied { response, head }),
                 Err(e) => Err(NotReplied {
@@ -113,7 +156,16 @@ impl Future for NodeCallFuture {
                 }),
             });
         }
-        ready!(this.deadline.poll(cx));
+        let Some(sleep) = this.deadline else {
+            return Poll::Ready(Err(NotReplied::from(ProxyError::new(
+                ErrorReason::Deadline,
+                "node call polled after it ended",
+            ))));
+        };
+        ready!(sleep.as_mut().poll(cx));
+        if let Some(sleep) = this.deadline.take() {
+            this.spare.give_back(sleep);
+        }
         Poll::Ready(Err(NotReplied::from(ProxyError::new(
             ErrorReason::Deadline,
             format!(

@@ -244,3 +244,65 @@ async fn a_node_that_closes_without_answering_is_upstream_reset() {
     assert_eq!(err.reason, ErrorReason::UpstreamReset, "{err}");
     node.abort();
 }
+
+/// A connection's calls share one deadline timer: each call still gets its
+/// own deadline, whether the timer last fired (reset after a 504), was left
+/// set later (an answer before a long deadline), or is set earlier or later.
+#[tokio::test]
+async fn calls_on_one_connection_each_keep_their_own_deadline() {
+    let silent_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_addr = silent_listener.local_addr().unwrap();
+    let silent = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = silent_listener.accept().await {
+            held.push(socket);
+        }
+    });
+    let (answering_addr, answering) =
+        raw_node(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok").await;
+    let silent_state = state_for(silent_addr);
+    let answering_state = state_for(answering_addr);
+    // One service, as one client connection has.
+    let mut svc = NodeCall::new(0);
+    {
+        let mut times_out = |budget: Duration| {
+            let started = Instant::now();
+            let req = node_request(&silent_state, Method::GET, "/", "", Deadline::after(budget));
+            let fut = svc.call(req);
+            async move {
+                let err = fut.await.map(|_| ()).unwrap_err().error;
+                assert_eq!(err.reason, ErrorReason::Deadline, "{err}");
+                let waited = started.elapsed();
+                assert!(
+                    waited >= budget && waited < budget + Duration::from_secs(2),
+                    "{budget:?}: {waited:?}"
+                );
+            }
+        };
+        times_out(Duration::from_millis(150)).await;
+        // The timer fired: it is set afresh, not found fired already.
+        times_out(Duration::from_millis(300)).await;
+    }
+    let req = node_request(
+        &answering_state,
+        Method::GET,
+        "/",
+        "",
+        Deadline::after(Duration::from_secs(30)),
+    );
+    let resp = svc.call(req).await.map_err(|e| e.error).unwrap();
+    assert_eq!(resp.response.status(), 200);
+    // Set for 30 s when given back: moved earlier, it fires on time.
+    let budget = Duration::from_millis(150);
+    let started = Instant::now();
+    let req = node_request(&silent_state, Method::GET, "/", "", Deadline::after(budget));
+    let err = svc.call(req).await.map(|_| ()).unwrap_err().error;
+    assert_eq!(err.reason, ErrorReason::Deadline, "{err}");
+    let waited = started.elapsed();
+    assert!(
+        waited >= budget && waited < Duration::from_secs(2),
+        "{waited:?}"
+    );
+    silent.abort();
+    answering.abort();
+}
