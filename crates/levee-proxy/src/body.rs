@@ -460,7 +460,9 @@ impl Body for UpstreamBody {
 #[derive(Debug)]
 enum Kind {
     Local(Option<Bytes>),
-    Upstream(UpstreamBody),
+    /// Boxed: a response is moved several times on its way up the stack
+    /// and out, and this is most of its size.
+    Upstream(Box<UpstreamBody>),
 }
 
 /// What the client receives: a node's streamed body or levee's own short
@@ -470,8 +472,9 @@ enum Kind {
 pub struct ProxyBody {
     kind: Kind,
     activity: Option<ActivityGuard>,
-    /// The node that answered (set only while the access log is on).
-    upstream: Option<UpstreamInfo>,
+    /// The node that answered (set only while the access log is on;
+    /// boxed so that it costs a response nothing while the log is off).
+    upstream: Option<Box<UpstreamInfo>>,
     log: Option<Logged>,
 }
 
@@ -496,9 +499,9 @@ impl ProxyBody {
         }
     }
 
-    pub fn upstream(body: UpstreamBody, upstream: Option<UpstreamInfo>) -> Self {
+    pub fn upstream(body: UpstreamBody, upstream: Option<Box<UpstreamInfo>>) -> Self {
         Self {
-            kind: Kind::Upstream(body),
+            kind: Kind::Upstream(Box::new(body)),
             activity: None,
             upstream,
             log: None,
@@ -513,7 +516,7 @@ impl ProxyBody {
 
     /// The line for `entry` is written when this body ends. `upstream`:
     /// the node that failed the request, when levee answers for it.
-    pub fn log(&mut self, entry: Box<AccessEntry>, upstream: Option<UpstreamInfo>) {
+    pub fn log(&mut self, entry: Box<AccessEntry>, upstream: Option<Box<UpstreamInfo>>) {
         if upstream.is_some() {
             self.upstream = upstream;
         }
@@ -526,7 +529,7 @@ impl ProxyBody {
     fn write_log(&mut self, complete: bool) {
         if let Some(log) = self.log.take() {
             log.entry
-                .write(self.upstream.as_ref(), log.bytes_out, complete);
+                .write(self.upstream.as_deref(), log.bytes_out, complete);
         }
     }
 }
@@ -545,7 +548,7 @@ impl Body for ProxyBody {
         let this = self.get_mut();
         let out = match &mut this.kind {
             Kind::Local(data) => data.take().map(|d| Ok(Frame::data(d))),
-            Kind::Upstream(body) => ready!(Pin::new(body).poll_frame(cx)).map(|r| {
+            Kind::Upstream(body) => ready!(Pin::new(&mut **body).poll_frame(cx)).map(|r| {
                 r.map_err(|e| {
                     if let Some(log) = &mut this.log {
                         log.entry.reason.get_or_insert(e.reason());

@@ -216,7 +216,7 @@ fn answer(result: ProxyResult, log: Option<Box<AccessEntry>>) -> Response<ProxyB
             let reason = e.reason;
             let mut resp = e.into_response();
             if let Some(entry) = log {
-                log_to(&mut resp, entry, Some(reason), upstream.map(|u| *u));
+                log_to(&mut resp, entry, Some(reason), upstream);
             }
             resp
         }
@@ -227,7 +227,7 @@ fn log_to(
     resp: &mut Response<ProxyBody>,
     mut entry: Box<AccessEntry>,
     reason: Option<ErrorReason>,
-    upstream: Option<UpstreamInfo>,
+    upstream: Option<Box<UpstreamInfo>>,
 ) {
     entry.status = resp.status().as_u16();
     entry.reason = reason;

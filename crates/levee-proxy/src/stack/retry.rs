@@ -355,9 +355,9 @@ fn logged(
     t: &Tries,
     node: &Arc<NodeStats>,
     headers_after: Option<Duration>,
-) -> Option<UpstreamInfo> {
+) -> Option<Box<UpstreamInfo>> {
     t.req.state.access_log.as_ref()?;
-    Some(UpstreamInfo {
+    Some(Box::new(UpstreamInfo {
         node: Arc::clone(node),
         attempts: t.attempts,
         headers_after,
@@ -365,13 +365,13 @@ fn logged(
             Outgoing::Kept(data) => Some(data.len() as u64),
             Outgoing::Stream(_) => None,
         },
-    })
+    }))
 }
 
 /// The request's final error, with the node that failed it for the log.
 fn failed(t: &Tries, mut error: ProxyError, index: usize) -> ProxyError {
     if let Some(node) = t.backend.nodes.nodes().get(index) {
-        error.upstream = logged(t, &node.stats, None).map(Box::new);
+        error.upstream = logged(t, &node.stats, None);
     }
     error
 }

@@ -295,7 +295,10 @@ where
     // Wait for the answer, reading the body as the stack asks for it.
     // `closing` is not polled while the stack works: a drain only decides
     // whether the answer keeps the connection, looked at once it is ready.
-    let resp = poll_fn(|cx| {
+    // The answer is polled into its place here, not moved out through the
+    // `poll_fn`: it is a few hundred bytes.
+    let mut answer = Poll::Pending;
+    poll_fn(|cx| {
         if let Some(r) = &mut reading {
             match conn.poll_body(cx, r, &mut continued) {
                 BodyStep::Pending => {}
@@ -307,19 +310,20 @@ where
                 }
             }
         }
-        if let Poll::Ready(Ok(resp)) = fut.as_mut().poll(cx) {
+        answer = fut.as_mut().poll(cx);
+        if answer.is_ready() {
             if !*draining && closing.as_mut().poll(cx).is_ready() {
                 *draining = true;
             }
-            return Poll::Ready(Some(resp));
+            return Poll::Ready(());
         }
         if reading.is_none() && !read_failed && conn.poll_client_gone(cx) {
-            return Poll::Ready(None);
+            return Poll::Ready(());
         }
         Poll::Pending
     })
     .await;
-    let Some(resp) = resp else {
+    let Poll::Ready(Ok(resp)) = answer else {
         return Next::Abort;
     };
     // Out before the answer: a 100 Continue under way.
