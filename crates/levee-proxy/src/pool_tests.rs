@@ -287,6 +287,26 @@ async fn idle_connections_close_after_the_idle_timeout() {
     assert_eq!(counts.connections(), 2);
 }
 
+/// Each idle connection expires on its own clock: the one back first
+/// (below the most recent in the stack) goes first, the other stays.
+#[tokio::test(start_paused = true)]
+async fn idle_connections_expire_oldest_first() {
+    let (addr, counts, feed) = node(false).await;
+    let pool = pool(addr, 4, false);
+    let streaming = pool.send(get(&pool, addr, "/stream"), false).await.unwrap();
+    assert_eq!(fetch(&pool, addr, "/").await.unwrap(), "ok");
+    assert_eq!(pool.idle(), 1);
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    drop(feed);
+    streaming.into_body().collect().await.unwrap();
+    assert_eq!(pool.idle(), 2);
+    tokio::time::sleep(Duration::from_secs(21)).await;
+    assert_eq!(pool.idle(), 1, "the first one back expired");
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(pool.idle(), 0, "then the other");
+    assert_eq!(counts.connections(), 2);
+}
+
 #[tokio::test]
 async fn a_node_that_closes_idle_connections_costs_no_request() {
     let (addr, counts) = raw_node(vec![Some(OK), Some(OK)], Some(Duration::from_millis(50))).await;
