@@ -61,6 +61,7 @@ use crate::parking::Lot;
 use crate::server::ConnSlot;
 use crate::stack::{self, Stack};
 use crate::state::Shared;
+use crate::woken::PolledOnWake;
 
 /// The hyper settings of one config version, for HTTP/2 (levee serves
 /// HTTP/1 itself: [`h1::server`]).
@@ -238,7 +239,8 @@ where
         inner: stack::stack(Arc::clone(&conn.shared), conn.worker, peer, conn.scheme),
         activity: Arc::clone(&activity),
     };
-    let closing = closing(Arc::clone(&activity), conn.idle_timeout, shutdown);
+    // Looked at twice a request: polled again only once it was woken.
+    let closing = PolledOnWake::new(closing(Arc::clone(&activity), conn.idle_timeout, shutdown));
     tokio::pin!(closing);
     let (protocol, read) = if first {
         let head_timeout = conn.shared.state().config.server.header_read_timeout;

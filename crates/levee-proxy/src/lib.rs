@@ -61,6 +61,7 @@ pub mod stack;
 pub mod state;
 pub mod tls;
 pub mod upstream;
+pub mod woken;
 
 pub use server::{bind_workers, shutdown_channel, ProxyServer, ServerHandle};
 pub use state::{ProxyState, Shared};
