@@ -604,6 +604,61 @@ async fn an_idle_connection_parks_after_park_after_with_its_socket_alone() {
     assert_eq!(&got, b"still open");
 }
 
+/// Requests that keep coming sooner than `PARK_AFTER` keep the connection
+/// awake; it parks once idle for `PARK_AFTER` since the last one ended
+/// (at the latest `PARK_RECHECK` after its timer's first firing).
+#[tokio::test(start_paused = true)]
+async fn a_connection_parks_only_once_idle_past_its_last_request() {
+    let (mut client, server) = duplex(64 * 1024);
+    let activity = Arc::new(ConnActivity::new());
+    let task = {
+        let activity = Arc::clone(&activity);
+        tokio::spawn(async move {
+            let shared = shared();
+            let env = Env {
+                shared: &shared,
+                activity: &activity,
+                peer: PEER.parse().unwrap(),
+            };
+            let closing = std::future::pending::<()>();
+            tokio::pin!(closing);
+            let mut service = tower::service_fn(echo);
+            serve(
+                server,
+                BytesMut::new(),
+                &mut service,
+                closing.as_mut(),
+                &mut false,
+                false,
+                env,
+            )
+            .await
+        })
+    };
+    for i in 0..4 {
+        tokio::time::sleep(PARK_AFTER / 2).await;
+        assert!(!task.is_finished(), "awake before request {i}");
+        client
+            .write_all(format!("GET /{i} HTTP/1.1\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        assert_eq!(bodies(&read_now(&mut client).await), [format!("GET /{i} ")]);
+        // The request's end, as the connection's stack marks it.
+        drop(activity.begin());
+    }
+    let last = Instant::now();
+    let ended = tokio::time::timeout(PARK_AFTER + 2 * PARK_RECHECK, task)
+        .await
+        .expect("parks in time")
+        .unwrap();
+    assert!(matches!(ended, Ended::Parked(_)));
+    let idle = last.elapsed();
+    assert!(
+        idle >= PARK_AFTER && idle <= PARK_AFTER + PARK_RECHECK,
+        "{idle:?}"
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_drain_closes_an_idle_connection_and_answers_a_head_under_way_with_close() {
     let (_client, task, drain) = start(shared(), tower::service_fn(echo));
