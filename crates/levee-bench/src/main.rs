@@ -108,9 +108,10 @@ fn main() -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// On `SIGINT` or `SIGTERM`, stops the proxies the harness started before
-/// exiting: the signal ends the process without running their `Drop`, and a
-/// proxy left behind would answer on the ports of the next run.
+/// On `SIGINT` or `SIGTERM`, stops the proxies the harness started and
+/// removes its work directory before exiting: the signal ends the process
+/// without running their `Drop`, and a proxy left behind would answer on the
+/// ports of the next run.
 fn stop_proxies_on_signal() {
     use tokio::signal::unix::{signal, SignalKind};
     std::thread::spawn(|| {
@@ -133,6 +134,8 @@ fn stop_proxies_on_signal() {
             };
             eprintln!("levee-bench: stopped by a signal; stopping the proxies it started");
             levee_bench::procs::terminate_running();
+            // `Bench`'s drop, which removes it, does not run on exit.
+            let _ = std::fs::remove_dir_all(levee_bench::scenarios::work_dir());
             std::process::exit(code);
         });
     });

@@ -167,7 +167,7 @@ impl Bench {
             }
             None
         };
-        let dir = std::env::temp_dir().join(format!("levee-bench-{}", std::process::id()));
+        let dir = work_dir();
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let nodes_rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
@@ -745,6 +745,12 @@ impl Drop for Bench {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Where this process's configs, pid files and proxy logs go: one per
+/// harness process, so that runs side by side do not share it.
+pub fn work_dir() -> PathBuf {
+    std::env::temp_dir().join(format!("levee-bench-{}", std::process::id()))
 }
 
 /// Opens up to `n` connections, each sending one GET and reading its whole
