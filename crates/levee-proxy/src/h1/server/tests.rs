@@ -241,6 +241,27 @@ fn facts(version: Version, keep_alive: bool) -> Facts {
     }
 }
 
+/// The head `parts` gets as the answer to a request of `version` (whose
+/// client asked to keep the connection, or not), with the connection's fate
+/// in `keep_alive`, and what `response::head` decided.
+fn head_for(
+    parts: &mut http::response::Parts,
+    body: BodyLength,
+    version: Version,
+    client_keep_alive: bool,
+    keep_alive: &mut bool,
+) -> (String, response::Written) {
+    let mut head = Vec::new();
+    let written = response::head(
+        parts,
+        body,
+        &facts(version, client_keep_alive),
+        keep_alive,
+        &mut head,
+    );
+    (String::from_utf8(head).unwrap(), written)
+}
+
 /// A client that takes vectored writes whole, and counts them.
 #[derive(Default)]
 struct Wire {
@@ -318,17 +339,15 @@ async fn a_body_of_unknown_length_goes_chunked_on_http11_and_close_delimited_on_
 
     let (mut parts, ()) = Response::new(()).into_parts();
     let mut keep_alive = false;
-    let mut head = Vec::new();
-    let written = response::head(
+    let (head, written) = head_for(
         &mut parts,
         BodyLength::Unknown,
-        &facts(Version::HTTP_10, false),
+        Version::HTTP_10,
+        false,
         &mut keep_alive,
-        &mut head,
     );
     assert_eq!(written.encoder, Encoder::Close);
     assert!(written.last);
-    let head = String::from_utf8(head).unwrap();
     assert!(head.starts_with("HTTP/1.0 200 OK\r\ndate: "), "{head}");
     assert!(!head.contains("transfer-encoding"), "{head}");
 }
@@ -338,15 +357,13 @@ fn connection_headers_follow_the_connections_fate() {
     // HTTP/1.0 with keep-alive: kept, and said so.
     let (mut parts, ()) = Response::new(()).into_parts();
     let mut keep_alive = true;
-    let mut head = Vec::new();
-    let written = response::head(
+    let (head, written) = head_for(
         &mut parts,
         BodyLength::Known(2),
-        &facts(Version::HTTP_10, true),
+        Version::HTTP_10,
+        true,
         &mut keep_alive,
-        &mut head,
     );
-    let head = String::from_utf8(head).unwrap();
     assert!(
         head.contains("\r\nconnection: keep-alive\r\ncontent-length: 2\r\n"),
         "{head}"
@@ -355,15 +372,13 @@ fn connection_headers_follow_the_connections_fate() {
     // HTTP/1.1 not kept (the client asked, a drain, an error).
     let (mut parts, ()) = Response::new(()).into_parts();
     let mut keep_alive = false;
-    let mut head = Vec::new();
-    let written = response::head(
+    let (head, written) = head_for(
         &mut parts,
         BodyLength::Empty,
-        &facts(Version::HTTP_11, true),
+        Version::HTTP_11,
+        true,
         &mut keep_alive,
-        &mut head,
     );
-    let head = String::from_utf8(head).unwrap();
     assert!(
         head.contains("\r\nconnection: close\r\ncontent-length: 0\r\n"),
         "{head}"
@@ -372,15 +387,14 @@ fn connection_headers_follow_the_connections_fate() {
     // A status without a reason phrase gets hyper's placeholder.
     let (mut parts, ()) = Response::new(()).into_parts();
     parts.status = StatusCode::from_u16(599).unwrap();
-    let mut head = Vec::new();
-    response::head(
+    let (head, _) = head_for(
         &mut parts,
         BodyLength::Empty,
-        &facts(Version::HTTP_11, true),
+        Version::HTTP_11,
+        true,
         &mut true,
-        &mut head,
     );
-    assert!(head.starts_with(b"HTTP/1.1 599 <none>\r\n"));
+    assert!(head.starts_with("HTTP/1.1 599 <none>\r\n"), "{head}");
 }
 
 #[test]
@@ -399,16 +413,15 @@ fn repeated_fields_keep_their_order_and_framing_fields_are_joined() {
         HeaderValue::from_static("Tue, 01 Dec 2026 00:00:00 GMT"),
     );
     let mut keep_alive = true;
-    let mut head = Vec::new();
-    let written = response::head(
+    let (head, written) = head_for(
         &mut parts,
         BodyLength::Unknown,
-        &facts(Version::HTTP_11, true),
+        Version::HTTP_11,
+        true,
         &mut keep_alive,
-        &mut head,
     );
     assert_eq!(
-        String::from_utf8(head).unwrap(),
+        head,
         "HTTP/1.1 200 OK\r\nset-cookie: a=1\r\nset-cookie: b=2\r\n\
          transfer-encoding: gzip, chunked\r\nx-one: 1\r\nconnection: x-hop, close\r\n\
          date: Tue, 01 Dec 2026 00:00:00 GMT\r\n\r\n"
@@ -423,15 +436,13 @@ fn repeated_fields_keep_their_order_and_framing_fields_are_joined() {
     parts
         .headers
         .append("transfer-encoding", HeaderValue::from_static("gzip"));
-    let mut head = Vec::new();
-    response::head(
+    let (head, _) = head_for(
         &mut parts,
         BodyLength::Unknown,
-        &facts(Version::HTTP_11, true),
+        Version::HTTP_11,
+        true,
         &mut true,
-        &mut head,
     );
-    let head = String::from_utf8(head).unwrap();
     assert!(
         head.contains("\r\ntransfer-encoding: chunked, gzip, chunked\r\n"),
         "{head}"

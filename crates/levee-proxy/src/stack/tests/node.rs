@@ -74,6 +74,19 @@ async fn call(req: NodeRequest) -> Result<Response<NodeBody>, ProxyError> {
     svc.call(req).await.map(|r| r.response).map_err(|e| e.error)
 }
 
+/// A node that accepts, then holds its connections open without a word.
+async fn silent_node() -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    (addr, task)
+}
+
 /// A port on loopback with nothing listening on it.
 async fn free_port() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -84,15 +97,7 @@ async fn free_port() -> SocketAddr {
 
 #[tokio::test]
 async fn a_node_that_never_answers_runs_into_the_deadline() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    // Accepts, then holds the connections open without a word.
-    let silent = tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((socket, _)) = listener.accept().await {
-            held.push(socket);
-        }
-    });
+    let (addr, silent) = silent_node().await;
     let state = state_for(addr);
     let budget = Duration::from_millis(150);
     let req = node_request(&state, Method::GET, "/", "", Deadline::after(budget));
@@ -250,39 +255,16 @@ async fn a_node_that_closes_without_answering_is_upstream_reset() {
 /// set later (an answer before a long deadline), or is set earlier or later.
 #[tokio::test]
 async fn calls_on_one_connection_each_keep_their_own_deadline() {
-    let silent_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let silent_addr = silent_listener.local_addr().unwrap();
-    let silent = tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((socket, _)) = silent_listener.accept().await {
-            held.push(socket);
-        }
-    });
+    let (silent_addr, silent) = silent_node().await;
     let (answering_addr, answering) =
         raw_node(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok").await;
     let silent_state = state_for(silent_addr);
     let answering_state = state_for(answering_addr);
     // One service, as one client connection has.
     let mut svc = NodeCall::new(0);
-    {
-        let mut times_out = |budget: Duration| {
-            let started = Instant::now();
-            let req = node_request(&silent_state, Method::GET, "/", "", Deadline::after(budget));
-            let fut = svc.call(req);
-            async move {
-                let err = fut.await.map(|_| ()).unwrap_err().error;
-                assert_eq!(err.reason, ErrorReason::Deadline, "{err}");
-                let waited = started.elapsed();
-                assert!(
-                    waited >= budget && waited < budget + Duration::from_secs(2),
-                    "{budget:?}: {waited:?}"
-                );
-            }
-        };
-        times_out(Duration::from_millis(150)).await;
-        // The timer fired: it is set afresh, not found fired already.
-        times_out(Duration::from_millis(300)).await;
-    }
+    times_out(&mut svc, &silent_state, Duration::from_millis(150)).await;
+    // The timer fired: it is set afresh, not found fired already.
+    times_out(&mut svc, &silent_state, Duration::from_millis(300)).await;
     let req = node_request(
         &answering_state,
         Method::GET,
@@ -293,16 +275,21 @@ async fn calls_on_one_connection_each_keep_their_own_deadline() {
     let resp = svc.call(req).await.map_err(|e| e.error).unwrap();
     assert_eq!(resp.response.status(), 200);
     // Set for 30 s when given back: moved earlier, it fires on time.
-    let budget = Duration::from_millis(150);
+    times_out(&mut svc, &silent_state, Duration::from_millis(150)).await;
+    silent.abort();
+    answering.abort();
+}
+
+/// A call through `svc` to a silent node answers 504 once `budget` is up,
+/// not before and not long after.
+async fn times_out(svc: &mut NodeCall, silent: &ProxyState, budget: Duration) {
     let started = Instant::now();
-    let req = node_request(&silent_state, Method::GET, "/", "", Deadline::after(budget));
+    let req = node_request(silent, Method::GET, "/", "", Deadline::after(budget));
     let err = svc.call(req).await.map(|_| ()).unwrap_err().error;
     assert_eq!(err.reason, ErrorReason::Deadline, "{err}");
     let waited = started.elapsed();
     assert!(
-        waited >= budget && waited < Duration::from_secs(2),
-        "{waited:?}"
+        waited >= budget && waited < budget + Duration::from_secs(2),
+        "{budget:?}: {waited:?}"
     );
-    silent.abort();
-    answering.abort();
 }
