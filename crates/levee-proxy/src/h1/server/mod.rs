@@ -271,8 +271,9 @@ where
             (ClientBody::H1(body), Some((reader, Decode::chunked())))
         }
     };
-    let (mut req, facts) = match request::build(head_bytes, body) {
-        Ok(built) => built,
+    let mut req = Request::new(body);
+    let facts = match request::build(head_bytes, &mut req) {
+        Ok(facts) => facts,
         // The gate validated the head: not reached.
         Err(_) => return Next::Abort,
     };

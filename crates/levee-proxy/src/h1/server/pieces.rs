@@ -12,7 +12,9 @@ use crate::gate::Violation;
 
 /// The request the server builds from `head`, a head the gate accepted.
 pub fn request_of(head: &[u8]) -> Result<Request<()>, Violation> {
-    request::build(Bytes::copy_from_slice(head), ()).map(|(req, _)| req)
+    let mut req = Request::new(());
+    request::build(Bytes::copy_from_slice(head), &mut req)?;
+    Ok(req)
 }
 
 /// A chunked body's data as decoded, and whether it ended.

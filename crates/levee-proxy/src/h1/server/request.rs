@@ -25,9 +25,11 @@ pub struct Facts {
     pub expect_continue: bool,
 }
 
-/// Builds the request of `head` (a whole, valid head, leading empty lines
-/// included) with `body`.
-pub fn build<B>(head: Bytes, body: B) -> Result<(Request<B>, Facts), Violation> {
+/// Fills `req` (its body already set) with the request of `head` (a whole,
+/// valid head, leading empty lines included). In place: a request is a few
+/// hundred bytes, and returned it would be copied out and again into the
+/// caller's.
+pub fn build<B>(head: Bytes, req: &mut Request<B>) -> Result<Facts, Violation> {
     let mut lines = Lines { head: &head, at: 0 };
     let line = loop {
         match lines.next() {
@@ -70,12 +72,11 @@ pub fn build<B>(head: Bytes, body: B) -> Result<(Request<B>, Facts), Violation> 
         keep_alive,
         expect_continue: version == Version::HTTP_11 && seen.expect_continue == Some(true),
     };
-    let mut req = Request::new(body);
     *req.method_mut() = method;
     *req.uri_mut() = uri;
     *req.version_mut() = version;
     *req.headers_mut() = headers;
-    Ok((req, facts))
+    Ok(facts)
 }
 
 /// What the field lines say of the connection and of a 100 Continue,
