@@ -10,8 +10,7 @@ use std::net::IpAddr;
 use bytes::BytesMut;
 
 use http::header::{
-    Entry, HeaderMap, HeaderName, HeaderValue, CONNECTION, HOST, TE, TRAILER, TRANSFER_ENCODING,
-    UPGRADE,
+    Entry, HeaderMap, HeaderName, HeaderValue, CONNECTION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
 };
 
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -35,12 +34,13 @@ const HOP_BY_HOP: [HeaderName; 7] = [
     UPGRADE,
 ];
 
-/// Removes hop-by-hop headers: the fixed set and every header `Connection` names.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+/// Removes hop-by-hop headers: the fixed set and every header `Connection`
+/// names. False when there were none, and nothing was looked at but names.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) -> bool {
     // One pass over the names, no hashing: most messages carry none of them
     // (and with no `Connection` header, nothing else can be hop-by-hop).
     if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
-        return;
+        return false;
     }
     if headers.contains_key(CONNECTION) {
         // Names listed in Connection are hop-by-hop too. The usual values
@@ -70,6 +70,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
             headers.remove(name);
         }
     }
+    true
 }
 
 /// Non-empty, at most 128 bytes, visible ASCII only.
@@ -209,11 +210,12 @@ pub fn set_forwarded_from(
 
 /// The host a request addressed: the URI's authority (an absolute-form
 /// target, or HTTP/2's `:authority`) when it has one, since RFC 9112 §3.2.2
-/// says it overrides Host; else the Host header.
-pub fn request_host<'a>(headers: &'a HeaderMap, uri: &'a http::Uri) -> Option<&'a str> {
+/// says it overrides Host; else the Host header's value `host`, looked up
+/// once by the caller.
+pub fn request_host<'a>(host: Option<&'a HeaderValue>, uri: &'a http::Uri) -> Option<&'a str> {
     uri.authority()
         .map(|a| a.as_str())
-        .or_else(|| headers.get(HOST).and_then(|v| v.to_str().ok()))
+        .or_else(|| host.and_then(|v| v.to_str().ok()))
 }
 
 /// Whether `v` is a usable Host value or target authority: `host[:port]`
@@ -292,6 +294,7 @@ pub fn head_size(headers: &HeaderMap, uri: &http::Uri) -> usize {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
+    use http::header::HOST;
 
     #[test]
     fn strips_fixed_and_connection_named_headers() {
@@ -444,10 +447,10 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(HOST, HeaderValue::from_static("from-header"));
         let origin: http::Uri = "/x".parse().unwrap();
-        assert_eq!(request_host(&h, &origin), Some("from-header"));
+        assert_eq!(request_host(h.get(HOST), &origin), Some("from-header"));
         let absolute: http::Uri = "http://from-target:81/x".parse().unwrap();
-        assert_eq!(request_host(&h, &absolute), Some("from-target:81"));
-        assert_eq!(request_host(&HeaderMap::new(), &origin), None);
+        assert_eq!(request_host(h.get(HOST), &absolute), Some("from-target:81"));
+        assert_eq!(request_host(HeaderMap::new().get(HOST), &origin), None);
     }
 
     #[test]

@@ -95,11 +95,16 @@ where
         // Boxed: it rides in the response future and body, which every layer
         // moves; most requests have no entry.
         let mut log = AccessEntry::new(&state, &req, self.peer, started).map(Box::new);
-        if let Err(e) = check_request(&req, &state.config.server) {
-            log_error(&e, req.headers(), None);
-            return EdgeFuture::unrouted(&state.topology.unrouted, e, log);
-        }
-        let host = headers::request_host(req.headers(), req.uri());
+        // The Host line, looked up once for the checks, the route and the
+        // node's headers.
+        let host_line = match check_request(&req, &state.config.server) {
+            Ok(host_line) => host_line,
+            Err(e) => {
+                log_error(&e, req.headers(), None);
+                return EdgeFuture::unrouted(&state.topology.unrouted, e, log);
+            }
+        };
+        let host = headers::request_host(host_line, req.uri());
         let Some(route) = state.route_index(host, req.method(), req.uri().path()) else {
             let e = ProxyError::new(ErrorReason::NoRoute, "no route matched");
             return EdgeFuture::unrouted(&state.topology.unrouted, e, log);
@@ -120,11 +125,12 @@ where
             }
         };
         let http2 = req.version() >= Version::HTTP_2;
+        let host_line = host_line.cloned();
         let (mut parts, body) = req.into_parts();
         let upgrade = websocket
             .then(|| parts.headers.get(UPGRADE).cloned())
             .flatten();
-        prepare_headers(&mut parts, &self.forwarded_for, self.scheme);
+        prepare_headers(&mut parts, host_line, &self.forwarded_for, self.scheme);
         if let Some(upgrade) = upgrade {
             tunnel::restore_handshake(&mut parts.headers, upgrade);
         }
@@ -280,7 +286,11 @@ where
 /// ([`check_limits`]; the gate checked HTTP/1 heads on their bytes), a
 /// target that is not origin- or absolute-form (400, `*` allowed for
 /// OPTIONS only), and the Host rules of [`check_host`] (400 bad-host).
-fn check_request(req: &Request<ClientBody>, server: &ServerConfig) -> Result<(), ProxyError> {
+/// Gives the request's one Host line, if it has one.
+fn check_request<'a>(
+    req: &'a Request<ClientBody>,
+    server: &ServerConfig,
+) -> Result<Option<&'a HeaderValue>, ProxyError> {
     if req.method() == Method::CONNECT {
         return Err(ProxyError::new(
             ErrorReason::Unsupported,
@@ -368,8 +378,8 @@ fn check_target(req: &Request<ClientBody>) -> Result<(), ProxyError> {
 /// with an absolute-form target. HTTP/1.0 requires a Host header or an
 /// absolute-form target: levee forwards as HTTP/1.1, which needs a Host, and
 /// does not make one up. HTTP/2 requires `:authority` or Host, and when it
-/// has both they must name the same authority.
-fn check_host(req: &Request<ClientBody>) -> Result<(), ProxyError> {
+/// has both they must name the same authority. Gives the Host line.
+fn check_host(req: &Request<ClientBody>) -> Result<Option<&HeaderValue>, ProxyError> {
     let bad = |detail: &'static str| Err(ProxyError::new(ErrorReason::BadHost, detail));
     let mut hosts = req.headers().get_all(HOST).iter();
     let host = hosts.next();
@@ -390,13 +400,13 @@ fn check_host(req: &Request<ClientBody>) -> Result<(), ProxyError> {
         {
             bad(":authority and Host differ")
         }
-        (Version::HTTP_2, _, _) => Ok(()),
+        (Version::HTTP_2, _, _) => Ok(host),
         (Version::HTTP_10 | Version::HTTP_09, None, None) => {
             bad("HTTP/1.0 request without Host or absolute-form target")
         }
-        (Version::HTTP_10 | Version::HTTP_09, _, _) => Ok(()),
+        (Version::HTTP_10 | Version::HTTP_09, _, _) => Ok(host),
         (_, None, _) => bad("HTTP/1.1 request without Host"),
-        (_, Some(_), _) => Ok(()),
+        (_, Some(_), _) => Ok(host),
     }
 }
 
@@ -415,23 +425,33 @@ fn check_body_length(req: &Request<ClientBody>, limit: Option<u64>) -> Result<()
 
 /// Rewrites the client's headers for the node, once per request. The host
 /// the node gets is the one the request was routed on: the target's
-/// authority (absolute-form, or HTTP/2 `:authority`) replaces any Host.
-fn prepare_headers(parts: &mut http::request::Parts, peer: &HeaderValue, scheme: Scheme) {
-    let original_host = match parts.uri.authority() {
-        Some(a) => HeaderValue::from_str(a.as_str()).ok(),
-        None => parts.headers.get(HOST).cloned(),
+/// authority (absolute-form, or HTTP/2 `:authority`) replaces any Host
+/// line (`host_line`, the request's one).
+fn prepare_headers(
+    parts: &mut http::request::Parts,
+    host_line: Option<HeaderValue>,
+    peer: &HeaderValue,
+    scheme: Scheme,
+) {
+    let (original_host, from_target) = match parts.uri.authority() {
+        Some(a) => (HeaderValue::from_str(a.as_str()).ok(), true),
+        None => (host_line, false),
     };
-    headers::strip_hop_by_hop(&mut parts.headers);
+    let stripped = headers::strip_hop_by_hop(&mut parts.headers);
     headers::set_forwarded_from(
         &mut parts.headers,
         peer,
         scheme.as_str(),
         original_host.as_ref(),
     );
-    if let Some(h) = original_host {
+    match original_host {
         // HTTP/2 clients send :authority instead of Host, and an absolute-form
-        // target overrides Host; an HTTP/1.1 node needs the one routed on.
-        parts.headers.insert(HOST, h);
+        // target overrides Host; an HTTP/1.1 node needs the one routed on. A
+        // Host line is put back only if `Connection` may have named it.
+        Some(h) if from_target || stripped => {
+            parts.headers.insert(HOST, h);
+        }
+        _ => {}
     }
 }
 
