@@ -127,6 +127,10 @@ pub fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Parsed>,
         let mut map = HeaderMap::with_capacity(res.headers.len());
         let mut keep_alive = version == Version::HTTP_11;
         let mut close = false;
+        // The framing lines present, noted on the way: most heads have a
+        // Content-Length and no Transfer-Encoding, and neither is then
+        // looked up by name.
+        let mut lines = FramingLines::default();
         names::RESPONSES.with_borrow_mut(|names| {
             for (i, h) in res.headers.iter().enumerate() {
                 let name = names
@@ -134,6 +138,8 @@ pub fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Parsed>,
                     .map_err(|_| HeadError::Header("name"))?;
                 let value = HeaderValue::from_maybe_shared(copied(h.value))
                     .map_err(|_| HeadError::Header("value"))?;
+                lines.transfer_encoding |= name == TRANSFER_ENCODING;
+                lines.content_length |= name == CONTENT_LENGTH;
                 if name == CONNECTION {
                     // Once any line asks to close, a later keep-alive cannot undo it.
                     if close || has_token(&value, b"close") {
@@ -153,10 +159,10 @@ pub fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Parsed>,
             .then(|| hyper::ext::ReasonPhrase::try_from(copied(reason.as_bytes())).ok())
             .flatten();
         buf.advance(len);
-        let (framing, upgrade) = framing(status, version, &map, method)?;
+        let (framing, upgrade) = framing(status, version, &map, lines, method)?;
         // Checked on every final response, as before: a node that frames a
         // body two ways may be desynchronised whatever the status.
-        if map.contains_key(TRANSFER_ENCODING) && map.contains_key(CONTENT_LENGTH) {
+        if lines.transfer_encoding && lines.content_length {
             return Err(HeadError::Framing);
         }
         let mut response = Response::new(());
@@ -175,11 +181,20 @@ pub fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Parsed>,
     }
 }
 
-/// RFC 9112 §6.3, in hyper's order.
+/// Which framing lines a head has.
+#[derive(Debug, Default, Clone, Copy)]
+struct FramingLines {
+    transfer_encoding: bool,
+    content_length: bool,
+}
+
+/// RFC 9112 §6.3, in hyper's order; `lines` says which of `headers`'
+/// framing lines are there to look up.
 fn framing(
     status: StatusCode,
     version: Version,
     headers: &HeaderMap,
+    lines: FramingLines,
     method: &Method,
 ) -> Result<(Framing, bool), HeadError> {
     match status.as_u16() {
@@ -193,7 +208,11 @@ fn framing(
     if method == Method::CONNECT && status.is_success() {
         return Ok((Framing::Empty, true));
     }
-    if let Some(last) = headers.get_all(TRANSFER_ENCODING).iter().next_back() {
+    let last_te = lines
+        .transfer_encoding
+        .then(|| headers.get_all(TRANSFER_ENCODING).iter().next_back())
+        .flatten();
+    if let Some(last) = last_te {
         if version == Version::HTTP_10 {
             return Err(HeadError::TransferEncoding10);
         }
@@ -213,7 +232,12 @@ fn framing(
         ));
     }
     let mut length = None;
-    for value in headers.get_all(CONTENT_LENGTH) {
+    let values = lines
+        .content_length
+        .then(|| headers.get_all(CONTENT_LENGTH).iter())
+        .into_iter()
+        .flatten();
+    for value in values {
         for part in value.as_bytes().split(|b| *b == b',') {
             let n = digits(part.trim_ascii()).ok_or(HeadError::ContentLength)?;
             if length.is_some_and(|l| l != n) {

@@ -54,7 +54,11 @@ pub fn head(parts: &mut Parts, body: BodyLength, dst: &mut Vec<u8>) -> Encoder {
 fn set_length(parts: &mut Parts, body: BodyLength) -> Encoder {
     let headers = &mut parts.headers;
     if body == BodyLength::Empty {
-        headers.remove(TRANSFER_ENCODING);
+        // A pass over the names costs less than a lookup, and the edge
+        // strips Transfer-Encoding from what it forwards.
+        if headers.keys().any(|name| name == TRANSFER_ENCODING) {
+            headers.remove(TRANSFER_ENCODING);
+        }
         return Encoder::Length(0);
     }
     let existing = content_length(headers);
