@@ -274,22 +274,26 @@ struct Bucket {
 }
 
 impl Bucket {
-    fn add(&self, now_s: u64, failed: bool, slow: bool) {
+    /// Counts a call at `now_s`, a later second than the bucket's starting
+    /// it over (a call that comes in late counts in the bucket's second).
+    /// Returns the second and packed counts it started over from, if any.
+    fn add(&self, now_s: u64, failed: bool, slow: bool) -> Option<(u64, u64)> {
         let tag = now_s + 1;
         let seen = self.second.load(Ordering::Acquire);
-        if seen != tag
+        if seen < tag
             && self
                 .second
                 .compare_exchange(seen, tag, Ordering::AcqRel, Ordering::Acquire)
                 .is_ok()
         {
             // This caller rolled the bucket over to the new second. A
-            // concurrent add in between may be lost: the window is an estimate.
-            self.counts.store(
+            // concurrent add in between may count in the old one: the
+            // window is an estimate.
+            let ended = self.counts.swap(
                 pack(1, u64::from(failed), u64::from(slow)),
-                Ordering::Release,
+                Ordering::AcqRel,
             );
-            return;
+            return seen.checked_sub(1).map(|second| (second, ended));
         }
         let _ = self
             .counts
@@ -297,6 +301,13 @@ impl Bucket {
                 let (c, f, s) = unpack(v);
                 Some(pack(c + 1, f + u64::from(failed), s + u64::from(slow)))
             });
+        None
+    }
+
+    /// Holds `counts` (packed) of second `second`.
+    fn set(&self, second: u64, counts: u64) {
+        self.counts.store(counts, Ordering::Release);
+        self.second.store(second + 1, Ordering::Release);
     }
 
     /// The counts if they belong to the `n` seconds ending at `now_s`.
@@ -321,22 +332,34 @@ const NEVER: u64 = u64::MAX;
 
 /// One node's breaker for one traffic class.
 ///
-/// In declared order: what admitting a call and recording one that went
-/// well read and write (72 bytes, then that second's bucket), so that a
-/// breaker met cold costs few cache misses.
+/// In declared order: what admitting a call and recording one read and
+/// write (88 bytes, the latest second's counts among them; the first 64
+/// for a call that went well while the window holds no bad one), so that
+/// a breaker met cold costs few cache misses.
 #[derive(Debug)]
 #[repr(C)]
 pub struct Breaker {
     state: AtomicU8,
+    /// The policy's `failure_rate` and `slow_call_rate` are both above
+    /// zero: a window holding no failed or slow call is below both.
+    calm_when_clean: bool,
+    /// The policy's `window_buckets`, beside the state (in what would be
+    /// padding), so that recording a call that went well reads no policy.
+    window_len: u16,
     consecutive: AtomicU32,
     /// The second (plus one; 0 = never) of the latest failed or slow call:
     /// while it is out of the window, a call that is neither cannot move
-    /// the gate, and recording it reads one bucket instead of the window.
+    /// the gate, and recording it reads no bucket but the latest.
     last_bad_s: AtomicU64,
     origin: Instant,
+    /// The latest second's outcomes. Here rather than in `buckets`, where
+    /// each second would be a further cache line to meet cold; a call in a
+    /// later second moves them to their place there.
+    latest: Bucket,
     policy: BreakerPolicy,
     /// Microseconds from `origin` at which an open gate may half-open.
     open_until_us: AtomicU64,
+    /// The seconds before `latest`, each at its index modulo the window.
     buckets: [Bucket; MAX_WINDOW_BUCKETS],
     probes_started: AtomicU32,
     probes_passed: AtomicU32,
@@ -355,10 +378,13 @@ impl Breaker {
         policy.half_open_calls = policy.half_open_calls.max(1);
         policy.min_calls = policy.min_calls.max(1);
         Self {
+            calm_when_clean: policy.failure_rate > 0.0 && policy.slow_call_rate > 0.0,
+            window_len: policy.window_buckets as u16,
             policy,
             origin: Instant::now(),
             state: AtomicU8::new(CLOSED),
             open_until_us: AtomicU64::new(0),
+            latest: Bucket::default(),
             buckets: std::array::from_fn(|_| Bucket::default()),
             last_bad_s: AtomicU64::new(0),
             consecutive: AtomicU32::new(0),
@@ -634,25 +660,27 @@ impl Breaker {
     }
 
     fn add_to_window(&self, now_s: u64, failed: bool, slow: bool) {
-        let n = u64::from(self.policy.window_buckets);
-        self.buckets[(now_s % n) as usize].add(now_s, failed, slow);
+        let Some((second, counts)) = self.latest.add(now_s, failed, slow) else {
+            return;
+        };
+        // This call began a new second: the one it ended takes its place.
+        let n = u64::from(self.window_len);
+        self.buckets[(second % n) as usize].set(second, counts);
     }
 
     /// Whether the window ending at `now_s` holds no failed or slow call,
     /// so that its failure and slow rates are zero (a rate threshold of
     /// zero, met by any window, is never clean).
     fn clean_window(&self, now_s: u64) -> bool {
-        let n = u64::from(self.policy.window_buckets);
+        let n = u64::from(self.window_len);
         let tag = self.last_bad_s.load(Ordering::Acquire);
-        self.policy.failure_rate > 0.0
-            && self.policy.slow_call_rate > 0.0
-            && (tag == 0 || (tag <= now_s + 1 && now_s + 1 - tag >= n))
+        self.calm_when_clean && (tag == 0 || (tag <= now_s + 1 && now_s + 1 - tag >= n))
     }
 
     fn window_at(&self, now_s: u64) -> WindowStats {
         let n = u64::from(self.policy.window_buckets);
         let mut w = WindowStats::default();
-        for bucket in &self.buckets[..n as usize] {
+        for bucket in std::iter::once(&self.latest).chain(&self.buckets[..n as usize]) {
             let (c, f, s) = bucket.read(now_s, n);
             w.calls = w.calls.saturating_add(c as u32);
             w.failures = w.failures.saturating_add(f as u32);
@@ -662,6 +690,7 @@ impl Breaker {
     }
 
     fn clear_window(&self) {
+        self.latest.clear();
         for b in &self.buckets {
             b.clear();
         }

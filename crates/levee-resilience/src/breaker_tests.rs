@@ -489,17 +489,20 @@ async fn jitter_spreads_the_open_period_within_bounds() {
 }
 
 /// What a call admitted and recorded in the closed state reads stays in
-/// the breaker's first 72 bytes, as its layout says.
+/// the breaker's first 88 bytes, as its layout says.
 #[test]
 fn the_fields_a_closed_call_reads_come_first() {
     use std::mem::offset_of;
     let hot_end = offset_of!(Breaker, policy) + offset_of!(BreakerPolicy, min_calls);
-    assert_eq!(hot_end, 72);
+    assert_eq!(hot_end, 88);
     for field in [
         offset_of!(Breaker, state),
+        offset_of!(Breaker, calm_when_clean),
+        offset_of!(Breaker, window_len),
         offset_of!(Breaker, consecutive),
         offset_of!(Breaker, last_bad_s),
         offset_of!(Breaker, origin),
+        offset_of!(Breaker, latest),
     ] {
         assert!(field < offset_of!(Breaker, policy));
     }
