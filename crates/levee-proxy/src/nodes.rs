@@ -155,6 +155,9 @@ pub struct Node {
     load: Arc<LoadEstimate>,
     named: Arc<NamedFailures>,
     health_checked: bool,
+    /// Its pools' protocol, here so that aiming a request at the node
+    /// reads none of them.
+    http2: bool,
     pub addr: SocketAddr,
     /// The name `addr` was found by, if the node was given by name.
     pub host: Option<String>,
@@ -176,7 +179,7 @@ impl Node {
 
     /// Whether requests go to this node over HTTP/2.
     pub fn speaks_http2(&self) -> bool {
-        self.worker_pools.first().is_some_and(NodePool::http2)
+        self.http2
     }
 
     /// Copies its ramp's weight and phase to the slot selection reads;
@@ -431,6 +434,7 @@ impl NodeSet {
                     breakers,
                     health,
                     health_checked: health_cfg.is_some(),
+                    http2: pools.settings.protocol == UpstreamProtocol::Http2,
                     ramp,
                     load,
                     named,

@@ -276,19 +276,21 @@ pub struct NodePool {
     inner: Arc<Inner>,
 }
 
-/// In declared order: what every request reads (the idle list, the
-/// config) right after the `Arc`'s counts, which it also touches; the
-/// connector, used only to open a connection, last.
+/// In declared order: what every request reads (the config, the lock,
+/// then the idle connections' [`Conns`]) in the two cache lines the
+/// `Arc`'s counts, which it also touches, begin; the connector, used only
+/// to open a connection, last.
 #[derive(Debug)]
 #[repr(C)]
 struct Inner {
-    conns: Mutex<Conns>,
     config: PoolConfig,
+    conns: Mutex<Conns>,
     connector: NodeConnector,
 }
 
 /// The idle HTTP/1 connections are `idle` then `last`, the most recently
-/// used last.
+/// used last. In declared order: what taking and giving back a connection
+/// read, the HTTP/2 connection last.
 #[derive(Debug, Default)]
 #[repr(C)]
 struct Conns {
@@ -296,11 +298,11 @@ struct Conns {
     /// mostly holds one, and a request then takes it without reading
     /// another allocation (each a cache miss on a cold node).
     last: Option<Idle>,
+    /// Whether a reaper task is running for this pool.
+    reaping: bool,
     idle: Vec<Idle>,
     /// The shared HTTP/2 connection.
     h2: H2,
-    /// Whether a reaper task is running for this pool.
-    reaping: bool,
 }
 
 impl Conns {
@@ -384,11 +386,6 @@ impl NodePool {
             state,
             head_back,
         }
-    }
-
-    /// Whether it speaks HTTP/2 to the node.
-    pub fn http2(&self) -> bool {
-        self.inner.config.http2
     }
 
     /// HTTP/1 connections idle in the pool now.
