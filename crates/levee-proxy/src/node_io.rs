@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use levee_config::UpstreamTlsConfig;
 use rustls_pki_types::ServerName;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
@@ -111,6 +111,19 @@ pub enum NodeStream {
     Plain(TcpStream),
     /// Boxed: a TLS session is a kilobyte of state.
     Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl NodeStream {
+    /// Nothing arrived since the last read came back short: tokio's
+    /// readiness, looked at without a read and without taking a waker
+    /// (set again only by bytes, a FIN or an error). A TLS stream is never
+    /// quiet: rustls may hold bytes it read from the socket already.
+    pub fn is_quiet(&self) -> bool {
+        match self {
+            NodeStream::Plain(s) => s.try_io(Interest::READABLE, || Ok(())).is_err(),
+            NodeStream::Tls(_) => false,
+        }
+    }
 }
 
 impl AsyncRead for NodeStream {

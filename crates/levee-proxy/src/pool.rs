@@ -425,7 +425,7 @@ impl Inner {
     fn checkout_h1(&self) -> Option<Box<h1::Conn<NodeStream>>> {
         let mut conns = self.lock();
         while let Some(mut idle) = conns.last.take().or_else(|| conns.idle.pop()) {
-            if idle.conn.is_open() {
+            if is_open(&mut idle.conn) {
                 return Some(idle.conn);
             }
         }
@@ -517,7 +517,7 @@ impl Inner {
     fn reap(&self, now: Instant) -> Option<Instant> {
         let timeout = self.config.idle_timeout;
         let mut conns = self.lock();
-        let mut keep = |i: &mut Idle| now - i.since < timeout && i.conn.is_open();
+        let mut keep = |i: &mut Idle| now - i.since < timeout && is_open(&mut i.conn);
         conns.idle.retain_mut(&mut keep);
         if conns.last.as_mut().is_some_and(|i| !keep(i)) {
             conns.last = None;
@@ -569,6 +569,12 @@ async fn reap(pool: Weak<Inner>) {
             None => return,
         }
     }
+}
+
+/// Whether an idle connection can take a request (see
+/// [`h1::Conn::is_open`]); a quiet one can, known without a read.
+fn is_open(conn: &mut h1::Conn<NodeStream>) -> bool {
+    conn.get_ref().is_quiet() || conn.is_open()
 }
 
 /// The answer of a future polled after it answered, which no caller does.

@@ -160,6 +160,11 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
         })
     }
 
+    /// The transport.
+    pub fn get_ref(&self) -> &IO {
+        &self.io
+    }
+
     /// Whether an idle connection can take a request: the node has not
     /// closed it, nor sent anything unasked (either makes it unusable).
     /// Costs no system call unless the socket turned readable.
