@@ -146,27 +146,21 @@ where
         })
     }
 
-    fn call(&mut self, attempt: Attempt) -> Self::Future {
-        let Attempt {
-            backend,
-            class,
-            tried,
-            allow_probe,
-            ignore_state,
-            deadline,
-            mut request,
-            head_back,
-        } = attempt;
-        let Some(pick) = backend
-            .nodes
-            .pick(class, tried.as_slice(), allow_probe, ignore_state)
-        else {
+    fn call(&mut self, mut attempt: Attempt) -> Self::Future {
+        // The request is aimed where it is and moved once, into the node's
+        // request: a few hundred bytes.
+        let Some(pick) = attempt.backend.nodes.pick(
+            attempt.class,
+            attempt.tried.as_slice(),
+            attempt.allow_probe,
+            attempt.ignore_state,
+        ) else {
             return BalanceFuture::Done {
-                refused: Some(Refused::NoNode(Box::new(request))),
+                refused: Some(Refused::NoNode(Box::new(attempt.request))),
             };
         };
         let index = pick.index;
-        if let Err(error) = aim(request.uri_mut(), &pick.node) {
+        if let Err(error) = aim(attempt.request.uri_mut(), &pick.node) {
             return BalanceFuture::Done {
                 refused: Some(Refused::Target(error, index)),
             };
@@ -174,14 +168,14 @@ where
         let in_flight = pick.node.enter();
         let fut = self.inner.call(NodeRequest {
             node: Arc::clone(&pick.node),
-            request,
-            deadline,
-            head_back,
+            request: attempt.request,
+            deadline: attempt.deadline,
+            head_back: attempt.head_back,
         });
         BalanceFuture::Calling {
             fut,
             call: Some(Call {
-                backend,
+                backend: attempt.backend,
                 pick,
                 in_flight,
                 sent: clock::now(),
