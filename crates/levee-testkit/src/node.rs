@@ -14,7 +14,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 
@@ -156,7 +156,7 @@ impl AppNode {
                 format!("node name {name:?} is not a valid header value"),
             )
         })?;
-        let listener = TcpListener::bind(addr).await?;
+        let listener = listen(addr)?;
         let addr = listener.local_addr()?;
         let refuse = matches!(behavior, Behavior::Refuse);
         let shared = Arc::new(Shared {
@@ -203,7 +203,7 @@ impl AppNode {
                 running.stop().await;
             }
             (None, false) => {
-                let listener = TcpListener::bind(self.addr).await?;
+                let listener = listen(self.addr)?;
                 self.shared.set_behavior(behavior);
                 *listening = Some(Listening::spawn(listener, self.shared.clone()));
             }
@@ -549,4 +549,19 @@ fn respond(
         headers.insert(CONTENT_LENGTH, HeaderValue::from(len));
     }
     response
+}
+
+/// Binds with a backlog of 1,024 rather than the 128 that `TcpListener::bind`
+/// asks for: a proxy opening 256 node connections at once overflowed 128,
+/// the dropped SYNs were sent again a second later, as late as a 1 s connect
+/// timeout, and the proxy's breaker took the node out for a whole benchmark run.
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
 }
