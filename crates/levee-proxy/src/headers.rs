@@ -83,21 +83,34 @@ pub fn usable_request_id(v: &HeaderValue) -> bool {
 /// Request ids cut from one block of a thread's before it takes another.
 const IDS_PER_BLOCK: usize = 16;
 
+/// Each byte's two lowercase hex digits.
+const HEX_PAIRS: [[u8; 2]; 256] = {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut pairs = [[0u8; 2]; 256];
+    let mut i = 0;
+    while i < 256 {
+        pairs[i] = [HEX[i >> 4], HEX[i & 0xf]];
+        i += 1;
+    }
+    pairs
+};
+
 /// 32 lowercase hex digits of randomness. Its bytes are shared, so the
 /// copies on the request and the response cost no allocation each; and
 /// they are cut from a block of the thread's, so making one allocates only
 /// once in [`IDS_PER_BLOCK`] (a block is freed when its last id is).
 pub fn new_request_id() -> HeaderValue {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
     const LEN: usize = 32;
     thread_local! {
         static BLOCK: Cell<BytesMut> = Cell::new(BytesMut::new());
     }
-    let mut n = fastrand::u128(..);
     let mut buf = [0u8; LEN];
-    for b in buf.iter_mut().rev() {
-        *b = HEX[(n & 0xf) as usize];
-        n >>= 4;
+    // A byte's two digits at a time, not a digit of a 128-bit shift.
+    for (pair, byte) in buf
+        .chunks_exact_mut(2)
+        .zip(fastrand::u128(..).to_be_bytes())
+    {
+        pair.copy_from_slice(&HEX_PAIRS[usize::from(byte)]);
     }
     let id = BLOCK.with(|cell| {
         let mut block = cell.take();
