@@ -13,7 +13,6 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
-use std::time::Duration;
 
 use http::request::Parts;
 use http::{Request, Response};
@@ -122,7 +121,7 @@ impl Service<NodeRequest> for NodeCall {
             deadline: Some(self.spare.take(req.deadline.at())),
             spare: self.spare.clone(),
             addr: req.node.addr,
-            budget: req.deadline.budget(),
+            start: req.deadline.start(),
         }
     }
 }
@@ -135,7 +134,9 @@ pin_project_lite::pin_project! {
         deadline: Option<Pin<Box<Sleep>>>,
         spare: SpareTimer,
         addr: SocketAddr,
-        budget: Duration,
+        // The deadline's start: its budget, for the message of a missed
+        // one, is worked out then, not on every call.
+        start: Instant,
     }
 }
 
@@ -163,6 +164,7 @@ impl Future for NodeCallFuture {
             ))));
         };
         ready!(sleep.as_mut().poll(cx));
+        let budget = sleep.deadline().saturating_duration_since(*this.start);
         if let Some(sleep) = this.deadline.take() {
             this.spare.give_back(sleep);
         }
@@ -172,7 +174,7 @@ impl Future for NodeCallFuture {
                 "no {} from {} within {:?}",
                 Phase::Headers,
                 this.addr,
-                this.budget
+                budget
             ),
         ))))
     }
