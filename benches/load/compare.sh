@@ -43,7 +43,7 @@ PIDS+=($!)
 
 . benches/load/levee_config.sh
 . benches/load/wrk_ok.sh
-# The baseline may predate [server.tls]: it gets the plain config.
+# For a baseline that predates [server.tls].
 levee_config "$WORK/levee-plain.toml" $LEVEE_PORT $ADMIN_PORT $NODE_PORT
 tls_pair "$WORK"
 levee_config "$WORK/levee.toml" $LEVEE_PORT $ADMIN_PORT $NODE_PORT $TLS_PORT
@@ -124,7 +124,13 @@ run_levee() { # name binary config [tls]
   fi
   kill $LEVEE_PID; wait $LEVEE_PID 2>/dev/null || true
 }
-[ -n "${LEVEE_BASELINE:-}" ] && run_levee levee-base "$LEVEE_BASELINE" "$WORK/levee-plain.toml"
+if [ -n "${LEVEE_BASELINE:-}" ]; then
+  # The same config as the row it is compared with (whose process also
+  # serves the TLS row), or the plain one if the baseline predates [server.tls].
+  BASE_CONFIG=$WORK/levee.toml
+  "$LEVEE_BASELINE" check --config "$BASE_CONFIG" >/dev/null 2>&1 || BASE_CONFIG=$WORK/levee-plain.toml
+  run_levee levee-base "$LEVEE_BASELINE" "$BASE_CONFIG"
+fi
 run_levee levee target/release/levee "$WORK/levee.toml" tls
 
 "${PROXY_CPU[@]}" nginx -c "$WORK/nginx.conf" -g 'daemon off;' &
