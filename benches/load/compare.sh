@@ -42,49 +42,15 @@ if [ "$(nproc)" -ge 2 ]; then PROXY_CPU=(taskset -c 0); LOAD_CPU=(taskset -c 1);
 PIDS+=($!)
 
 . benches/load/levee_config.sh
+. benches/load/peers_config.sh
 . benches/load/wrk_ok.sh
 # For a baseline that predates [server.tls].
 levee_config "$WORK/levee-plain.toml" $LEVEE_PORT $ADMIN_PORT $NODE_PORT
 tls_pair "$WORK"
 levee_config "$WORK/levee.toml" $LEVEE_PORT $ADMIN_PORT $NODE_PORT $TLS_PORT
 
-cat > "$WORK/nginx.conf" <<CONF
-worker_processes 1;
-pid $WORK/nginx.pid;
-error_log $WORK/nginx-error.log;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  upstream app { server 127.0.0.1:$NODE_PORT; keepalive 1024; }
-  server {
-    listen 127.0.0.1:$NGINX_PORT;
-    location / {
-      proxy_pass http://app;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
-    }
-  }
-}
-CONF
-
-cat > "$WORK/haproxy.cfg" <<CONF
-global
-  nbthread 1
-  maxconn 4096
-defaults
-  mode http
-  timeout connect 1s
-  timeout client 30s
-  timeout server 30s
-  option forwardfor
-  http-reuse always
-frontend fe
-  bind 127.0.0.1:$HAPROXY_PORT
-  default_backend app
-backend app
-  server n1 127.0.0.1:$NODE_PORT
-CONF
+nginx_config "$WORK/nginx.conf" $NGINX_PORT $NODE_PORT "$WORK"
+haproxy_config "$WORK/haproxy.cfg" $HAPROXY_PORT $NODE_PORT
 
 wait_port() { for _ in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 did not open" >&2; return 1; }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
