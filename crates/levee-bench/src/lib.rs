@@ -37,6 +37,9 @@ pub struct Options {
     pub duration: Duration,
     /// Closed-loop traffic before each throughput measurement.
     pub warmup: Duration,
+    /// Throughput measurements per row, every target in turn in each
+    /// round; the table shows their medians.
+    pub rounds: usize,
     /// Requests per second of the fixed-rate latency scenario.
     pub rate: f64,
     /// Idle keep-alive connections opened in the idle scenario.
@@ -60,6 +63,7 @@ impl Options {
             conns: vec![64, 256],
             duration: Duration::from_secs(5),
             warmup: Duration::from_secs(1),
+            rounds: 1,
             rate: 2000.0,
             idle_conns: 5000,
             reloads: 10,

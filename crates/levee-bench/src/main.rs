@@ -31,6 +31,11 @@ struct Args {
     /// stuck-writes and bad-node scenarios run twice as long.
     #[arg(long)]
     duration: Option<f64>,
+    /// Rounds of the throughput scenario (default 1): every target in turn
+    /// in each round, and each figure the median of its rounds, so that a
+    /// noisy spell of the machine does not land on one proxy's row.
+    #[arg(long)]
+    rounds: Option<usize>,
     /// Requests per second of the latency scenario (default 2000).
     #[arg(long)]
     rate: Option<f64>,
@@ -69,6 +74,9 @@ fn main() -> ExitCode {
     }
     if let Some(d) = args.duration {
         opts.duration = Duration::from_secs_f64(d.max(0.1));
+    }
+    if let Some(n) = args.rounds {
+        opts.rounds = n.max(1);
     }
     if let Some(r) = args.rate {
         opts.rate = r.max(1.0);

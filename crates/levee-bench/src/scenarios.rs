@@ -20,7 +20,7 @@ use crate::procs::{
     cpu_us_per_request, pin_self, ticks_per_sec, tree_cpu_ticks, tree_rss_kib, tree_runq_wait_ns,
 };
 use crate::proxies::{find_program, Kind, Programs, Running, Setup};
-use crate::summary::{fmt_added_us, fmt_count, fmt_share, fmt_us};
+use crate::summary::{fmt_added_us, fmt_count, fmt_share, fmt_us, Latency};
 use crate::table::Table;
 use crate::Options;
 
@@ -338,58 +338,79 @@ impl Bench {
             ],
         );
         let mut raw = Vec::new();
+        let rounds = self.opts.rounds.max(1);
         for body in [64usize, 16 * 1024] {
             let nodes = self.nodes(&[Behavior::Healthy { body_bytes: body }])?;
-            let mut direct_rps = vec![0.0f64; self.opts.conns.len()];
             let mut targets: Vec<Option<Running>> = vec![None];
             for &k in &self.proxies {
                 targets.push(Some(self.start(k, &nodes)?));
             }
-            for (ci, &conns) in self.opts.conns.iter().enumerate() {
-                for t in &targets {
-                    let target = match t {
-                        None => Target::Direct(nodes[0].addr()),
-                        Some(r) => Target::Proxy(r),
-                    };
-                    let label = format!("{} {}B x{conns}", target.name(), body);
-                    let m =
-                        self.measure(&target, &label, vec![Spec::reads(target.addr(), conns, d)]);
-                    let o = &m.outs[0];
-                    let rps = o.ok_per_sec();
-                    if t.is_none() {
-                        direct_rps[ci] = rps;
+            for &conns in &self.opts.conns {
+                // Round by round, every target in turn: a slow spell of the
+                // machine then falls on all of them, not on one row.
+                let mut runs: Vec<Vec<Run>> = targets.iter().map(|_| Vec::new()).collect();
+                for round in 1..=rounds {
+                    for (t, runs) in targets.iter().zip(&mut runs) {
+                        let target = match t {
+                            None => Target::Direct(nodes[0].addr()),
+                            Some(r) => Target::Proxy(r),
+                        };
+                        let mut label = format!("{} {}B x{conns}", target.name(), body);
+                        if rounds > 1 {
+                            label.push_str(&format!(" round {round}/{rounds}"));
+                        }
+                        let m = self.measure(
+                            &target,
+                            &label,
+                            vec![Spec::reads(target.addr(), conns, d)],
+                        );
+                        runs.push(Run::of(m, self.hz));
                     }
-                    let cpu = m
-                        .ticks
-                        .and_then(|t| cpu_us_per_request(t, self.hz, o.answered()));
-                    let l = o.latency();
+                }
+                let direct_rps = median(runs[0].iter().map(|r| r.rps));
+                for (t, runs) in targets.iter().zip(&runs) {
+                    let name = t.as_ref().map_or("direct", |r| r.kind.name());
+                    let rps = median(runs.iter().map(|r| r.rps));
+                    let cpu = median_some(runs.iter().map(|r| r.cpu));
+                    let lat = |f: fn(&Latency) -> u64| {
+                        median(runs.iter().map(|r| f(&r.latency) as f64)) as u64
+                    };
+                    let mut all = Outcome::new();
+                    for r in runs {
+                        all.merge(&r.outcome);
+                    }
                     table.row(vec![
-                        target.name().into(),
+                        name.into(),
                         fmt_bytes(body),
                         conns.to_string(),
                         fmt_count(rps as u64),
-                        ratio(rps, direct_rps[ci]),
-                        fmt_us(l.p50_us),
-                        fmt_us(l.p99_us),
-                        fmt_us(l.p999_us),
-                        fmt_us(l.max_us),
-                        cpu.map_or("-".into(), |c| format!("{c:.1}")),
-                        m.waited.map_or("-".into(), fmt_ms),
-                        m.rss_kib
+                        ratio(rps, direct_rps),
+                        fmt_us(lat(|l| l.p50_us)),
+                        fmt_us(lat(|l| l.p99_us)),
+                        fmt_us(lat(|l| l.p999_us)),
+                        fmt_us(lat(|l| l.max_us)),
+                        fmt_cpu(cpu, runs),
+                        median_some(runs.iter().map(|r| r.waited.map(|w| w.as_secs_f64())))
+                            .map_or("-".into(), |w| fmt_ms(Duration::from_secs_f64(w))),
+                        runs.iter()
+                            .filter_map(|r| r.rss_kib)
+                            .max()
                             .map_or("-".into(), |k| fmt_bytes(k as usize * 1024)),
-                        fmt_count(o.failed()),
+                        fmt_count(all.failed()),
                     ]);
-                    raw.push(
-                        json!({"target": target.name(), "body_bytes": body, "conns": conns,
-                        "cpu_us_per_request": cpu,
-                        "runq_wait_ms": m.waited.map(|w| w.as_secs_f64() * 1e3),
-                        "rss_kib_at_end": m.rss_kib, "load": o.json()}),
-                    );
+                    raw.push(json!({"target": name, "body_bytes": body, "conns": conns,
+                        "cpu_us_per_request": cpu, "load": all.json(),
+                        "rounds": runs.iter().map(Run::json).collect::<Vec<_>>()}));
                 }
             }
         }
+        if rounds > 1 {
+            table.note(format!(
+                "{rounds} rounds, each target in turn in every round; each figure is the median of its rounds (CPU: median, then the lowest and highest round); failed counts all rounds."
+            ));
+        }
         table.note(format!(
-            "{} s per row after {} s of warm-up; one app node; req/s counts 2xx answers; proxy CPU is utime+stime of the proxy's processes per answered request; waited for CPU: how long its threads were runnable but not running (other work on its CPU: a long wait makes a latency tail the machine's); RSS at end: the proxy's processes' VmRSS as the load ends.",
+            "{} s per row and round after {} s of warm-up; one app node; req/s counts 2xx answers; proxy CPU is utime+stime of the proxy's processes per answered request; waited for CPU: how long its threads were runnable but not running (other work on its CPU: a long wait makes a latency tail the machine's); RSS at end: the proxy's processes' VmRSS as the load ends.",
             secs(d),
             secs(self.opts.warmup)
         ));
@@ -819,6 +840,70 @@ pub fn response_complete(buf: &[u8]) -> Option<bool> {
     }
 }
 
+/// One throughput measurement of one target.
+struct Run {
+    outcome: Outcome,
+    rps: f64,
+    latency: Latency,
+    cpu: Option<f64>,
+    waited: Option<Duration>,
+    rss_kib: Option<u64>,
+}
+
+impl Run {
+    fn of(m: Measured, hz: u64) -> Run {
+        let outcome = m.outs.into_iter().next().unwrap_or_default();
+        Run {
+            rps: outcome.ok_per_sec(),
+            latency: outcome.latency(),
+            cpu: m
+                .ticks
+                .and_then(|t| cpu_us_per_request(t, hz, outcome.answered())),
+            waited: m.waited,
+            rss_kib: m.rss_kib,
+            outcome,
+        }
+    }
+
+    fn json(&self) -> serde_json::Value {
+        json!({"cpu_us_per_request": self.cpu,
+            "runq_wait_ms": self.waited.map(|w| w.as_secs_f64() * 1e3),
+            "rss_kib_at_end": self.rss_kib, "load": self.outcome.json()})
+    }
+}
+
+/// The median (of an even count, the mean of the middle two); 0 if empty.
+fn median(values: impl Iterator<Item = f64>) -> f64 {
+    let mut v: Vec<f64> = values.collect();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// The median of the values measured; `None` if none was.
+fn median_some(values: impl Iterator<Item = Option<f64>>) -> Option<f64> {
+    let v: Vec<f64> = values.flatten().collect();
+    (!v.is_empty()).then(|| median(v.into_iter()))
+}
+
+/// `18.6`, or with several rounds `18.6 (17.9-19.4)`: the median, then the
+/// lowest and highest round, so that a reader sees how much rounds moved.
+fn fmt_cpu(median: Option<f64>, runs: &[Run]) -> String {
+    let Some(m) = median else {
+        return "-".into();
+    };
+    let all: Vec<f64> = runs.iter().filter_map(|r| r.cpu).collect();
+    if all.len() < 2 {
+        return format!("{m:.1}");
+    }
+    let lo = all.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = all.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    format!("{m:.1} ({lo:.1}-{hi:.1})")
+}
+
 fn free_port() -> anyhow::Result<SocketAddr> {
     let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
     Ok(l.local_addr()?)
@@ -896,5 +981,30 @@ mod tests {
         assert_eq!(fmt_bytes(16 * 1024), "16 KiB");
         assert_eq!(added(None, 10, 5), "-");
         assert_eq!(added(Some(Kind::Levee), 150, 100), "+50 µs");
+    }
+
+    #[test]
+    fn medians_of_rounds() {
+        assert_eq!(median([3.0, 1.0, 2.0].into_iter()), 2.0);
+        assert_eq!(median([4.0, 1.0, 2.0, 3.0].into_iter()), 2.5);
+        assert_eq!(median(std::iter::empty()), 0.0);
+        assert_eq!(
+            median_some([None, Some(5.0), Some(1.0)].into_iter()),
+            Some(3.0)
+        );
+        assert_eq!(median_some([None, None].into_iter()), None);
+
+        let run = |cpu| Run {
+            outcome: Outcome::new(),
+            rps: 0.0,
+            latency: Latency::default(),
+            cpu,
+            waited: None,
+            rss_kib: None,
+        };
+        assert_eq!(fmt_cpu(None, &[run(None)]), "-");
+        assert_eq!(fmt_cpu(Some(18.62), &[run(Some(18.62))]), "18.6");
+        let runs = [run(Some(19.4)), run(Some(17.9)), run(Some(18.6))];
+        assert_eq!(fmt_cpu(Some(18.6), &runs), "18.6 (17.9-19.4)");
     }
 }
