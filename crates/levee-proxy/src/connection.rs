@@ -497,12 +497,14 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        // The response is marked where it is, not moved out and back.
+        // The response is marked where it is, not moved out and back; a
+        // poll with none yet is not moved at all (it is as large as one).
         let mut poll = this.fut.poll(cx);
-        if let Poll::Ready(Ok(resp)) = &mut poll {
-            if let Some(guard) = this.guard.take() {
-                resp.body_mut().track(guard);
-            }
+        let Poll::Ready(Ok(resp)) = &mut poll else {
+            return Poll::Pending;
+        };
+        if let Some(guard) = this.guard.take() {
+            resp.body_mut().track(guard);
         }
         poll
     }

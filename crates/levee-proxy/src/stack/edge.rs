@@ -206,27 +206,16 @@ impl<F> EdgeFuture<F> {
     }
 }
 
-/// The response for `result`; with the access log on, its body carries the
-/// request's entry, written when the body ends.
-fn answer(result: ProxyResult, log: Option<Box<AccessEntry>>) -> Response<ProxyBody> {
-    match result {
-        // The node's answer goes on as it is, not moved more than once.
-        Ok(mut resp) => {
-            if let Some(entry) = log {
-                log_to(&mut resp, entry, None, None);
-            }
-            resp
-        }
-        Err(mut e) => {
-            let upstream = e.upstream.take();
-            let reason = e.reason;
-            let mut resp = e.into_response();
-            if let Some(entry) = log {
-                log_to(&mut resp, entry, Some(reason), upstream);
-            }
-            resp
-        }
+/// levee's own response for error `e`; with the access log on, its body
+/// carries the request's entry, written when the body ends.
+fn answer(mut e: ProxyError, log: Option<Box<AccessEntry>>) -> Response<ProxyBody> {
+    let upstream = e.upstream.take();
+    let reason = e.reason;
+    let mut resp = e.into_response();
+    if let Some(entry) = log {
+        log_to(&mut resp, entry, Some(reason), upstream);
     }
+    resp
 }
 
 fn log_to(
@@ -249,7 +238,7 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project() {
             EdgeProj::Unrouted { refused } => Poll::Ready(Ok(match refused.take() {
-                Some((e, log)) => answer(Err(e), log),
+                Some((e, log)) => answer(e, log),
                 None => ProxyError::new(ErrorReason::BadRequest, "").into_response(),
             })),
             EdgeProj::Routed {
@@ -259,23 +248,44 @@ where
                 log,
                 http2,
             } => {
-                let mut result = ready!(fut.poll(cx));
+                // The node's answer is looked at and logged where it is,
+                // and moved once, into the output.
+                let mut poll = fut.poll(cx);
+                let Poll::Ready(result) = &mut poll else {
+                    return Poll::Pending;
+                };
                 let Some(stats) = stats.take() else {
                     return Poll::Ready(Ok(
                         ProxyError::new(ErrorReason::BadRequest, "").into_response()
                     ));
                 };
-                if let Err(e) = &mut result {
-                    e.closes &= !*http2;
-                    stats.outcomes.record_error(e.reason);
-                    debug!(reason = e.reason.as_str(), detail = %e.detail, route = %stats.name, "request failed");
-                }
-                let resp = answer(result, log.take());
-                stats.outcomes.record_status(resp.status().as_u16());
                 stats
                     .latency
                     .observe(clock::now().saturating_duration_since(*started));
-                Poll::Ready(Ok(resp))
+                match result {
+                    Ok(resp) => {
+                        if let Some(entry) = log.take() {
+                            log_to(resp, entry, None, None);
+                        }
+                        stats.outcomes.record_status(resp.status().as_u16());
+                    }
+                    Err(e) => {
+                        e.closes &= !*http2;
+                        stats.outcomes.record_error(e.reason);
+                        debug!(reason = e.reason.as_str(), detail = %e.detail, route = %stats.name, "request failed");
+                    }
+                }
+                let Poll::Ready(result) = poll else {
+                    return Poll::Pending;
+                };
+                Poll::Ready(Ok(match result {
+                    Ok(resp) => resp,
+                    Err(e) => {
+                        let resp = answer(e, log.take());
+                        stats.outcomes.record_status(resp.status().as_u16());
+                        resp
+                    }
+                }))
             }
         }
     }

@@ -87,8 +87,12 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         // Stamped where it is: a response moved out and back is a copy of
-        // a few hundred bytes each way.
+        // a few hundred bytes each way. A poll with no answer yet is not
+        // moved at all (it is as large as one).
         let mut poll = this.fut.poll(cx);
+        if poll.is_pending() {
+            return Poll::Pending;
+        }
         if let Poll::Ready(Ok(resp)) = &mut poll {
             if let Some(id) = this.id.take() {
                 resp.headers_mut().insert(X_REQUEST_ID, id);

@@ -232,8 +232,12 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<ProxyResult> {
         match self.project() {
             TunnelProj::Plain { fut } => {
-                // Looked at where it is, not moved out and back.
+                // Looked at where it is, not moved out and back; a poll with
+                // no answer yet is not moved at all (it is as large as one).
                 let poll = fut.poll(cx);
+                if poll.is_pending() {
+                    return Poll::Pending;
+                }
                 if let Poll::Ready(Ok(resp)) = &poll {
                     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
                         // Nothing asked for it; dropping the response closes

@@ -316,8 +316,10 @@ where
                 }
             }
         }
-        answer = fut.as_mut().poll(cx);
-        if answer.is_ready() {
+        // Moved into `answer` only once there is one.
+        let polled = fut.as_mut().poll(cx);
+        if polled.is_ready() {
+            answer = polled;
             if !*draining && closing.as_mut().poll(cx).is_ready() {
                 *draining = true;
             }
