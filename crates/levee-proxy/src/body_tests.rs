@@ -59,7 +59,6 @@ fn scope(bulkhead: &Bulkhead, node: &Arc<Node>, route: &Arc<RouteStats>) -> Requ
         route_slot: bulkhead.try_acquire().unwrap(),
         backend_slot: None,
         node_in_flight: node.enter(),
-        node: Arc::clone(&node.stats),
         route: Arc::clone(route),
         client_body: None,
     }

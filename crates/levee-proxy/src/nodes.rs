@@ -268,6 +268,13 @@ impl NodeView for Node {
 #[derive(Debug)]
 pub struct InFlightGuard(Arc<Node>);
 
+impl InFlightGuard {
+    /// The node the request is in flight to.
+    pub fn node(&self) -> &Node {
+        &self.0
+    }
+}
+
 impl Drop for InFlightGuard {
     fn drop(&mut self) {
         self.0.load.exit();

@@ -340,7 +340,6 @@ fn finish(t: &mut Tries, answer: Answer) -> Response<ProxyBody> {
         route_slot: t.req.route_slot.take(),
         backend_slot: t.req.backend_slot.take(),
         node_in_flight: answer.in_flight,
-        node: Arc::clone(&answer.node.stats),
         route: Arc::clone(&t.req.route().stats),
         client_body: t.client_body.take(),
     };
