@@ -139,13 +139,13 @@ impl Pools {
 /// One app node and the data plane's state for it.
 ///
 /// In declared order: what a request reads of the node it was given (its
-/// breakers, its connection pools, its counters, its load) fits with the
-/// `Arc`'s counts, which it also touches, in the first 64 bytes.
+/// connection pools, its counters, its load, its protocol) fits with the
+/// `Arc`'s counts, which it also touches, in the first 64 bytes
+/// (`REQUEST_FIELDS_END` checks it at compile time). Its breakers are
+/// reached through the selection slot, its address only for messages.
 #[derive(Debug)]
 #[repr(C)]
 pub struct Node {
-    /// Indexed by traffic class.
-    breakers: Box<[Arc<ClassBreaker>]>,
     /// `pools`' per-worker pools, held here so that a request reaches its
     /// idle connections without another pointer to follow.
     worker_pools: Box<[NodePool]>,
@@ -153,11 +153,13 @@ pub struct Node {
     pub stats: Arc<NodeStats>,
     /// In flight, latency, failure scores, slow-start weight.
     load: Arc<LoadEstimate>,
-    named: Arc<NamedFailures>,
-    health_checked: bool,
     /// Its pools' protocol, here so that aiming a request at the node
     /// reads none of them.
     http2: bool,
+    health_checked: bool,
+    named: Arc<NamedFailures>,
+    /// Indexed by traffic class.
+    breakers: Box<[Arc<ClassBreaker>]>,
     pub addr: SocketAddr,
     /// The name `addr` was found by, if the node was given by name.
     pub host: Option<String>,
@@ -169,6 +171,12 @@ pub struct Node {
     ramp: Arc<AdaptiveLimit>,
     pools: Arc<Pools>,
 }
+
+/// Where the fields a request reads of its node end, counted from the start
+/// of its `Arc`'s allocation (two counts, then the node).
+const REQUEST_FIELDS_END: usize =
+    2 * std::mem::size_of::<usize>() + std::mem::offset_of!(Node, http2) + 1;
+const _: () = assert!(REQUEST_FIELDS_END <= 64);
 
 impl Node {
     /// The connection pool of data-plane worker `worker`.

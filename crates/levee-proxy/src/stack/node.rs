@@ -120,7 +120,7 @@ impl Service<NodeRequest> for NodeCall {
             call,
             deadline: Some(self.spare.take(req.deadline.at())),
             spare: self.spare.clone(),
-            addr: req.node.addr,
+            node: req.node,
             start: req.deadline.start(),
         }
     }
@@ -133,7 +133,9 @@ pin_project_lite::pin_project! {
         // `None` once given back, when the call is over.
         deadline: Option<Pin<Box<Sleep>>>,
         spare: SpareTimer,
-        addr: SocketAddr,
+        // Its address is read only for the message of a failed call: with
+        // many nodes, one cold cache line fewer per request than a copy.
+        node: Arc<Node>,
         // The deadline's start: its budget, for the message of a missed
         // one, is worked out then, not on every call.
         start: Instant,
@@ -152,7 +154,7 @@ impl Future for NodeCallFuture {
             return Poll::Ready(match result {
                 Ok(response) => Ok(Replied { response, head }),
                 Err(e) => Err(NotReplied {
-                    error: classify(&e, *this.addr),
+                    error: classify(&e, this.node.addr),
                     head,
                 }),
             });
@@ -173,7 +175,7 @@ impl Future for NodeCallFuture {
             format!(
                 "no {} from {} within {:?}",
                 Phase::Headers,
-                this.addr,
+                this.node.addr,
                 budget
             ),
         ))))
