@@ -26,6 +26,7 @@ use levee_telemetry::{ErrorReason, NodeStats};
 use tokio::time::Instant;
 use tracing::warn;
 
+use crate::gate::is_tchar;
 use crate::headers::X_REQUEST_ID;
 use crate::state::ProxyState;
 
@@ -397,11 +398,6 @@ fn target_path(target: &str) -> Option<&str> {
         None => return None,
     };
     Some(path.split_once('?').map_or(path, |(p, _)| p))
-}
-
-/// RFC 9110 token characters.
-fn is_tchar(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 /// One access log line's fields, borrowed.

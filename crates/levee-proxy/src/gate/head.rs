@@ -71,7 +71,7 @@ impl HeadScan {
     pub fn scan(&mut self, buf: &[u8], limits: &Limits) -> Result<Option<Head>, Violation> {
         loop {
             let rest = &buf[self.scanned..];
-            let Some(lf) = rest.iter().position(|&b| b == b'\n') else {
+            let Some(lf) = memchr::memchr(b'\n', rest) else {
                 return self.incomplete(buf.len(), rest, limits).map(|()| None);
             };
             // First the checks an unfinished line gets, so that the verdict
@@ -101,7 +101,12 @@ impl HeadScan {
     /// The limits, on a head of `len` bytes so far whose last line (not
     /// ended yet) is `line`.
     fn incomplete(&self, len: usize, line: &[u8], limits: &Limits) -> Result<(), Violation> {
-        if self.phase == Phase::Start && target_so_far(line) > limits.max_uri_bytes {
+        // A target is part of its line: a line no longer than the limit
+        // needs no look for it.
+        if self.phase == Phase::Start
+            && line.len() > limits.max_uri_bytes
+            && target_so_far(line) > limits.max_uri_bytes
+        {
             return Err(Violation::UriTooLong);
         }
         if len > limits.max_head_bytes {
@@ -249,14 +254,64 @@ fn trim_ows(mut value: &[u8]) -> &[u8] {
 
 /// tchar (RFC 9110 §5.6.2).
 pub(crate) fn is_tchar(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+    CLASS[b as usize] & TCHAR != 0
 }
 
 /// A byte of a field value: VCHAR, obs-text, SP or HTAB; never NUL, CR, LF
 /// or another control.
 pub(crate) fn is_field_vchar(b: u8) -> bool {
-    b == b'\t' || (b' '..=b'~').contains(&b) || b >= 0x80
+    CLASS[b as usize] & FIELD_VCHAR != 0
 }
+
+const TCHAR: u8 = 1;
+const FIELD_VCHAR: u8 = 2;
+const PATH: u8 = 4;
+const QUERY: u8 = 8;
+
+/// Each byte's classes, looked up once per byte of every head: one load
+/// instead of a chain of comparisons.
+static CLASS: [u8; 256] = {
+    let mut table = [0u8; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        let mut class = 0;
+        if c.is_ascii_alphanumeric()
+            || matches!(
+                c,
+                b'!' | b'#'
+                    | b'$'
+                    | b'%'
+                    | b'&'
+                    | b'\''
+                    | b'*'
+                    | b'+'
+                    | b'-'
+                    | b'.'
+                    | b'^'
+                    | b'_'
+                    | b'`'
+                    | b'|'
+                    | b'~'
+            )
+        {
+            class |= TCHAR;
+        }
+        if c == b'\t' || (c >= b' ' && c <= b'~') || c >= 0x80 {
+            class |= FIELD_VCHAR;
+        }
+        // What the `http` crate accepts unescaped in a path and in a query.
+        if matches!(c, 0x21 | 0x24..=0x3B | 0x3D | 0x40..=0x5F | 0x61..=0x7A | 0x7C | 0x7E) {
+            class |= PATH;
+        }
+        if matches!(c, 0x21 | 0x24..=0x3B | 0x3D | 0x3F..=0x7E) {
+            class |= QUERY;
+        }
+        table[b] = class;
+        b += 1;
+    }
+    table
+};
 
 /// The request-target forms of RFC 9112 §3.2: origin-form in bytes that
 /// hyper's URI parser takes as they are; the rarer absolute-, authority-
@@ -283,15 +338,8 @@ fn valid_path_query(pq: &[u8]) -> bool {
         Some(q) => (&pq[..q], &pq[q + 1..]),
         None => (pq, &[][..]),
     };
-    path.iter().all(|&b| is_path_byte(b)) && query.iter().all(|&b| is_query_byte(b))
-}
-
-fn is_path_byte(b: u8) -> bool {
-    matches!(b, 0x21 | 0x24..=0x3B | 0x3D | 0x40..=0x5F | 0x61..=0x7A | 0x7C | 0x7E)
-}
-
-fn is_query_byte(b: u8) -> bool {
-    matches!(b, 0x21 | 0x24..=0x3B | 0x3D | 0x3F..=0x7E)
+    path.iter().all(|&b| CLASS[b as usize] & PATH != 0)
+        && query.iter().all(|&b| CLASS[b as usize] & QUERY != 0)
 }
 
 #[cfg(test)]

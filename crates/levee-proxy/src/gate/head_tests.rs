@@ -247,3 +247,30 @@ fn a_long_target_ending_in_a_bare_lf_gets_one_verdict() {
         Err(Violation::HeadTooLarge)
     );
 }
+
+#[test]
+fn byte_classes_are_the_rfc_sets() {
+    // The sets as RFC 9110 and the `http` crate spell them, byte by byte,
+    // against the lookup table the scan uses.
+    for b in 0..=255u8 {
+        let tchar = b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+        assert_eq!(is_tchar(b), tchar, "tchar {b:#04x}");
+        let vchar = b == b'\t' || (b' '..=b'~').contains(&b) || b >= 0x80;
+        assert_eq!(is_field_vchar(b), vchar, "field byte {b:#04x}");
+        let path = b"!$%&'()*+,-./0123456789:;=@ABCDEFGHIJKLMNOPQRSTUVWXYZ[\\]^_abcdefghijklmnopqrstuvwxyz|~";
+        let query_extra = b"?`{}";
+        // `/?` is a path and an empty query.
+        let target = [b'/', b];
+        assert_eq!(
+            valid_path_query(&target),
+            path.contains(&b) || b == b'?',
+            "path byte {b:#04x}"
+        );
+        let in_query = [b'/', b'?', b];
+        assert_eq!(
+            valid_path_query(&in_query),
+            path.contains(&b) || query_extra.contains(&b),
+            "query byte {b:#04x}"
+        );
+    }
+}

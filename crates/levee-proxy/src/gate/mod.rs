@@ -25,6 +25,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 
 pub use chunked::ChunkedScan;
+pub(crate) use head::is_tchar;
 pub use head::{Framing, Head, HeadScan, Limits};
 
 /// What makes a request unacceptable, found in its bytes.
