@@ -38,7 +38,6 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::BytesMut;
-use http::header::UPGRADE;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::server::conn::http2;
@@ -432,6 +431,11 @@ async fn closing(
 /// The top of a connection's stack: marks the connection busy from a
 /// request's arrival until its response body ends, and hands a request
 /// that asks for an upgrade the connection's [`Upgrading`].
+///
+/// Such a request is one levee's HTTP/1 server can upgrade: it carries the
+/// server's [`h1::server::OnUpgrade`], put there for a head with an
+/// `Upgrade` header. An empty extension map says so at once, where a
+/// header lookup hashes the name.
 #[derive(Debug, Clone)]
 pub struct TrackActivity<S> {
     inner: S,
@@ -451,7 +455,7 @@ where
     }
 
     fn call(&mut self, mut req: Request<ClientBody>) -> Self::Future {
-        if req.headers().contains_key(UPGRADE) && req.version() < http::Version::HTTP_2 {
+        if req.extensions().get::<h1::server::OnUpgrade>().is_some() {
             req.extensions_mut()
                 .insert(Upgrading::new(Arc::clone(&self.activity)));
         }

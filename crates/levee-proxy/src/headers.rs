@@ -34,12 +34,20 @@ const HOP_BY_HOP: [HeaderName; 7] = [
     UPGRADE,
 ];
 
+/// Whether `headers` holds any of the fixed hop-by-hop set (`Upgrade` and
+/// `Connection` among them): one pass over the names, no hashing. Most
+/// messages carry none of them, and with no `Connection` header nothing
+/// else can be hop-by-hop. Inlined: the set's names are then constants to
+/// the compiler, compared without a call, and the array is never built.
+#[inline]
+pub fn has_hop_by_hop(headers: &HeaderMap) -> bool {
+    headers.keys().any(|name| HOP_BY_HOP.contains(name))
+}
+
 /// Removes hop-by-hop headers: the fixed set and every header `Connection`
 /// names. False when there were none, and nothing was looked at but names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) -> bool {
-    // One pass over the names, no hashing: most messages carry none of them
-    // (and with no `Connection` header, nothing else can be hop-by-hop).
-    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
+    if !has_hop_by_hop(headers) {
         return false;
     }
     if headers.contains_key(CONNECTION) {

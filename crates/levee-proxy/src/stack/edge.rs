@@ -115,9 +115,16 @@ where
             log.route = Some(route);
             log.class = Some(class);
         }
-        let websocket = match check_body_length(&req, r.max_request_body_bytes)
-            .and_then(|()| tunnel::handshake_of(&req))
-        {
+        // Without a hop-by-hop header there is neither an `Upgrade` to look
+        // into nor anything to strip: one pass over the names, no lookups.
+        let hop_by_hop = headers::has_hop_by_hop(req.headers());
+        let websocket = match check_body_length(&req, r.max_request_body_bytes).and_then(|()| {
+            if hop_by_hop {
+                tunnel::handshake_of(&req)
+            } else {
+                Ok(false)
+            }
+        }) {
             Ok(websocket) => websocket && tunnel::carried_to(&state, r),
             Err(e) => {
                 log_error(&e, req.headers(), Some(&r.name));
@@ -130,7 +137,13 @@ where
         let upgrade = websocket
             .then(|| parts.headers.get(UPGRADE).cloned())
             .flatten();
-        prepare_headers(&mut parts, host_line, &self.forwarded_for, self.scheme);
+        prepare_headers(
+            &mut parts,
+            host_line,
+            &self.forwarded_for,
+            self.scheme,
+            hop_by_hop,
+        );
         if let Some(upgrade) = upgrade {
             tunnel::restore_handshake(&mut parts.headers, upgrade);
         }
@@ -436,18 +449,20 @@ fn check_body_length(req: &Request<ClientBody>, limit: Option<u64>) -> Result<()
 /// Rewrites the client's headers for the node, once per request. The host
 /// the node gets is the one the request was routed on: the target's
 /// authority (absolute-form, or HTTP/2 `:authority`) replaces any Host
-/// line (`host_line`, the request's one).
+/// line (`host_line`, the request's one). `hop_by_hop`: the request has a
+/// hop-by-hop header to strip ([`headers::has_hop_by_hop`]).
 fn prepare_headers(
     parts: &mut http::request::Parts,
     host_line: Option<HeaderValue>,
     peer: &HeaderValue,
     scheme: Scheme,
+    hop_by_hop: bool,
 ) {
     let (original_host, from_target) = match parts.uri.authority() {
         Some(a) => (HeaderValue::from_str(a.as_str()).ok(), true),
         None => (host_line, false),
     };
-    let stripped = headers::strip_hop_by_hop(&mut parts.headers);
+    let stripped = hop_by_hop && headers::strip_hop_by_hop(&mut parts.headers);
     headers::set_forwarded_from(
         &mut parts.headers,
         peer,
