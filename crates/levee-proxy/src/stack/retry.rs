@@ -243,7 +243,7 @@ where
     if t.tried.is_empty() {
         t.max = tries_allowed(t);
     }
-    let mut request = Request::new(match &mut t.body {
+    let body = match &mut t.body {
         Outgoing::Kept(data) => RequestBody::kept(data.clone()),
         Outgoing::Stream(body) => match body.take() {
             Some(b) => {
@@ -254,15 +254,16 @@ where
             }
             None => RequestBody::kept(Bytes::new()),
         },
-    });
-    // The try takes the head (method, target, headers); see `call_with`.
-    let head = &mut t.req.parts;
-    *request.version_mut() = Version::HTTP_11;
-    *request.method_mut() = std::mem::take(&mut head.method);
-    *request.uri_mut() = std::mem::take(&mut head.uri);
-    *request.headers_mut() = std::mem::take(&mut head.headers);
+    };
+    // The try takes the head (method, target, headers) whole, and leaves
+    // one new empty head, not a new request's as well, made and dropped;
+    // see `call_with`. The extensions stay with the request: a try's are
+    // empty, as a new request's.
+    let mut head = std::mem::replace(&mut t.req.parts, Request::new(()).into_parts().0);
+    std::mem::swap(&mut head.extensions, &mut t.req.parts.extensions);
+    head.version = Version::HTTP_11;
     t.has_head = false;
-    call_with(t, inner, request)
+    call_with(t, inner, Request::from_parts(head, body))
 }
 
 /// Whether the next try is the last: the last allowed, or one after which
