@@ -350,7 +350,9 @@ fn two_choices<P: Pool>(c: &Candidates<'_, P>, cost: impl Fn(usize) -> f64) -> O
     let Some(a) = draw(c, None) else {
         return two_choices_counted(c, cost);
     };
-    if fastrand::f64() < EXPLORE {
+    // With one node to draw from there is no second choice to look for
+    // (a backend of one node: every request would make all its draws).
+    if c.drawable() == 1 || fastrand::f64() < EXPLORE {
         return Some(a);
     }
     let Some(b) = draw(c, Some(a)) else {
@@ -496,6 +498,20 @@ mod tests {
                     assert_eq!(*count, 0, "{policy:?} {counts:?}");
                 }
             }
+        }
+    }
+
+    #[test]
+    fn a_backend_of_one_node_gets_it_or_none() {
+        for policy in [
+            LoadBalancing::RoundRobin,
+            LoadBalancing::LeastRequest,
+            LoadBalancing::P2cEwma,
+        ] {
+            let mut nodes = vec![fake()];
+            assert_eq!(shares(policy, &nodes, 100), [100], "{policy:?}");
+            nodes[0].usable = false;
+            assert_eq!(pick(policy, &nodes, &AtomicUsize::new(0)), None);
         }
     }
 
