@@ -627,7 +627,11 @@ impl NodeSet {
     ) -> Option<Pick> {
         let usable = self.usable_now();
         let known = usable.of(class).filter(|_| !ignore_state);
-        if ignore_state || !self.breakers_enabled {
+        // A known set means every breaker of the class was closed when it
+        // was built and none has moved since: a closed breaker passes every
+        // call, so the chosen node's is not asked again (with many nodes, a
+        // cold cache line per request).
+        if ignore_state || !self.breakers_enabled || known.is_some() {
             let view = self.view(class, tried, &[], known, ignore_state);
             return pick(self.policy, &view, &self.cursor).map(|i| self.chosen(i, class, false));
         }
@@ -636,7 +640,7 @@ impl NodeSet {
         // scanned in order, so a usable node is never missed.
         let mut refused = [usize::MAX; 4];
         for round in 0..self.nodes.len() {
-            let view = self.view(class, tried, &refused, known, false);
+            let view = self.view(class, tried, &refused, None, false);
             let index = pick(self.policy, &view, &self.cursor)?;
             if let Some(p) = self.admit(index, class, allow_probe) {
                 return Some(p);
@@ -646,10 +650,9 @@ impl NodeSet {
                 None => break,
             }
         }
-        let view = self.view(class, tried, &refused, known, false);
-        let all = if known.is_some() { 0 } else { self.nodes.len() };
-        let rest = known.unwrap_or_default().iter().copied().chain(0..all);
-        rest.filter(|i| view.usable(*i))
+        let view = self.view(class, tried, &refused, None, false);
+        (0..self.nodes.len())
+            .filter(|i| view.usable(*i))
             .find_map(|i| self.admit(i, class, allow_probe))
     }
 
