@@ -269,8 +269,11 @@ pub fn valid_host(v: &[u8]) -> bool {
     host_ok
         && port.is_none_or(|p| {
             p.len() <= 5
-                && p.iter().all(u8::is_ascii_digit)
-                && p.iter().fold(0u32, |n, &d| n * 10 + u32::from(d - b'0')) <= 65535
+                && p.iter()
+                    .try_fold(0u32, |n, &d| {
+                        d.is_ascii_digit().then(|| n * 10 + u32::from(d - b'0'))
+                    })
+                    .is_some_and(|n| n <= 65535)
         })
 }
 
@@ -279,16 +282,25 @@ pub fn valid_host(v: &[u8]) -> bool {
 fn valid_name(name: &[u8]) -> bool {
     let mut previous = b'.';
     for &b in name {
-        if b == b'.' && previous == b'.' {
-            return false;
-        }
-        if !(b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')) {
+        if !UNRESERVED[b as usize] || (b == b'.' && previous == b'.') {
             return false;
         }
         previous = b;
     }
     !name.is_empty()
 }
+
+/// RFC 3986's unreserved characters, one lookup per byte of every Host.
+static UNRESERVED: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~');
+        b += 1;
+    }
+    table
+};
 
 /// The host without its port, for matching routes.
 pub fn host_without_port(host: &str) -> &str {
