@@ -402,6 +402,13 @@ where
                         if let Ok(data) = frame.into_data() {
                             out.data(&mut encoder, data, vectored);
                         }
+                        // Its last byte framed, a body that knows it has
+                        // ended is polled to its end now: what it holds (the
+                        // bulkhead slots, the node's in-flight place) is
+                        // free before the client can see the answer whole.
+                        if out.ended && body.is_end_stream() {
+                            let _ = Pin::new(&mut body).poll_frame(cx);
+                        }
                     }
                     Poll::Ready(Some(Err(_))) => return Poll::Ready(Ok(false)),
                     Poll::Ready(None) => {
