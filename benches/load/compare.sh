@@ -49,8 +49,8 @@ levee_config "$WORK/levee-plain.toml" $LEVEE_PORT $ADMIN_PORT $NODE_PORT
 tls_pair "$WORK"
 levee_config "$WORK/levee.toml" $LEVEE_PORT $ADMIN_PORT $NODE_PORT $TLS_PORT
 
-nginx_config "$WORK/nginx.conf" $NGINX_PORT $NODE_PORT "$WORK"
-haproxy_config "$WORK/haproxy.cfg" $HAPROXY_PORT $NODE_PORT
+nginx_config "$WORK/nginx.conf" $NGINX_PORT 4096 127.0.0.1:$NODE_PORT
+haproxy_config "$WORK/haproxy.cfg" $HAPROXY_PORT 4096 127.0.0.1:$NODE_PORT
 
 wait_port() { for _ in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 did not open" >&2; return 1; }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }

@@ -1,18 +1,25 @@
 # Sourced by the load scripts: nginx and HAProxy as levee is measured, one
-# worker each, keep-alive to the node, X-Forwarded-For added (as levee does).
-# nginx_config FILE PORT NODE_PORT WORKDIR and haproxy_config FILE PORT
-# NODE_PORT write them.
+# worker each, keep-alive to the nodes, X-Forwarded-For added (as levee does).
+# nginx_config FILE PORT CONNS NODE... and haproxy_config FILE PORT CONNS
+# NODE... write them: CONNS bounds the connections (nginx keeps a quarter of
+# it idle to the nodes), each NODE is a host:port. nginx's pid file and
+# error log go beside FILE.
 nginx_config() {
-  cat > "$1" <<CONF
+  local file=$1 port=$2 conns=$3
+  shift 3
+  cat > "$file" <<CONF
 worker_processes 1;
-pid $4/nginx.pid;
-error_log $4/nginx-error.log;
-events { worker_connections 4096; }
+pid ${file%.*}.pid;
+error_log $(dirname "$file")/nginx-error.log;
+events { worker_connections $conns; }
 http {
   access_log off;
-  upstream app { server 127.0.0.1:$3; keepalive 1024; }
+  upstream app {
+$(printf '    server %s;\n' "$@")
+    keepalive $((conns / 4));
+  }
   server {
-    listen 127.0.0.1:$2;
+    listen 127.0.0.1:$port;
     location / {
       proxy_pass http://app;
       proxy_http_version 1.1;
@@ -24,11 +31,16 @@ http {
 CONF
 }
 
+# Idle node connections are kept a minute, not HAProxy's default 5 s: with
+# many nodes, each sees a request only now and then.
 haproxy_config() {
-  cat > "$1" <<CONF
+  local file=$1 port=$2 conns=$3 i=0
+  shift 3
+  {
+    cat <<CONF
 global
   nbthread 1
-  maxconn 4096
+  maxconn $conns
 defaults
   mode http
   timeout connect 1s
@@ -37,9 +49,14 @@ defaults
   option forwardfor
   http-reuse always
 frontend fe
-  bind 127.0.0.1:$2
+  bind 127.0.0.1:$port
   default_backend app
 backend app
-  server n1 127.0.0.1:$3
+  default-server pool-purge-delay 60s
 CONF
+    for node in "$@"; do
+      printf '  server n%d %s\n' $i "$node"
+      i=$((i + 1))
+    done
+  } > "$file"
 }

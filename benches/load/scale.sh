@@ -14,6 +14,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 . benches/load/wrk_ok.sh
+. benches/load/peers_config.sh
 LEVEE=$1 ROUNDS=${2:-5} DUR=${3:-5} CONNS=${4:-64}
 # PORT_OFFSET (a multiple of 100) moves every port, so that runs side by
 # side do not collide. Each load script's ports end in its own two digits
@@ -53,50 +54,11 @@ config "$WORK/routes.toml" 10000 2
 config "$WORK/nodes.toml" 1 1000
 CASES="base routes nodes"
 
-servers() { # N FORMAT: a line per server, printf'd with its index i, a and b (127.0.a.b)
-  for i in $(seq 0 $(($1 - 1))); do printf "$2" "$i" $((i / 250)) $((i % 250 + 1)); done
-}
-peers() { # N: nginx and HAProxy configs with N servers
-  cat > "$WORK/nginx$1.conf" <<CONF
-worker_processes 1;
-pid $WORK/nginx$1.pid;
-error_log $WORK/nginx-error.log;
-events { worker_connections 8192; }
-http {
-  access_log off;
-  upstream app {
-$(servers "$1" "%.0s    server 127.0.%d.%d:$NODE_PORT;\n")
-    keepalive 2048;
-  }
-  server {
-    listen 127.0.0.1:$LEVEE_PORT;
-    location / {
-      proxy_pass http://app;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
-    }
-  }
-}
-CONF
-  cat > "$WORK/haproxy$1.cfg" <<CONF
-global
-  nbthread 1
-  maxconn 8192
-defaults
-  mode http
-  timeout connect 1s
-  timeout client 30s
-  timeout server 30s
-  option forwardfor
-  http-reuse always
-frontend fe
-  bind 127.0.0.1:$LEVEE_PORT
-  default_backend app
-backend app
-  default-server pool-purge-delay 60s
-$(servers "$1" "  server n%d 127.0.%d.%d:$NODE_PORT\n")
-CONF
+peers() { # N: nginx and HAProxy configs with N servers (127.0.a.b, as levee's)
+  local nodes=() i
+  for i in $(seq 0 $(($1 - 1))); do nodes+=("127.0.$((i / 250)).$((i % 250 + 1)):$NODE_PORT"); done
+  nginx_config "$WORK/nginx$1.conf" $LEVEE_PORT 8192 "${nodes[@]}"
+  haproxy_config "$WORK/haproxy$1.cfg" $LEVEE_PORT 8192 "${nodes[@]}"
 }
 if [ "${PEERS:-0}" = 1 ]; then
   bash benches/load/install.sh >/dev/null

@@ -50,8 +50,8 @@ PIDS+=($!)
 . benches/load/peers_config.sh
 . benches/load/wrk_ok.sh
 levee_config "$WORK/levee.toml" $LEVEE_PORT $ADMIN_PORT $NODE_PORT
-nginx_config "$WORK/nginx.conf" $NGINX_PORT $NODE_PORT "$WORK"
-haproxy_config "$WORK/haproxy.cfg" $HAPROXY_PORT $NODE_PORT
+nginx_config "$WORK/nginx.conf" $NGINX_PORT 4096 127.0.0.1:$NODE_PORT
+haproxy_config "$WORK/haproxy.cfg" $HAPROXY_PORT 4096 127.0.0.1:$NODE_PORT
 
 wait_port() { for _ in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 did not open" >&2; return 1; }
 # The syscalls counted, by kind.
