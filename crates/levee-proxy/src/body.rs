@@ -466,20 +466,25 @@ impl Body for UpstreamBody {
 #[derive(Debug)]
 enum Kind {
     Local(Option<Bytes>),
-    /// Boxed: a response is moved several times on its way up the stack
-    /// and out, and this is most of its size.
-    Upstream(Box<UpstreamBody>),
+    Upstream(UpstreamBody),
 }
 
 /// What the client receives: a node's streamed body or levee's own short
 /// answer. It also marks its connection busy until it ends, and writes the
 /// request's access log line when it ends or is dropped.
+///
+/// One box for all of it: a response is moved several times on its way up
+/// the stack and out, and with its body a pointer it stays within 128
+/// bytes, which the compiler moves inline rather than by a call to memcpy.
 #[derive(Debug)]
-pub struct ProxyBody {
+pub struct ProxyBody(Box<Held>);
+
+#[derive(Debug)]
+struct Held {
     kind: Kind,
     activity: Option<ActivityGuard>,
     /// The node that answered (set only while the access log is on;
-    /// boxed so that it costs a response nothing while the log is off).
+    /// boxed so that it costs a response little while the log is off).
     upstream: Option<Box<UpstreamInfo>>,
     log: Option<Logged>,
 }
@@ -488,54 +493,60 @@ pub struct ProxyBody {
 #[derive(Debug)]
 struct Logged {
     /// Boxed where the edge makes it: the entry is larger than the rest of
-    /// the body, a response is moved through every layer on its way out
-    /// (and the edge's future holds the entry until then), and with the log
-    /// off there is none.
+    /// the body, the edge's future holds it until the response comes, and
+    /// with the log off there is none.
     entry: Box<AccessEntry>,
     bytes_out: u64,
 }
 
 impl ProxyBody {
     pub fn local(data: Bytes) -> Self {
-        Self {
-            kind: Kind::Local(Some(data)),
-            activity: None,
-            upstream: None,
-            log: None,
-        }
+        Self::new(Kind::Local(Some(data)), None)
     }
 
     pub fn upstream(body: UpstreamBody, upstream: Option<Box<UpstreamInfo>>) -> Self {
-        Self {
-            kind: Kind::Upstream(Box::new(body)),
+        Self::new(Kind::Upstream(body), upstream)
+    }
+
+    fn new(kind: Kind, upstream: Option<Box<UpstreamInfo>>) -> Self {
+        ProxyBody(Box::new(Held {
+            kind,
             activity: None,
             upstream,
             log: None,
-        }
+        }))
     }
 
-    /// Marks the connection busy until this body ends. In place, as
-    /// [`ProxyBody::log`]: a response is large, and is not moved for it.
+    /// Marks the connection busy until this body ends.
     pub fn track(&mut self, guard: ActivityGuard) {
-        self.activity = Some(guard);
+        self.0.activity = Some(guard);
     }
 
     /// The line for `entry` is written when this body ends. `upstream`:
     /// the node that failed the request, when levee answers for it.
     pub fn log(&mut self, entry: Box<AccessEntry>, upstream: Option<Box<UpstreamInfo>>) {
         if upstream.is_some() {
-            self.upstream = upstream;
+            self.0.upstream = upstream;
         }
-        self.log = Some(Logged {
+        self.0.log = Some(Logged {
             entry,
             bytes_out: 0,
         });
     }
+}
 
+impl Held {
     fn write_log(&mut self, complete: bool) {
         if let Some(log) = self.log.take() {
             log.entry
                 .write(self.upstream.as_deref(), log.bytes_out, complete);
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            Kind::Local(data) => data.is_none(),
+            Kind::Upstream(body) => body.is_end_stream(),
         }
     }
 }
@@ -551,10 +562,10 @@ impl Body for ProxyBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        let this = self.get_mut();
+        let this = &mut *self.get_mut().0;
         let out = match &mut this.kind {
             Kind::Local(data) => data.take().map(|d| Ok(Frame::data(d))),
-            Kind::Upstream(body) => ready!(Pin::new(&mut **body).poll_frame(cx)).map(|r| {
+            Kind::Upstream(body) => ready!(Pin::new(body).poll_frame(cx)).map(|r| {
                 r.map_err(|e| {
                     if let Some(log) = &mut this.log {
                         log.entry.reason.get_or_insert(e.reason());
@@ -579,14 +590,11 @@ impl Body for ProxyBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        match &self.kind {
-            Kind::Local(data) => data.is_none(),
-            Kind::Upstream(body) => body.is_end_stream(),
-        }
+        self.0.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        match &self.kind {
+        match &self.0.kind {
             Kind::Local(data) => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
             Kind::Upstream(body) => body.size_hint(),
         }
@@ -597,9 +605,10 @@ impl Drop for ProxyBody {
     /// A body hyper never polled to its end: empty (HEAD, 204, 304, 101),
     /// or the client went away mid-body.
     fn drop(&mut self) {
-        if self.log.is_some() {
-            let complete = self.is_end_stream();
-            self.write_log(complete);
+        let held = &mut *self.0;
+        if held.log.is_some() {
+            let complete = held.is_end_stream();
+            held.write_log(complete);
         }
     }
 }
