@@ -138,9 +138,11 @@ pub fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Parsed>,
                     .map_err(|_| HeadError::Header("name"))?;
                 let value = HeaderValue::from_maybe_shared(copied(h.value))
                     .map_err(|_| HeadError::Header("value"))?;
-                lines.transfer_encoding |= name == TRANSFER_ENCODING;
-                lines.content_length |= name == CONTENT_LENGTH;
-                if name == CONNECTION {
+                if name == TRANSFER_ENCODING {
+                    lines.last_te_chunked = Some(last_is_chunked(&value));
+                } else if name == CONTENT_LENGTH {
+                    lines.content_length(&value);
+                } else if name == CONNECTION {
                     // Once any line asks to close, a later keep-alive cannot undo it.
                     if close || has_token(&value, b"close") {
                         close = true;
@@ -159,10 +161,10 @@ pub fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Parsed>,
             .then(|| hyper::ext::ReasonPhrase::try_from(copied(reason.as_bytes())).ok())
             .flatten();
         buf.advance(len);
-        let (framing, upgrade) = framing(status, version, &map, lines, method)?;
+        let (framing, upgrade) = framing(status, version, lines, method)?;
         // Checked on every final response, as before: a node that frames a
         // body two ways may be desynchronised whatever the status.
-        if lines.transfer_encoding && lines.content_length {
+        if lines.last_te_chunked.is_some() && lines.length.is_some() {
             return Err(HeadError::Framing);
         }
         let mut response = Response::new(());
@@ -181,19 +183,52 @@ pub fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Parsed>,
     }
 }
 
-/// Which framing lines a head has.
+/// What a head's framing lines say, noted as each is read: the framing
+/// needs no lookup in the map after.
 #[derive(Debug, Default, Clone, Copy)]
 struct FramingLines {
-    transfer_encoding: bool,
-    content_length: bool,
+    /// Whether the last Transfer-Encoding line ends in `chunked`; `None`
+    /// without one.
+    last_te_chunked: Option<bool>,
+    /// The length every Content-Length value agrees on; `Some(None)` once
+    /// one is not a number or differs; `None` without a Content-Length.
+    length: Option<Option<u64>>,
 }
 
-/// RFC 9112 §6.3, in hyper's order; `lines` says which of `headers`'
-/// framing lines are there to look up.
+impl FramingLines {
+    /// Notes a Content-Length line, whose comma-separated values must all
+    /// be the same number, as those of the lines before it.
+    fn content_length(&mut self, value: &HeaderValue) {
+        let mut length = match self.length {
+            Some(None) => return,
+            Some(Some(n)) => Some(n),
+            None => None,
+        };
+        for part in value.as_bytes().split(|b| *b == b',') {
+            let n = digits(part.trim_ascii());
+            if n.is_none() || length.is_some_and(|l| Some(l) != n) {
+                self.length = Some(None);
+                return;
+            }
+            length = n;
+        }
+        self.length = Some(length);
+    }
+}
+
+/// Whether a Transfer-Encoding value's last coding is `chunked`.
+fn last_is_chunked(value: &HeaderValue) -> bool {
+    value
+        .as_bytes()
+        .rsplit(|b| *b == b',')
+        .next()
+        .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked"))
+}
+
+/// RFC 9112 §6.3, in hyper's order, from what the framing `lines` said.
 fn framing(
     status: StatusCode,
     version: Version,
-    headers: &HeaderMap,
     lines: FramingLines,
     method: &Method,
 ) -> Result<(Framing, bool), HeadError> {
@@ -208,19 +243,10 @@ fn framing(
     if method == Method::CONNECT && status.is_success() {
         return Ok((Framing::Empty, true));
     }
-    let last_te = lines
-        .transfer_encoding
-        .then(|| headers.get_all(TRANSFER_ENCODING).iter().next_back())
-        .flatten();
-    if let Some(last) = last_te {
+    if let Some(chunked) = lines.last_te_chunked {
         if version == Version::HTTP_10 {
             return Err(HeadError::TransferEncoding10);
         }
-        let chunked = last
-            .as_bytes()
-            .rsplit(|b| *b == b',')
-            .next()
-            .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked"));
         // Not chunked last: the body runs to the connection's close.
         return Ok((
             if chunked {
@@ -231,25 +257,11 @@ fn framing(
             false,
         ));
     }
-    let mut length = None;
-    let values = lines
-        .content_length
-        .then(|| headers.get_all(CONTENT_LENGTH).iter())
-        .into_iter()
-        .flatten();
-    for value in values {
-        for part in value.as_bytes().split(|b| *b == b',') {
-            let n = digits(part.trim_ascii()).ok_or(HeadError::ContentLength)?;
-            if length.is_some_and(|l| l != n) {
-                return Err(HeadError::ContentLength);
-            }
-            length = Some(n);
-        }
-    }
     Ok((
-        match length {
-            Some(0) => Framing::Empty,
-            Some(n) => Framing::Length(n),
+        match lines.length {
+            Some(None) => return Err(HeadError::ContentLength),
+            Some(Some(0)) => Framing::Empty,
+            Some(Some(n)) => Framing::Length(n),
             None => Framing::Close,
         },
         false,
