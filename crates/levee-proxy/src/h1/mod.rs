@@ -382,7 +382,7 @@ pub fn send<IO, R>(mut conn: Box<Conn<IO>>, req: Request<RequestBody>, reuse: R)
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (mut parts, mut body) = req.into_parts();
+    let (parts, mut body) = req.into_parts();
     let length = if body.is_end_stream() {
         BodyLength::Empty
     } else {
@@ -392,7 +392,11 @@ where
     };
     conn.write.clear();
     conn.wpos = 0;
-    let mut encoder = encode::head(&mut parts, length, &mut conn.write);
+    // The head is put where it is kept first and encoded there: a head is a
+    // few hundred bytes, each move of it a copy.
+    let c = &mut *conn;
+    let parts = c.head.insert(parts);
+    let mut encoder = encode::head(parts, length, &mut c.write);
     // A kept body goes out with the head, in one write.
     if let (RequestBody::Kept(kept), Encoder::Length(n)) = (&mut body, encoder) {
         if let Some(data) = kept.take_if(|d| d.len() as u64 == n) {
@@ -404,7 +408,6 @@ where
     conn.body = Some(body);
     conn.written = false;
     conn.sent = false;
-    conn.head = Some(parts);
     Sending {
         exchange: Some((conn, reuse)),
         head_back: false,
