@@ -141,6 +141,7 @@ pub fn spawn_watch(backend: &Arc<Backend>) -> JoinHandle<()> {
         let nodes = backend.nodes.nodes();
         let classes = nodes.first().map_or(0, |n| n.breakers().len());
         let mut all_down = vec![false; classes];
+        let mut samples = Vec::with_capacity(nodes.len());
         let mut ticker = tokio::time::interval(Duration::from_secs(1));
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -160,7 +161,8 @@ pub fn spawn_watch(backend: &Arc<Backend>) -> JoinHandle<()> {
                     }
                 }
             }
-            let samples: Vec<NodeSample> = nodes.iter().map(|n| sample(&n.stats)).collect();
+            samples.clear();
+            samples.extend(nodes.iter().map(|n| sample(&n.stats)));
             // Only this task locks it (one a second, on the control thread).
             let detector = backend.drift.lock();
             let mut detector = detector.unwrap_or_else(std::sync::PoisonError::into_inner);

@@ -95,7 +95,28 @@ struct NodeState {
     anomalous: bool,
     apart_since: Option<Instant>,
     calm_since: Option<Instant>,
-    figures: Option<DriftFigures>,
+    figures: Option<Figures>,
+}
+
+/// [`DriftFigures`] as a tick finds them, latencies in microseconds: made
+/// into durations only when asked for, not for every node every tick.
+#[derive(Debug, Clone, Copy)]
+struct Figures {
+    error_rate: f64,
+    peer_error_rate: f64,
+    latency_us: f64,
+    peer_latency_us: f64,
+}
+
+impl Figures {
+    fn public(&self) -> DriftFigures {
+        DriftFigures {
+            error_rate: self.error_rate,
+            peer_error_rate: self.peer_error_rate,
+            mean_latency: micros(self.latency_us),
+            peer_mean_latency: micros(self.peer_latency_us),
+        }
+    }
 }
 
 /// One node's deltas over the window.
@@ -134,6 +155,12 @@ pub struct DriftDetector {
     /// sample at least `window` old, so deltas span the whole window.
     history: VecDeque<(Instant, Vec<NodeSample>)>,
     nodes: Vec<NodeState>,
+    /// A sample list dropped from `history`, whose memory the next tick's
+    /// takes over, and the buffers each tick fills: with many nodes, a
+    /// tick allocates nothing.
+    spare: Vec<NodeSample>,
+    windowed: Vec<Windowed>,
+    peers: Peers,
 }
 
 impl DriftDetector {
@@ -142,6 +169,9 @@ impl DriftDetector {
             config,
             history: VecDeque::new(),
             nodes: vec![NodeState::default(); nodes],
+            spare: Vec::new(),
+            windowed: Vec::new(),
+            peers: Peers::default(),
         }
     }
 
@@ -171,24 +201,33 @@ impl DriftDetector {
             self.reset(samples.len());
         }
         let now = Instant::now();
-        self.history.push_back((now, samples.to_vec()));
+        let mut copy = std::mem::take(&mut self.spare);
+        copy.clear();
+        copy.extend_from_slice(samples);
+        self.history.push_back((now, copy));
         while self
             .history
             .get(1)
             .is_some_and(|(at, _)| now.saturating_duration_since(*at) >= self.config.window)
         {
-            self.history.pop_front();
+            if let Some((_, dropped)) = self.history.pop_front() {
+                self.spare = dropped;
+            }
         }
-        let windowed: Vec<Windowed> = match self.history.front() {
-            Some((_, oldest)) if self.history.len() > 1 => oldest
-                .iter()
-                .zip(samples)
-                .map(|(old, new)| Windowed::between(old, new))
-                .collect(),
+        let mut windowed = std::mem::take(&mut self.windowed);
+        windowed.clear();
+        match self.history.front() {
+            Some((_, oldest)) if self.history.len() > 1 => windowed.extend(
+                oldest
+                    .iter()
+                    .zip(samples)
+                    .map(|(old, new)| Windowed::between(old, new)),
+            ),
             // One sample spans no time: nothing to judge yet.
-            _ => Vec::new(),
-        };
-        let peers = Peers::of(&windowed, self.config.min_requests.max(1));
+            _ => {}
+        }
+        let mut peers = std::mem::take(&mut self.peers);
+        peers.fill(&windowed, self.config.min_requests.max(1));
         let mut changes = Vec::new();
         for node in 0..self.nodes.len() {
             let (apart, figures) = match windowed.get(node) {
@@ -233,6 +272,8 @@ impl DriftDetector {
                 }
             }
         }
+        self.windowed = windowed;
+        self.peers = peers;
         changes
     }
 
@@ -245,22 +286,24 @@ impl DriftDetector {
     /// of each, as of the last tick; `None` for an unknown node or before the
     /// window spans any time.
     pub fn figures(&self, node: usize) -> Option<DriftFigures> {
-        self.nodes.get(node).and_then(|s| s.figures)
+        self.nodes
+            .get(node)
+            .and_then(|s| s.figures.map(|f| f.public()))
     }
 
     /// Whether node `me` stands apart from its peers now, and its figures.
-    fn judge(&self, me: &Windowed, peers: &Peers) -> (Option<DriftReason>, DriftFigures) {
+    fn judge(&self, me: &Windowed, peers: &Peers) -> (Option<DriftReason>, Figures) {
         let min = self.config.min_requests.max(1);
         // `me` counts among the qualifying values only with enough traffic.
         let counted = me.requests >= min;
         let (error_peers, peer_error) = peers.errors.without(counted.then_some(me.error_rate));
         let (latency_peers, peer_latency) =
             peers.latencies.without(me.latency_us.filter(|_| counted));
-        let figures = DriftFigures {
+        let figures = Figures {
             error_rate: me.error_rate,
             peer_error_rate: peer_error.unwrap_or(0.0),
-            mean_latency: micros(me.latency_us.unwrap_or(0.0)),
-            peer_mean_latency: micros(peer_latency.unwrap_or(0.0)),
+            latency_us: me.latency_us.unwrap_or(0.0),
+            peer_latency_us: peer_latency.unwrap_or(0.0),
         };
         if me.requests < min {
             return (None, figures);
@@ -288,29 +331,39 @@ impl DriftDetector {
 /// Every qualifying node's figures, sorted once per tick, so that each
 /// node's peers' median (all of them but itself) is a lookup rather than a
 /// sort: O(n log n) a tick instead of O(n² log n) for a pool of n nodes.
+#[derive(Debug, Default)]
 struct Peers {
     errors: Sorted,
     latencies: Sorted,
 }
 
 impl Peers {
-    /// Nodes with at least `min` requests in the window.
-    fn of(windowed: &[Windowed], min: u64) -> Self {
+    /// Holds the figures of the nodes with at least `min` requests in the
+    /// window.
+    fn fill(&mut self, windowed: &[Windowed], min: u64) {
         let judged = || windowed.iter().filter(|w| w.requests >= min);
-        Self {
-            errors: Sorted::new(judged().map(|w| w.error_rate).collect()),
-            latencies: Sorted::new(judged().filter_map(|w| w.latency_us).collect()),
-        }
+        self.errors.fill(judged().map(|w| w.error_rate));
+        self.latencies.fill(judged().filter_map(|w| w.latency_us));
     }
 }
 
 /// Values in ascending order.
+#[derive(Debug, Default)]
 struct Sorted(Vec<f64>);
 
 impl Sorted {
-    fn new(mut values: Vec<f64>) -> Self {
-        values.sort_by(f64::total_cmp);
-        Self(values)
+    #[cfg(test)]
+    fn new(values: Vec<f64>) -> Self {
+        let mut sorted = Self::default();
+        sorted.fill(values.into_iter());
+        sorted
+    }
+
+    /// Holds `values`, sorted.
+    fn fill(&mut self, values: impl Iterator<Item = f64>) {
+        self.0.clear();
+        self.0.extend(values);
+        self.0.sort_by(f64::total_cmp);
     }
 
     /// How many values remain without one occurrence of `mine` (when it is
