@@ -170,3 +170,12 @@ async fn without_a_total_timeout_only_the_idle_bound_applies() {
     assert!(error.is_none(), "{error:?}");
     assert_eq!(read, 20);
 }
+
+/// The sizes the layout of these bodies is chosen for: a response that is
+/// moved inline (at most 128 bytes), a request that memcpy moves by its
+/// path for up to 256.
+#[test]
+fn a_response_and_a_request_stay_within_their_move_sizes() {
+    assert!(std::mem::size_of::<Response<ProxyBody>>() <= 128);
+    assert!(std::mem::size_of::<Request<RequestBody>>() <= 256);
+}

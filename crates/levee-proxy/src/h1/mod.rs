@@ -399,8 +399,8 @@ where
     let mut encoder = encode::head(parts, length, &mut c.write);
     // A kept body goes out with the head, in one write.
     if let (RequestBody::Kept(kept), Encoder::Length(n)) = (&mut body, encoder) {
-        if let Some(data) = kept.take_if(|d| d.len() as u64 == n) {
-            conn.data = data;
+        if !kept.is_empty() && kept.len() as u64 == n {
+            conn.data = std::mem::take(kept);
             encoder = Encoder::Length(0);
         }
     }
@@ -496,9 +496,9 @@ where
     let parsed = match (result, head) {
         (Ok(parsed), head) => (parsed, head),
         (Err(e), Some(parts)) if !conn.written => {
-            let mut body = conn.body.take().unwrap_or(RequestBody::Kept(None));
+            let mut body = conn.body.take().unwrap_or(RequestBody::Kept(Bytes::new()));
             if !conn.data.is_empty() {
-                body = RequestBody::Kept(Some(std::mem::take(&mut conn.data)));
+                body = RequestBody::Kept(std::mem::take(&mut conn.data));
             }
             let request = Box::new(Request::from_parts(parts, body));
             return (Err(SendError::Unsent(request, e)), None);

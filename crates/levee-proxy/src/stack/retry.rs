@@ -481,7 +481,7 @@ where
                 StepProj::Reading { read } => match ready!(read.as_mut().poll(cx)) {
                     Ok(body) => {
                         this.tries.body = match body {
-                            RequestBody::Kept(data) => Outgoing::Kept(data.unwrap_or_default()),
+                            RequestBody::Kept(data) => Outgoing::Kept(data),
                             started => Outgoing::Stream(Some(started)),
                         };
                         next_try(this.tries, this.inner)
