@@ -50,8 +50,14 @@ pub fn build<B>(head: Bytes, req: &mut Request<B>) -> Result<Facts, Violation> {
         b"HTTP/1.0" => Version::HTTP_10,
         _ => return Err(Violation::BadVersion),
     };
-    let target = head.slice(line.start + sp1 + 1..line.start + sp2);
-    let uri = Uri::from_maybe_shared(target).map_err(|_| Violation::BadTarget)?;
+    let target = line.start + sp1 + 1..line.start + sp2;
+    // `/` is the URI a request starts with: no slice of the head (a count
+    // up and down) to parse for the commonest target.
+    let uri = if head[target.clone()] == *b"/" {
+        Uri::default()
+    } else {
+        Uri::from_maybe_shared(head.slice(target)).map_err(|_| Violation::BadTarget)?
+    };
     // Sized once: a line per field (the final empty line aside), and room
     // for the headers the edge adds for the node.
     let fields = memchr_iter(b'\n', &head[lines.at..]).count();
