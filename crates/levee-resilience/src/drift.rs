@@ -95,28 +95,7 @@ struct NodeState {
     anomalous: bool,
     apart_since: Option<Instant>,
     calm_since: Option<Instant>,
-    figures: Option<Figures>,
-}
-
-/// [`DriftFigures`] as a tick finds them, latencies in microseconds: made
-/// into durations only when asked for, not for every node every tick.
-#[derive(Debug, Clone, Copy)]
-struct Figures {
-    error_rate: f64,
-    peer_error_rate: f64,
-    latency_us: f64,
-    peer_latency_us: f64,
-}
-
-impl Figures {
-    fn public(&self) -> DriftFigures {
-        DriftFigures {
-            error_rate: self.error_rate,
-            peer_error_rate: self.peer_error_rate,
-            mean_latency: micros(self.latency_us),
-            peer_mean_latency: micros(self.peer_latency_us),
-        }
-    }
+    figures: Option<DriftFigures>,
 }
 
 /// One node's deltas over the window.
@@ -286,24 +265,22 @@ impl DriftDetector {
     /// of each, as of the last tick; `None` for an unknown node or before the
     /// window spans any time.
     pub fn figures(&self, node: usize) -> Option<DriftFigures> {
-        self.nodes
-            .get(node)
-            .and_then(|s| s.figures.map(|f| f.public()))
+        self.nodes.get(node).and_then(|s| s.figures)
     }
 
     /// Whether node `me` stands apart from its peers now, and its figures.
-    fn judge(&self, me: &Windowed, peers: &Peers) -> (Option<DriftReason>, Figures) {
+    fn judge(&self, me: &Windowed, peers: &Peers) -> (Option<DriftReason>, DriftFigures) {
         let min = self.config.min_requests.max(1);
         // `me` counts among the qualifying values only with enough traffic.
         let counted = me.requests >= min;
         let (error_peers, peer_error) = peers.errors.without(counted.then_some(me.error_rate));
         let (latency_peers, peer_latency) =
             peers.latencies.without(me.latency_us.filter(|_| counted));
-        let figures = Figures {
+        let figures = DriftFigures {
             error_rate: me.error_rate,
             peer_error_rate: peer_error.unwrap_or(0.0),
-            latency_us: me.latency_us.unwrap_or(0.0),
-            peer_latency_us: peer_latency.unwrap_or(0.0),
+            mean_latency: micros(me.latency_us.unwrap_or(0.0)),
+            peer_mean_latency: micros(peer_latency.unwrap_or(0.0)),
         };
         if me.requests < min {
             return (None, figures);
