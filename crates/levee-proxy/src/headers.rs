@@ -24,7 +24,8 @@ const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection")
 const MAX_REQUEST_ID_LEN: usize = 128;
 
 /// The fixed hop-by-hop set (RFC 9110 §7.6.1 and the common non-standard ones).
-const HOP_BY_HOP: [HeaderName; 7] = [
+/// Tested by [`is_hop_by_hop`]; the array is for removal, which is rare.
+static HOP_BY_HOP: [HeaderName; 7] = [
     CONNECTION,
     KEEP_ALIVE,
     PROXY_CONNECTION,
@@ -37,11 +38,24 @@ const HOP_BY_HOP: [HeaderName; 7] = [
 /// Whether `headers` holds any of the fixed hop-by-hop set (`Upgrade` and
 /// `Connection` among them): one pass over the names, no hashing. Most
 /// messages carry none of them, and with no `Connection` header nothing
-/// else can be hop-by-hop. Inlined: the set's names are then constants to
-/// the compiler, compared without a call, and the array is never built.
-#[inline]
+/// else can be hop-by-hop.
 pub fn has_hop_by_hop(headers: &HeaderMap) -> bool {
-    headers.keys().any(|name| HOP_BY_HOP.contains(name))
+    headers.keys().any(is_hop_by_hop)
+}
+
+/// Whether `name` is one of [`HOP_BY_HOP`]: by its text, length first.
+/// Comparing `HeaderName`s instead builds and drops the set's names (two
+/// are not standard names, so dropping them is not free) at every use.
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    let name = name.as_str();
+    match name.len() {
+        2 => name == "te",
+        7 => name == "upgrade" || name == "trailer",
+        10 => name == "connection" || name == "keep-alive",
+        16 => name == "proxy-connection",
+        17 => name == "transfer-encoding",
+        _ => false,
+    }
 }
 
 /// Removes hop-by-hop headers: the fixed set and every header `Connection`
@@ -73,8 +87,8 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) -> bool {
             headers.remove(name);
         }
     }
-    for name in HOP_BY_HOP {
-        if headers.contains_key(&name) {
+    for name in &HOP_BY_HOP {
+        if headers.contains_key(name) {
             headers.remove(name);
         }
     }
@@ -328,6 +342,23 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
     use http::header::HOST;
+
+    #[test]
+    fn the_hop_by_hop_test_matches_the_set_and_nothing_else() {
+        for name in &HOP_BY_HOP {
+            assert!(is_hop_by_hop(name), "{name}");
+        }
+        for other in [
+            "host",
+            "content-length",
+            "x-te",
+            "upgrades",
+            "trailers",
+            "ta",
+        ] {
+            assert!(!is_hop_by_hop(&HeaderName::from_static(other)), "{other}");
+        }
+    }
 
     #[test]
     fn strips_fixed_and_connection_named_headers() {
