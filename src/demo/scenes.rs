@@ -277,7 +277,7 @@ pub async fn bad_node(duration: Duration) -> anyhow::Result<Verdict> {
     let levee = Levee::start(config(&cfg, "demo:bad-node-writes", &[&nodes])?).await?;
     let b = base(&levee);
     let bad_node = levee.telemetry.topology().backends[0].nodes[5].clone();
-    let bad_stats = Arc::clone(&bad_node.stats);
+    let bad_stats = bad_node.stats.clone();
     let bad_state = Arc::clone(&bad_node.state);
     let before = nodes[5].stats().requests;
     let eject = watch_ejection(bad_node, 1, duration);

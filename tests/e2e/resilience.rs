@@ -636,7 +636,7 @@ async fn a_node_failing_a_fifth_of_requests_is_flagged_anomalous() {
     let levee = start_levee(&cfg, &[&addrs(&pool)]).await;
     let client = client();
     let topo = levee.telemetry.topology();
-    let watched = std::sync::Arc::clone(&topo.backends[0].nodes[5].stats);
+    let watched = topo.backends[0].nodes[5].stats.clone();
     let run = traffic::drive(
         &client,
         Method::GET,

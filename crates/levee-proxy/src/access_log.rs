@@ -22,12 +22,13 @@ use http::header::{HeaderValue, HOST};
 use http::{Method, Request, Uri, Version};
 use http_body::Body as _;
 use levee_config::AccessTarget;
-use levee_telemetry::{ErrorReason, NodeStats};
+use levee_telemetry::ErrorReason;
 use tokio::time::Instant;
 use tracing::warn;
 
 use crate::gate::is_tchar;
 use crate::headers::X_REQUEST_ID;
+use crate::nodes::NodeHot;
 use crate::state::ProxyState;
 
 /// Lines waiting for the writer; past this, lines are dropped.
@@ -171,7 +172,7 @@ impl Writer {
 /// The node that answered (or last failed), for the log.
 #[derive(Debug, Clone)]
 pub struct UpstreamInfo {
-    pub node: Arc<NodeStats>,
+    pub node: Arc<NodeHot>,
     /// Tries the request made, this one included.
     pub attempts: u8,
     /// From sending to the node's response headers; `None` without them.

@@ -10,6 +10,7 @@
 //! (1 + FAILURE_WEIGHT × failure odds) / slow-start weight`.
 
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use levee_config::LoadBalancing;
@@ -32,22 +33,39 @@ const DEFAULT_LATENCY_US: f64 = 1_000.0;
 /// that a node failing its writes loses write traffic while keeping its
 /// share of reads.
 ///
-/// It is what selection reads of a node, in one aligned slot (two cache
-/// lines, which the adjacent-line prefetcher loads as a pair): with 1,000
+/// It is what selection reads of a node, in one cache line: with 1,000
 /// nodes every pick meets cold nodes, and each further allocation it read
 /// would be a further miss. So the node's slow-start weight is copied here
-/// from its ramp ([`LoadEstimate::mirror_ramp`]), and the scores of the
+/// from its ramp ([`LoadEstimate::mirror_ramp`]), the scores of the
 /// classes routes name, which a new class list starts afresh while the
-/// slot stays (its in-flight count must), are apart ([`NamedFailures`]).
+/// slot stays (its in-flight count must), are apart ([`NamedFailures`]),
+/// and its time stamps count from one origin for all ([`origin`]).
 #[derive(Debug)]
-#[repr(align(128))]
+#[repr(C, align(64))]
 pub struct LoadEstimate {
     in_flight: AtomicI64,
     ramp: RampMirror,
-    origin: Instant,
     latency: Decaying,
     /// The `safe` and `unsafe` classes' scores (their indices never change).
     failure: [Decaying; 2],
+}
+
+const _: () = assert!(std::mem::size_of::<LoadEstimate>() == 64);
+
+/// Where every estimate's time stamps count from: an hour before the first
+/// estimate was made, so that no clock an estimate is fed from reads
+/// earlier (tokio's paused clock, in tests, starts at its runtime's start).
+fn origin() -> Instant {
+    static ORIGIN: OnceLock<Instant> = OnceLock::new();
+    *ORIGIN.get_or_init(|| {
+        let now = Instant::now();
+        now.checked_sub(Duration::from_secs(3600)).unwrap_or(now)
+    })
+}
+
+/// Microseconds from [`origin`] to `at`.
+fn stamp(at: Instant) -> u64 {
+    at.saturating_duration_since(origin()).as_micros() as u64
 }
 
 /// A node's failure scores of the traffic classes routes name (class 2 on).
@@ -55,8 +73,11 @@ pub struct LoadEstimate {
 pub struct NamedFailures(Box<[Decaying]>);
 
 impl NamedFailures {
-    pub fn new(classes: usize) -> Self {
-        Self((2..classes).map(|_| Decaying::new(0.0)).collect())
+    /// Scores for `classes`, as if last updated at `since`: when the node's
+    /// load estimate was made, whose own scores start there too.
+    pub fn new(classes: usize, since: Instant) -> Self {
+        let since = stamp(since);
+        Self((2..classes).map(|_| Decaying::new(0.0, since)).collect())
     }
 }
 
@@ -76,7 +97,7 @@ impl RampMirror {
     }
 }
 
-/// A value and the time (µs from the origin) it was last updated.
+/// A value and the time (µs from [`origin`]) it was last updated.
 #[derive(Debug)]
 struct Decaying {
     value: AtomicU64,
@@ -84,10 +105,10 @@ struct Decaying {
 }
 
 impl Decaying {
-    fn new(value: f64) -> Self {
+    fn new(value: f64, now_us: u64) -> Self {
         Self {
             value: AtomicU64::new(value.to_bits()),
-            stamp_us: AtomicU64::new(0),
+            stamp_us: AtomicU64::new(now_us),
         }
     }
 
@@ -114,13 +135,15 @@ impl Decaying {
 }
 
 impl Default for LoadEstimate {
+    /// A new node's: its first observation decays the defaults by the time
+    /// since it was made.
     fn default() -> Self {
+        let now = stamp(Instant::now());
         Self {
             in_flight: AtomicI64::new(0),
             ramp: RampMirror(AtomicU64::new(RampMirror::encode(1.0, false))),
-            origin: Instant::now(),
-            latency: Decaying::new(DEFAULT_LATENCY_US),
-            failure: [Decaying::new(0.0), Decaying::new(0.0)],
+            latency: Decaying::new(DEFAULT_LATENCY_US, now),
+            failure: [Decaying::new(0.0, now), Decaying::new(0.0, now)],
         }
     }
 }
@@ -185,7 +208,7 @@ impl LoadEstimate {
         rtt: Duration,
         failed: bool,
     ) {
-        let now = now.saturating_duration_since(self.origin).as_micros() as u64;
+        let now = stamp(now);
         let prev = self.latency.get();
         let rtt_us = rtt.as_micros() as f64;
         // Peak EWMA: jump up to a worse latency at once, decay down slowly.
@@ -669,7 +692,7 @@ mod tests {
     async fn failures_of_one_class_do_not_penalise_another() {
         let l = LoadEstimate::default();
         // safe, unsafe and two classes routes name.
-        let named = NamedFailures::new(4);
+        let named = NamedFailures::new(4, Instant::now());
         for _ in 0..20 {
             l.observe(&named, Instant::now(), 1, Duration::from_millis(1), true);
             l.observe(&named, Instant::now(), 3, Duration::from_millis(1), true);

@@ -13,7 +13,9 @@ use levee_config::{BackendConfig, RetryConfig, SheddingConfig, WhenAllDown};
 use levee_resilience::{
     AdaptiveLimit, Bulkhead, DriftConfig, DriftDetector, LimitPolicy, RetryBudget,
 };
-use levee_telemetry::{BackendStats, BackendTopology, NameTopology, NodeTopology, NodeView};
+use levee_telemetry::{
+    BackendStats, BackendTopology, NameTopology, NodeTopology, NodeView, SharedNodeStats,
+};
 
 use tokio::time::Instant;
 use tracing::warn;
@@ -218,7 +220,7 @@ impl Backend {
                 .nodes()
                 .iter()
                 .map(|n| NodeTopology {
-                    stats: Arc::clone(&n.stats),
+                    stats: SharedNodeStats::new(Arc::clone(&n.stats)),
                     state: Arc::clone(n) as Arc<dyn NodeView>,
                 })
                 .collect(),

@@ -27,8 +27,8 @@ pub use heartbeat::Heartbeat;
 pub use stats::{
     BackendEvent, BackendStats, BackendTopology, BreakerMove, BreakerView, DnsStats, ErrorReason,
     LatencyHistogram, NameTopology, NodeStats, NodeTopology, NodeView, OutcomeCounters,
-    RateLimitTopology, RouteStats, StatusClass, Topology, TunnelClose, TunnelStats,
-    LATENCY_BUCKETS,
+    RateLimitTopology, RouteStats, SharedNodeStats, StatusClass, Topology, TunnelClose,
+    TunnelStats, LATENCY_BUCKETS,
 };
 pub use tls::TlsHandshakeFailure;
 

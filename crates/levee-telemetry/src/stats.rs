@@ -166,13 +166,14 @@ impl StatusClass {
 }
 
 /// Responses by status class and levee errors by reason. The status
-/// classes, which every response counts, come last: beside the latency
-/// histogram that follows them in [`NodeStats`].
+/// classes, which every response counts, come first, and the reasons,
+/// which only errors count, are apart: so that in [`NodeStats`] the
+/// classes and the latency histogram that follows them share a cache line.
 #[derive(Debug, Default)]
 #[repr(C)]
 pub struct OutcomeCounters {
-    by_reason: [AtomicU64; ErrorReason::ALL.len()],
     by_class: [AtomicU64; 5],
+    by_reason: Box<[AtomicU64; ErrorReason::ALL.len()]>,
 }
 
 impl OutcomeCounters {
@@ -203,12 +204,12 @@ pub const LATENCY_BUCKETS: [f64; 14] = [
 ];
 
 /// A Prometheus-style histogram of atomics (no lock per observation).
-/// The count and sum come first, beside the fastest buckets, which most
-/// observations land in.
+/// The sum comes first, beside the fastest buckets, which most
+/// observations land in; the count is the buckets' sum, not a counter
+/// of its own that each observation would also write.
 #[derive(Debug, Default)]
 #[repr(C)]
 pub struct LatencyHistogram {
-    count: AtomicU64,
     sum_us: AtomicU64,
     /// Per-bucket (not cumulative) counts; the last slot is +Inf.
     buckets: [AtomicU64; LATENCY_BUCKETS.len() + 1],
@@ -222,13 +223,12 @@ impl LatencyHistogram {
             .position(|bound| secs <= *bound)
             .unwrap_or(LATENCY_BUCKETS.len());
         self.buckets[slot].fetch_add(1, Ordering::Relaxed);
-        self.count.fetch_add(1, Ordering::Relaxed);
         let us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
         self.sum_us.fetch_add(us, Ordering::Relaxed);
     }
 
     pub fn count(&self) -> u64 {
-        self.count.load(Ordering::Relaxed)
+        self.buckets.iter().map(|b| b.load(Ordering::Relaxed)).sum()
     }
 
     pub fn sum_seconds(&self) -> f64 {
@@ -257,11 +257,11 @@ impl LatencyHistogram {
 ///
 /// With many nodes each request meets its node's counters cold, and fewer
 /// cache lines are fewer misses: what every answered call counts (a status
-/// class, then a latency's count, sum and, for a fast call, its bucket)
-/// lies in one aligned pair of cache lines, which the adjacent-line
-/// prefetcher loads together (`HOT_COUNTERS` checks it at compile time).
+/// class, then a latency's sum and, for a call within a millisecond, its
+/// bucket) lies in its first 64 bytes (`HOT_COUNTERS` checks it at compile
+/// time), which the data plane keeps beside the node's load estimate.
 #[derive(Debug)]
-#[repr(C, align(128))]
+#[repr(C, align(64))]
 pub struct NodeStats {
     pub outcomes: OutcomeCounters,
     pub latency: LatencyHistogram,
@@ -270,15 +270,11 @@ pub struct NodeStats {
     pub addr: String,
 }
 
-/// Where a node's status class counters start and where its latency
-/// buckets up to 10 ms end, within one aligned 128 bytes of [`NodeStats`].
-const HOT_COUNTERS: (usize, usize) = (
-    std::mem::offset_of!(NodeStats, outcomes) + std::mem::offset_of!(OutcomeCounters, by_class),
-    std::mem::offset_of!(NodeStats, latency)
-        + std::mem::offset_of!(LatencyHistogram, buckets)
-        + 4 * std::mem::size_of::<AtomicU64>(),
-);
-const _: () = assert!(HOT_COUNTERS.0 / 128 == (HOT_COUNTERS.1 - 1) / 128);
+/// Where a node's latency bucket up to 1 ms ends: within its first 64 bytes.
+const HOT_COUNTERS: usize = std::mem::offset_of!(NodeStats, latency)
+    + std::mem::offset_of!(LatencyHistogram, buckets)
+    + std::mem::size_of::<AtomicU64>();
+const _: () = assert!(std::mem::offset_of!(NodeStats, outcomes) == 0 && HOT_COUNTERS <= 64);
 
 impl NodeStats {
     pub fn new(backend: &str, addr: &str) -> Self {
@@ -576,8 +572,33 @@ pub struct NameTopology {
 /// data plane's decision state.
 #[derive(Debug, Clone)]
 pub struct NodeTopology {
-    pub stats: Arc<NodeStats>,
+    pub stats: SharedNodeStats,
     pub state: Arc<dyn NodeView>,
+}
+
+/// A node's counters, shared with the data plane, which may keep them in
+/// a larger allocation (beside what it reads of the node on each request).
+#[derive(Clone)]
+pub struct SharedNodeStats(Arc<dyn AsRef<NodeStats> + Send + Sync>);
+
+impl SharedNodeStats {
+    pub fn new(stats: Arc<impl AsRef<NodeStats> + Send + Sync + 'static>) -> Self {
+        Self(stats)
+    }
+}
+
+impl std::ops::Deref for SharedNodeStats {
+    type Target = NodeStats;
+
+    fn deref(&self) -> &NodeStats {
+        (*self.0).as_ref()
+    }
+}
+
+impl std::fmt::Debug for SharedNodeStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&**self, f)
+    }
 }
 
 /// What the data plane lets the admin listener see of a node's decision

@@ -30,7 +30,7 @@ use http::{Method, Request, Response, Version};
 use http_body::Body as _;
 use levee_config::WhenAllDown;
 use levee_resilience::{BulkheadFull, BulkheadPermit, Deadline, Phase};
-use levee_telemetry::{BackendEvent, ErrorReason, NodeStats};
+use levee_telemetry::{BackendEvent, ErrorReason};
 use tokio::time::Sleep;
 use tower::{Layer, Service};
 
@@ -44,6 +44,7 @@ use crate::body::{
 };
 use crate::error::ProxyError;
 use crate::headers;
+use crate::nodes::NodeHot;
 use crate::upstream::Backend;
 
 /// Adds [`Retry`].
@@ -353,7 +354,7 @@ fn finish(t: &mut Tries, answer: Answer) -> Response<ProxyBody> {
 /// What the access log says of the node tried last, when the log is on.
 fn logged(
     t: &Tries,
-    node: &Arc<NodeStats>,
+    node: &Arc<NodeHot>,
     headers_after: Option<Duration>,
 ) -> Option<Box<UpstreamInfo>> {
     t.req.state.access_log.as_ref()?;
