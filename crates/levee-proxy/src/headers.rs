@@ -262,55 +262,59 @@ pub fn request_host<'a>(host: Option<&'a HeaderValue>, uri: &'a http::Uri) -> Op
 /// (empty is allowed, as RFC 3986 allows it). Everything accepted is also
 /// a valid `http::uri::Authority`. Reads bytes only; never allocates.
 pub fn valid_host(v: &[u8]) -> bool {
-    let (host_ok, port) = match v.strip_prefix(b"[") {
+    match v.strip_prefix(b"[") {
         Some(rest) => {
             let Some(end) = rest.iter().position(|&b| b == b']') else {
                 return false;
             };
             let literal = std::str::from_utf8(&rest[..end])
                 .is_ok_and(|text| text.parse::<std::net::Ipv6Addr>().is_ok());
-            match &rest[end + 1..] {
-                [] => (literal, None),
-                [b':', port @ ..] => (literal, Some(port)),
-                _ => return false,
-            }
+            literal
+                && match &rest[end + 1..] {
+                    [] => true,
+                    [b':', port @ ..] => valid_port(port),
+                    _ => false,
+                }
         }
-        None => match v.iter().position(|&b| b == b':') {
-            Some(colon) => (valid_name(&v[..colon]), Some(&v[colon + 1..])),
-            None => (valid_name(v), None),
-        },
-    };
-    host_ok
-        && port.is_none_or(|p| {
-            p.len() <= 5
-                && p.iter()
-                    .try_fold(0u32, |n, &d| {
-                        d.is_ascii_digit().then(|| n * 10 + u32::from(d - b'0'))
-                    })
-                    .is_some_and(|n| n <= 65535)
-        })
-}
-
-/// A host name or IPv4 address: unreserved characters, no empty label
-/// except after a final dot.
-fn valid_name(name: &[u8]) -> bool {
-    let mut previous = b'.';
-    for &b in name {
-        if !UNRESERVED[b as usize] || (b == b'.' && previous == b'.') {
-            return false;
-        }
-        previous = b;
+        None => valid_name_and_port(v),
     }
-    !name.is_empty()
 }
 
-/// RFC 3986's unreserved characters, one lookup per byte of every Host.
-static UNRESERVED: [bool; 256] = {
+/// A host name or IPv4 address (unreserved characters, no empty label
+/// except after a final dot), then an optional `:port`: one pass over the
+/// name, which ends at the first colon. A dot is looked at only as one.
+fn valid_name_and_port(v: &[u8]) -> bool {
+    for (i, &b) in v.iter().enumerate() {
+        if LABEL[b as usize] {
+            continue;
+        }
+        match b {
+            b'.' if i > 0 && v[i - 1] != b'.' => {}
+            b':' if i > 0 => return valid_port(&v[i + 1..]),
+            _ => return false,
+        }
+    }
+    !v.is_empty()
+}
+
+/// Up to five digits, at most 65535; empty is allowed, as RFC 3986 allows it.
+fn valid_port(p: &[u8]) -> bool {
+    p.len() <= 5
+        && p.iter()
+            .try_fold(0u32, |n, &d| {
+                d.is_ascii_digit().then(|| n * 10 + u32::from(d - b'0'))
+            })
+            .is_some_and(|n| n <= 65535)
+}
+
+/// RFC 3986's unreserved characters but the dot (a label's), one lookup
+/// per byte of every Host.
+static LABEL: [bool; 256] = {
     let mut table = [false; 256];
     let mut b = 0;
     while b < 256 {
         let c = b as u8;
-        table[b] = c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~');
+        table[b] = c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'~');
         b += 1;
     }
     table
