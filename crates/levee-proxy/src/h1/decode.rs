@@ -2,13 +2,11 @@
 //! framing (§6.3), the same rules hyper's HTTP/1 client applies, on bytes
 //! already read (no I/O here).
 
-use std::mem::MaybeUninit;
-
 use bytes::{Buf as _, Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Version};
 
-use super::names;
+use super::{names, scan};
 
 /// The largest response head levee reads: hyper's default buffer bound,
 /// which is what it answered before.
@@ -83,61 +81,79 @@ pub struct Parsed {
 /// responses other than 101: `None` until a whole head has been read. The
 /// head is taken out of `buf`; what follows stays.
 pub fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Parsed>, HeadError> {
+    // Until a whole head has been read, or past the bound.
+    let partial = |buf: &BytesMut| {
+        if buf.len() >= MAX_HEAD {
+            Err(HeadError::TooLarge)
+        } else {
+            Ok(None)
+        }
+    };
     loop {
-        // Uninitialised: not 3 KiB of zeroes per response.
-        let mut headers = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
-        let mut res = httparse::Response::new(&mut []);
-        let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
-            &mut res,
-            buf,
-            &mut headers,
-        );
-        let len = match parsed? {
-            httparse::Status::Complete(len) => len,
-            httparse::Status::Partial if buf.len() >= MAX_HEAD => return Err(HeadError::TooLarge),
-            httparse::Status::Partial => return Ok(None),
+        // The head's end is found first, by its line ends, so that a final
+        // response's values can be slices of one copy of it, made before
+        // they are read.
+        let whole = scan::end(buf);
+        let head = &buf[..whole.map_or(buf.len(), |(end, _)| end)];
+        let Some(status_line) = scan::status_line(head)? else {
+            return partial(buf);
         };
-        if len > MAX_HEAD {
-            return Err(HeadError::TooLarge);
-        }
-        let code = res.code.ok_or(HeadError::Status)?;
-        let status = StatusCode::from_u16(code).map_err(|_| HeadError::Status)?;
-        if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
-            buf.advance(len);
-            continue;
-        }
-        let version = if res.version == Some(1) {
+        let status = StatusCode::from_u16(status_line.code)
+            .ok()
+            .filter(|s| !s.is_informational() || *s == StatusCode::SWITCHING_PROTOCOLS);
+        let (status, end, count) = match (status, whole) {
+            (Some(status), Some((end, count))) if end <= MAX_HEAD => (status, end, count),
+            _ => {
+                // Read only for its errors: refused, or an interim
+                // response to skip.
+                let scanned = names::RESPONSES
+                    .with_borrow_mut(|names| scan::fields(head, status_line.len, names, |_, _| {}));
+                let Some(len) = scanned? else {
+                    return partial(buf);
+                };
+                if len > MAX_HEAD {
+                    return Err(HeadError::TooLarge);
+                }
+                let status =
+                    StatusCode::from_u16(status_line.code).map_err(|_| HeadError::Status)?;
+                if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
+                    buf.advance(len);
+                    continue;
+                }
+                (status, len, 0)
+            }
+        };
+        let version = if status_line.http11 {
             Version::HTTP_11
         } else {
             Version::HTTP_10
         };
         // One copy of the head, sized to it: the read buffer stays the
         // connection's own, to be reused by the next response.
-        let bytes = Bytes::copy_from_slice(&buf[..len]);
-        let base = buf.as_ptr() as usize;
-        // httparse gives an empty reason phrase (none, or one of obs-text)
-        // as a `""` of its own, not a slice of `buf`.
-        let copied = |s: &[u8]| {
-            if s.is_empty() {
-                return Bytes::new();
-            }
-            let at = s.as_ptr() as usize - base;
-            bytes.slice(at..at + s.len())
-        };
-        let mut map = HeaderMap::with_capacity(res.headers.len());
+        let bytes = Bytes::copy_from_slice(&buf[..end]);
+        let mut map = HeaderMap::with_capacity(count.min(MAX_HEADERS));
         let mut keep_alive = version == Version::HTTP_11;
         let mut close = false;
         // The framing lines present, noted on the way: most heads have a
         // Content-Length and no Transfer-Encoding, and neither is then
         // looked up by name.
         let mut lines = FramingLines::default();
-        names::RESPONSES.with_borrow_mut(|names| {
-            for (i, h) in res.headers.iter().enumerate() {
-                let name = names
-                    .name(i, h.name.as_bytes())
-                    .map_err(|_| HeadError::Header("name"))?;
-                let value = HeaderValue::from_maybe_shared(copied(h.value))
-                    .map_err(|_| HeadError::Header("value"))?;
+        // The first line http refuses (a name too long for it), reported
+        // only if the head's syntax is sound, as before.
+        let mut refused = None;
+        let scanned = names::RESPONSES.with_borrow_mut(|names| {
+            scan::fields(&bytes, status_line.len, names, |name, at| {
+                if refused.is_some() {
+                    return;
+                }
+                let Ok(name) = name else {
+                    refused = Some(HeadError::Header("name"));
+                    return;
+                };
+                let Ok(value) = HeaderValue::from_maybe_shared(bytes.slice(at)) else {
+                    refused = Some(HeadError::Header("value"));
+                    return;
+                };
                 if name == TRANSFER_ENCODING {
                     lines.last_te_chunked = Some(last_is_chunked(&value));
                 } else if name == CONTENT_LENGTH {
@@ -152,13 +168,18 @@ pub fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Parsed>,
                     }
                 }
                 map.append(name, value);
-            }
-            Ok::<_, HeadError>(())
+            })
         })?;
-        let reason = res.reason.unwrap_or_default();
+        // Whole already (`end` says so), the head cannot come out partial.
+        let Some(len) = scanned else {
+            return partial(buf);
+        };
+        if let Some(refused) = refused {
+            return Err(refused);
+        }
         let canonical = status.canonical_reason().unwrap_or_default();
-        let reason = (reason != canonical)
-            .then(|| hyper::ext::ReasonPhrase::try_from(copied(reason.as_bytes())).ok())
+        let reason = (bytes[status_line.reason.clone()] != *canonical.as_bytes())
+            .then(|| hyper::ext::ReasonPhrase::try_from(bytes.slice(status_line.reason)).ok())
             .flatten();
         buf.advance(len);
         let (framing, upgrade) = framing(status, version, lines, method)?;

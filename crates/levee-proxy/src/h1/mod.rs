@@ -19,6 +19,7 @@ mod encode;
 mod names;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod pieces;
+mod scan;
 pub mod server;
 
 use std::cell::RefCell;

@@ -32,6 +32,15 @@ impl Names {
         }
     }
 
+    /// The name of field line `i` when `line` starts with the spelling
+    /// remembered for it and a colon: that spelling's length and its name.
+    /// No byte of such a name needs checking: the spelling was a valid one.
+    pub fn known(&self, i: usize, line: &[u8]) -> Option<(usize, HeaderName)> {
+        let (seen, name) = self.slots.get(i)?.as_ref()?;
+        (line.get(seen.len()) == Some(&b':') && line.starts_with(seen))
+            .then(|| (seen.len(), name.clone()))
+    }
+
     /// The name of field line `i`, spelled `raw`.
     pub fn name(&mut self, i: usize, raw: &[u8]) -> Result<HeaderName, InvalidHeaderName> {
         let Some(slot) = self.slots.get_mut(i) else {
