@@ -10,9 +10,9 @@ use memchr::{memchr, memchr_iter};
 use crate::gate::Violation;
 use crate::h1::names::{self, Names};
 
-/// Headers the edge adds to a request for its node (forwarding headers, a
-/// request id, a Host from an absolute target).
-const EDGE_ADDS: usize = 6;
+/// Headers the edge adds to a request for its node (three forwarding
+/// headers, a request id, a Host from an absolute target).
+const EDGE_ADDS: usize = 5;
 
 /// What the connection needs to know of a request to answer it.
 #[derive(Debug, Clone, Copy)]
@@ -58,9 +58,11 @@ pub fn build<B>(head: Bytes, req: &mut Request<B>) -> Result<Facts, Violation> {
     } else {
         Uri::from_maybe_shared(head.slice(target)).map_err(|_| Violation::BadTarget)?
     };
-    // Sized once: a line per field (the final empty line aside), and room
-    // for the headers the edge adds for the node.
-    let fields = memchr_iter(b'\n', &head[lines.at..]).count();
+    // Sized once: a line per field (the count less the final empty line),
+    // and room for the headers the edge adds for the node.
+    let fields = memchr_iter(b'\n', &head[lines.at..])
+        .count()
+        .saturating_sub(1);
     let mut headers = HeaderMap::with_capacity(fields + EDGE_ADDS);
     let seen = names::REQUESTS.with_borrow_mut(|names| fill(&mut headers, names, &head, lines))?;
     let keep_alive = match version {
