@@ -175,12 +175,14 @@ pub struct Node {
 }
 
 /// What a request reads and writes of its node, in one aligned pair of
-/// cache lines (which the adjacent-line prefetcher loads together): the
-/// load estimate, which selection reads of each candidate, then the
-/// counters the chosen node's call adds to. With 1,000 nodes the node a
-/// request is given is cold; its counters beside its load cost no further
-/// miss. A reload carries it over with the node (as it did each part). It
-/// derefs to the counters, which is what all but selection read of it.
+/// cache lines: the load estimate, which selection reads of each
+/// candidate, then the counters the chosen node's call adds to. With 1,000
+/// nodes the node a request is given is cold; what a call answered within
+/// a millisecond counts (status class, latency sum, fastest bucket) lies
+/// on the line after the load estimate, slower buckets on the next. A
+/// reload carries it over
+/// with the node (as it did each part). It derefs to the counters, which is
+/// what all but selection read of it.
 #[derive(Debug)]
 #[repr(C, align(128))]
 pub struct NodeHot {
