@@ -273,6 +273,13 @@ fn sighup_and_file_changes_reload_the_running_binary() {
     let mut levee = Running::start(&file, dir.path("levee.log"));
     let answers = || http_get(listen, "/").map(|(code, _)| code) == Some(200);
     assert!(within(Duration::from_secs(10), answers), "levee answers");
+    // The admin listener is bound after the workers start: the proxy may
+    // answer before it does.
+    assert!(
+        within(Duration::from_secs(10), || status_of(admin).is_some()),
+        "the admin listener answers /status: {:?}",
+        http_get(admin, "/status")
+    );
     let status = status_of(admin).unwrap();
     assert_eq!(status["config"]["hash"], hash(&one_route).as_str());
     assert_eq!(status["config"]["reloads"]["success"], 0);
