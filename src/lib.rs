@@ -144,6 +144,12 @@ impl Levee {
             let max = config.server.max_connections;
             max / workers + usize::from(i < max % workers)
         };
+        // The admin listener answers before the proxy does, so a probe that
+        // finds the proxy port open also finds /healthz (and /readyz says
+        // "not ready" until every worker runs). A worker failing to start
+        // drops it, which stops it.
+        let admin = spawn_admin(&config, &telemetry)?;
+        let admin_addr = admin.local_addr();
         let mut started = Vec::with_capacity(workers);
         for (i, listener) in listeners.into_iter().enumerate() {
             let (ready_tx, ready_rx) = oneshot::channel();
@@ -173,8 +179,6 @@ impl Levee {
             });
         }
 
-        let admin = spawn_admin(&config, &telemetry)?;
-        let admin_addr = admin.local_addr();
         telemetry.set_ready(true);
         info!(%proxy_addr, tls_addr = tls_addr.map(tracing::field::display), %admin_addr, workers, version = %config.version, "levee is serving");
         Ok(Levee {
