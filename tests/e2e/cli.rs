@@ -273,8 +273,8 @@ fn sighup_and_file_changes_reload_the_running_binary() {
     let mut levee = Running::start(&file, dir.path("levee.log"));
     let answers = || http_get(listen, "/").map(|(code, _)| code) == Some(200);
     assert!(within(Duration::from_secs(10), answers), "levee answers");
-    // The admin listener is bound after the workers start: the proxy may
-    // answer before it does.
+    // A bounded wait, not an assumption: the admin listener is bound before
+    // the workers, but this test must not depend on that order.
     assert!(
         within(Duration::from_secs(10), || status_of(admin).is_some()),
         "the admin listener answers /status: {:?}",
