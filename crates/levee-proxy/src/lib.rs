@@ -46,6 +46,7 @@ pub mod clock;
 pub mod connection;
 pub mod dns;
 pub mod error;
+mod find;
 pub mod gate;
 pub mod h1;
 pub mod headers;

@@ -36,6 +36,8 @@ pub enum Framing {
 pub struct Head {
     /// Its length in bytes, up to and including the final empty line.
     pub len: usize,
+    /// Its field lines.
+    pub fields: usize,
     pub framing: Framing,
     /// It asks for a protocol switch (`Upgrade`, or `CONNECT`): what
     /// follows it is not known to be HTTP/1 until its response is.
@@ -71,7 +73,7 @@ impl HeadScan {
     pub fn scan(&mut self, buf: &[u8], limits: &Limits) -> Result<Option<Head>, Violation> {
         loop {
             let rest = &buf[self.scanned..];
-            let Some(lf) = memchr::memchr(b'\n', rest) else {
+            let Some(lf) = crate::find::byte(b'\n', rest) else {
                 return self.incomplete(buf.len(), rest, limits).map(|()| None);
             };
             // First the checks an unfinished line gets, so that the verdict
@@ -207,6 +209,7 @@ impl HeadScan {
         };
         Ok(Head {
             len,
+            fields: self.lines,
             framing,
             upgrade: self.upgrade,
         })

@@ -25,6 +25,7 @@ fn a_valid_head_and_its_framing() {
         head,
         Some(Head {
             len: 43,
+            fields: 2,
             framing: Framing::Empty,
             upgrade: false
         })

@@ -66,7 +66,7 @@ pub fn end(buf: &[u8]) -> Option<(usize, usize)> {
     }
     let mut lines = 0;
     loop {
-        at += memchr::memchr(b'\n', buf.get(at..)?)? + 1;
+        at += crate::find::byte(b'\n', buf.get(at..)?)? + 1;
         match buf.get(at)? {
             b'\n' => return Some((at + 1, lines)),
             b'\r' if *buf.get(at + 1)? == b'\n' => return Some((at + 2, lines)),

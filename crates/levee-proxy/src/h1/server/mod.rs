@@ -272,7 +272,7 @@ where
         }
     };
     let mut req = Request::new(body);
-    let facts = match request::build(head_bytes, &mut req) {
+    let facts = match request::build(head_bytes, head.fields, &mut req) {
         Ok(facts) => facts,
         // The gate validated the head: not reached.
         Err(_) => return Next::Abort,

@@ -10,10 +10,11 @@ use http::Request;
 use super::{request, Decode, ReadError};
 use crate::gate::Violation;
 
-/// The request the server builds from `head`, a head the gate accepted.
+/// The request the server builds from `head`, a head the gate accepted
+/// (its header map sized for no field: a hint, as the gate's count is).
 pub fn request_of(head: &[u8]) -> Result<Request<()>, Violation> {
     let mut req = Request::new(());
-    request::build(Bytes::copy_from_slice(head), &mut req)?;
+    request::build(Bytes::copy_from_slice(head), 0, &mut req)?;
     Ok(req)
 }
 

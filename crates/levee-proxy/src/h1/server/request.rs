@@ -5,8 +5,8 @@
 use bytes::Bytes;
 use http::header::{HeaderValue, CONNECTION, EXPECT};
 use http::{HeaderMap, Method, Request, Uri, Version};
-use memchr::{memchr, memchr_iter};
 
+use crate::find;
 use crate::gate::Violation;
 use crate::h1::names::{self, Names};
 
@@ -27,10 +27,11 @@ pub struct Facts {
 }
 
 /// Fills `req` (its body already set) with the request of `head` (a whole,
-/// valid head, leading empty lines included). In place: a request is a few
-/// hundred bytes, and returned it would be copied out and again into the
-/// caller's.
-pub fn build<B>(head: Bytes, req: &mut Request<B>) -> Result<Facts, Violation> {
+/// valid head, leading empty lines included) of `fields` field lines (as the
+/// gate counted them; the header map is sized for them). In place: a
+/// request is a few hundred bytes, and returned it would be copied out and
+/// again into the caller's.
+pub fn build<B>(head: Bytes, fields: usize, req: &mut Request<B>) -> Result<Facts, Violation> {
     let mut lines = Lines { head: &head, at: 0 };
     let line = loop {
         match lines.next() {
@@ -40,8 +41,8 @@ pub fn build<B>(head: Bytes, req: &mut Request<B>) -> Result<Facts, Violation> {
         }
     };
     let text = &head[line.clone()];
-    let sp1 = memchr(b' ', text).ok_or(Violation::BadRequestLine)?;
-    let sp2 = memchr(b' ', &text[sp1 + 1..])
+    let sp1 = find::byte(b' ', text).ok_or(Violation::BadRequestLine)?;
+    let sp2 = find::byte(b' ', &text[sp1 + 1..])
         .map(|i| sp1 + 1 + i)
         .ok_or(Violation::BadRequestLine)?;
     let method = Method::from_bytes(&text[..sp1]).map_err(|_| Violation::BadMethod)?;
@@ -58,11 +59,8 @@ pub fn build<B>(head: Bytes, req: &mut Request<B>) -> Result<Facts, Violation> {
     } else {
         Uri::from_maybe_shared(head.slice(target)).map_err(|_| Violation::BadTarget)?
     };
-    // Sized once: a line per field (the count less the final empty line),
-    // and room for the headers the edge adds for the node.
-    let fields = memchr_iter(b'\n', &head[lines.at..])
-        .count()
-        .saturating_sub(1);
+    // Sized once: a line per field, and room for the headers the edge adds
+    // for the node.
     let mut headers = HeaderMap::with_capacity(fields + EDGE_ADDS);
     let seen = names::REQUESTS.with_borrow_mut(|names| fill(&mut headers, names, &head, lines))?;
     let keep_alive = match version {
@@ -108,7 +106,7 @@ fn fill(
             break;
         }
         let text = &head[line.clone()];
-        let colon = memchr(b':', text).ok_or(Violation::BadFieldName)?;
+        let colon = find::byte(b':', text).ok_or(Violation::BadFieldName)?;
         let name = names
             .name(i, &text[..colon])
             .map_err(|_| Violation::BadFieldName)?;
@@ -146,8 +144,8 @@ fn lists(value: &HeaderValue, token: &[u8]) -> bool {
         .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
 }
 
-/// The lines of a head, without their CRLF, as ranges of it; found with
-/// `memchr`, as the gate found them, rather than a byte at a time.
+/// The lines of a head, without their CRLF, as ranges of it; found as the
+/// gate found them ([`find::byte`]).
 struct Lines<'a> {
     head: &'a [u8],
     at: usize,
@@ -158,7 +156,7 @@ impl Iterator for Lines<'_> {
 
     fn next(&mut self) -> Option<Self::Item> {
         let rest = self.head.get(self.at..)?;
-        let lf = memchr(b'\n', rest)?;
+        let lf = find::byte(b'\n', rest)?;
         let start = self.at;
         self.at += lf + 1;
         Some(start..start + lf.saturating_sub(1))

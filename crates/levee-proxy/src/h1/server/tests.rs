@@ -748,7 +748,7 @@ fn a_request_is_built_from_its_head_without_a_second_parse() {
         b"\r\nPOST /p?q=1 HTTP/1.0\r\nHost:  example.com \r\nConnection: Keep-Alive\r\nX-A: 1\r\nx-a: 2\r\n\r\n",
     );
     let mut req = http::Request::new(());
-    let facts = request::build(head, &mut req).unwrap();
+    let facts = request::build(head, 4, &mut req).unwrap();
     assert_eq!(req.method(), Method::POST);
     assert_eq!(req.uri(), "/p?q=1");
     assert_eq!(req.version(), Version::HTTP_10);
