@@ -74,6 +74,71 @@ async fn a_client_request_id_is_kept_end_to_end() {
     levee.shutdown().await;
 }
 
+/// A client that sends no `X-Forwarded-*` line (levee then writes its own
+/// after the request's lines instead of putting them in the header map):
+/// every try the nodes get, a retry's included, carries each line once, from
+/// HTTP/1 and HTTP/2 clients alike.
+#[tokio::test]
+async fn forwarded_lines_reach_every_try_once_when_the_client_sent_none() {
+    let failing = node(Behavior::Status {
+        code: 503,
+        share: 1.0,
+        methods: None,
+    })
+    .await;
+    let healthy = node(Behavior::Healthy { body_bytes: 3 }).await;
+    let levee = start_levee(ONE_ROUTE, &[&[failing.addr(), healthy.addr()]]).await;
+    let authority = levee.proxy_addr.to_string();
+    let h1 = client();
+    // Until the failing node has had a try (then retried on the other):
+    // p2c picks it about every other request.
+    for i in 0..40 {
+        let got = send(
+            &h1,
+            request(Method::GET, &url(&levee, &format!("/h1/{i}"))),
+            Duration::from_secs(5),
+        )
+        .await;
+        assert_eq!(got.status, StatusCode::OK, "retried on the healthy node");
+        if !failing.recorded().is_empty() {
+            break;
+        }
+    }
+    assert!(
+        !failing.recorded().is_empty(),
+        "a try reached the failing node"
+    );
+    let h2 = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<Full<Bytes>>();
+    let got = send(
+        &h2,
+        request(Method::GET, &url(&levee, "/h2")),
+        Duration::from_secs(5),
+    )
+    .await;
+    assert_eq!(got.status, StatusCode::OK);
+
+    let tries: Vec<_> = failing
+        .recorded()
+        .into_iter()
+        .chain(healthy.recorded())
+        .collect();
+    assert!(tries.iter().any(|t| t.uri.path() == "/h2"));
+    for t in &tries {
+        let h = &t.headers;
+        for (name, value) in [
+            ("x-forwarded-for", "127.0.0.1"),
+            ("x-forwarded-proto", "http"),
+            ("x-forwarded-host", authority.as_str()),
+        ] {
+            let values: Vec<_> = h.get_all(name).iter().collect();
+            assert_eq!(values, [value], "{name} on {}", t.uri);
+        }
+    }
+    levee.shutdown().await;
+}
+
 #[tokio::test]
 async fn serves_http2_prior_knowledge_clients_and_speaks_http1_to_nodes() {
     let app = node(Behavior::Healthy { body_bytes: 5 }).await;

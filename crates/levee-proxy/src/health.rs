@@ -121,7 +121,7 @@ async fn probe(client: &NodePool, uri: &Uri, cfg: &HealthCheckConfig, http1: boo
         return false;
     };
     let call = async {
-        let resp = client.send(req, false).await.ok()?;
+        let resp = client.send(req, None, false).await.ok()?;
         let status = resp.status().as_u16();
         resp.into_body().collect().await.ok()?;
         Some(status)

@@ -52,6 +52,7 @@ use tracing::debug;
 use crate::body::RequestBody;
 use crate::clock;
 use crate::h1::{self, HeadError, SendError};
+use crate::headers::Forwarded;
 use crate::node_io::{ConnectError, NodeConnector, NodeStream};
 
 /// How a pool keeps its connections.
@@ -157,6 +158,9 @@ pub type NodeUpgrade = h1::Upgrade<NodeStream>;
 pub struct ResponseFuture {
     inner: Arc<Inner>,
     state: State,
+    /// Written by each HTTP/1 try of the request (a pooled connection that
+    /// turns out closed sends it again on a new one).
+    forwarded: Option<Forwarded>,
     head_back: bool,
 }
 
@@ -227,7 +231,7 @@ impl ResponseFuture {
                         return Poll::Ready((Err(spent()), None));
                     };
                     let checkin = Checkin(Arc::downgrade(&self.inner));
-                    let send = h1::send(h1::Conn::new(io), *req, checkin);
+                    let send = h1::send(h1::Conn::new(io), *req, self.forwarded.as_ref(), checkin);
                     self.state = State::New(send.head_back(self.head_back));
                 }
                 State::New(send) => {
@@ -369,21 +373,31 @@ impl NodePool {
     /// the response headers. Its URI is as the node takes it: origin form
     /// for HTTP/1, absolute with the node's authority for HTTP/2
     /// ([`crate::stack::balance`] aims it).
+    /// `forwarded`: its `X-Forwarded-*` lines when its headers lack them.
     /// With `head_back`, an HTTP/1 exchange gives the request head back
     /// ([`ResponseFuture::poll_exchange`]).
-    pub fn send(&self, req: Request<RequestBody>, head_back: bool) -> ResponseFuture {
+    pub fn send(
+        &self,
+        mut req: Request<RequestBody>,
+        forwarded: Option<Forwarded>,
+        head_back: bool,
+    ) -> ResponseFuture {
         let inner = Arc::clone(&self.inner);
         let state = if inner.config.http2 {
+            if let Some(f) = &forwarded {
+                f.apply(req.headers_mut());
+            }
             State::H2(Box::pin(Arc::clone(&inner).send_h2(req)))
         } else if let Some(conn) = inner.checkout_h1() {
             let checkin = Checkin(Arc::downgrade(&inner));
-            State::Reused(h1::send(conn, req, checkin).head_back(head_back))
+            State::Reused(h1::send(conn, req, forwarded.as_ref(), checkin).head_back(head_back))
         } else {
             State::connect(&inner, Box::new(req))
         };
         ResponseFuture {
             inner,
             state,
+            forwarded,
             head_back,
         }
     }

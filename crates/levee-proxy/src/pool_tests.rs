@@ -209,7 +209,7 @@ fn get(pool: &NodePool, addr: SocketAddr, path: &str) -> Request<RequestBody> {
 
 /// Sends a GET and reads the whole answer.
 async fn fetch(pool: &NodePool, addr: SocketAddr, path: &str) -> Result<Bytes, PoolError> {
-    let resp = tokio::time::timeout(WAIT, pool.send(get(pool, addr, path), false))
+    let resp = tokio::time::timeout(WAIT, pool.send(get(pool, addr, path), None, false))
         .await
         .unwrap()?;
     assert_eq!(resp.status(), 200);
@@ -232,7 +232,10 @@ async fn sequential_requests_share_one_connection() {
 async fn a_connection_is_reused_only_once_its_body_has_ended() {
     let (addr, counts, feed) = node(false).await;
     let pool = pool(addr, 4, false);
-    let streaming = pool.send(get(&pool, addr, "/stream"), false).await.unwrap();
+    let streaming = pool
+        .send(get(&pool, addr, "/stream"), None, false)
+        .await
+        .unwrap();
     feed.send(Bytes::from_static(b"part")).await.unwrap();
     // The first connection is still carrying its body: a second one opens.
     assert_eq!(fetch(&pool, addr, "/").await.unwrap(), "ok");
@@ -251,7 +254,10 @@ async fn a_connection_is_reused_only_once_its_body_has_ended() {
 async fn max_idle_bounds_the_connections_kept() {
     let (addr, counts, feed) = node(false).await;
     let pool = pool(addr, 1, false);
-    let streaming = pool.send(get(&pool, addr, "/stream"), false).await.unwrap();
+    let streaming = pool
+        .send(get(&pool, addr, "/stream"), None, false)
+        .await
+        .unwrap();
     assert_eq!(fetch(&pool, addr, "/").await.unwrap(), "ok");
     drop(feed);
     streaming.into_body().collect().await.unwrap();
@@ -293,7 +299,10 @@ async fn idle_connections_close_after_the_idle_timeout() {
 async fn idle_connections_expire_oldest_first() {
     let (addr, counts, feed) = node(false).await;
     let pool = pool(addr, 4, false);
-    let streaming = pool.send(get(&pool, addr, "/stream"), false).await.unwrap();
+    let streaming = pool
+        .send(get(&pool, addr, "/stream"), None, false)
+        .await
+        .unwrap();
     assert_eq!(fetch(&pool, addr, "/").await.unwrap(), "ok");
     assert_eq!(pool.idle(), 1);
     tokio::time::sleep(Duration::from_secs(10)).await;
@@ -336,7 +345,7 @@ async fn a_response_framed_two_ways_closes_its_connection() {
         b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n";
     let (addr, counts) = raw_node(vec![Some(both), Some(OK)], None).await;
     let pool = pool(addr, 4, false);
-    let err = tokio::time::timeout(WAIT, pool.send(get(&pool, addr, "/"), false))
+    let err = tokio::time::timeout(WAIT, pool.send(get(&pool, addr, "/"), None, false))
         .await
         .unwrap()
         .unwrap_err();

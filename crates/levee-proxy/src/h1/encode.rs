@@ -7,6 +7,8 @@ use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::request::Parts;
 use http::{HeaderValue, Method, Version};
 
+use crate::headers::Forwarded;
+
 /// How the request body goes out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Encoder {
@@ -25,8 +27,14 @@ pub enum BodyLength {
 }
 
 /// Writes the head of `parts` to `dst` (its headers adjusted to the framing
-/// chosen) and returns how the body is to be framed.
-pub fn head(parts: &mut Parts, body: BodyLength, dst: &mut Vec<u8>) -> Encoder {
+/// chosen), then the `forwarded` lines, and returns how the body is to be
+/// framed.
+pub fn head(
+    parts: &mut Parts,
+    body: BodyLength,
+    forwarded: Option<&Forwarded>,
+    dst: &mut Vec<u8>,
+) -> Encoder {
     let encoder = set_length(parts, body);
     dst.extend_from_slice(parts.method.as_str().as_bytes());
     dst.push(b' ');
@@ -45,6 +53,9 @@ pub fn head(parts: &mut Parts, body: BodyLength, dst: &mut Vec<u8>) -> Encoder {
         dst.extend_from_slice(b": ");
         dst.extend_from_slice(value.as_bytes());
         dst.extend_from_slice(b"\r\n");
+    }
+    if let Some(forwarded) = forwarded {
+        forwarded.write(dst);
     }
     dst.extend_from_slice(b"\r\n");
     encoder

@@ -37,6 +37,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_util::io::poll_read_buf;
 
 use crate::body::{ClientBodyError, RequestBody};
+use crate::headers::Forwarded;
 pub use decode::{BodyError, HeadError, MAX_HEAD};
 use decode::{Decoded, Decoder, Parsed};
 
@@ -377,9 +378,15 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
 
 /// Sends `req` on `conn` and waits for the response head. `reuse` takes
 /// the connection back once the response body has ended (at once when it
-/// has none). The head is written into the connection's buffer here; the
-/// future writes it out and reads the answer.
-pub fn send<IO, R>(mut conn: Box<Conn<IO>>, req: Request<RequestBody>, reuse: R) -> Sending<IO, R>
+/// has none). The head, with the `forwarded` lines after the request's
+/// own, is written into the connection's buffer here; the future writes
+/// it out and reads the answer.
+pub fn send<IO, R>(
+    mut conn: Box<Conn<IO>>,
+    req: Request<RequestBody>,
+    forwarded: Option<&Forwarded>,
+    reuse: R,
+) -> Sending<IO, R>
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -397,7 +404,7 @@ where
     // few hundred bytes, each move of it a copy.
     let c = &mut *conn;
     let parts = c.head.insert(parts);
-    let mut encoder = encode::head(parts, length, &mut c.write);
+    let mut encoder = encode::head(parts, length, forwarded, &mut c.write);
     // A kept body goes out with the head, in one write.
     if let (RequestBody::Kept(kept), Encoder::Length(n)) = (&mut body, encoder) {
         if !kept.is_empty() && kept.len() as u64 == n {

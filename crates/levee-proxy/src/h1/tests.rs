@@ -396,7 +396,7 @@ proptest! {
 fn encoded(req: Request<()>, body: BodyLength) -> (String, Encoder) {
     let (mut parts, ()) = req.into_parts();
     let mut dst = Vec::new();
-    let enc = encode::head(&mut parts, body, &mut dst);
+    let enc = encode::head(&mut parts, body, None, &mut dst);
     (String::from_utf8(dst).unwrap(), enc)
 }
 
@@ -488,7 +488,7 @@ async fn read_request(node: &mut DuplexStream, body: usize) -> String {
 async fn a_connection_goes_back_once_its_body_ends() {
     let (client, mut node) = tokio::io::duplex(64);
     let kept = Kept::default();
-    let call = tokio::spawn(send(Conn::new(client), get("/one"), kept.clone()));
+    let call = tokio::spawn(send(Conn::new(client), get("/one"), None, kept.clone()));
     assert_eq!(
         read_request(&mut node, 0).await,
         "GET /one HTTP/1.1\r\nhost: node\r\n\r\n"
@@ -505,7 +505,7 @@ async fn a_connection_goes_back_once_its_body_ends() {
     let mut conn = kept.take().expect("handed back");
     assert!(conn.is_open());
     // The same connection carries the next request.
-    let call = tokio::spawn(send(conn, get("/two"), kept.clone()));
+    let call = tokio::spawn(send(conn, get("/two"), None, kept.clone()));
     assert!(read_request(&mut node, 0).await.starts_with("GET /two "));
     node.write_all(b"HTTP/1.1 204 No Content\r\n\r\n")
         .await
@@ -528,7 +528,7 @@ async fn connections_that_cannot_carry_another_request_are_dropped() {
     ] {
         let (client, mut node) = tokio::io::duplex(1024);
         let kept = Kept::default();
-        let call = tokio::spawn(send(Conn::new(client), get("/"), kept.clone()));
+        let call = tokio::spawn(send(Conn::new(client), get("/"), None, kept.clone()));
         read_request(&mut node, 0).await;
         node.write_all(answer).await.unwrap();
         let resp = call.await.unwrap().unwrap();
@@ -541,7 +541,7 @@ async fn connections_that_cannot_carry_another_request_are_dropped() {
 async fn a_close_delimited_body_ends_with_the_connection() {
     let (client, mut node) = tokio::io::duplex(1024);
     let kept = Kept::default();
-    let call = tokio::spawn(send(Conn::new(client), get("/"), kept.clone()));
+    let call = tokio::spawn(send(Conn::new(client), get("/"), None, kept.clone()));
     read_request(&mut node, 0).await;
     node.write_all(b"HTTP/1.1 200 OK\r\n\r\nall of it")
         .await
@@ -559,7 +559,7 @@ async fn a_kept_body_goes_with_its_head() {
     let req = Request::post("/p")
         .body(RequestBody::kept(Bytes::from_static(b"payload")))
         .unwrap();
-    let call = tokio::spawn(send(Conn::new(client), req, Kept::default()));
+    let call = tokio::spawn(send(Conn::new(client), req, None, Kept::default()));
     let seen = read_request(&mut node, 7).await;
     assert_eq!(seen, "POST /p HTTP/1.1\r\ncontent-length: 7\r\n\r\npayload");
     node.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
@@ -575,7 +575,7 @@ async fn a_request_the_node_never_read_comes_back() {
     let req = Request::post("/p")
         .body(RequestBody::kept(Bytes::from_static(b"payload")))
         .unwrap();
-    match send(Conn::new(client), req, Kept::default()).await {
+    match send(Conn::new(client), req, None, Kept::default()).await {
         Err(SendError::Unsent(req, Error::Io(_))) => {
             let body = req.into_body().collect().await.unwrap().to_bytes();
             assert_eq!(body, "payload", "the body comes back whole");
@@ -587,7 +587,7 @@ async fn a_request_the_node_never_read_comes_back() {
 #[tokio::test]
 async fn a_node_that_closes_after_reading_the_request_fails_it_as_sent() {
     let (client, mut node) = tokio::io::duplex(1024);
-    let call = tokio::spawn(send(Conn::new(client), get("/"), Kept::default()));
+    let call = tokio::spawn(send(Conn::new(client), get("/"), None, Kept::default()));
     read_request(&mut node, 0).await;
     drop(node);
     let got = call.await.unwrap();
@@ -623,7 +623,7 @@ async fn a_node_connection_holds_a_read_buffer_only_while_it_holds_bytes() {
         "a read that found nothing gives its buffer back"
     );
     let kept = Kept::default();
-    let call = tokio::spawn(send(conn, get("/"), kept.clone()));
+    let call = tokio::spawn(send(conn, get("/"), None, kept.clone()));
     read_request(&mut node, 0).await;
     node.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
         .await
@@ -643,7 +643,7 @@ async fn a_node_connection_holds_a_read_buffer_only_while_it_holds_bytes() {
 async fn a_buffer_grown_for_a_large_body_is_not_kept_as_a_spare() {
     let (client, mut node) = tokio::io::duplex(64 * 1024);
     let kept = Kept::default();
-    let call = tokio::spawn(send(Conn::new(client), get("/"), kept.clone()));
+    let call = tokio::spawn(send(Conn::new(client), get("/"), None, kept.clone()));
     read_request(&mut node, 0).await;
     const LEN: usize = 48 * 1024;
     const PIECE: usize = 6 * 1024;
@@ -674,7 +674,7 @@ async fn a_buffer_grown_for_a_large_body_is_not_kept_as_a_spare() {
 #[tokio::test]
 async fn an_upgrade_hands_over_the_connection_with_what_followed_the_head() {
     let (client, mut node) = tokio::io::duplex(1024);
-    let call = tokio::spawn(send(Conn::new(client), get("/ws"), Kept::default()));
+    let call = tokio::spawn(send(Conn::new(client), get("/ws"), None, Kept::default()));
     read_request(&mut node, 0).await;
     node.write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\nearly")
         .await
@@ -716,7 +716,7 @@ async fn a_streamed_body_goes_chunked_and_on_while_the_response_is_read() {
     // A small pipe: the body cannot all be written before the node reads.
     let (client, mut node) = tokio::io::duplex(16);
     let kept = Kept::default();
-    let call = tokio::spawn(send(Conn::new(client), req, kept.clone()));
+    let call = tokio::spawn(send(Conn::new(client), req, None, kept.clone()));
     let head = read_request(&mut node, 0).await;
     assert!(head.contains("transfer-encoding: chunked\r\n"), "{head}");
     // The node answers before it has read the body...
@@ -747,7 +747,7 @@ async fn a_streamed_body_goes_chunked_and_on_while_the_response_is_read() {
 async fn a_body_of_known_length_already_sent_is_read_in_two_reads() {
     let (client, mut node) = tokio::io::duplex(128 * 1024);
     let kept = Kept::default();
-    let call = tokio::spawn(send(Conn::new(client), get("/big"), kept.clone()));
+    let call = tokio::spawn(send(Conn::new(client), get("/big"), None, kept.clone()));
     read_request(&mut node, 0).await;
     let body = vec![b'x'; 40_000];
     let mut answer = b"HTTP/1.1 200 OK\r\nContent-Length: 40000\r\n\r\n".to_vec();
@@ -773,7 +773,7 @@ async fn answer_of(
     len: usize,
 ) -> (usize, Box<Conn<DuplexStream>>) {
     let kept = Kept::default();
-    let call = tokio::spawn(send(conn, get("/"), kept.clone()));
+    let call = tokio::spawn(send(conn, get("/"), None, kept.clone()));
     read_request(node, 0).await;
     let mut answer = format!("HTTP/1.1 200 OK\r\nContent-Length: {len}\r\n\r\n").into_bytes();
     answer.resize(answer.len() + len, b'x');

@@ -20,6 +20,7 @@ use super::node::{NodeRequest, NotReplied, Replied};
 use crate::body::RequestBody;
 use crate::clock;
 use crate::error::ProxyError;
+use crate::headers::Forwarded;
 use crate::nodes::{InFlightGuard, Node, Outcome, Pick};
 use crate::pool::NodeBody;
 use crate::upstream::Backend;
@@ -77,6 +78,8 @@ pub struct Attempt {
     pub deadline: Deadline,
     /// Its URI holds the path and query; the node's authority is set here.
     pub request: Request<RequestBody>,
+    /// Its `X-Forwarded-*` lines when they are not in its headers.
+    pub forwarded: Option<Forwarded>,
     /// Ask the node client for the request head back, for a retry.
     pub head_back: bool,
 }
@@ -169,6 +172,7 @@ where
         let fut = self.inner.call(NodeRequest {
             node: Arc::clone(&pick.node),
             request: attempt.request,
+            forwarded: attempt.forwarded,
             deadline: attempt.deadline,
             head_back: attempt.head_back,
         });

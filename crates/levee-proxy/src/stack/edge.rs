@@ -25,7 +25,7 @@ use crate::access_log::{AccessEntry, UpstreamInfo};
 use crate::body::{ClientBody, ProxyBody};
 use crate::clock;
 use crate::error::ProxyError;
-use crate::headers::{self, Scheme, X_REQUEST_ID};
+use crate::headers::{self, Forwarded, Scheme, X_REQUEST_ID};
 use crate::state::Shared;
 
 /// Adds [`Edge`].
@@ -137,7 +137,7 @@ where
         let upgrade = websocket
             .then(|| parts.headers.get(UPGRADE).cloned())
             .flatten();
-        prepare_headers(
+        let forwarded = prepare_headers(
             &mut parts,
             host_line,
             &self.forwarded_for,
@@ -153,6 +153,7 @@ where
             backend: r.backend_index,
             route,
             parts,
+            forwarded,
             body,
             peer: self.peer,
             route_slot: None,
@@ -451,24 +452,36 @@ fn check_body_length(req: &Request<ClientBody>, limit: Option<u64>) -> Result<()
 /// authority (absolute-form, or HTTP/2 `:authority`) replaces any Host
 /// line (`host_line`, the request's one). `hop_by_hop`: the request has a
 /// hop-by-hop header to strip ([`headers::has_hop_by_hop`]).
+/// Rewrites the head for the node; the `X-Forwarded-*` lines come back
+/// apart when the client sent none ([`Forwarded`]), else they are set in the
+/// map.
 fn prepare_headers(
     parts: &mut http::request::Parts,
     host_line: Option<HeaderValue>,
     peer: &HeaderValue,
     scheme: Scheme,
     hop_by_hop: bool,
-) {
+) -> Option<Forwarded> {
     let (original_host, from_target) = match parts.uri.authority() {
         Some(a) => (HeaderValue::from_str(a.as_str()).ok(), true),
         None => (host_line, false),
     };
     let stripped = hop_by_hop && headers::strip_hop_by_hop(&mut parts.headers);
-    headers::set_forwarded_from(
-        &mut parts.headers,
-        peer,
-        scheme.as_str(),
-        original_host.as_ref(),
-    );
+    let forwarded = if Forwarded::fits(&parts.headers) {
+        Some(Forwarded {
+            peer: peer.clone(),
+            host: original_host.clone(),
+            scheme,
+        })
+    } else {
+        headers::set_forwarded_from(
+            &mut parts.headers,
+            peer,
+            scheme.as_str(),
+            original_host.as_ref(),
+        );
+        None
+    };
     match original_host {
         // HTTP/2 clients send :authority instead of Host, and an absolute-form
         // target overrides Host; an HTTP/1.1 node needs the one routed on. A
@@ -478,6 +491,7 @@ fn prepare_headers(
         }
         _ => {}
     }
+    forwarded
 }
 
 fn log_error(e: &ProxyError, headers: &http::HeaderMap, route: Option<&str>) {

@@ -72,7 +72,7 @@ use tower::{Layer, Service, ServiceBuilder};
 
 use crate::body::{ClientBody, ProxyBody};
 use crate::error::ProxyError;
-use crate::headers::Scheme;
+use crate::headers::{Forwarded, Scheme};
 use crate::state::{ProxyState, Route, Shared};
 use crate::upstream::Backend;
 
@@ -86,6 +86,8 @@ pub struct Routed(Box<RoutedRequest>);
 #[derive(Debug)]
 pub struct RoutedRequest {
     pub parts: http::request::Parts,
+    /// The `X-Forwarded-*` lines for the node when they are not in `parts`.
+    pub forwarded: Option<Forwarded>,
     pub body: ClientBody,
     pub peer: SocketAddr,
     /// The config version this request runs on, start to end.
@@ -138,6 +140,14 @@ impl RoutedRequest {
 
     pub fn backend(&self) -> &Backend {
         &self.state.backends[self.backend]
+    }
+
+    /// The value of header `name` as the node will get it.
+    pub fn header(&self, name: &http::HeaderName) -> Option<&http::HeaderValue> {
+        self.forwarded
+            .as_ref()
+            .and_then(|f| f.get(name))
+            .or_else(|| self.parts.headers.get(name))
     }
 }
 

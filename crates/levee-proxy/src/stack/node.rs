@@ -24,6 +24,7 @@ use tower::Service;
 use crate::body::{ClientBodyError, RequestBody};
 use crate::error::ProxyError;
 use crate::h1;
+use crate::headers::Forwarded;
 use crate::node_io::ConnectError;
 use crate::nodes::Node;
 use crate::pool::{NodeBody, NodeError, PoolError, ResponseFuture};
@@ -34,6 +35,8 @@ use crate::pool::{NodeBody, NodeError, PoolError, ResponseFuture};
 pub struct NodeRequest {
     pub node: Arc<Node>,
     pub request: Request<RequestBody>,
+    /// Its `X-Forwarded-*` lines when they are not in its headers.
+    pub forwarded: Option<Forwarded>,
     pub deadline: Deadline,
     /// Give the request head back, for a retry.
     pub head_back: bool,
@@ -115,7 +118,10 @@ impl Service<NodeRequest> for NodeCall {
     }
 
     fn call(&mut self, req: NodeRequest) -> NodeCallFuture {
-        let call = req.node.pool(self.worker).send(req.request, req.head_back);
+        let call = req
+            .node
+            .pool(self.worker)
+            .send(req.request, req.forwarded, req.head_back);
         NodeCallFuture {
             call,
             deadline: Some(self.spare.take(req.deadline.at())),

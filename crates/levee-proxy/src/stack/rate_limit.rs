@@ -70,7 +70,7 @@ impl Decision for RateLimitDecision {
         let key = match &rl.config.key {
             RateLimitKey::Route => ClientKey::Anonymous,
             RateLimitKey::Client => ClientKey::Addr(req.peer.ip().to_canonical()),
-            RateLimitKey::Header(name) => match req.parts.headers.get(name) {
+            RateLimitKey::Header(name) => match req.header(name) {
                 Some(value) => rl.limit.token_key(value.as_bytes()),
                 None => ClientKey::Anonymous,
             },

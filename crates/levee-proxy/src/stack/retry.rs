@@ -327,6 +327,12 @@ where
         ignore_state: t.req.ignore_state,
         deadline: t.req.deadline,
         request,
+        // The last try takes them; one that another may follow lends a copy.
+        forwarded: if head_back {
+            t.req.forwarded.clone()
+        } else {
+            t.req.forwarded.take()
+        },
         head_back,
     };
     Step::Calling {

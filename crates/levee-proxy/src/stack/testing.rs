@@ -127,6 +127,7 @@ pub fn routed(state: &Arc<ProxyState>, req: Request<ClientBody>) -> Routed {
         backend: r.backend_index,
         route,
         parts,
+        forwarded: None,
         body,
         peer: "127.0.0.1:5555".parse().unwrap(),
         state: Arc::clone(state),

@@ -630,3 +630,33 @@ async fn shares_are_of_the_current_limit() {
     shed(&state, "/normal", 0).await.unwrap();
     shed(&state, "/critical", 0).await.unwrap();
 }
+
+/// A layer below the edge (a rate limit keyed on a header) reads the
+/// `X-Forwarded-*` lines the edge kept apart as the node will get them.
+#[tokio::test]
+async fn a_routed_request_reads_its_forwarded_lines_as_the_node_gets_them() {
+    use crate::headers::{self, Forwarded, Scheme, X_FORWARDED_FOR, X_FORWARDED_HOST};
+    let state = testing::state(&config("fail"));
+    let mut req = routed(&state, Method::GET, "/").await;
+    req.parts
+        .headers
+        .insert("x-kept", http::HeaderValue::from_static("yes"));
+    assert_eq!(req.header(&X_FORWARDED_FOR), None);
+    req.forwarded = Some(Forwarded {
+        peer: headers::peer_value("10.1.2.3".parse().unwrap()),
+        host: None,
+        scheme: Scheme::Https,
+    });
+    assert_eq!(req.header(&X_FORWARDED_FOR).unwrap(), "10.1.2.3");
+    assert_eq!(
+        req.header(&http::HeaderName::from_static("x-forwarded-proto"))
+            .unwrap(),
+        "https"
+    );
+    assert_eq!(req.header(&X_FORWARDED_HOST), None);
+    assert_eq!(
+        req.header(&http::HeaderName::from_static("x-kept"))
+            .unwrap(),
+        "yes"
+    );
+}

@@ -107,6 +107,7 @@ fn attempt(backend: &Arc<Backend>, tried: &[usize], allow_probe: bool) -> Attemp
             .uri("/p/a?q=1")
             .body(RequestBody::kept(Bytes::new()))
             .unwrap(),
+        forwarded: None,
         head_back: false,
     }
 }

@@ -77,7 +77,14 @@ async fn run(
             seen.lock().unwrap().push(Seen {
                 method: req.parts.method.clone(),
                 uri: req.parts.uri.clone(),
-                headers: req.parts.headers.clone(),
+                // As the node gets them.
+                headers: {
+                    let mut h = req.parts.headers.clone();
+                    if let Some(f) = &req.forwarded {
+                        f.apply(&mut h);
+                    }
+                    h
+                },
                 route: req.route,
                 backend: req.backend,
                 class: req.class,

@@ -63,6 +63,7 @@ fn node_request(
     NodeRequest {
         node,
         request,
+        forwarded: None,
         deadline,
         head_back: false,
     }

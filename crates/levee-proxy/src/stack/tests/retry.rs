@@ -94,7 +94,14 @@ fn scripted(
                     class: attempt.class,
                     method: parts.method.clone(),
                     uri: parts.uri.clone(),
-                    headers: parts.headers.clone(),
+                    // As the node gets them.
+                    headers: {
+                        let mut h = parts.headers.clone();
+                        if let Some(f) = &attempt.forwarded {
+                            f.apply(&mut h);
+                        }
+                        h
+                    },
                     body,
                 });
                 seen.len() - 1
