@@ -26,11 +26,13 @@ pub struct Facts {
     pub expect_continue: bool,
 }
 
-/// Fills `req` (its body already set) with the request of `head` (a whole,
-/// valid head, leading empty lines included) of `fields` field lines (as the
-/// gate counted them; the header map is sized for them). In place: a
-/// request is a few hundred bytes, and returned it would be copied out and
-/// again into the caller's.
+/// Fills `req` (new from `Request::new`, its body set) with the request of
+/// `head` (a whole, valid head, leading empty lines included) of `fields`
+/// field lines (as the gate counted them; the header map is sized for
+/// them). In place: a request is a few hundred bytes, and returned it would
+/// be copied out and again into the caller's; and a new request's parts
+/// (GET, `/`, HTTP/1.1, no headers) that are already right are not
+/// replaced.
 pub fn build<B>(head: Bytes, fields: usize, req: &mut Request<B>) -> Result<Facts, Violation> {
     let mut lines = Lines { head: &head, at: 0 };
     let line = loop {
@@ -45,39 +47,44 @@ pub fn build<B>(head: Bytes, fields: usize, req: &mut Request<B>) -> Result<Fact
     let sp2 = find::byte(b' ', &text[sp1 + 1..])
         .map(|i| sp1 + 1 + i)
         .ok_or(Violation::BadRequestLine)?;
-    let method = Method::from_bytes(&text[..sp1]).map_err(|_| Violation::BadMethod)?;
+    // GET without a lookup of its name, and left as the new request has it.
+    let get = text[..sp1] == *b"GET";
+    if !get {
+        *req.method_mut() = Method::from_bytes(&text[..sp1]).map_err(|_| Violation::BadMethod)?;
+    }
     let version = match &text[sp2 + 1..] {
         b"HTTP/1.1" => Version::HTTP_11,
         b"HTTP/1.0" => Version::HTTP_10,
         _ => return Err(Violation::BadVersion),
     };
     let target = line.start + sp1 + 1..line.start + sp2;
-    // `/` is the URI a request starts with: no slice of the head (a count
-    // up and down) to parse for the commonest target.
-    let uri = if head[target.clone()] == *b"/" {
-        Uri::default()
-    } else {
-        Uri::from_maybe_shared(head.slice(target)).map_err(|_| Violation::BadTarget)?
-    };
+    // `/` is the URI a new request has: no slice of the head (a count up
+    // and down) to parse for the commonest target.
+    if head[target.clone()] != *b"/" {
+        *req.uri_mut() =
+            Uri::from_maybe_shared(head.slice(target)).map_err(|_| Violation::BadTarget)?;
+    }
+    if version != Version::HTTP_11 {
+        *req.version_mut() = version;
+    }
     // Sized once: a line per field, and room for the headers the edge adds
-    // for the node.
-    let mut headers = HeaderMap::with_capacity(fields + EDGE_ADDS);
-    let seen = names::REQUESTS.with_borrow_mut(|names| fill(&mut headers, names, &head, lines))?;
+    // for the node; in the request's own map, not one moved in over it.
+    let headers = req.headers_mut();
+    headers
+        .try_reserve(fields + EDGE_ADDS)
+        .map_err(|_| Violation::TooManyHeaders)?;
+    let seen = names::REQUESTS.with_borrow_mut(|names| fill(headers, names, &head, lines))?;
     let keep_alive = match version {
         Version::HTTP_11 => !seen.close,
         _ => seen.keep_alive,
     };
     let facts = Facts {
         version,
-        head: method == Method::HEAD,
-        connect: method == Method::CONNECT,
+        head: !get && req.method() == Method::HEAD,
+        connect: !get && req.method() == Method::CONNECT,
         keep_alive,
         expect_continue: version == Version::HTTP_11 && seen.expect_continue == Some(true),
     };
-    *req.method_mut() = method;
-    *req.uri_mut() = uri;
-    *req.version_mut() = version;
-    *req.headers_mut() = headers;
     Ok(facts)
 }
 

@@ -758,6 +758,63 @@ fn a_request_is_built_from_its_head_without_a_second_parse() {
     assert!(facts.keep_alive && !facts.head && !facts.connect);
 }
 
+/// The parts a new request already has (GET, `/`, HTTP/1.1) are kept, and
+/// every other method, target and version replaces them.
+#[test]
+fn a_request_keeps_or_replaces_each_part_of_a_new_one() {
+    let cases: [(&[u8], Method, &str, Version); 6] = [
+        (
+            b"GET / HTTP/1.1\r\nHost: a\r\n\r\n",
+            Method::GET,
+            "/",
+            Version::HTTP_11,
+        ),
+        (
+            b"GET /x HTTP/1.0\r\n\r\n",
+            Method::GET,
+            "/x",
+            Version::HTTP_10,
+        ),
+        (
+            b"HEAD / HTTP/1.1\r\n\r\n",
+            Method::HEAD,
+            "/",
+            Version::HTTP_11,
+        ),
+        (
+            b"get / HTTP/1.1\r\n\r\n",
+            Method::from_bytes(b"get").unwrap(),
+            "/",
+            Version::HTTP_11,
+        ),
+        (
+            b"GETS / HTTP/1.1\r\n\r\n",
+            Method::from_bytes(b"GETS").unwrap(),
+            "/",
+            Version::HTTP_11,
+        ),
+        (
+            b"CONNECT a:1 HTTP/1.1\r\n\r\n",
+            Method::CONNECT,
+            "a:1",
+            Version::HTTP_11,
+        ),
+    ];
+    for (head, method, uri, version) in cases {
+        let mut req = http::Request::new(());
+        // Only the first has a field line.
+        let fields = usize::from(head.starts_with(b"GET / "));
+        let facts = request::build(Bytes::copy_from_slice(head), fields, &mut req).unwrap();
+        assert_eq!(req.method(), method);
+        assert_eq!(req.uri(), uri);
+        assert_eq!(req.version(), version);
+        assert_eq!(facts.version, version);
+        assert_eq!(facts.head, method == Method::HEAD);
+        assert_eq!(facts.connect, method == Method::CONNECT);
+        assert_eq!(req.headers().len(), fields);
+    }
+}
+
 #[test]
 fn a_chunked_body_decodes_the_same_however_it_is_cut() {
     let body = b"3;x=y\r\nabc\r\n10\r\n0123456789abcdef\r\n0\r\nT: 1\r\n\r\nGET";
