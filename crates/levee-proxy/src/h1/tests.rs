@@ -13,7 +13,9 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _, DuplexStream};
 
 use super::decode::{parse_head, BodyError, Decoded, Decoder, Framing, HeadError, MAX_HEAD};
 use super::encode::{self, BodyLength, Encoder};
-use super::{send, Conn, Error, Reuse, SendError, SPARE, SPARE_BUFFERS, SPARE_MAX_BYTES};
+use super::{
+    send, Conn, Error, Reuse, SendError, SPARE, SPARE_BUFFERS, SPARE_MAX_BYTES, SPARE_WRITE,
+};
 use crate::body::RequestBody;
 
 fn head(bytes: &[u8], method: Method) -> Result<Option<super::decode::Parsed>, HeadError> {
@@ -637,6 +639,43 @@ async fn a_node_connection_holds_a_read_buffer_only_while_it_holds_bytes() {
         (1..=SPARE_BUFFERS).contains(&spare),
         "the buffer waits for the thread's next read: {spare}"
     );
+}
+
+#[tokio::test]
+async fn a_node_connection_holds_a_write_buffer_only_while_it_writes() {
+    // A node that takes eight bytes at a time: the head goes in many writes.
+    let (client, mut node) = tokio::io::duplex(8);
+    let kept = Kept::default();
+    let path = format!("/{}", "p".repeat(100));
+    let call = tokio::spawn(send(Conn::new(client), get(&path), None, kept.clone()));
+    assert_eq!(
+        read_request(&mut node, 0).await,
+        format!("GET {path} HTTP/1.1\r\nhost: node\r\n\r\n")
+    );
+    node.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        .await
+        .unwrap();
+    let resp = call.await.unwrap().unwrap();
+    assert_eq!(resp.into_body().collect().await.unwrap().to_bytes(), "ok");
+    let conn = kept.take().expect("handed back");
+    assert_eq!(
+        conn.write.capacity(),
+        0,
+        "idle in its pool: no write buffer"
+    );
+    let spare = SPARE_WRITE.take();
+    assert!(spare.is_empty() && spare.capacity() > 0, "{spare:?}");
+    let at = spare.as_ptr();
+    SPARE_WRITE.set(spare);
+    // The next request's head is encoded into the same buffer.
+    let call = tokio::spawn(send(conn, get("/two"), None, kept.clone()));
+    assert!(read_request(&mut node, 0).await.starts_with("GET /two "));
+    node.write_all(b"HTTP/1.1 204 No Content\r\n\r\n")
+        .await
+        .unwrap();
+    call.await.unwrap().unwrap();
+    let spare = SPARE_WRITE.take();
+    assert_eq!(spare.as_ptr(), at);
 }
 
 #[tokio::test]
