@@ -12,6 +12,7 @@ use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use http::HeaderValue;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
@@ -490,6 +491,9 @@ struct Held {
     /// boxed so that it costs a response little while the log is off).
     upstream: Option<Box<UpstreamInfo>>,
     log: Option<Logged>,
+    /// The request's id, for the response head's writer
+    /// ([`crate::stack::request_id`]).
+    request_id: Option<HeaderValue>,
 }
 
 /// A request's access log entry and the bytes sent so far.
@@ -517,7 +521,18 @@ impl ProxyBody {
             activity: None,
             upstream,
             log: None,
+            request_id: None,
         }))
+    }
+
+    /// Carries the request's id to whoever writes the response head.
+    pub fn carry_request_id(&mut self, id: HeaderValue) {
+        self.0.request_id = Some(id);
+    }
+
+    /// The id [`ProxyBody::carry_request_id`] left, once.
+    pub fn take_request_id(&mut self) -> Option<HeaderValue> {
+        self.0.request_id.take()
     }
 
     /// Marks the connection busy until this body ends.

@@ -68,7 +68,11 @@ pub(crate) struct Protocols {
     pub http2: http2::Builder<TokioExecutor>,
 }
 
-type ConnService = stack::serve::Serve<TrackActivity<Stack>>;
+/// hyper's HTTP/2 server writes the heads: the request id goes into them
+/// ([`stack::request_id::stamp`]).
+type ConnService = stack::serve::Serve<
+    tower::util::MapResponse<TrackActivity<Stack>, fn(Response<ProxyBody>) -> Response<ProxyBody>>,
+>;
 
 /// What every phase of one connection is served with.
 pub(crate) struct Conn {
@@ -286,10 +290,13 @@ where
         }
         Protocol::Http2 => {
             let io = TokioIo::new(Rewind::new(stream, read.freeze()));
-            let hyper_conn = conn
-                .protocols
-                .http2
-                .serve_connection(io, stack::serve::Serve::new(service));
+            let hyper_conn = conn.protocols.http2.serve_connection(
+                io,
+                stack::serve::Serve::new(tower::util::MapResponse::new(
+                    service,
+                    stack::request_id::stamp as fn(_) -> _,
+                )),
+            );
             tokio::pin!(hyper_conn);
             let res = drive(closing.as_mut(), &mut draining, hyper_conn).await;
             if let Err(e) = res {

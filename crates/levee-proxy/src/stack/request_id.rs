@@ -1,11 +1,13 @@
 //! `x-request-id`: the client's, when it is usable, else a new one; the
-//! node gets it, and so does every response, the node's and levee's own.
+//! node gets it, and so does every response, the node's and levee's own
+//! (the response's body carries it to the head's writer, which writes it in
+//! place of any the node sent).
 //!
 //! Not tower-http's `SetRequestId` + `PropagateRequestId`: they keep any
 //! client value (so an extra layer would have to drop unusable ones), let a
 //! node's own `x-request-id` replace the one it was sent, and put the id in
 //! the request's and the response's extensions (two map allocations per
-//! request). This is one layer with two or three header operations.
+//! request). This is one layer with one or two header operations.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -15,6 +17,7 @@ use http::header::{Entry, HeaderValue};
 use http::{Request, Response};
 use tower::{Layer, Service};
 
+use crate::body::ProxyBody;
 use crate::headers::{self, X_REQUEST_ID};
 
 /// Adds [`RequestId`].
@@ -35,11 +38,11 @@ pub struct RequestId<S> {
     inner: S,
 }
 
-impl<S, B, RB> Service<Request<B>> for RequestId<S>
+impl<S, B> Service<Request<B>> for RequestId<S>
 where
-    S: Service<Request<B>, Response = Response<RB>>,
+    S: Service<Request<B>, Response = Response<ProxyBody>>,
 {
-    type Response = Response<RB>;
+    type Response = Response<ProxyBody>;
     type Error = S::Error;
     type Future = RequestIdFuture<S::Future>;
 
@@ -70,7 +73,7 @@ where
 }
 
 pin_project_lite::pin_project! {
-    /// Stamps the id on the response.
+    /// Gives the id to the response's body, for the head's writer.
     pub struct RequestIdFuture<F> {
         #[pin]
         fut: F,
@@ -78,16 +81,16 @@ pin_project_lite::pin_project! {
     }
 }
 
-impl<F, RB, E> Future for RequestIdFuture<F>
+impl<F, E> Future for RequestIdFuture<F>
 where
-    F: Future<Output = Result<Response<RB>, E>>,
+    F: Future<Output = Result<Response<ProxyBody>, E>>,
 {
-    type Output = Result<Response<RB>, E>;
+    type Output = Result<Response<ProxyBody>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        // Stamped where it is: a response moved out and back is a copy of
-        // a few hundred bytes each way. A poll with no answer yet is not
+        // Given where it is: a response moved out and back is a copy of a
+        // few hundred bytes each way. A poll with no answer yet is not
         // moved at all (it is as large as one).
         let mut poll = this.fut.poll(cx);
         if poll.is_pending() {
@@ -95,9 +98,19 @@ where
         }
         if let Poll::Ready(Ok(resp)) = &mut poll {
             if let Some(id) = this.id.take() {
-                resp.headers_mut().insert(X_REQUEST_ID, id);
+                resp.body_mut().carry_request_id(id);
             }
         }
         poll
     }
+}
+
+/// Puts the id the body carries into the head, replacing the node's own:
+/// for a writer of heads that is not levee's (hyper's HTTP/2 server).
+/// levee's HTTP/1 server writes the line itself, with no map insert.
+pub fn stamp(mut resp: Response<ProxyBody>) -> Response<ProxyBody> {
+    if let Some(id) = resp.body_mut().take_request_id() {
+        resp.headers_mut().insert(X_REQUEST_ID, id);
+    }
+    resp
 }

@@ -369,7 +369,15 @@ where
         .map(|(name, value)| name.as_str().len() + value.len() + 4)
         .sum();
     let mut out = Out::for_head(fields + 128 + 1024);
-    let written = response::head(&mut parts, length, &facts, &mut keep_alive, &mut out.head);
+    let request_id = body.take_request_id();
+    let written = response::head(
+        &mut parts,
+        length,
+        &facts,
+        request_id.as_ref(),
+        &mut keep_alive,
+        &mut out.head,
+    );
     let upgraded = parts.status == StatusCode::SWITCHING_PROTOCOLS;
     let mut encoder = written.encoder;
     if encoder == Encoder::Length(0) || length == BodyLength::Empty {

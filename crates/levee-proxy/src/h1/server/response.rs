@@ -14,6 +14,7 @@ use http::response::Parts;
 use http::{StatusCode, Version};
 
 use super::request::{has_token, Facts};
+use crate::headers::X_REQUEST_ID;
 
 /// How the response body goes out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,13 +43,15 @@ pub struct Written {
     pub last: bool,
 }
 
-/// Writes the head of `parts` to `dst`, taking its headers. `keep_alive`: the connection may
-/// serve another request after this one (the client's wish, and no drain
-/// or error); it may come back false.
+/// Writes the head of `parts` to `dst`, taking its headers; `request_id`,
+/// if any, in place of any `x-request-id` they hold. `keep_alive`: the
+/// connection may serve another request after this one (the client's wish,
+/// and no drain or error); it may come back false.
 pub fn head(
     parts: &mut Parts,
     body: BodyLength,
     req: &Facts,
+    request_id: Option<&HeaderValue>,
     keep_alive: &mut bool,
     dst: &mut Vec<u8>,
 ) -> Written {
@@ -167,12 +170,18 @@ pub fn head(
                 }
             }
             _ => {
+                if request_id.is_some() && name == X_REQUEST_ID {
+                    continue;
+                }
                 wrote_date |= name == DATE;
                 for v in values {
                     line(dst, name.as_str().as_bytes(), &v);
                 }
             }
         }
+    }
+    if let Some(id) = request_id {
+        line(dst, b"x-request-id", id);
     }
     if !wrote_len {
         encoder = match body {

@@ -256,6 +256,7 @@ fn head_for(
         parts,
         body,
         &facts(version, client_keep_alive),
+        None,
         keep_alive,
         &mut head,
     );
@@ -305,6 +306,53 @@ impl AsyncWrite for Wire {
     }
 }
 
+/// The request id the body carries is written once, in place of the
+/// node's own `x-request-id` lines, after the node's other lines.
+#[test]
+fn the_request_id_line_replaces_the_node_s_own() {
+    let id = HeaderValue::from_static("levee-id");
+    for node_own in [&[][..], &["node-own"][..], &["a", "b"][..]] {
+        let (mut parts, ()) = Response::new(()).into_parts();
+        parts
+            .headers
+            .insert("x-node", HeaderValue::from_static("n"));
+        for v in node_own {
+            parts
+                .headers
+                .append("x-request-id", HeaderValue::from_static(v));
+        }
+        let mut head = Vec::new();
+        let mut keep_alive = true;
+        response::head(
+            &mut parts,
+            BodyLength::Known(0),
+            &facts(Version::HTTP_11, true),
+            Some(&id),
+            &mut keep_alive,
+            &mut head,
+        );
+        let head = String::from_utf8(head).unwrap();
+        assert!(
+            head.starts_with("HTTP/1.1 200 OK\r\nx-node: n\r\nx-request-id: levee-id\r\n"),
+            "{node_own:?}: {head}"
+        );
+        assert_eq!(head.matches("x-request-id").count(), 1, "{head}");
+    }
+    // Without an id to write (a body that carries none), the node's stays.
+    let (mut parts, ()) = Response::new(()).into_parts();
+    parts
+        .headers
+        .insert("x-request-id", HeaderValue::from_static("node-own"));
+    let (head, _) = head_for(
+        &mut parts,
+        BodyLength::Known(0),
+        Version::HTTP_11,
+        true,
+        &mut true,
+    );
+    assert!(head.contains("x-request-id: node-own\r\n"), "{head}");
+}
+
 #[tokio::test]
 async fn a_body_of_unknown_length_goes_chunked_on_http11_and_close_delimited_on_http10() {
     let (mut parts, ()) = Response::new(()).into_parts();
@@ -314,6 +362,7 @@ async fn a_body_of_unknown_length_goes_chunked_on_http11_and_close_delimited_on_
         &mut parts,
         BodyLength::Unknown,
         &facts(Version::HTTP_11, true),
+        None,
         &mut keep_alive,
         &mut out.head,
     );
