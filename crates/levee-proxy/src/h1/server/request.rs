@@ -10,9 +10,11 @@ use crate::find;
 use crate::gate::Violation;
 use crate::h1::names::{self, Names};
 
-/// Headers the edge adds to a request for its node (three forwarding
-/// headers, a request id, a Host from an absolute target).
-const EDGE_ADDS: usize = 5;
+/// Headers the edge adds to a request's map for its node: a request id and
+/// a Host from an absolute target. The `X-Forwarded-*` lines go beside the
+/// map ([`crate::headers::Forwarded`]) unless the client sent some, when
+/// the map grows for them.
+const EDGE_ADDS: usize = 2;
 
 /// What the connection needs to know of a request to answer it.
 #[derive(Debug, Clone, Copy)]
