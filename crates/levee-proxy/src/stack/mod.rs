@@ -15,12 +15,14 @@
 //! h1::server / Serve   calls the connection's one stack in place: levee's HTTP/1 server, or
 //!                     hyper's HTTP/2 one through Serve
 //! TrackActivity       connection idle bookkeeping                  (connection.rs)
-//! RequestId           keep a usable x-request-id or make one; stamp every response
+//! RequestId           keep a usable x-request-id or make one; every response's body carries
+//!                     it to the head's writer (levee's HTTP/1 one writes the line)
 //! Edge                CONNECT, header count, target length, head size, target form,
 //!                     Host ─▶ 405/431/414/431/400/400; route (404 no-route); declared
 //!                     body over the route's limit ─▶ 413; a WebSocket upgrade that is not a
 //!                     GET for websocket alone ─▶ 400 bad-upgrade; header hygiene (the target's
-//!                     authority becomes Host); deadline starts (headers by the earlier of
+//!                     authority becomes Host; X-Forwarded-* beside the map when the client
+//!                     sent none, written by the node client); deadline starts (headers by the earlier of
 //!                     timeout and total_timeout); every error becomes a response
 //! RateLimit           the route's token bucket, or the client's (address or header
 //!                     value) ─▶ 429 rate-limited with Retry-After
