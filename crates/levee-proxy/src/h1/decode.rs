@@ -2,8 +2,11 @@
 //! framing (§6.3), the same rules hyper's HTTP/1 client applies, on bytes
 //! already read (no I/O here).
 
+use std::cell::{Cell, RefCell};
+use std::ops::Range;
+
 use bytes::{Buf as _, Bytes, BytesMut};
-use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::header::{InvalidHeaderName, CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Version};
 
 use super::{names, scan};
@@ -77,6 +80,29 @@ pub struct Parsed {
     pub upgrade: bool,
 }
 
+thread_local! {
+    /// The field lines of the head being read (each one's name, and where
+    /// its value lies): kept from one head to the next, so that reading
+    /// them needs no allocation.
+    static READ: Cell<Vec<FieldLine>> = const { Cell::new(Vec::new()) };
+    /// The value of each of the first field lines of the last small head
+    /// that had one there: a node sends the same values on most responses
+    /// (its type, its length, the date for a second), and comparing a
+    /// value's bytes costs less than validating them and sharing the head
+    /// again.
+    static VALUES: RefCell<[Option<HeaderValue>; VALUE_SLOTS]> =
+        const { RefCell::new([const { None }; VALUE_SLOTS]) };
+}
+
+/// Field lines whose values are remembered, the first ones.
+const VALUE_SLOTS: usize = 16;
+/// A head no longer than this may be kept by the values remembered from it
+/// (slices of it), at most one per slot: larger ones are not remembered.
+const SMALL_HEAD: usize = 1024;
+
+/// A field line as the scanner reads it.
+type FieldLine = (Result<HeaderName, InvalidHeaderName>, Range<usize>);
+
 /// Parses the response head at the start of `buf`, skipping interim (1xx)
 /// responses other than 101: `None` until a whole head has been read. The
 /// head is taken out of `buf`; what follows stays.
@@ -90,39 +116,31 @@ pub fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Parsed>,
         }
     };
     loop {
-        // The head's end is found first, by its line ends, so that a final
-        // response's values can be slices of one copy of it, made before
-        // they are read.
-        let whole = scan::end(buf);
-        let head = &buf[..whole.map_or(buf.len(), |(end, _)| end)];
-        let Some(status_line) = scan::status_line(head)? else {
+        let Some(status_line) = scan::status_line(buf)? else {
             return partial(buf);
         };
-        let status = StatusCode::from_u16(status_line.code)
-            .ok()
-            .filter(|s| !s.is_informational() || *s == StatusCode::SWITCHING_PROTOCOLS);
-        let (status, end, count) = match (status, whole) {
-            (Some(status), Some((end, count))) if end <= MAX_HEAD => (status, end, count),
-            _ => {
-                // Read only for its errors: refused, or an interim
-                // response to skip.
-                let scanned = names::RESPONSES
-                    .with_borrow_mut(|names| scan::fields(head, status_line.len, names, |_, _| {}));
-                let Some(len) = scanned? else {
-                    return partial(buf);
-                };
-                if len > MAX_HEAD {
-                    return Err(HeadError::TooLarge);
-                }
-                let status =
-                    StatusCode::from_u16(status_line.code).map_err(|_| HeadError::Status)?;
-                if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
-                    buf.advance(len);
-                    continue;
-                }
-                (status, len, 0)
-            }
+        // The field lines are read once, in the read buffer; their values
+        // become slices of one copy of the head, made once its end is known.
+        let mut read = READ.take();
+        read.clear();
+        let scanned = names::RESPONSES.with_borrow_mut(|names| {
+            scan::fields(buf, status_line.len, names, |name, at| {
+                read.push((name, at));
+            })
+        })?;
+        let Some(len) = scanned else {
+            READ.set(read);
+            return partial(buf);
         };
+        if len > MAX_HEAD {
+            return Err(HeadError::TooLarge);
+        }
+        let status = StatusCode::from_u16(status_line.code).map_err(|_| HeadError::Status)?;
+        if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
+            buf.advance(len);
+            READ.set(read);
+            continue;
+        }
         let version = if status_line.http11 {
             Version::HTTP_11
         } else {
@@ -130,29 +148,27 @@ pub fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Parsed>,
         };
         // One copy of the head, sized to it: the read buffer stays the
         // connection's own, to be reused by the next response.
-        let bytes = Bytes::copy_from_slice(&buf[..end]);
-        let mut map = HeaderMap::with_capacity(count.min(MAX_HEADERS));
+        let bytes = Bytes::copy_from_slice(&buf[..len]);
+        let mut map = HeaderMap::with_capacity(read.len());
         let mut keep_alive = version == Version::HTTP_11;
         let mut close = false;
         // The framing lines present, noted on the way: most heads have a
         // Content-Length and no Transfer-Encoding, and neither is then
         // looked up by name.
         let mut lines = FramingLines::default();
-        // The first line http refuses (a name too long for it), reported
-        // only if the head's syntax is sound, as before.
-        let mut refused = None;
-        let scanned = names::RESPONSES.with_borrow_mut(|names| {
-            scan::fields(&bytes, status_line.len, names, |name, at| {
-                if refused.is_some() {
-                    return;
-                }
-                let Ok(name) = name else {
-                    refused = Some(HeadError::Header("name"));
-                    return;
-                };
-                let Ok(value) = HeaderValue::from_maybe_shared(bytes.slice(at)) else {
-                    refused = Some(HeadError::Header("value"));
-                    return;
+        let made = VALUES.with_borrow_mut(|values| {
+            for (i, (name, at)) in read.drain(..).enumerate() {
+                let name = name.map_err(|_| HeadError::Header("name"))?;
+                let value = match values.get_mut(i) {
+                    Some(Some(seen)) if seen.as_bytes() == &bytes[at.clone()] => seen.clone(),
+                    slot => {
+                        let value = HeaderValue::from_maybe_shared(bytes.slice(at))
+                            .map_err(|_| HeadError::Header("value"))?;
+                        if let Some(slot) = slot.filter(|_| len <= SMALL_HEAD) {
+                            *slot = Some(value.clone());
+                        }
+                        value
+                    }
                 };
                 if name == TRANSFER_ENCODING {
                     lines.last_te_chunked = Some(last_is_chunked(&value));
@@ -168,15 +184,11 @@ pub fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Parsed>,
                     }
                 }
                 map.append(name, value);
-            })
-        })?;
-        // Whole already (`end` says so), the head cannot come out partial.
-        let Some(len) = scanned else {
-            return partial(buf);
-        };
-        if let Some(refused) = refused {
-            return Err(refused);
-        }
+            }
+            Ok::<_, HeadError>(())
+        });
+        made?;
+        READ.set(read);
         let canonical = status.canonical_reason().unwrap_or_default();
         let reason = (bytes[status_line.reason.clone()] != *canonical.as_bytes())
             .then(|| hyper::ext::ReasonPhrase::try_from(bytes.slice(status_line.reason)).ok())

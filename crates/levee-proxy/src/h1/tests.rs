@@ -860,3 +860,40 @@ async fn answers_that_fill_the_head_read_get_room_to_come_in_one_read() {
         );
     });
 }
+
+proptest! {
+    /// Values remembered from earlier heads (by line, from small heads
+    /// only) never stand in for other bytes: each head's values are its own.
+    #[test]
+    fn values_are_each_heads_own(
+        heads in proptest::collection::vec(
+            (proptest::collection::vec((0..3usize, 0..4usize), 0..5), any::<bool>()),
+            1..8,
+        )
+    ) {
+        const NAMES: [&str; 3] = ["x-a", "content-type", "date"];
+        const VALUES: [&str; 4] = ["", "v", "text/plain", "Wed, 02 Dec 2026 15:54:20 GMT"];
+        for (lines, large) in heads {
+            let mut raw = b"HTTP/1.1 200 OK\r\n".to_vec();
+            for (name, value) in &lines {
+                raw.extend_from_slice(format!("{}: {}\r\n", NAMES[*name], VALUES[*value]).as_bytes());
+            }
+            if large {
+                raw.extend_from_slice(format!("x-pad: {}\r\n", "p".repeat(1100)).as_bytes());
+            }
+            raw.extend_from_slice(b"\r\n");
+            let parsed = head(&raw, Method::GET).unwrap().unwrap();
+            let headers = parsed.response.headers();
+            for (i, name) in NAMES.iter().enumerate() {
+                let want: Vec<&str> = lines
+                    .iter()
+                    .filter(|(n, _)| *n == i)
+                    .map(|(_, v)| VALUES[*v])
+                    .collect();
+                let got: Vec<&[u8]> = headers.get_all(*name).iter().map(|v| v.as_bytes()).collect();
+                let want: Vec<&[u8]> = want.iter().map(|v| v.as_bytes()).collect();
+                prop_assert_eq!(got, want);
+            }
+        }
+    }
+}
