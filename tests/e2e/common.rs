@@ -186,6 +186,13 @@ pub fn slots_held(levee: &Levee) -> usize {
     backends + routes
 }
 
+/// A client that speaks HTTP/2 with prior knowledge.
+pub fn h2_client() -> HttpClient {
+    hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<Full<Bytes>>()
+}
+
 pub fn url(levee: &Levee, path: &str) -> String {
     format!("http://{}{path}", levee.proxy_addr)
 }

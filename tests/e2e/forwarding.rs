@@ -114,9 +114,7 @@ async fn forwarded_lines_reach_every_try_once_when_the_client_sent_none() {
         !failing.recorded().is_empty(),
         "a try reached the failing node"
     );
-    let h2 = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .http2_only(true)
-        .build_http::<Full<Bytes>>();
+    let h2 = h2_client();
     let got = send(
         &h2,
         request(Method::GET, &url(&levee, "/h2")),
@@ -149,9 +147,7 @@ async fn forwarded_lines_reach_every_try_once_when_the_client_sent_none() {
 async fn serves_http2_prior_knowledge_clients_and_speaks_http1_to_nodes() {
     let app = node(Behavior::Healthy { body_bytes: 5 }).await;
     let levee = start_levee(ONE_ROUTE, &[&[app.addr()]]).await;
-    let h2 = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .http2_only(true)
-        .build_http::<Full<Bytes>>();
+    let h2 = h2_client();
     let got = send(
         &h2,
         request(Method::GET, &url(&levee, "/h2")),

@@ -194,12 +194,6 @@ impl RawH2 {
 }
 
 /// An HTTP/2 client with its own connection that answers pings.
-fn h2_client() -> HttpClient {
-    hyper_util::client::legacy::Client::builder(TokioExecutor::new())
-        .http2_only(true)
-        .build_http::<Full<Bytes>>()
-}
-
 /// Some requests on another connection, all 200.
 async fn others_get_200(client: &HttpClient, levee: &Levee) {
     for _ in 0..5 {
