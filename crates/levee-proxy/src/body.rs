@@ -535,6 +535,16 @@ impl ProxyBody {
         self.0.request_id.take()
     }
 
+    /// The field lines of a node's HTTP/1 response, once: the response's
+    /// map does not hold them, and whoever writes the head must
+    /// ([`crate::h1::Fields`]).
+    pub fn take_fields(&mut self) -> Option<crate::h1::Fields> {
+        match &mut self.0.kind {
+            Kind::Upstream(body) => body.inner.take_fields(),
+            _ => None,
+        }
+    }
+
     /// Marks the connection busy until this body ends.
     pub fn track(&mut self, guard: ActivityGuard) {
         self.0.activity = Some(guard);

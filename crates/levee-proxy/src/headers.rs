@@ -46,7 +46,7 @@ pub fn has_hop_by_hop(headers: &HeaderMap) -> bool {
 /// Whether `name` is one of [`HOP_BY_HOP`]: by its text, length first.
 /// Comparing `HeaderName`s instead builds and drops the set's names (two
 /// are not standard names, so dropping them is not free) at every use.
-fn is_hop_by_hop(name: &HeaderName) -> bool {
+pub(crate) fn is_hop_by_hop(name: &HeaderName) -> bool {
     let name = name.as_str();
     match name.len() {
         2 => name == "te",
@@ -70,19 +70,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) -> bool {
         // set, so the list is only built (and allocated) for other tokens.
         // Split the bytes, not a `&str`: a value with obs-text (bytes above
         // 0x7F) must still have its valid names stripped.
-        let named: Vec<HeaderName> = headers
-            .get_all(CONNECTION)
-            .iter()
-            .flat_map(|v| v.as_bytes().split(|b| *b == b','))
-            .map(<[u8]>::trim_ascii)
-            .filter(|t| {
-                !t.eq_ignore_ascii_case(b"close")
-                    && !HOP_BY_HOP
-                        .iter()
-                        .any(|h| t.eq_ignore_ascii_case(h.as_str().as_bytes()))
-            })
-            .filter_map(|token| HeaderName::from_bytes(token).ok())
-            .collect();
+        let named = connection_named(headers.get_all(CONNECTION).iter().map(|v| v.as_bytes()));
         for name in named {
             headers.remove(name);
         }
@@ -93,6 +81,21 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) -> bool {
         }
     }
     true
+}
+
+/// The names `Connection` values list beyond "close" and the fixed set.
+pub(crate) fn connection_named<'a>(values: impl Iterator<Item = &'a [u8]>) -> Vec<HeaderName> {
+    values
+        .flat_map(|v| v.split(|b| *b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|t| {
+            !t.eq_ignore_ascii_case(b"close")
+                && !HOP_BY_HOP
+                    .iter()
+                    .any(|h| t.eq_ignore_ascii_case(h.as_str().as_bytes()))
+        })
+        .filter_map(|token| HeaderName::from_bytes(token).ok())
+        .collect()
 }
 
 /// Non-empty, at most 128 bytes, visible ASCII only.

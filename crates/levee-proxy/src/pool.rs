@@ -109,6 +109,17 @@ pub enum NodeBody {
     H2(Incoming),
 }
 
+impl NodeBody {
+    /// An HTTP/1 response's field lines, which its map does not hold
+    /// ([`h1::Fields`]); hyper's HTTP/2 responses have theirs in the map.
+    pub fn take_fields(&mut self) -> Option<h1::Fields> {
+        match self {
+            NodeBody::H1(b) => b.take_fields(),
+            NodeBody::H2(_) => None,
+        }
+    }
+}
+
 impl From<Incoming> for NodeBody {
     fn from(body: Incoming) -> Self {
         NodeBody::H2(body)

@@ -2,13 +2,14 @@
 //! framing (§6.3), the same rules hyper's HTTP/1 client applies, on bytes
 //! already read (no I/O here).
 
-use std::cell::{Cell, RefCell};
+use std::cell::Cell;
 use std::ops::Range;
 
 use bytes::{Buf as _, Bytes, BytesMut};
 use http::header::{InvalidHeaderName, CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Version};
 
+use super::fields::Fields;
 use super::{names, scan};
 
 /// The largest response head levee reads: hyper's default buffer bound,
@@ -72,7 +73,9 @@ pub enum Framing {
 /// A complete response head and what it says of the body and connection.
 #[derive(Debug)]
 pub struct Parsed {
+    /// Its status, version and reason; the headers are in `fields`.
     pub response: Response<()>,
+    pub fields: Fields,
     pub framing: Framing,
     /// The node allows another request on this connection.
     pub keep_alive: bool,
@@ -85,20 +88,7 @@ thread_local! {
     /// its value lies): kept from one head to the next, so that reading
     /// them needs no allocation.
     static READ: Cell<Vec<FieldLine>> = const { Cell::new(Vec::new()) };
-    /// The value of each of the first field lines of the last small head
-    /// that had one there: a node sends the same values on most responses
-    /// (its type, its length, the date for a second), and comparing a
-    /// value's bytes costs less than validating them and sharing the head
-    /// again.
-    static VALUES: RefCell<[Option<HeaderValue>; VALUE_SLOTS]> =
-        const { RefCell::new([const { None }; VALUE_SLOTS]) };
 }
-
-/// Field lines whose values are remembered, the first ones.
-const VALUE_SLOTS: usize = 16;
-/// A head no longer than this may be kept by the values remembered from it
-/// (slices of it), at most one per slot: larger ones are not remembered.
-const SMALL_HEAD: usize = 1024;
 
 /// A field line as the scanner reads it.
 type FieldLine = (Result<HeaderName, InvalidHeaderName>, Range<usize>);
@@ -149,49 +139,35 @@ pub fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Parsed>,
         // One copy of the head, sized to it: the read buffer stays the
         // connection's own, to be reused by the next response.
         let bytes = Bytes::copy_from_slice(&buf[..len]);
-        let mut map = HeaderMap::with_capacity(read.len());
+        let mut fields = Fields::new(bytes, read.len());
         let mut keep_alive = version == Version::HTTP_11;
         let mut close = false;
         // The framing lines present, noted on the way: most heads have a
         // Content-Length and no Transfer-Encoding, and neither is then
         // looked up by name.
         let mut lines = FramingLines::default();
-        let made = VALUES.with_borrow_mut(|values| {
-            for (i, (name, at)) in read.drain(..).enumerate() {
-                let name = name.map_err(|_| HeadError::Header("name"))?;
-                let value = match values.get_mut(i) {
-                    Some(Some(seen)) if seen.as_bytes() == &bytes[at.clone()] => seen.clone(),
-                    slot => {
-                        let value = HeaderValue::from_maybe_shared(bytes.slice(at))
-                            .map_err(|_| HeadError::Header("value"))?;
-                        if let Some(slot) = slot.filter(|_| len <= SMALL_HEAD) {
-                            *slot = Some(value.clone());
-                        }
-                        value
-                    }
-                };
-                if name == TRANSFER_ENCODING {
-                    lines.last_te_chunked = Some(last_is_chunked(&value));
-                } else if name == CONTENT_LENGTH {
-                    lines.content_length(&value);
-                } else if name == CONNECTION {
-                    // Once any line asks to close, a later keep-alive cannot undo it.
-                    if close || has_token(&value, b"close") {
-                        close = true;
-                        keep_alive = false;
-                    } else if !keep_alive {
-                        keep_alive = has_token(&value, b"keep-alive");
-                    }
+        for (name, at) in read.drain(..) {
+            let name = name.map_err(|_| HeadError::Header("name"))?;
+            let value = fields.value(&at);
+            if name == TRANSFER_ENCODING {
+                lines.last_te_chunked = Some(last_is_chunked(value));
+            } else if name == CONTENT_LENGTH {
+                lines.content_length(value);
+            } else if name == CONNECTION {
+                // Once any line asks to close, a later keep-alive cannot undo it.
+                if close || has_token(value, b"close") {
+                    close = true;
+                    keep_alive = false;
+                } else if !keep_alive {
+                    keep_alive = has_token(value, b"keep-alive");
                 }
-                map.append(name, value);
             }
-            Ok::<_, HeadError>(())
-        });
-        made?;
+            fields.push(name, at);
+        }
         READ.set(read);
         let canonical = status.canonical_reason().unwrap_or_default();
-        let reason = (bytes[status_line.reason.clone()] != *canonical.as_bytes())
-            .then(|| hyper::ext::ReasonPhrase::try_from(bytes.slice(status_line.reason)).ok())
+        let reason = (buf[status_line.reason.clone()] != *canonical.as_bytes())
+            .then(|| hyper::ext::ReasonPhrase::try_from(fields.slice(status_line.reason)).ok())
             .flatten();
         buf.advance(len);
         let (framing, upgrade) = framing(status, version, lines, method)?;
@@ -203,12 +179,12 @@ pub fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Parsed>,
         let mut response = Response::new(());
         *response.status_mut() = status;
         *response.version_mut() = version;
-        *response.headers_mut() = map;
         if let Some(reason) = reason {
             response.extensions_mut().insert(reason);
         }
         return Ok(Some(Parsed {
             response,
+            fields,
             keep_alive: keep_alive && !upgrade && framing != Framing::Close,
             framing,
             upgrade,
@@ -231,13 +207,13 @@ struct FramingLines {
 impl FramingLines {
     /// Notes a Content-Length line, whose comma-separated values must all
     /// be the same number, as those of the lines before it.
-    fn content_length(&mut self, value: &HeaderValue) {
+    fn content_length(&mut self, value: &[u8]) {
         let mut length = match self.length {
             Some(None) => return,
             Some(Some(n)) => Some(n),
             None => None,
         };
-        for part in value.as_bytes().split(|b| *b == b',') {
+        for part in value.split(|b| *b == b',') {
             let n = digits(part.trim_ascii());
             if n.is_none() || length.is_some_and(|l| Some(l) != n) {
                 self.length = Some(None);
@@ -250,9 +226,8 @@ impl FramingLines {
 }
 
 /// Whether a Transfer-Encoding value's last coding is `chunked`.
-fn last_is_chunked(value: &HeaderValue) -> bool {
+fn last_is_chunked(value: &[u8]) -> bool {
     value
-        .as_bytes()
         .rsplit(|b| *b == b',')
         .next()
         .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked"))
@@ -311,9 +286,8 @@ fn digits(s: &[u8]) -> Option<u64> {
     })
 }
 
-fn has_token(value: &HeaderValue, token: &[u8]) -> bool {
+fn has_token(value: &[u8], token: &[u8]) -> bool {
     value
-        .as_bytes()
         .split(|b| *b == b',')
         .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
 }

@@ -16,6 +16,7 @@
 
 mod decode;
 mod encode;
+mod fields;
 mod names;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod pieces;
@@ -40,6 +41,7 @@ use crate::body::{ClientBodyError, RequestBody};
 use crate::headers::Forwarded;
 pub use decode::{BodyError, HeadError, MAX_HEAD};
 use decode::{Decoded, Decoder, Parsed};
+pub use fields::Fields;
 
 use encode::{BodyLength, Encoder};
 
@@ -544,6 +546,7 @@ where
     let (parsed, head) = parsed;
     let Parsed {
         response,
+        fields,
         framing,
         keep_alive,
         upgrade,
@@ -551,8 +554,10 @@ where
     conn.decoder = Decoder::new(framing);
     conn.keep_alive = keep_alive;
     if upgrade {
+        // The tunnel reads and writes a 101's headers in its map.
         let Conn { io, read, .. } = *conn;
         let mut response = response.map(|()| Body::empty());
+        *response.headers_mut() = fields.into_map();
         response
             .extensions_mut()
             .insert(Upgrade::new(Rewind::new(io, read.freeze())));
@@ -562,6 +567,7 @@ where
         conn: Some(conn),
         reuse: Some(reuse),
         failed: None,
+        fields: Some(fields),
     };
     body.end_if_done();
     (Ok(response.map(|()| body)), back(head))
@@ -574,6 +580,9 @@ pub struct Body<IO, R> {
     reuse: Option<R>,
     /// An error to give on the next poll.
     failed: Option<Error>,
+    /// The response's field lines, until the writer takes them: the
+    /// response's own map is left empty ([`Fields`]).
+    fields: Option<Fields>,
 }
 
 impl<IO, R> fmt::Debug for Body<IO, R> {
@@ -588,7 +597,13 @@ impl<IO, R> Body<IO, R> {
             conn: None,
             reuse: None,
             failed: None,
+            fields: None,
         }
+    }
+
+    /// The response's field lines, once: its map holds none of them.
+    pub fn take_fields(&mut self) -> Option<Fields> {
+        self.fields.take()
     }
 }
 

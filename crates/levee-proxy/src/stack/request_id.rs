@@ -105,10 +105,15 @@ where
     }
 }
 
-/// Puts the id the body carries into the head, replacing the node's own:
-/// for a writer of heads that is not levee's (hyper's HTTP/2 server).
-/// levee's HTTP/1 server writes the line itself, with no map insert.
+/// Puts the id the body carries into the head, replacing the node's own,
+/// and a node's HTTP/1 field lines into the map before it: for a writer of
+/// heads that is not levee's (hyper's HTTP/2 server). levee's HTTP/1
+/// server writes both itself, with no map.
 pub fn stamp(mut resp: Response<ProxyBody>) -> Response<ProxyBody> {
+    // A node's HTTP/1 field lines, kept out of the map for levee's writer.
+    if let Some(fields) = resp.body_mut().take_fields() {
+        fields.prepend_end_to_end(resp.headers_mut());
+    }
     if let Some(id) = resp.body_mut().take_request_id() {
         resp.headers_mut().insert(X_REQUEST_ID, id);
     }

@@ -363,15 +363,18 @@ where
     }
     let mut keep_alive = facts.keep_alive && !*draining && !read_failed;
     // Room for the head and a small first frame behind it.
+    let node_fields = body.take_fields();
     let fields: usize = parts
         .headers
         .iter()
         .map(|(name, value)| name.as_str().len() + value.len() + 4)
-        .sum();
+        .sum::<usize>()
+        + node_fields.as_ref().map_or(0, |f| f.head_len());
     let mut out = Out::for_head(fields + 128 + 1024);
     let request_id = body.take_request_id();
     let written = response::head(
         &mut parts,
+        node_fields.as_ref(),
         length,
         &facts,
         request_id.as_ref(),

@@ -9,11 +9,14 @@ use std::cell::RefCell;
 use std::io::Write as _;
 use std::time::{Duration, SystemTime};
 
-use http::header::{HeaderValue, CONNECTION, CONTENT_LENGTH, DATE, TRAILER, TRANSFER_ENCODING};
+use http::header::{
+    HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, DATE, TRAILER, TRANSFER_ENCODING,
+};
 use http::response::Parts;
 use http::{StatusCode, Version};
 
 use super::request::{has_token, Facts};
+use crate::h1::Fields;
 use crate::headers::X_REQUEST_ID;
 
 /// How the response body goes out.
@@ -43,12 +46,15 @@ pub struct Written {
     pub last: bool,
 }
 
-/// Writes the head of `parts` to `dst`, taking its headers; `request_id`,
-/// if any, in place of any `x-request-id` they hold. `keep_alive`: the
-/// connection may serve another request after this one (the client's wish,
-/// and no drain or error); it may come back false.
+/// Writes the head of `parts` to `dst`, taking its headers: the node's
+/// `fields` first (the end-to-end ones; a node's HTTP/1 response keeps
+/// them out of its map), then the map's; `request_id`, if any, in place of
+/// any `x-request-id` they hold. `keep_alive`: the connection may serve
+/// another request after this one (the client's wish, and no drain or
+/// error); it may come back false.
 pub fn head(
     parts: &mut Parts,
+    fields: Option<&Fields>,
     body: BodyLength,
     req: &Facts,
     request_id: Option<&HeaderValue>,
@@ -57,7 +63,7 @@ pub fn head(
 ) -> Written {
     enforce_version(parts, req.version, keep_alive);
     let status = parts.status;
-    let (mut wrote_len, mut last) = if status == StatusCode::SWITCHING_PROTOCOLS {
+    let (wrote_len, last) = if status == StatusCode::SWITCHING_PROTOCOLS {
         (false, true)
     } else if req.connect && status.is_success() {
         (true, true)
@@ -81,107 +87,50 @@ pub fn head(
         }
         dst.extend_from_slice(b"\r\n");
     }
-    let chunkable = parts.version != Version::HTTP_10 && can_chunk(req, status);
-    let mut encoder = Encoder::Length(0);
-    let mut wrote_date = false;
-    // The headers are taken out in their order, each name once with all
-    // its values behind it: no lookup by name.
-    let mut fields = parts.headers.drain().peekable();
-    while let Some((name, first)) = fields.next() {
-        // The values of the name before that its arm left unread.
-        let Some(name) = name else { continue };
-        let rest = std::iter::from_fn(|| fields.next_if(|(n, _)| n.is_none()).map(|(_, v)| v));
-        let mut values = std::iter::once(first).chain(rest);
-        match name {
-            CONTENT_LENGTH => match body {
-                BodyLength::Known(n) => {
-                    if wrote_len {
-                        continue;
-                    }
-                    if let Some(v) = values.next() {
-                        line(dst, b"content-length", &v);
-                    }
-                    encoder = Encoder::Length(n);
-                    wrote_len = true;
-                }
-                BodyLength::Unknown => {
-                    if wrote_len {
-                        continue;
-                    }
-                    if let Some(v) = values.next() {
-                        let n = std::str::from_utf8(v.as_bytes())
-                            .ok()
-                            .and_then(|s| s.parse::<u64>().ok());
-                        if let Some(n) = n {
-                            line(dst, b"content-length", &v);
-                            encoder = Encoder::Length(n);
-                            wrote_len = true;
-                        }
-                    }
-                }
-                BodyLength::Empty if req.head => {
-                    for v in values {
-                        line(dst, b"content-length", &v);
-                    }
-                    wrote_len = true;
-                }
-                BodyLength::Empty => {}
-            },
-            TRANSFER_ENCODING => {
-                if !chunkable || wrote_len {
-                    continue;
-                }
-                wrote_len = true;
-                encoder = Encoder::Chunked;
-                let mut chunked = false;
-                joined(
-                    dst,
-                    b"transfer-encoding",
-                    values.inspect(|v| {
-                        chunked = v
-                            .as_bytes()
-                            .rsplit(|&b| b == b',')
-                            .next()
-                            .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-                    }),
-                );
-                if !chunked {
-                    dst.truncate(dst.len() - 2);
-                    dst.extend_from_slice(b", chunked\r\n");
-                }
-            }
-            CONNECTION => {
-                let mut close = false;
-                joined(
-                    dst,
-                    b"connection",
-                    values.inspect(|v| {
-                        close |= v
-                            .as_bytes()
-                            .split(|&b| b == b',')
-                            .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"));
-                    }),
-                );
-                last |= close;
-            }
-            TRAILER => {
-                if chunkable {
-                    joined(dst, b"trailer", values);
-                }
-            }
-            _ => {
-                if request_id.is_some() && name == X_REQUEST_ID {
-                    continue;
-                }
-                wrote_date |= name == DATE;
-                for v in values {
-                    line(dst, name.as_str().as_bytes(), &v);
-                }
+    let mut w = Writing {
+        dst,
+        body,
+        req,
+        request_id,
+        chunkable: parts.version != Version::HTTP_10 && can_chunk(req, status),
+        encoder: Encoder::Length(0),
+        wrote_len,
+        wrote_date: false,
+        last,
+    };
+    match fields {
+        Some(fields) if fields.plain() => {
+            for (name, value) in fields.all() {
+                w.field(name, std::iter::once(value));
             }
         }
+        Some(fields) => {
+            for (name, values) in fields.by_name() {
+                w.field(name, values);
+            }
+        }
+        None => {}
     }
+    // The headers are taken out in their order, each name once with all
+    // its values behind it: no lookup by name.
+    let mut drained = parts.headers.drain().peekable();
+    while let Some((name, first)) = drained.next() {
+        // The values of the name before that its arm left unread.
+        let Some(name) = name else { continue };
+        let rest = std::iter::from_fn(|| drained.next_if(|(n, _)| n.is_none()).map(|(_, v)| v));
+        w.field(&name, std::iter::once(first).chain(rest));
+    }
+    let Writing {
+        dst,
+        chunkable,
+        mut encoder,
+        wrote_len,
+        wrote_date,
+        mut last,
+        ..
+    } = w;
     if let Some(id) = request_id {
-        line(dst, b"x-request-id", id);
+        line(dst, b"x-request-id", id.as_bytes());
     }
     if !wrote_len {
         encoder = match body {
@@ -220,6 +169,114 @@ pub fn head(
         *keep_alive = false;
     }
     Written { encoder, last }
+}
+
+/// A head's field lines being written, and what they said of its framing.
+struct Writing<'a> {
+    dst: &'a mut Vec<u8>,
+    body: BodyLength,
+    req: &'a Facts,
+    request_id: Option<&'a HeaderValue>,
+    chunkable: bool,
+    encoder: Encoder,
+    wrote_len: bool,
+    wrote_date: bool,
+    last: bool,
+}
+
+impl Writing<'_> {
+    /// Writes one name's lines, `values` in order, by hyper's rules.
+    fn field<V: AsRef<[u8]>>(&mut self, name: &HeaderName, values: impl Iterator<Item = V>) {
+        let dst = &mut *self.dst;
+        let mut values = values;
+        match *name {
+            CONTENT_LENGTH => match self.body {
+                BodyLength::Known(n) => {
+                    if self.wrote_len {
+                        return;
+                    }
+                    if let Some(v) = values.next() {
+                        line(dst, b"content-length", v.as_ref());
+                    }
+                    self.encoder = Encoder::Length(n);
+                    self.wrote_len = true;
+                }
+                BodyLength::Unknown => {
+                    if self.wrote_len {
+                        return;
+                    }
+                    if let Some(v) = values.next() {
+                        let n = std::str::from_utf8(v.as_ref())
+                            .ok()
+                            .and_then(|s| s.parse::<u64>().ok());
+                        if let Some(n) = n {
+                            line(dst, b"content-length", v.as_ref());
+                            self.encoder = Encoder::Length(n);
+                            self.wrote_len = true;
+                        }
+                    }
+                }
+                BodyLength::Empty if self.req.head => {
+                    for v in values {
+                        line(dst, b"content-length", v.as_ref());
+                    }
+                    self.wrote_len = true;
+                }
+                BodyLength::Empty => {}
+            },
+            TRANSFER_ENCODING => {
+                if !self.chunkable || self.wrote_len {
+                    return;
+                }
+                self.wrote_len = true;
+                self.encoder = Encoder::Chunked;
+                let mut chunked = false;
+                joined(
+                    dst,
+                    b"transfer-encoding",
+                    values.inspect(|v| {
+                        chunked = v
+                            .as_ref()
+                            .rsplit(|&b| b == b',')
+                            .next()
+                            .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+                    }),
+                );
+                if !chunked {
+                    dst.truncate(dst.len() - 2);
+                    dst.extend_from_slice(b", chunked\r\n");
+                }
+            }
+            CONNECTION => {
+                let mut close = false;
+                joined(
+                    dst,
+                    b"connection",
+                    values.inspect(|v| {
+                        close |= v
+                            .as_ref()
+                            .split(|&b| b == b',')
+                            .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"));
+                    }),
+                );
+                self.last |= close;
+            }
+            TRAILER => {
+                if self.chunkable {
+                    joined(dst, b"trailer", values);
+                }
+            }
+            _ => {
+                if self.request_id.is_some() && *name == X_REQUEST_ID {
+                    return;
+                }
+                self.wrote_date |= *name == DATE;
+                for v in values {
+                    line(dst, name.as_str().as_bytes(), v.as_ref());
+                }
+            }
+        }
+    }
 }
 
 /// hyper's `enforce_version`: an HTTP/1.0 client gets an HTTP/1.0 answer
@@ -266,15 +323,15 @@ fn can_have_length(req: &Facts, status: StatusCode) -> bool {
     !bodiless(req, status)
 }
 
-fn line(dst: &mut Vec<u8>, name: &[u8], value: &HeaderValue) {
+fn line(dst: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     dst.extend_from_slice(name);
     dst.extend_from_slice(b": ");
-    dst.extend_from_slice(value.as_bytes());
+    dst.extend_from_slice(value);
     dst.extend_from_slice(b"\r\n");
 }
 
 /// All values of one header on one line, comma-separated.
-fn joined(dst: &mut Vec<u8>, name: &[u8], values: impl Iterator<Item = HeaderValue>) {
+fn joined<V: AsRef<[u8]>>(dst: &mut Vec<u8>, name: &[u8], values: impl Iterator<Item = V>) {
     let mut first = true;
     for v in values {
         if first {
@@ -284,7 +341,7 @@ fn joined(dst: &mut Vec<u8>, name: &[u8], values: impl Iterator<Item = HeaderVal
         } else {
             dst.extend_from_slice(b", ");
         }
-        dst.extend_from_slice(v.as_bytes());
+        dst.extend_from_slice(v.as_ref());
     }
     if !first {
         dst.extend_from_slice(b"\r\n");

@@ -254,6 +254,7 @@ fn head_for(
     let mut head = Vec::new();
     let written = response::head(
         parts,
+        None,
         body,
         &facts(version, client_keep_alive),
         None,
@@ -325,6 +326,7 @@ fn the_request_id_line_replaces_the_node_s_own() {
         let mut keep_alive = true;
         response::head(
             &mut parts,
+            None,
             BodyLength::Known(0),
             &facts(Version::HTTP_11, true),
             Some(&id),
@@ -360,6 +362,7 @@ async fn a_body_of_unknown_length_goes_chunked_on_http11_and_close_delimited_on_
     let mut out = Out::for_head(256);
     let written = response::head(
         &mut parts,
+        None,
         BodyLength::Unknown,
         &facts(Version::HTTP_11, true),
         None,
@@ -928,4 +931,80 @@ async fn gathered_frames_go_out_in_order_however_the_stream_takes_them() {
     let expected = [&b"HEAD|"[..], &[b'a'; 1500], b"bb", &[b'c'; 2498]].concat();
     assert_eq!(wire.0, expected);
     assert!(out.is_done());
+}
+
+/// A node's field lines written from [`crate::h1::Fields`] come out as
+/// they did from the response's map, stripped of hop-by-hop lines.
+#[test]
+fn node_fields_are_written_as_the_stripped_map_was() {
+    let heads: [&[u8]; 5] = [
+        b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\nContent-Length: 5\r\nDate: x\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nSet-Cookie: a=1\r\nX-A: 1\r\nset-cookie: b=2\r\nConnection: keep-alive, X-A\r\nKeep-Alive: timeout=5\r\nContent-Length: 0\r\n\r\n",
+        b"HTTP/1.1 404 Gone Away\r\nTransfer-Encoding: chunked\r\nTrailer: x-sum\r\nX-Request-Id: node\r\nUpgrade: h2c\r\n\r\n",
+        b"HTTP/1.0 200 OK\r\nX-Empty:\r\nContent-Length: 12\r\nContent-Length: 12\r\n\r\n",
+        b"HTTP/1.1 304 Not Modified\r\nETag: \"e\"\r\nConnection: close\r\nProxy-Connection: x\r\nTE: trailers\r\n\r\n",
+    ];
+    let id = HeaderValue::from_static("levee-id");
+    for raw in heads {
+        for body in [BodyLength::Empty, BodyLength::Known(5), BodyLength::Unknown] {
+            for (version, client_keep_alive, method) in [
+                (Version::HTTP_11, true, Method::GET),
+                (Version::HTTP_11, false, Method::HEAD),
+                (Version::HTTP_10, true, Method::GET),
+            ] {
+                for request_id in [None, Some(&id)] {
+                    let mut facts = facts(version, client_keep_alive);
+                    facts.head = method == Method::HEAD;
+                    let parse = || {
+                        let mut buf = BytesMut::from(raw);
+                        crate::h1::decode::parse_head(&mut buf, &Method::GET)
+                            .unwrap()
+                            .unwrap()
+                    };
+                    let from_map = parse();
+                    let (mut map_parts, ()) = from_map.response.into_parts();
+                    map_parts.headers = from_map.fields.into_map();
+                    crate::headers::strip_hop_by_hop(&mut map_parts.headers);
+                    let from_fields = parse();
+                    let (mut parts, ()) = from_fields.response.into_parts();
+                    let (mut want, mut got) = (Vec::new(), Vec::new());
+                    let (mut ka_want, mut ka_got) = (true, true);
+                    let w = response::head(
+                        &mut map_parts,
+                        None,
+                        body,
+                        &facts,
+                        request_id,
+                        &mut ka_want,
+                        &mut want,
+                    );
+                    let g = response::head(
+                        &mut parts,
+                        Some(&from_fields.fields),
+                        body,
+                        &facts,
+                        request_id,
+                        &mut ka_got,
+                        &mut got,
+                    );
+                    let (want, got) = (
+                        String::from_utf8(want).unwrap(),
+                        String::from_utf8(got).unwrap(),
+                    );
+                    let date = |h: &str| {
+                        h.lines()
+                            .filter(|l| !l.starts_with("date: "))
+                            .collect::<Vec<_>>()
+                            .join("\n")
+                    };
+                    assert_eq!(
+                        date(&got),
+                        date(&want),
+                        "{raw:?} {body:?} {version:?} {method}"
+                    );
+                    assert_eq!((g.encoder, g.last, ka_got), (w.encoder, w.last, ka_want));
+                }
+            }
+        }
+    }
 }
