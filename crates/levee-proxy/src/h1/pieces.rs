@@ -59,6 +59,10 @@ pub fn response_in_pieces(
             let Some(parsed) = parse_head(&mut buf, method).map_err(|_| Failed::Head)? else {
                 continue;
             };
+            // Every value the scanner let through is a valid `HeaderValue`:
+            // a map built from the lines loses none of them.
+            let lines = parsed.fields.all().count();
+            assert_eq!(parsed.fields.into_map().len(), lines);
             let head_len = fed - buf.len();
             read = Some((
                 Read {
