@@ -2,7 +2,9 @@
 //! routes, node selection at 3 and 1,000 nodes, and a whole request through
 //! the stack (an in-memory client and node, no sockets; levee's own HTTP/1
 //! server in front) with one route and two nodes against 10,000 routes and
-//! 1,000 nodes. Each pair should cost the same.
+//! 1,000 nodes. Each pair should cost the same. And what a start or a
+//! reload costs: parsing, checking and building a config of 10 and 10,000
+//! routes.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -32,6 +34,11 @@ use levee_telemetry::{ErrorReason, Telemetry, Topology};
 /// of them tied to a host, a third to methods), so a request for
 /// `/products/42` reaches only the last, catch-all route.
 fn config(routes: usize, nodes: usize) -> Arc<ProxyState> {
+    build(&config_text(routes, nodes))
+}
+
+/// The TOML of [`config`].
+fn config_text(routes: usize, nodes: usize) -> String {
     let mut toml =
         String::from("[server]\nlisten = \"127.0.0.1:0\"\n[[backend]]\nname = \"app\"\n");
     toml += "max_in_flight = 4096\nnodes = [";
@@ -48,11 +55,29 @@ fn config(routes: usize, nodes: usize) -> Arc<ProxyState> {
         }
     }
     toml += "[[route]]\npath_prefix = \"/\"\nbackend = \"app\"\n";
-    let config = match levee_config::parse(&toml, "bench.toml") {
+    toml
+}
+
+/// What a start or a reload does with a config's text: parse and check it
+/// (as `levee check`), then build the state the data plane reads.
+fn build(toml: &str) -> Arc<ProxyState> {
+    let config = match levee_config::parse(toml, "bench.toml") {
         Ok(c) => c,
         Err(e) => panic!("{e}"),
     };
     Arc::new(ProxyState::build(Arc::new(config), 1, None))
+}
+
+fn loading(c: &mut Criterion) {
+    let mut group = c.benchmark_group("config parse, check and build, N routes");
+    group.sample_size(10);
+    for routes in [10, 10_000] {
+        let text = config_text(routes, 3);
+        group.bench_with_input(BenchmarkId::from_parameter(routes), &text, |b, text| {
+            b.iter(|| build(black_box(text)));
+        });
+    }
+    group.finish();
 }
 
 fn routing(c: &mut Criterion) {
@@ -229,5 +254,5 @@ fn whole_request(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, routing, selection, whole_request);
+criterion_group!(benches, routing, selection, whole_request, loading);
 criterion_main!(benches);
