@@ -67,45 +67,52 @@ if [ "${PEERS:-0}" = 1 ]; then
   CASES+=" nginx2 nginx1000 haproxy2 haproxy1000"
 fi
 
-stat_of() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-one() { # case -> CPU µs per request
+stat_of() { awk '{print $14, $15}' "/proc/$1/stat"; }
+one() { # case -> CPU µs per request: all, user, system
   case $1 in
     nginx*) taskset -c 0 nginx -c "$WORK/$1.conf" -g 'daemon off; master_process off;' >/dev/null 2>&1 & ;;
     haproxy*) taskset -c 0 haproxy -f "$WORK/$1.cfg" >/dev/null 2>&1 & ;;
     *) taskset -c 0 "$LEVEE" run --config "$WORK/$1.toml" >/dev/null 2>&1 & ;;
   esac
-  local p=$! before after out n
+  local p=$! u0 s0 u1 s1 out n
   sleep 1
   # A levee that could not bind (another run on these fixed ports) must not
   # let wrk measure someone else's proxy.
   kill -0 "$p" 2>/dev/null || { echo "$1 exited at start: port $LEVEE_PORT in use by another run?" >&2; exit 1; }
   # Warm-up: every node's pool gets its connections.
   taskset -c 1 wrk -t1 -c"$CONNS" -d2s "http://127.0.0.1:$LEVEE_PORT/" >/dev/null
-  before=$(stat_of $p)
+  read -r u0 s0 < <(stat_of $p)
   out=$(taskset -c 1 wrk -t1 -c"$CONNS" -d"${DUR}s" "http://127.0.0.1:$LEVEE_PORT/")
-  after=$(stat_of $p)
+  read -r u1 s1 < <(stat_of $p)
   n=$(echo "$out" | awk '/requests in/ {print $1}')
   kill $p; wait $p 2>/dev/null || true
   wrk_ok "$1" "$out"
-  awk -v t=$((after - before)) -v n="$n" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.2f", t / hz * 1e6 / n }'
+  awk -v u=$((u1 - u0)) -v s=$((s1 - s0)) -v n="$n" -v hz="$(getconf CLK_TCK)" \
+    'BEGIN { f = 1e6 / hz / n; printf "%.2f %.2f %.2f", (u + s) * f, u * f, s * f }'
 }
 median() { tr ' ' '\n' | grep . | sort -n | awk '{ a[NR] = $1 } END { print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
 
 echo "cpu us/request of $LEVEE, ${DUR}s per run, $CONNS connections"
-declare -A runs
+declare -A runs users systems
 for r in $(seq 1 "$ROUNDS"); do
   line="round $r:"
   for c in $CASES; do
-    v=$(one "$c")
+    o=$(one "$c")
+    read -r v u s <<<"$o"
     runs[$c]+=" $v"
+    users[$c]+=" $u"
+    systems[$c]+=" $s"
     line+=" $c $v"
   done
   echo "$line"
 done
 b=$(echo "${runs[base]}" | median)
+# User and system time apart: what grows in user space is levee's to cut;
+# what grows in the kernel (more sockets, colder) any proxy pays.
 for c in base routes nodes; do
-  m=$(echo "${runs[$c]}" | median)
-  awk -v c="$c" -v m="$m" -v b="$b" 'BEGIN { printf "%-7s median %6.2f us  ratio to base %.3f\n", c, m, m / b }'
+  m=$(echo "${runs[$c]}" | median) u=$(echo "${users[$c]}" | median) s=$(echo "${systems[$c]}" | median)
+  awk -v c="$c" -v m="$m" -v b="$b" -v u="$u" -v s="$s" \
+    'BEGIN { printf "%-7s median %6.2f us  ratio to base %.3f  (user %.2f, system %.2f)\n", c, m, m / b, u, s }'
 done
 for p in nginx haproxy; do
   [ -n "${runs[${p}2]:-}" ] || continue
