@@ -230,6 +230,7 @@ impl<'a> Iterator for Values<'a> {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
 
     fn fields(lines: &[(&str, &str)]) -> Fields {
